@@ -1,0 +1,1 @@
+"""podvisor-conmon: the per-container monitor (stdlib only)."""

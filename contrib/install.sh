@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install podvisor on Debian 12 from this checkout, then start the daemon.
+#
+#   sudo contrib/install.sh              # install and start
+#   sudo contrib/install.sh --no-start   # install only (CI, packaging)
+#
+# Installs the OS packages podvisor runs on (runc, crun, CNI plugins,
+# catatonit) and the ones its tests use (docker-registry, busybox-static,
+# skopeo, htpasswd), creates .venv with the project and its test tools,
+# and starts podvisor: as the systemd unit contrib/podvisor.service where
+# systemd runs, otherwise in the background with its log in
+# /var/log/podvisor.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=1
+[ "${1:-}" = "--no-start" ] && start=0
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends \
+    runc crun containernetworking-plugins catatonit iproute2 iptables \
+    docker-registry busybox-static skopeo apache2-utils python3-venv ca-certificates
+
+# Debian starts its registry on :5000 where systemd runs; podvisor's tests
+# start their own on loopback, so keep the packaged one off.
+if [ -d /run/systemd/system ]; then
+    systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test]'
+
+[ "$start" = 1 ] || exit 0
+if [ -d /run/systemd/system ]; then
+    sed "s|@PODVISOR@|$PWD/.venv/bin/podvisor|" contrib/podvisor.service \
+        > /etc/systemd/system/podvisor.service
+    systemctl daemon-reload
+    systemctl enable --now podvisor.service
+    echo "podvisor started: systemctl status podvisor; .venv/bin/podvisor status"
+else
+    nohup .venv/bin/podvisor >>/var/log/podvisor.log 2>&1 </dev/null &
+    echo "podvisor started as pid $!; log in /var/log/podvisor.log; .venv/bin/podvisor status"
+fi

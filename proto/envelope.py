@@ -1,0 +1,151 @@
+"""The bus envelope: how one message is laid out in ZeroMQ frames.
+
+A worker's DEALER sends, and receives, exactly four frames::
+
+    +-------+-------+-----+-----------------------------+
+    | ""    | "PV1" | cmd | payload                     |
+    +-------+-------+-----+-----------------------------+
+      empty   tag     one   msgpack map (empty bytes for
+      delim   +ver    byte  HEARTBEAT)
+
+The supervisor's ROUTER sees the worker's routing id in front of them and
+puts it back in front when it sends. The command byte stays in its own frame
+so heartbeats are handled without decoding msgpack (Majordomo, RFC 7/MDP).
+
+Payloads by command:
+
+    READY       {pool, index, pid, proto, ops, max_inflight}
+    REQUEST     {id, op, args, deadline, attempt, key}
+    REPLY       {id, result} or {id, error: {code, message, details}}
+    HEARTBEAT   empty
+    DISCONNECT  {} (a worker leaving on purpose) or empty
+    CANCEL      {id}  (the caller has gone; stop working on it)
+
+``id`` is 16 random bytes. ``deadline`` is an absolute CLOCK_MONOTONIC
+value in seconds: that clock is shared by every process of one Linux host and
+no wall-clock jump moves it. ``decode`` trusts nothing: it checks the frame
+count, tag, command byte, size, map keys and value types, and raises
+``ProtocolError`` on anything else.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .errors import ProtocolError
+
+TAG = b"PV1"
+PROTO_VERSION = 1
+MAX_PAYLOAD = 64 * 1024 * 1024
+ID_SIZE = 16
+
+
+class Command(enum.IntEnum):
+    READY = 0x01
+    REQUEST = 0x02
+    REPLY = 0x03
+    HEARTBEAT = 0x04
+    DISCONNECT = 0x05
+    CANCEL = 0x06
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded bus message; ``payload`` has been validated for ``command``."""
+
+    command: Command
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+# Required keys and the types their values must have, per command.
+_SCHEMA: dict[Command, dict[str, tuple[type, ...]]] = {
+    Command.READY: {"pool": (str,), "index": (int,), "pid": (int,), "proto": (int,),
+                    "ops": (list,), "max_inflight": (int,)},
+    Command.REQUEST: {"id": (bytes,), "op": (str,), "args": (dict,),
+                      "deadline": (float, int), "attempt": (int,), "key": (str, type(None))},
+    Command.REPLY: {"id": (bytes,)},
+    Command.HEARTBEAT: {},
+    Command.DISCONNECT: {},
+    Command.CANCEL: {"id": (bytes,)},
+}
+
+
+def new_id() -> bytes:
+    """Return a fresh request id."""
+    return os.urandom(ID_SIZE)
+
+
+def encode(command: Command, payload: dict[str, Any] | None = None) -> list[bytes]:
+    """Return the frames (without routing id) for one message."""
+    body = b"" if not payload else msgpack.packb(payload, use_bin_type=True)
+    return [b"", TAG, bytes([command]), body]
+
+
+def request(op: str, args: dict[str, Any], *, deadline: float, key: str | None = None,
+            attempt: int = 1, request_id: bytes | None = None) -> list[bytes]:
+    """Return the frames of a REQUEST."""
+    return encode(Command.REQUEST, {
+        "id": request_id or new_id(), "op": op, "args": args,
+        "deadline": float(deadline), "attempt": attempt, "key": key,
+    })
+
+
+def reply_ok(request_id: bytes, result: Any) -> list[bytes]:
+    """Return the frames of a successful REPLY."""
+    return encode(Command.REPLY, {"id": request_id, "result": result})
+
+
+def reply_error(request_id: bytes, error: dict[str, Any]) -> list[bytes]:
+    """Return the frames of a failed REPLY; ``error`` is ``BusError.to_wire()``."""
+    return encode(Command.REPLY, {"id": request_id, "error": error})
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Validate and decode the four frames a peer sent (routing id removed)."""
+    if len(frames) != 4:
+        raise ProtocolError(f"expected 4 frames, got {len(frames)}")
+    delim, tag, cmd, body = frames
+    if delim != b"":
+        raise ProtocolError("missing empty delimiter frame")
+    if tag != TAG:
+        raise ProtocolError(f"bad protocol tag {tag[:16]!r}")
+    if len(cmd) != 1 or cmd[0] not in Command._value2member_map_:
+        raise ProtocolError(f"bad command frame {cmd[:16]!r}")
+    command = Command(cmd[0])
+    if len(body) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(body)} bytes exceeds {MAX_PAYLOAD}")
+    payload = _unpack(body) if body else {}
+    _check_schema(command, payload)
+    return Message(command, payload)
+
+
+def _unpack(body: bytes) -> dict[str, Any]:
+    try:
+        # The size was checked above; unpackb bounds its containers by it.
+        payload = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise ProtocolError(f"payload is not msgpack: {type(exc).__name__}") from exc
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"payload is a {type(payload).__name__}, not a map")
+    return payload
+
+
+def _check_schema(command: Command, payload: dict[str, Any]) -> None:
+    for key, types in _SCHEMA[command].items():
+        if key not in payload:
+            raise ProtocolError(f"{command.name} lacks {key!r}")
+        value = payload[key]
+        # bool is an int subclass; no schema field is a bool.
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ProtocolError(f"{command.name}.{key} has type {type(value).__name__}")
+    if "id" in payload and len(payload["id"]) != ID_SIZE:
+        raise ProtocolError(f"{command.name}.id is {len(payload['id'])} bytes")
+    if command is Command.REPLY and ("result" in payload) == ("error" in payload):
+        raise ProtocolError("REPLY needs exactly one of result and error")
+    if command is Command.REPLY and "error" in payload and not isinstance(payload["error"], dict):
+        raise ProtocolError("REPLY.error is not a map")

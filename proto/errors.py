@@ -1,0 +1,105 @@
+"""Errors that cross process boundaries.
+
+Every error a worker op may raise on purpose is a ``BusError`` carrying a
+``Code``; it travels as ``{code, message, details}`` and is rebuilt on the
+other side by code, never by class name, so renaming a class cannot break
+the wire::
+
+    BusError                       (any code)
+    ├── InvalidArgument            INVALID_ARGUMENT
+    ├── NotFound                   NOT_FOUND
+    ├── AlreadyExists              ALREADY_EXISTS
+    ├── FailedPrecondition         FAILED_PRECONDITION
+    ├── Unimplemented              UNIMPLEMENTED
+    ├── Internal                   INTERNAL
+    ├── Unavailable                UNAVAILABLE
+    ├── DeadlineExceeded           DEADLINE_EXCEEDED
+    └── Cancelled                  CANCELLED
+    ProtocolError                  (not a BusError: a malformed frame)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .codes import Code
+
+
+class BusError(Exception):
+    """An error with a status code, raised by an op or by the bus itself."""
+
+    code: ClassVar[Code] = Code.UNKNOWN
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None,
+                 code: Code | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        if code is not None:
+            self.code = code  # type: ignore[misc]  # instance override of the class default
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the msgpack-able form carried in a REPLY's ``error`` field."""
+        return {"code": int(self.code), "message": self.message, "details": self.details}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code.name}, {self.message!r})"
+
+
+class InvalidArgument(BusError):
+    code = Code.INVALID_ARGUMENT
+
+
+class NotFound(BusError):
+    code = Code.NOT_FOUND
+
+
+class AlreadyExists(BusError):
+    code = Code.ALREADY_EXISTS
+
+
+class FailedPrecondition(BusError):
+    code = Code.FAILED_PRECONDITION
+
+
+class Unimplemented(BusError):
+    code = Code.UNIMPLEMENTED
+
+
+class Internal(BusError):
+    code = Code.INTERNAL
+
+
+class Unavailable(BusError):
+    code = Code.UNAVAILABLE
+
+
+class DeadlineExceeded(BusError):
+    code = Code.DEADLINE_EXCEEDED
+
+
+class Cancelled(BusError):
+    code = Code.CANCELLED
+
+
+class ProtocolError(Exception):
+    """A frame that does not follow the envelope; never sent as a reply code."""
+
+
+_BY_CODE: dict[Code, type[BusError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition,
+                Unimplemented, Internal, Unavailable, DeadlineExceeded, Cancelled)
+}
+
+
+def from_wire(error: dict[str, Any]) -> BusError:
+    """Rebuild the error a peer sent; unknown codes keep their number."""
+    try:
+        code = Code(int(error.get("code", Code.UNKNOWN)))
+    except ValueError:
+        code = Code.UNKNOWN
+    message = str(error.get("message", ""))
+    details = error.get("details")
+    cls = _BY_CODE.get(code, BusError)
+    return cls(message, details=details if isinstance(details, dict) else None, code=code)

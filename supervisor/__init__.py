@@ -1,0 +1,1 @@
+"""The podvisor daemon: gRPC front, request router, worker pools, health."""

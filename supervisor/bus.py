@@ -1,0 +1,408 @@
+"""The bus: request/reply between the supervisor and one pool's workers.
+
+One ``PoolBus`` per pool binds a ZeroMQ ROUTER at ``ipc://<runroot>/bus/
+<pool>.sock`` (mode 0600); every worker of the pool connects a DEALER with
+the routing id ``<pool>/<index>/<pid>``. Frames are in proto/envelope.py.
+
+Dispatch
+    A request goes to the READY worker with the fewest requests in flight
+    that still has room under the ``max_inflight`` it announced. With no
+    room anywhere the caller waits, never past its deadline.
+
+Deadlines
+    The caller's deadline (absolute CLOCK_MONOTONIC) travels with the
+    request. When it passes, the caller gets DEADLINE_EXCEEDED at once, the
+    worker gets CANCEL, and a reply that still comes is dropped by id and
+    counted as late. A worker that keeps such a request more than
+    ``overrun_grace`` past its deadline is reported unresponsive: threads
+    cannot be cancelled, so only killing the worker frees it.
+
+Heartbeat and Liveness
+    Every ``heartbeat_interval`` the bus sends HEARTBEAT to each worker;
+    any frame from a worker refreshes it. ``heartbeat_liveness`` silent
+    intervals make it dead: its requests fail at once and the pool manager
+    is told to kill it.
+
+Worker Death
+    Requests held by a dead worker fail with UNAVAILABLE straight away,
+    except ``read_only`` ones, which are retried once (``attempt=2``) on
+    another live worker. Mutations are never retried here.
+
+Hostile Input
+    Anything that does not decode is counted and logged (rate-limited); a
+    READY from a process the pool did not start, or from another protocol
+    version, is refused with DISCONNECT. Nothing a peer sends can stop the
+    receive loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ..proto import envelope
+from ..proto.envelope import Command
+from ..proto.errors import DeadlineExceeded, Internal, ProtocolError, Unavailable, from_wire
+
+log = logging.getLogger(__name__)
+
+ROUTER_HWM = 100_000
+WARN_EVERY = 10.0
+
+
+@dataclass
+class Link:
+    """A worker connected to the bus and READY."""
+
+    identity: bytes
+    index: int
+    pid: int
+    max_inflight: int
+    ops: frozenset[str]
+    last_seen: float
+    inflight: set[bytes] = field(default_factory=set)
+    suspect: bool = False   # reported unresponsive; gets no new work
+
+    @property
+    def has_room(self) -> bool:
+        return not self.suspect and len(self.inflight) < self.max_inflight
+
+
+@dataclass
+class _Pending:
+    op: str
+    link: Link
+    deadline: float
+    future: asyncio.Future[Any]
+    abandoned: bool = False
+
+
+class WorkerLost(Exception):
+    """The worker holding a request died; the caller decides about retry."""
+
+    def __init__(self, link: Link, why: str) -> None:
+        super().__init__(why)
+        self.link = link
+        self.why = why
+
+
+@dataclass(frozen=True)
+class BusTiming:
+    heartbeat_interval: float = 0.5
+    heartbeat_liveness: int = 3
+    overrun_grace: float = 10.0
+
+
+class _RateLimitedWarning:
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._suppressed = 0
+
+    def warn(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < WARN_EVERY:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        log.warning(msg, *args)
+
+
+class PoolBus:
+    """The ROUTER side of one pool (see module docstring)."""
+
+    def __init__(self, pool: str, endpoint: str, timing: BusTiming, *,
+                 admit: Callable[[int, int], bool],
+                 on_unresponsive: Callable[[int, str], None],
+                 is_fatal: Callable[[], bool]) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.timing = timing
+        self._admit = admit
+        self._on_unresponsive = on_unresponsive
+        self._is_fatal = is_fatal
+        self._links: dict[bytes, Link] = {}
+        self._pending: dict[bytes, _Pending] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sock: zmq.asyncio.Socket | None = None
+        self._garbage = _RateLimitedWarning()
+        self.stats: Counter[str] = Counter()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def bind(self, ctx: zmq.asyncio.Context) -> None:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, envelope.MAX_PAYLOAD + 4096)
+        sock.setsockopt(zmq.SNDHWM, ROUTER_HWM)
+        sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
+        path = self.endpoint.removeprefix("ipc://")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)   # a stale socket from a killed supervisor
+        old = os.umask(0o077)  # no window in which others may connect
+        try:
+            sock.bind(self.endpoint)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self._sock = sock
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._receive_loop(), name=f"bus-{self.pool}-recv"),
+                       asyncio.create_task(self._heartbeat_loop(), name=f"bus-{self.pool}-beat")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in list(self._links.values()):
+            self._drop(link, "the supervisor is stopping")
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.endpoint.removeprefix("ipc://"))
+
+    # -- the caller's side ----------------------------------------------------
+
+    async def call(self, op: str, args: dict[str, Any], *, deadline: float,
+                   key: str | None = None, read_only: bool = False) -> Any:
+        """Run ``op`` on some worker of this pool and return its result.
+
+        Raises the op's ``BusError``, ``DeadlineExceeded`` once ``deadline``
+        passes, or ``Unavailable`` when the worker died (after one retry for
+        read-only ops).
+        """
+        attempt = 1
+        while True:
+            link = await self._acquire(deadline, op)
+            request_id = envelope.new_id()
+            pending = _Pending(op, link, deadline, asyncio.get_running_loop().create_future())
+            self._pending[request_id] = pending
+            link.inflight.add(request_id)
+            try:
+                return await self._exchange(request_id, pending, args, key, attempt)
+            except WorkerLost as lost:
+                if read_only and attempt == 1 and time.monotonic() < deadline:
+                    log.warning("Retrying %s once: %s", op, lost.why)
+                    self.stats["retries"] += 1
+                    attempt = 2
+                    continue
+                raise Unavailable(f"{op} failed: {lost.why}") from None
+
+    async def _exchange(self, request_id: bytes, pending: _Pending, args: dict[str, Any],
+                        key: str | None, attempt: int) -> Any:
+        frames = envelope.request(pending.op, args, deadline=pending.deadline, key=key,
+                                  attempt=attempt, request_id=request_id)
+        try:
+            await self._send(pending.link.identity, frames)
+        except zmq.ZMQError as exc:
+            self._forget(request_id)
+            self._drop(pending.link, f"cannot send to it: {exc}")
+            raise WorkerLost(pending.link, f"{self._name(pending.link)} is gone") from None
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending.future),
+                                          pending.deadline - time.monotonic())
+        except TimeoutError:
+            await self._abandon(request_id, pending)
+            raise DeadlineExceeded(f"{pending.op} did not finish before its deadline") from None
+        except asyncio.CancelledError:
+            # The gRPC caller went away: tell the worker, keep the id to
+            # recognise the late reply.
+            await self._abandon(request_id, pending)
+            raise
+
+    async def _acquire(self, deadline: float, op: str) -> Link:
+        while True:
+            candidates = [lk for lk in self._links.values() if lk.has_room]
+            if candidates:
+                return min(candidates, key=lambda lk: len(lk.inflight))
+            if self._is_fatal():
+                raise Unavailable(f"the {self.pool} pool has no live worker (FATAL); "
+                                  "see `podvisor status`")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if not self._links:
+                    raise Unavailable(f"no {self.pool} worker became ready for {op} "
+                                      "before its deadline")
+                raise DeadlineExceeded(f"every {self.pool} worker stayed busy until the "
+                                       f"deadline of {op}")
+            wake = self._wake
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), remaining)
+
+    async def _abandon(self, request_id: bytes, pending: _Pending) -> None:
+        pending.abandoned = True
+        if not pending.future.done():
+            pending.future.cancel()
+        if request_id in pending.link.inflight:
+            with contextlib.suppress(zmq.ZMQError):
+                await self._send(pending.link.identity,
+                                 envelope.encode(Command.CANCEL, {"id": request_id}))
+
+    # -- the workers' side ----------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._sock is not None
+        while True:
+            frames = await self._sock.recv_multipart()
+            identity, rest = frames[0], frames[1:]
+            try:
+                message = envelope.decode(rest)
+            except ProtocolError as exc:
+                self.stats["protocol_errors"] += 1
+                self._garbage.warn("Malformed frame on the %s bus from %r: %s",
+                                   self.pool, identity[:64], exc)
+                continue
+            link = self._links.get(identity)
+            if message.command is Command.READY:
+                await self._on_ready(identity, message.payload)
+            elif link is None:
+                self.stats["unknown_peer"] += 1
+                self._garbage.warn("%s from unknown peer %r on the %s bus",
+                                   message.command.name, identity[:64], self.pool)
+            else:
+                link.last_seen = time.monotonic()
+                if message.command is Command.REPLY:
+                    self._on_reply(link, message.payload)
+                elif message.command is Command.DISCONNECT:
+                    self._drop(link, "it is shutting down")
+
+    async def _on_ready(self, identity: bytes, info: dict[str, Any]) -> None:
+        expected = f"{info['pool']}/{info['index']}/{info['pid']}".encode()
+        problem = ""
+        if info["proto"] != envelope.PROTO_VERSION:
+            problem = (f"speaks bus protocol {info['proto']}, "
+                       f"this supervisor {envelope.PROTO_VERSION}")
+        elif info["pool"] != self.pool or identity != expected:
+            problem = f"identity {identity[:64]!r} does not match {expected!r}"
+        elif identity in self._links:
+            problem = "sent READY twice"
+        elif not self._admit(info["index"], info["pid"]):
+            problem = "is not a process this pool started"
+        if problem:
+            log.error("Refusing worker %r on the %s bus: %s", identity[:64], self.pool, problem)
+            self.stats["refused"] += 1
+            with contextlib.suppress(zmq.ZMQError):
+                await self._send(identity, envelope.encode(Command.DISCONNECT, {}))
+            return
+        self._links[identity] = Link(
+            identity=identity, index=info["index"], pid=info["pid"],
+            max_inflight=max(1, info["max_inflight"]),
+            ops=frozenset(o for o in info["ops"] if isinstance(o, str)),
+            last_seen=time.monotonic())
+        self._notify()
+
+    def _on_reply(self, link: Link, payload: dict[str, Any]) -> None:
+        request_id = payload["id"]
+        link.inflight.discard(request_id)
+        self._notify()
+        pending = self._pending.pop(request_id, None)
+        if pending is None or pending.abandoned:
+            self.stats["late_replies"] += 1
+            log.debug("Dropping late reply %s on the %s bus", request_id.hex()[:12], self.pool)
+            return
+        if pending.future.done():
+            return
+        if "error" in payload:
+            pending.future.set_exception(from_wire(payload["error"]))
+        else:
+            pending.future.set_result(payload["result"])
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.timing.heartbeat_interval
+        window = interval * self.timing.heartbeat_liveness
+        while True:
+            now = time.monotonic()
+            for link in list(self._links.values()):
+                if now - link.last_seen > window:
+                    self._unresponsive(link, f"missed heartbeats for {now - link.last_seen:.1f}s")
+                    continue
+                overrun = self._overrun(link, now)
+                if overrun:
+                    self._unresponsive(link, overrun)
+                    continue
+                try:
+                    await self._send(link.identity, envelope.encode(Command.HEARTBEAT))
+                except zmq.ZMQError as exc:
+                    self._drop(link, f"cannot send to it: {exc}")
+            await asyncio.sleep(interval)
+
+    def _overrun(self, link: Link, now: float) -> str:
+        for request_id in link.inflight:
+            pending = self._pending.get(request_id)
+            if pending and now > pending.deadline + self.timing.overrun_grace:
+                return (f"still busy with {pending.op} "
+                        f"{now - pending.deadline:.1f}s past its deadline")
+        return ""
+
+    def _unresponsive(self, link: Link, why: str) -> None:
+        self._drop(link, why)
+        self._on_unresponsive(link.pid, why)
+
+    def worker_gone(self, pid: int, how: str) -> None:
+        """The pool reaped ``pid``: fail whatever it held, now."""
+        for link in list(self._links.values()):
+            if link.pid == pid:
+                self._drop(link, how)
+
+    def _drop(self, link: Link, why: str) -> None:
+        if self._links.pop(link.identity, None) is None:
+            return
+        lost = WorkerLost(link, f"{self._name(link)} (pid {link.pid}) {why}")
+        for request_id in link.inflight:
+            pending = self._pending.pop(request_id, None)
+            if pending and not pending.future.done():
+                pending.future.set_exception(lost)
+        link.inflight.clear()
+        self._notify()
+
+    def _forget(self, request_id: bytes) -> None:
+        pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            pending.link.inflight.discard(request_id)
+
+    # -- helpers -------------------------------------------------------------
+
+    async def _send(self, identity: bytes, frames: list[bytes]) -> None:
+        assert self._sock is not None
+        await self._sock.send_multipart([identity, *frames])
+
+    def _notify(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    def _name(self, link: Link) -> str:
+        return f"{self.pool} worker {link.index}"
+
+    def inflight_by_pid(self) -> dict[int, int]:
+        return {lk.pid: len(lk.inflight) for lk in self._links.values()}
+
+
+class Bus:
+    """All pools' buses; routes an op to its pool by the op catalogue."""
+
+    def __init__(self, pools: dict[str, PoolBus], catalogue: dict[str, Any]) -> None:
+        self.pools = pools
+        self._catalogue = catalogue
+
+    async def call(self, op: str, args: dict[str, Any], *, deadline: float,
+                   key: str | None = None) -> Any:
+        entry = self._catalogue.get(op)
+        if entry is None:
+            raise Internal(f"unknown op {op}")
+        return await self.pools[entry.pool].call(op, args, deadline=deadline, key=key,
+                                                 read_only=entry.read_only)

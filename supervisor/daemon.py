@@ -1,0 +1,156 @@
+"""The composition root: builds every part of the daemon and owns the order
+in which they start and stop.
+
+Start: run dir and its lock (one daemon per run dir; the lock dies with
+its holder, so a new daemon starts cleanly after ``kill -9``) → worker
+settings file → buses bound → pools spawned → health endpoint → CRI socket.
+The CRI socket comes last so that nothing reaches a half-built daemon;
+calls that arrive before a pool is READY wait on the bus, within their
+deadline.
+
+Stop (SIGTERM/SIGINT): CRI socket closed with a short grace → health
+endpoint → workers SIGTERMed and reaped → buses closed. Containers are
+never touched: they belong to conmon, which is not our child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from typing import Any
+
+import setproctitle
+import zmq
+import zmq.asyncio
+
+from ..proto import ops
+from . import config as cfg
+from .bus import Bus, BusTiming, PoolBus
+from .grpc_server import Front, serve
+from .health import HealthServer
+from .lifecycle import EventPublisher
+from .metrics import Metrics
+from .pool import RestartPolicy, WorkerCommand, WorkerPool, write_settings
+from .supervision import Supervision
+
+log = logging.getLogger(__name__)
+
+GRPC_STOP_GRACE = 5.0
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def bus_endpoint(runroot: str, pool: str) -> str:
+    return f"ipc://{runroot}/bus/{pool}.sock"
+
+
+def events_endpoint(runroot: str) -> str:
+    return f"ipc://{runroot}/bus/events.sock"
+
+
+def lock_run_dir(runroot: str) -> int:
+    """Hold ``<runroot>/podvisor.lock`` for the daemon's life; refuse a second daemon."""
+    path = os.path.join(runroot, "podvisor.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise DaemonError(f"another podvisor (pid {holder}) is running on {runroot}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def worker_settings(config: cfg.Config) -> dict[str, Any]:
+    """What every worker reads at start: the effective config, plus the
+    Python log level so workers need not know CRI-O's level names."""
+    settings = cfg.to_dict(config)
+    settings["python_log_level"] = cfg.python_log_level(config.log_level)
+    return settings
+
+
+class Daemon:
+    def __init__(self, config: cfg.Config) -> None:
+        self.config = config
+        self._stop = asyncio.Event()
+
+    async def run(self) -> int:
+        config = self.config
+        for path in (config.root, config.runroot, os.path.join(config.runroot, "bus"),
+                     os.path.dirname(config.api.listen)):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        lock_fd = lock_run_dir(config.runroot)
+        setproctitle.setproctitle("podvisor: supervisor")
+        settings_path = os.path.join(config.runroot, "worker-settings.json")
+        write_settings(settings_path, worker_settings(config))
+
+        zctx = zmq.asyncio.Context()
+        events = EventPublisher(zmq.Context.instance(), events_endpoint(config.runroot))
+        metrics = Metrics()
+        pools, buses = self._build_pools(config, settings_path, events)
+        supervision = Supervision(pools, buses)
+        for pool_bus in buses.values():
+            pool_bus.bind(zctx)
+            pool_bus.start()
+        supervision.start()
+        metrics.watch(pools, buses)
+
+        health = None
+        if config.metrics.enable_metrics:
+            health = HealthServer(config.metrics.metrics_host, config.metrics.metrics_port,
+                                  pools, buses, metrics)
+            await health.start(os.path.join(config.runroot, "health.addr"))
+        front = Front(Bus(buses, ops.CATALOGUE), pools, metrics, config.api.request_timeout)
+        server = await serve(front, config.api.listen, config.api.grpc_max_send_msg_size,
+                             config.api.grpc_max_recv_msg_size)
+        log.info("podvisor serving CRI v1 on %s (pid %d)", config.api.listen, os.getpid())
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self._stop.wait()
+        log.info("Stopping podvisor")
+
+        await server.stop(GRPC_STOP_GRACE)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(config.api.listen)
+        if health is not None:
+            await health.stop()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(config.runroot, "health.addr"))
+        await supervision.stop(config.workers.stop_timeout)
+        for pool_bus in buses.values():
+            await pool_bus.stop()
+        events.close()
+        zctx.destroy(linger=0)
+        os.close(lock_fd)
+        log.info("podvisor stopped")
+        return 0
+
+    def _build_pools(self, config: cfg.Config, settings_path: str,
+                     events: EventPublisher) -> tuple[dict[str, WorkerPool], dict[str, PoolBus]]:
+        workers = config.workers
+        policy = RestartPolicy(backoff_base=workers.backoff_base, backoff_cap=workers.backoff_cap,
+                               startsecs=workers.startsecs, fatal_after=workers.fatal_after,
+                               start_timeout=workers.start_timeout)
+        timing = BusTiming(heartbeat_interval=workers.heartbeat_interval,
+                           heartbeat_liveness=workers.heartbeat_liveness,
+                           overrun_grace=workers.overrun_grace)
+        command = WorkerCommand(endpoint_for=lambda pool: bus_endpoint(config.runroot, pool),
+                                settings_path=settings_path)
+        pools: dict[str, WorkerPool] = {}
+        buses: dict[str, PoolBus] = {}
+        for name, size in workers.pool_sizes().items():
+            pool = pools[name] = WorkerPool(name, size, command, policy, events.publish)
+            buses[name] = PoolBus(name, bus_endpoint(config.runroot, name), timing,
+                                  admit=pool.mark_ready, on_unresponsive=pool.kill_unresponsive,
+                                  is_fatal=pool.is_fatal)
+        return pools, buses

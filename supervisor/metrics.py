@@ -1,0 +1,66 @@
+"""Prometheus metrics of the daemon, on a registry of its own.
+
+RPC counts and latencies are recorded by the gRPC front for every call;
+worker gauges and bus counters are read from the pools and buses at scrape
+time, so there is one source of truth and nothing to keep in sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .bus import PoolBus
+from .pool import SlotState, WorkerPool
+
+# From 1 ms to 2 min: Version takes under a millisecond, pulls take minutes.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rpc_requests = Counter(
+            "podvisor_rpc_requests", "CRI requests served, by method and gRPC status code",
+            ["method", "code"], registry=self.registry)
+        self.rpc_latency = Histogram(
+            "podvisor_rpc_duration_seconds", "Latency of CRI requests, by method",
+            ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def watch(self, pools: Mapping[str, WorkerPool], buses: Mapping[str, PoolBus]) -> None:
+        self.registry.register(_PoolCollector(pools, buses))
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        self.rpc_requests.labels(method, code).inc()
+        self.rpc_latency.labels(method).observe(seconds)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pools: Mapping[str, WorkerPool], buses: Mapping[str, PoolBus]) -> None:
+        self._pools = pools
+        self._buses = buses
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("podvisor_workers_up", "Workers READY, by pool", labels=["pool"])
+        size = GaugeMetricFamily("podvisor_workers_configured", "Slots per pool",
+                                 labels=["pool"])
+        fatal = GaugeMetricFamily("podvisor_workers_fatal", "Slots given up on (FATAL)",
+                                  labels=["pool"])
+        restarts = CounterMetricFamily("podvisor_worker_restarts",
+                                       "Worker restarts, by pool", labels=["pool"])
+        for name, pool in self._pools.items():
+            up.add_metric([name], pool.ready_count())
+            size.add_metric([name], len(pool.slots))
+            fatal.add_metric([name], sum(s.state is SlotState.FATAL for s in pool.slots))
+            restarts.add_metric([name], sum(s.restarts for s in pool.slots))
+        bus = CounterMetricFamily("podvisor_bus_events", "Bus anomalies: late replies, "
+                                  "protocol errors, retries, refused workers",
+                                  labels=["pool", "kind"])
+        for name, pool_bus in self._buses.items():
+            for kind, count in sorted(pool_bus.stats.items()):
+                bus.add_metric([name, kind], count)
+        yield from (up, size, fatal, restarts, bus)

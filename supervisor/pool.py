@@ -1,0 +1,307 @@
+"""Worker pools: slots, their state machine, spawning, reaping, restarts.
+
+Each pool has a fixed number of slots; each slot holds at most one worker
+process at a time and remembers its history (restarts, fast failures).
+
+State machine (supervisord's names)::
+
+    EXITED ──spawn──▶ STARTING ──READY──▶ READY
+                         │                  │
+                         └──exit / killed───┴──▶ BACKOFF ──delay──▶ STARTING
+                                                    │
+                                 fatal_after fast ──┴──▶ FATAL
+    any live state ──shutdown──▶ STOPPING ──reaped──▶ EXITED
+
+Restarts use capped exponential backoff: the first restart after a worker
+that ran at least ``startsecs`` is immediate; each further consecutive fast
+failure doubles the delay from ``backoff_base`` up to ``backoff_cap``, and
+``fatal_after`` of them in a row leave the slot FATAL.
+
+Concurrency: everything here runs on the supervisor's asyncio loop, in the
+main thread (PR_SET_PDEATHSIG ties workers to the thread that forked them).
+Child exits are noticed through a pidfd per worker; reaping is a
+``waitpid(-1, WNOHANG)`` sweep, which also collects children we never knew.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class SlotState(enum.Enum):
+    STARTING = "STARTING"
+    READY = "READY"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+
+
+LIVE_STATES = frozenset({SlotState.STARTING, SlotState.READY, SlotState.STOPPING})
+
+# Every edge the machine may take; anything else is a bug.
+TRANSITIONS = frozenset({
+    (SlotState.EXITED, SlotState.STARTING),
+    (SlotState.STARTING, SlotState.READY),
+    (SlotState.STARTING, SlotState.BACKOFF),
+    (SlotState.READY, SlotState.BACKOFF),
+    (SlotState.BACKOFF, SlotState.STARTING),
+    (SlotState.BACKOFF, SlotState.FATAL),
+    (SlotState.STARTING, SlotState.STOPPING),
+    (SlotState.READY, SlotState.STOPPING),
+    (SlotState.STOPPING, SlotState.EXITED),
+    (SlotState.BACKOFF, SlotState.EXITED),
+    (SlotState.FATAL, SlotState.EXITED),
+})
+
+
+class TransitionError(RuntimeError):
+    """A state change the machine does not allow."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    startsecs: float = 1.0
+    fatal_after: int = 5
+    start_timeout: float = 15.0
+
+    def delay(self, fast_failures: int) -> float:
+        """Seconds to wait before the next spawn after ``fast_failures`` in a row."""
+        if fast_failures <= 0:
+            return 0.0
+        return min(self.backoff_cap, self.backoff_base * 2.0 ** (fast_failures - 1))
+
+
+@dataclass
+class WorkerSlot:
+    """One place in a pool; outlives the processes that fill it."""
+
+    pool: str
+    index: int
+    state: SlotState = SlotState.EXITED
+    pid: int | None = None
+    started_at: float = 0.0          # monotonic, for uptime and startsecs
+    started_wall: float = 0.0        # epoch seconds, for status output
+    restarts: int = 0
+    fast_failures: int = 0
+    next_spawn_at: float = 0.0
+    last_exit: str = ""
+    kill_sent: int = 0               # last signal sent to the live process, 0 if none
+    kill_sent_at: float = 0.0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    pidfd: int | None = field(default=None, repr=False)
+
+    def move(self, new: SlotState) -> None:
+        if (self.state, new) not in TRANSITIONS:
+            raise TransitionError(f"{self.name}: {self.state.name} -> {new.name}")
+        self.state = new
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool} worker {self.index}"
+
+    def spawned(self, pid: int | None, now: float) -> None:
+        # EXITED|BACKOFF -> STARTING
+        self.move(SlotState.STARTING)
+        self.pid = pid
+        self.started_at = now
+        self.started_wall = time.time()
+        self.kill_sent = 0
+
+    def ready(self) -> None:
+        # STARTING -> READY
+        self.move(SlotState.READY)
+
+    def exited(self, now: float, how: str, policy: RestartPolicy) -> None:
+        """Record the end of the slot's process and decide what comes next."""
+        self.pid = None
+        self.process = None
+        self.last_exit = how
+        if self.state is SlotState.STOPPING:
+            # STOPPING -> EXITED: we asked it to go.
+            self.move(SlotState.EXITED)
+            return
+        fast = now - self.started_at < policy.startsecs
+        self.fast_failures = self.fast_failures + 1 if fast else 0
+        # STARTING|READY -> BACKOFF, even for an immediate restart, so that
+        # one code path spawns.
+        self.move(SlotState.BACKOFF)
+        if self.fast_failures >= policy.fatal_after:
+            # BACKOFF -> FATAL: it keeps dying on start; stop trying.
+            self.move(SlotState.FATAL)
+            return
+        self.next_spawn_at = now + policy.delay(self.fast_failures)
+
+
+Spawner = Callable[[str, int], "subprocess.Popen[bytes]"]
+
+
+@dataclass(frozen=True)
+class WorkerCommand:
+    """How to start a worker: ``python -m podvisor.workers.<pool>``."""
+
+    endpoint_for: Callable[[str], str]
+    settings_path: str
+    python: str = sys.executable
+
+    def __call__(self, pool: str, index: int) -> subprocess.Popen[bytes]:
+        argv = [self.python, "-m", f"podvisor.workers.{pool}", "--index", str(index),
+                "--endpoint", self.endpoint_for(pool), "--settings", self.settings_path,
+                "--parent-pid", str(os.getpid())]
+        # fork+exec from the main thread (grpc and zmq forbid bare fork);
+        # same process group and cgroup as the supervisor so that a stop of
+        # the daemon's unit reaches workers.
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
+
+
+def write_settings(path: str, settings: dict[str, Any]) -> None:
+    """Atomically write the JSON settings every worker reads at start."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(settings, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+EventSink = Callable[[str, "WorkerSlot", dict[str, Any]], None]
+
+
+class WorkerPool:
+    """The slots of one pool and what happens to their processes."""
+
+    def __init__(self, name: str, size: int, spawn: Spawner, policy: RestartPolicy,
+                 on_event: EventSink) -> None:
+        self.name = name
+        self.slots = [WorkerSlot(name, i) for i in range(1, size + 1)]
+        self._spawn = spawn
+        self.policy = policy
+        self._on_event = on_event
+
+    def by_pid(self, pid: int) -> WorkerSlot | None:
+        return next((s for s in self.slots if s.pid == pid), None)
+
+    def ready_count(self) -> int:
+        return sum(1 for s in self.slots if s.state is SlotState.READY)
+
+    def is_fatal(self) -> bool:
+        """True when no slot can ever serve again without operator action."""
+        return all(s.state is SlotState.FATAL for s in self.slots)
+
+    def spawn_due(self, now: float) -> list[WorkerSlot]:
+        """Start every empty slot whose backoff has run out; return them."""
+        started = []
+        for slot in self.slots:
+            due = slot.state is SlotState.EXITED or (
+                slot.state is SlotState.BACKOFF and now >= slot.next_spawn_at)
+            if not due:
+                continue
+            if slot.state is SlotState.BACKOFF:
+                slot.restarts += 1
+            try:
+                process = self._spawn(self.name, slot.index)
+            except OSError as exc:
+                log.error("Cannot spawn %s: %s", slot.name, exc)
+                # Counts as a fast failure, so a missing interpreter ends FATAL.
+                slot.spawned(None, now)
+                slot.exited(now, f"spawn failed: {exc}", self.policy)
+                continue
+            slot.process = process
+            slot.spawned(process.pid, now)
+            started.append(slot)
+            self._on_event("spawn", slot, {"restarts": slot.restarts})
+        return started
+
+    def mark_ready(self, index: int, pid: int) -> bool:
+        """A READY arrived; accept it only from the process we started there."""
+        slot = self.slots[index - 1] if 0 < index <= len(self.slots) else None
+        if slot is None or slot.pid != pid or slot.state is not SlotState.STARTING:
+            return False
+        slot.ready()
+        self._on_event("ready", slot, {})
+        return True
+
+    def reaped(self, slot: WorkerSlot, status: int, now: float) -> None:
+        how = describe_exit(status)
+        pid = slot.pid
+        stopping = slot.state is SlotState.STOPPING
+        if slot.process is not None:
+            slot.process.returncode = os.waitstatus_to_exitcode(status)
+        slot.exited(now, how, self.policy)
+        if stopping:
+            log.info("%s (pid %s) stopped: %s", slot.name, pid, how)
+        elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            log.error("%s (pid %s) was killed by SIGKILL (possibly OOM)", slot.name, pid)
+        else:
+            log.error("%s (pid %s) exited unexpectedly: %s", slot.name, pid, how)
+        self._on_event("reap", slot, {"pid": pid, "exit": how})
+        if slot.state is SlotState.BACKOFF:
+            self._on_event("backoff", slot, {"delay": max(0.0, slot.next_spawn_at - now)})
+        elif slot.state is SlotState.FATAL:
+            log.error("%s failed %d times in a row within %.1fs of start; giving up (FATAL)",
+                      slot.name, slot.fast_failures, self.policy.startsecs)
+            self._on_event("fatal", slot, {"exit": how})
+
+    def kill(self, slot: WorkerSlot, why: str) -> None:
+        """SIGTERM a live worker, or SIGKILL one already asked."""
+        if slot.pid is None:
+            return
+        sig = signal.SIGKILL if slot.kill_sent else signal.SIGTERM
+        log.warning("Killing %s (pid %d) with %s: %s", slot.name, slot.pid, sig.name, why)
+        try:
+            os.kill(slot.pid, sig)
+        except ProcessLookupError:
+            return
+        slot.kill_sent = sig
+        slot.kill_sent_at = time.monotonic()
+        self._on_event("kill", slot, {"signal": sig.name, "why": why})
+
+    def kill_unresponsive(self, pid: int, why: str) -> None:
+        """The bus's verdict on a worker: missed heartbeats or an overrun op."""
+        slot = self.by_pid(pid)
+        if slot is not None and not slot.kill_sent:
+            self.kill(slot, why)
+
+    def unfinished_kills(self, now: float, grace: float) -> list[WorkerSlot]:
+        """Slots sent SIGTERM more than ``grace`` ago whose process lives on."""
+        return [s for s in self.slots if s.pid is not None
+                and s.kill_sent == signal.SIGTERM and now - s.kill_sent_at > grace]
+
+    def overdue_starts(self, now: float) -> list[WorkerSlot]:
+        """Slots whose worker has not said READY within start_timeout."""
+        return [s for s in self.slots if s.state is SlotState.STARTING
+                and now - s.started_at > self.policy.start_timeout]
+
+    def stop_all(self) -> None:
+        for slot in self.slots:
+            if slot.state in (SlotState.STARTING, SlotState.READY):
+                slot.move(SlotState.STOPPING)
+                if slot.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.pid, signal.SIGTERM)
+            elif slot.state in (SlotState.BACKOFF, SlotState.FATAL):
+                slot.move(SlotState.EXITED)
+
+    def live_pids(self) -> list[int]:
+        return [s.pid for s in self.slots if s.pid is not None]
+
+
+def describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"

@@ -1,0 +1,1 @@
+"""CRI RPC handlers: one module per RPC group, one coroutine per RPC."""

@@ -1,0 +1,96 @@
+"""Version, Status, RuntimeConfig, UpdateRuntimeConfig."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from ...proto import api_pb2 as api
+from ...proto.errors import BusError
+from .call import Call, route
+
+# Pools without which no pod can start: if one is FATAL, the runtime is not
+# ready, whatever runc says.
+ESSENTIAL_POOLS = ("image", "storage", "runtime")
+
+
+async def version(call: Call, request: api.VersionRequest) -> api.VersionResponse:
+    result = await call.op("runtime.version", {"version": request.version})
+    return api.VersionResponse(**result)
+
+
+async def status(call: Call, request: api.StatusRequest) -> api.StatusResponse:
+    # Both halves are asked at once; a dead pool turns its condition false
+    # with a reason instead of failing the whole call, because the kubelet
+    # reads Status to decide whether the node is ready.
+    runtime: Any
+    network: Any
+    runtime, network = await asyncio.gather(
+        call.op("runtime.status", {}), call.op("net.status", {}), return_exceptions=True)
+    response = api.StatusResponse(status=api.RuntimeStatus(conditions=[
+        _runtime_condition(call, runtime), _network_condition(network)]))
+    if isinstance(runtime, dict):
+        for handler in runtime["handlers"]:
+            response.runtime_handlers.add(
+                name=handler["name"],
+                features=api.RuntimeHandlerFeatures(
+                    recursive_read_only_mounts=handler["recursive_read_only_mounts"],
+                    user_namespaces=False))
+        # The default handler is also listed under the empty name, as the
+        # kubelet looks it up by "" when a pod names no runtime class.
+        default = next((h for h in runtime["handlers"]
+                        if h["name"] == runtime["default_runtime"]), None)
+        if default is not None:
+            response.runtime_handlers.add(name="", features=api.RuntimeHandlerFeatures(
+                recursive_read_only_mounts=default["recursive_read_only_mounts"]))
+    response.features.CopyFrom(api.RuntimeFeatures())
+    if request.verbose:
+        response.info["runtime"] = json.dumps(_plain(runtime))
+        response.info["network"] = json.dumps(_plain(network))
+        response.info["pools"] = json.dumps({
+            name: {"size": len(p.slots), "ready": p.ready_count(), "fatal": p.is_fatal()}
+            for name, p in call.pools.items()})
+    return response
+
+
+def _runtime_condition(call: Call, runtime: Any) -> api.RuntimeCondition:
+    for name in ESSENTIAL_POOLS:
+        if call.pools[name].is_fatal():
+            return api.RuntimeCondition(
+                type="RuntimeReady", status=False, reason=f"{name.capitalize()}PoolFatal",
+                message=f"every {name} worker failed to start; see `podvisor status`")
+    if isinstance(runtime, BaseException):
+        return api.RuntimeCondition(type="RuntimeReady", status=False,
+                                    reason="RuntimePoolUnavailable", message=_message(runtime))
+    return api.RuntimeCondition(type="RuntimeReady", status=runtime["runtime_ready"],
+                                reason=runtime["reason"], message=runtime["message"])
+
+
+def _network_condition(network: Any) -> api.RuntimeCondition:
+    if isinstance(network, BaseException):
+        return api.RuntimeCondition(type="NetworkReady", status=False,
+                                    reason="NetworkPoolUnavailable", message=_message(network))
+    return api.RuntimeCondition(type="NetworkReady", status=network["network_ready"],
+                                reason=network["reason"], message=network["message"])
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, BusError) else f"{type(exc).__name__}: {exc}"
+
+
+def _plain(value: Any) -> Any:
+    return {"error": _message(value)} if isinstance(value, BaseException) else value
+
+
+async def runtime_config(call: Call,
+                         request: api.RuntimeConfigRequest) -> api.RuntimeConfigResponse:
+    result = await call.op("runtime.runtime_config", {})
+    driver = api.SYSTEMD if result["cgroup_driver"] == "systemd" else api.CGROUPFS
+    return api.RuntimeConfigResponse(
+        linux=api.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+
+async def update_runtime_config(
+        call: Call, request: api.UpdateRuntimeConfigRequest) -> api.UpdateRuntimeConfigResponse:
+    return await route(call, "UpdateRuntimeConfig", request, api.UpdateRuntimeConfigResponse)

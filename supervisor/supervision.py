@@ -1,0 +1,131 @@
+"""The supervision loop: keeps every pool at full strength.
+
+One asyncio task runs ``manage`` every ``TICK`` seconds, in this order:
+
+1. reap: collect exited children (``waitpid(-1, WNOHANG)``), so a slot's
+   state reflects reality before anything else looks at it; the bus fails
+   whatever a dead worker held;
+2. kill: escalate SIGTERM to SIGKILL for workers that did not go, and
+   SIGTERM workers that never said READY within ``start_timeout``;
+3. spawn: restart slots whose backoff has run out.
+
+A pidfd per worker, watched by the loop, triggers a reap the moment a
+worker dies, so recovery never waits for the next tick. Unresponsive
+workers are reported by the bus (missed heartbeats, overrun deadlines)
+straight to their pool, which kills them; this loop escalates the
+signal. Nothing in this module blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+from .bus import PoolBus
+from .pool import SlotState, WorkerPool, WorkerSlot, describe_exit
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1
+SIGTERM_GRACE = 1.0
+
+
+class Supervision:
+    def __init__(self, pools: dict[str, WorkerPool], buses: dict[str, PoolBus]) -> None:
+        self.pools = pools
+        self.buses = buses
+        self._pidfds: dict[int, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.manage()
+        self._task = asyncio.create_task(self._run(), name="supervision")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self.manage()
+            except Exception:
+                # The loop must outlive any bug in one pass.
+                log.exception("Supervision pass failed")
+
+    def manage(self) -> None:
+        now = time.monotonic()
+        self.reap()
+        for pool in self.pools.values():
+            for slot in pool.unfinished_kills(now, SIGTERM_GRACE):
+                pool.kill(slot, "it did not exit after SIGTERM")
+            for slot in pool.overdue_starts(now):
+                if not slot.kill_sent:
+                    pool.kill(slot, f"no READY within {pool.policy.start_timeout:.0f}s")
+            for slot in pool.spawn_due(now):
+                self._watch(slot)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._unwatch(pid)
+            self._reaped(pid, status)
+
+    def _reaped(self, pid: int, status: int) -> None:
+        for name, pool in self.pools.items():
+            slot = pool.by_pid(pid)
+            if slot is not None:
+                pool.reaped(slot, status, time.monotonic())
+                self.buses[name].worker_gone(pid, describe_exit(status))
+                return
+        log.debug("Reaped unknown child %d (%s)", pid, describe_exit(status))
+
+    def _watch(self, slot: WorkerSlot) -> None:
+        if slot.pid is None:
+            return
+        try:
+            fd = os.pidfd_open(slot.pid)
+        except OSError:
+            return  # already gone; the next reap collects it
+        self._pidfds[slot.pid] = fd
+        asyncio.get_running_loop().add_reader(fd, self.reap)
+
+    def _unwatch(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM every worker, wait up to ``timeout``, then SIGKILL the rest."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for pool in self.pools.values():
+            pool.stop_all()
+        deadline = time.monotonic() + timeout
+        while self._live() and time.monotonic() < deadline:
+            self.reap()
+            await asyncio.sleep(0.05)
+        for pool in self.pools.values():
+            for slot in pool.slots:
+                if slot.pid is not None:
+                    slot.kill_sent = 1  # straight to SIGKILL
+                    pool.kill(slot, f"still running {timeout:.0f}s after SIGTERM")
+        # SIGKILL cannot be ignored, but a process in D state takes time.
+        deadline = time.monotonic() + 5.0
+        while self._live() and time.monotonic() < deadline:
+            self.reap()
+            await asyncio.sleep(0.02)
+        for pid in list(self._pidfds):
+            self._unwatch(pid)
+
+    def _live(self) -> bool:
+        return any(s.state is SlotState.STOPPING or s.pid is not None
+                   for pool in self.pools.values() for s in pool.slots)

@@ -1,0 +1,171 @@
+"""A real podvisor daemon on a private run dir, a CRI client on the
+generated stubs, and ``poll_until``.
+
+Every daemon a test starts runs in its own session; teardown SIGTERMs the
+pid we started, waits, then SIGKILLs its process group, so no worker
+survives a failed test. Paths are short (``/tmp/pv-XXXX``) because unix
+socket paths are limited to 107 bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from podvisor.proto import api_pb2_grpc
+
+T = TypeVar("T")
+
+PODVISOR = str(Path(sys.executable).with_name("podvisor"))
+START_TIMEOUT = 20.0
+
+
+def poll_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05,
+               what: str = "condition") -> T:
+    """Call ``predicate`` until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = predicate()
+        except Exception as exc:  # the daemon may be mid-restart
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s; last: {last!r}")
+        time.sleep(interval)
+
+
+@dataclass
+class Daemon:
+    """One podvisor process started by a test, and how to reach it."""
+
+    base: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    channel: grpc.Channel | None = field(default=None, repr=False)
+
+    @property
+    def runroot(self) -> Path:
+        return self.base / "run"
+
+    @property
+    def socket(self) -> Path:
+        return self.runroot / "podvisor.sock"
+
+    @property
+    def config_path(self) -> Path:
+        return self.base / "podvisor.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "daemon.log"
+
+    @property
+    def cni_dir(self) -> Path:
+        return self.base / "cni"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the ``podvisor`` command against this daemon's configuration."""
+        return subprocess.run([PODVISOR, "--config", str(self.config_path),
+                               "--config-dir", str(self.base / "conf.d"), *args],
+                              capture_output=True, text=True, timeout=30, check=False)
+
+    def start(self, wait_ready: bool = True) -> Daemon:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [PODVISOR, "--config", str(self.config_path),
+             "--config-dir", str(self.base / "conf.d"), "run"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env,
+            start_new_session=True)
+        log.close()
+        poll_until(self.socket.exists, START_TIMEOUT, what="CRI socket")
+        if wait_ready:
+            poll_until(self.all_ready, START_TIMEOUT, what="every worker READY")
+        self.channel = grpc.insecure_channel(f"unix:{self.socket}")
+        return self
+
+    def status(self) -> dict[str, Any]:
+        """The health endpoint's JSON document."""
+        addr = (self.runroot / "health.addr").read_text().strip()
+        with urllib.request.urlopen(f"http://{addr}/status", timeout=5) as resp:
+            doc: dict[str, Any] = json.load(resp)
+        return doc
+
+    def metrics(self) -> str:
+        addr = (self.runroot / "health.addr").read_text().strip()
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    def workers(self) -> dict[tuple[str, int], dict[str, Any]]:
+        return {(w["pool"], w["index"]): w for w in self.status()["workers"]}
+
+    def all_ready(self) -> bool:
+        return all(w["state"] == "READY" for w in self.status()["workers"])
+
+    @property
+    def runtime(self) -> api_pb2_grpc.RuntimeServiceStub:
+        return api_pb2_grpc.RuntimeServiceStub(self.channel)
+
+    @property
+    def images(self) -> api_pb2_grpc.ImageServiceStub:
+        return api_pb2_grpc.ImageServiceStub(self.channel)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM the daemon we started, then SIGKILL its whole session."""
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is None:
+            return None
+        code = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.proc.wait(timeout)
+        else:
+            code = self.proc.returncode
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # workers share its process group
+        self.proc.wait()
+        return code
+
+
+def write_config(base: Path, workers: dict[str, Any] | None = None,
+                 extra: str = "") -> None:
+    sizes = {"image": 1, "storage": 1, "runtime": 2, "net": 2, **(workers or {})}
+    lines = [
+        "[podvisor]",
+        f'root = "{base / "root"}"',
+        f'runroot = "{base / "run"}"',
+        'log_level = "debug"',
+        "[podvisor.network]",
+        f'network_dir = "{base / "cni"}"',
+        "[podvisor.metrics]",
+        "metrics_port = 0",
+        "[podvisor.workers]",
+        *(f"{k} = {json.dumps(v)}" for k, v in sizes.items()),
+        extra,
+    ]
+    (base / "podvisor.toml").write_text("\n".join(lines) + "\n")
+    (base / "conf.d").mkdir(exist_ok=True)
+
+

@@ -1,0 +1,130 @@
+"""The daemon answers Version, Status and RuntimeConfig over its socket, and
+reports its workers through `podvisor status` and /metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import stat
+
+import grpc
+from daemonlib import Daemon, poll_until
+from podvisor.proto import api_pb2 as api
+
+
+def test_version_over_the_socket(daemon: Daemon) -> None:
+    reply = daemon.runtime.Version(api.VersionRequest(version="v1"), timeout=10)
+    assert reply.runtime_name == "podvisor"
+    assert reply.runtime_api_version == "v1"
+    assert reply.version == "0.1.0"
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", reply.runtime_version)
+
+
+def test_socket_is_mode_0660(daemon: Daemon) -> None:
+    mode = os.stat(daemon.socket).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o660
+    for pool in ("image", "storage", "runtime", "net"):
+        assert stat.S_IMODE(os.stat(daemon.runroot / "bus" / f"{pool}.sock").st_mode) == 0o600
+
+
+def test_status_reports_runtime_ready_and_network_not_ready_without_cni_config(
+        daemon: Daemon) -> None:
+    reply = daemon.runtime.Status(api.StatusRequest(verbose=True), timeout=10)
+    conditions = {c.type: c for c in reply.status.conditions}
+    assert conditions["RuntimeReady"].status is True
+    network = conditions["NetworkReady"]
+    assert network.status is False
+    assert network.reason == "NetworkPluginNotReady"
+    assert str(daemon.cni_dir) in network.message
+    handlers = {h.name for h in reply.runtime_handlers}
+    assert {"runc", "crun", ""} <= handlers
+    runtime_info = json.loads(reply.info["runtime"])
+    assert runtime_info["default_runtime"] == "runc"
+    pools = json.loads(reply.info["pools"])
+    assert pools["runtime"] == {"size": 2, "ready": 2, "fatal": False}
+
+
+def test_status_turns_network_ready_when_a_config_appears(daemon: Daemon) -> None:
+    daemon.cni_dir.mkdir(exist_ok=True)
+    conf = daemon.cni_dir / "10-test.conflist"
+    conf.write_text(json.dumps({"cniVersion": "1.0.0", "name": "testnet",
+                                "plugins": [{"type": "loopback"}]}))
+    try:
+        def network_ready() -> bool:
+            reply = daemon.runtime.Status(api.StatusRequest(), timeout=10)
+            return any(c.type == "NetworkReady" and c.status for c in reply.status.conditions)
+        poll_until(network_ready, 5, what="NetworkReady=true")
+    finally:
+        conf.unlink()
+
+
+def test_runtime_config_reports_the_cgroup_driver(daemon: Daemon) -> None:
+    reply = daemon.runtime.RuntimeConfig(api.RuntimeConfigRequest(), timeout=10)
+    assert reply.linux.cgroup_driver == api.CGROUPFS
+
+
+def test_podvisor_status_lists_every_worker(daemon: Daemon) -> None:
+    out = daemon.cli("status")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1].split() == ["POOL", "INDEX", "PID", "STATE", "UPTIME", "RESTARTS",
+                                "INFLIGHT", "RSS", "CPU%"]
+    rows = [line.split() for line in lines[2:]]
+    assert sorted((r[0], r[1]) for r in rows) == sorted(
+        [("image", "1"), ("storage", "1"), ("runtime", "1"), ("runtime", "2"),
+         ("net", "1"), ("net", "2")])
+    assert all(r[3] == "READY" for r in rows)
+
+    doc = json.loads(daemon.cli("status", "--json").stdout)
+    for worker in doc["workers"]:
+        assert worker["pid"] > 0 and worker["rss"] > 0
+        assert set(worker) >= {"pool", "index", "pid", "state", "uptime", "restarts",
+                               "inflight", "rss", "cpu_percent"}
+
+
+def test_metrics_count_rpcs_by_code_and_workers_up(daemon: Daemon) -> None:
+    daemon.runtime.Version(api.VersionRequest(), timeout=10)
+    with contextlib.suppress(grpc.RpcError):
+        daemon.runtime.RunPodSandbox(api.RunPodSandboxRequest(), timeout=10)
+    text = daemon.metrics()
+    assert re.search(r'podvisor_rpc_requests_total\{code="OK",method="Version"\} [1-9]', text)
+    assert re.search(
+        r'podvisor_rpc_requests_total\{code="UNIMPLEMENTED",method="RunPodSandbox"\} [1-9]', text)
+    assert 'podvisor_rpc_duration_seconds_bucket{le="0.001",method="Version"}' in text
+    assert 'podvisor_workers_up{pool="runtime"} 2.0' in text
+    assert 'podvisor_worker_restarts_total{pool="net"} 0.0' in text
+
+
+def test_logged_requests_carry_a_request_id(daemon: Daemon) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        daemon.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id="x"), timeout=10)
+    log = daemon.log_path.read_text()
+    assert re.search(r"\[StopPodSandbox req=[0-9a-f]{12}\] .*StopPodSandbox failed: "
+                     r"UNIMPLEMENTED", log)
+    # The worker logs the same request under the bus request id.
+    assert re.search(r"\[runtime worker \d\] \[req=[0-9a-f]{12}\]", log)
+
+
+def test_podvisor_config_prints_the_effective_configuration(daemon: Daemon) -> None:
+    out = daemon.cli("--log-level", "warn", "config")
+    assert out.returncode == 0, out.stderr
+    assert 'log_level = "warn"' in out.stdout
+    assert f'runroot = "{daemon.runroot}"' in out.stdout
+    assert f'listen = "{daemon.socket}"' in out.stdout
+
+
+def test_bad_config_stops_the_start_naming_key_and_file(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    d = make_daemon(start=False)
+    (d.base / "conf.d" / "50-bad.toml").write_text("[podvisor.workers]\nimage = 0\n")
+    out = d.cli("run")
+    assert out.returncode == 2
+    assert "50-bad.toml" in out.stderr and "podvisor.workers.image" in out.stderr
+
+
+def test_second_daemon_on_the_same_run_dir_is_refused(daemon: Daemon) -> None:
+    out = daemon.cli("run")
+    assert out.returncode == 1
+    assert f"another podvisor (pid {daemon.pid}) is running" in out.stderr

@@ -1,0 +1,105 @@
+"""The bus envelope: round trips, and every kind of malformed frame refused."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from podvisor.proto import envelope
+from podvisor.proto.codes import Code
+from podvisor.proto.envelope import Command
+from podvisor.proto.errors import (
+    BusError,
+    NotFound,
+    ProtocolError,
+    Unavailable,
+    from_wire,
+)
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@given(op=st.text(min_size=1), args=st.dictionaries(st.text(), json_like, max_size=5),
+       deadline=st.floats(0, 1e9, allow_nan=False), key=st.none() | st.text(),
+       attempt=st.integers(1, 2))
+def test_request_round_trip(op: str, args: dict[str, object], deadline: float,
+                            key: str | None, attempt: int) -> None:
+    message = envelope.decode(envelope.request(op, args, deadline=deadline, key=key,
+                                               attempt=attempt))
+    assert message.command is Command.REQUEST
+    assert message.payload["op"] == op and message.payload["args"] == args
+    assert message.payload["deadline"] == deadline and message.payload["key"] == key
+    assert len(message.payload["id"]) == envelope.ID_SIZE
+
+
+@given(result=json_like)
+def test_reply_round_trip(result: object) -> None:
+    rid = envelope.new_id()
+    message = envelope.decode(envelope.reply_ok(rid, result))
+    assert message.payload == {"id": rid, "result": result}
+
+
+def test_error_reply_rebuilds_the_class_by_code() -> None:
+    rid = envelope.new_id()
+    message = envelope.decode(envelope.reply_error(rid, NotFound("no pod x").to_wire()))
+    error = from_wire(message.payload["error"])
+    assert isinstance(error, NotFound) and error.message == "no pod x"
+    odd = from_wire({"code": 10, "message": "aborted"})
+    assert type(odd) is BusError and odd.code is Code.ABORTED
+    assert from_wire({"code": 999}).code is Code.UNKNOWN
+    assert Unavailable("x").code == 14
+
+
+def test_heartbeat_has_an_empty_payload() -> None:
+    frames = envelope.encode(Command.HEARTBEAT)
+    assert frames == [b"", b"PV1", b"\x04", b""]
+    assert envelope.decode(frames).payload == {}
+
+
+def good_request() -> list[bytes]:
+    return envelope.request("runtime.version", {}, deadline=1.0)
+
+
+@pytest.mark.parametrize("frames", [
+    [],
+    [b"", b"PV1", b"\x02"],
+    [*good_request(), b"extra"],
+    [b"x", b"PV1", b"\x02", b""],
+    [b"", b"PV2", b"\x02", good_request()[3]],
+    [b"", b"PV1", b"\x00", b""],
+    [b"", b"PV1", b"\x02\x02", b""],
+    [b"", b"PV1", b"\x02", b"\xc1"],
+    [b"", b"PV1", b"\x02", msgpack.packb([1, 2])],
+    [b"", b"PV1", b"\x02", msgpack.packb({"op": "x"})],
+    [b"", b"PV1", b"\x02", msgpack.packb({"id": b"short", "op": "x", "args": {}, "deadline": 1.0,
+                                          "attempt": 1, "key": None})],
+    [b"", b"PV1", b"\x02", msgpack.packb({"id": b"x" * 16, "op": 5, "args": {}, "deadline": 1.0,
+                                          "attempt": 1, "key": None})],
+    [b"", b"PV1", b"\x02", msgpack.packb({"id": b"x" * 16, "op": "x", "args": {},
+                                          "deadline": 1.0, "attempt": True, "key": None})],
+    [b"", b"PV1", b"\x03", msgpack.packb({"id": b"x" * 16})],
+    [b"", b"PV1", b"\x03", msgpack.packb({"id": b"x" * 16, "result": 1, "error": {}})],
+    [b"", b"PV1", b"\x03", msgpack.packb({"id": b"x" * 16, "error": "boom"})],
+    [b"", b"PV1", b"\x02", msgpack.packb({1: 2})],
+], ids=lambda f: repr(f)[:40])
+def test_malformed_frames_are_refused(frames: list[bytes]) -> None:
+    with pytest.raises(ProtocolError):
+        envelope.decode(frames)
+
+
+def test_oversize_payload_is_refused() -> None:
+    frames = [b"", b"PV1", b"\x02", b"\x00" * (envelope.MAX_PAYLOAD + 1)]
+    with pytest.raises(ProtocolError, match="exceeds"):
+        envelope.decode(frames)
+
+
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_arbitrary_bytes_never_escape_as_another_error(frames: list[bytes]) -> None:
+    with contextlib.suppress(ProtocolError):
+        envelope.decode(frames)

@@ -1,0 +1,178 @@
+"""Supervision with real processes: killed, hung and crash-looping workers,
+and a killed supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+import zmq
+from daemonlib import Daemon, poll_until
+from podvisor.proto import api_pb2 as api
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+POOLS = ("image", "storage", "runtime", "net")
+CALL_DEADLINE = 5.0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_9_one_worker_per_pool_under_load(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon(workers={"image": 2, "storage": 2, "runtime": 2, "net": 2})
+    before = daemon.workers()
+    victims = {pool: before[(pool, 1)]["pid"] for pool in POOLS}
+    results: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def caller() -> None:
+        # Each caller keeps Status calls going until told to stop, so calls are
+        # in flight at the moment of the kills.
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                daemon.runtime.Status(api.StatusRequest(), timeout=CALL_DEADLINE)
+                code = "OK"
+            except grpc.RpcError as exc:
+                code = exc.code().name
+            with lock:
+                results.append((code, time.monotonic() - started))
+
+    with ThreadPoolExecutor(50) as pool:
+        for _ in range(50):
+            pool.submit(caller)
+        poll_until(lambda: len(results) >= 100, 20, what="calls under way")
+        killed_at = time.monotonic()
+        for pid in victims.values():
+            os.kill(pid, signal.SIGKILL)
+
+        def back_to_full_strength() -> bool:
+            now = daemon.workers()
+            return all(now[(p, 1)]["pid"] not in (None, victims[p])
+                       and now[(p, 1)]["state"] == "READY" for p in POOLS)
+        poll_until(back_to_full_strength, 2.0, interval=0.02, what="every pool restored")
+        recovered = time.monotonic() - killed_at
+        time.sleep(0.5)  # keep the load on across the restart
+        stop.set()
+
+    assert recovered < 2.0
+    codes = {code for code, _ in results}
+    assert codes <= {"OK", "UNAVAILABLE"}, codes
+    slowest = max(seconds for _, seconds in results)
+    assert slowest < CALL_DEADLINE + 0.5, f"a call waited {slowest:.2f}s"
+
+    doc = json.loads(daemon.cli("status", "--json").stdout)
+    after = {(w["pool"], w["index"]): w for w in doc["workers"]}
+    for pool in POOLS:
+        assert after[(pool, 1)]["restarts"] == 1
+        assert after[(pool, 1)]["pid"] != victims[pool]
+        assert after[(pool, 2)]["restarts"] == 0
+        assert after[(pool, 2)]["pid"] == before[(pool, 2)]["pid"]
+    assert "podvisor_worker_restarts_total{pool=\"net\"} 1.0" in daemon.metrics()
+
+
+def test_hung_worker_is_killed_and_its_requests_fail_unavailable(
+        make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon(workers={"runtime": 1})
+    hung = daemon.workers()[("runtime", 1)]["pid"]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        # A mutation held by the hung worker is not retried: UNAVAILABLE.
+        with pytest.raises(grpc.RpcError) as err:
+            daemon.runtime.RunPodSandbox(api.RunPodSandboxRequest(), timeout=20)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "missed heartbeats" in (err.value.details() or "")
+        assert time.monotonic() - started < 5
+        poll_until(lambda: not pid_alive(hung), 5, what="hung worker killed")
+        # A read is served by the replacement.
+        reply = daemon.runtime.Version(api.VersionRequest(), timeout=10)
+        assert reply.runtime_name == "podvisor"
+        assert daemon.workers()[("runtime", 1)]["restarts"] == 1
+    finally:
+        if pid_alive(hung):
+            os.kill(hung, signal.SIGKILL)
+
+
+def test_crash_looping_pool_goes_fatal_and_status_says_so(
+        make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    # A boot failure injected from outside: every net worker dies on import.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os\n"
+        "if b'podvisor.workers.net' in open('/proc/self/cmdline', 'rb').read():\n"
+        "    os._exit(3)\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    ctx = zmq.Context()
+    daemon = make_daemon(workers={"net": 1}, env=env, start=False,
+                         extra="backoff_base = 0.1\nfatal_after = 3")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"worker.net.")
+    events: list[str] = []
+    try:
+        daemon.start(wait_ready=False)
+        sub.connect(f"ipc://{daemon.runroot}/bus/events.sock")
+
+        def fatal() -> bool:
+            return daemon.workers()[("net", 1)]["state"] == "FATAL"
+        poll_until(fatal, 15, what="net worker FATAL")
+        while sub.poll(200):
+            events.append(sub.recv_multipart()[0].decode())
+        reply = daemon.runtime.Status(api.StatusRequest(), timeout=10)
+        network = next(c for c in reply.status.conditions if c.type == "NetworkReady")
+        assert network.status is False
+        assert network.reason == "NetworkPoolUnavailable"
+        assert "FATAL" in network.message
+        runtime = next(c for c in reply.status.conditions if c.type == "RuntimeReady")
+        assert runtime.status is True
+        assert 'podvisor_workers_fatal{pool="net"} 1.0' in daemon.metrics()
+        assert daemon.workers()[("net", 1)]["last_exit"] == "exit status 3"
+    finally:
+        sub.close()
+        ctx.term()
+    # The subscriber joined late, so only the tail of the history is certain.
+    assert "worker.net.fatal" in events
+
+
+def test_kill_9_supervisor_leaves_no_orphans_and_a_new_one_starts(
+        make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    workers = [w["pid"] for w in daemon.status()["workers"]]
+    os.kill(daemon.pid, signal.SIGKILL)
+    assert daemon.proc is not None
+    daemon.proc.wait()
+    poll_until(lambda: not any(pid_alive(p) for p in workers), 5,
+               what="every worker gone after the supervisor")
+    daemon.stop()
+    daemon.start()
+    reply = daemon.runtime.Version(api.VersionRequest(), timeout=10)
+    assert reply.runtime_name == "podvisor"
+    assert not set(workers) & {w["pid"] for w in daemon.status()["workers"]}
+
+
+def test_sigterm_stops_supervisor_and_workers(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    workers = [w["pid"] for w in daemon.status()["workers"]]
+    assert daemon.stop() == 0
+    assert not any(pid_alive(p) for p in workers)
+    assert not daemon.socket.exists()

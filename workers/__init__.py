@@ -1,0 +1,1 @@
+"""Worker processes: the shared base and one package per pool."""

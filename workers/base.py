@@ -1,0 +1,276 @@
+"""WorkerProcess: the loop every pool's worker runs.
+
+A worker is a disposable process started by the supervisor's pool manager.
+It connects one DEALER socket to its pool's ROUTER, says READY, then serves
+REQUESTs until it is told to stop or loses its supervisor.
+
+Threading Model
+    One asyncio loop in the main thread owns the socket: it receives, sends
+    every reply and heartbeat, and is the only code that touches ZeroMQ.
+    Blocking ops (runc, file I/O, plugins) run in a thread pool of
+    ``max_inflight`` threads; coroutine ops run on the loop. Either way a
+    worker serves up to ``max_inflight`` requests at once, and the
+    supervisor never sends it more.
+
+Heartbeat and Liveness
+    The worker sends HEARTBEAT every ``heartbeat_interval`` from the same
+    loop that sends replies, so a wedged loop stops heartbeating and gets
+    killed. Any frame from the supervisor counts as a sign of life; after
+    ``heartbeat_liveness`` silent intervals, or once its parent pid changes
+    (PR_SET_PDEATHSIG backs this up), the worker exits on its own: that is
+    what makes ``kill -9`` of the supervisor leave no orphans.
+
+Deadlines and Cancellation
+    Every request carries an absolute CLOCK_MONOTONIC deadline. Expired work
+    is refused; ops call ``OpContext.check()`` between steps, which raises
+    once the deadline passed or the supervisor sent CANCEL. A thread can't be
+    interrupted, so an op stuck in a syscall is the supervisor's to kill
+    (deadline + overrun grace).
+
+Shutdown
+    SIGTERM stops intake (new requests get UNAVAILABLE), lets in-flight ones
+    finish for up to ``stop_grace`` seconds, sends DISCONNECT and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import ctypes
+import functools
+import inspect
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ..proto import envelope
+from ..proto.envelope import Command
+from ..proto.errors import (
+    BusError,
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    ProtocolError,
+    Unavailable,
+    Unimplemented,
+)
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+@dataclass
+class OpContext:
+    """What an op knows about the request it serves."""
+
+    request_id: bytes
+    op: str
+    key: str | None
+    deadline: float
+    attempt: int
+    settings: Mapping[str, Any]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def remaining(self) -> float:
+        """Seconds left before the caller's deadline (may be negative)."""
+        return self.deadline - time.monotonic()
+
+    def check(self) -> None:
+        """Raise if the caller has gone or its deadline has passed."""
+        if self.cancelled.is_set():
+            raise Cancelled(f"{self.op} was cancelled by its caller")
+        if self.remaining() <= 0:
+            raise DeadlineExceeded(f"{self.op} ran past its deadline")
+
+
+SyncOp = Callable[[OpContext, dict[str, Any]], Any]
+AsyncOp = Callable[[OpContext, dict[str, Any]], Awaitable[Any]]
+OpTable = Mapping[str, SyncOp | AsyncOp]
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    pool: str
+    index: int
+    endpoint: str
+    parent_pid: int
+    max_inflight: int = 16
+    heartbeat_interval: float = 0.5
+    heartbeat_liveness: int = 3
+    stop_grace: float = 10.0
+
+
+class WorkerProcess:
+    """Serve one pool's ops over the bus until stopped (see module docstring)."""
+
+    def __init__(self, options: WorkerOptions, ops: OpTable,
+                 settings: Mapping[str, Any]) -> None:
+        self.options = options
+        self.ops = ops
+        self.settings = settings
+        self._inflight: dict[bytes, OpContext] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._last_heard = time.monotonic()
+        self._executor = ThreadPoolExecutor(
+            max_workers=options.max_inflight,
+            thread_name_prefix=f"{options.pool}-op")
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+
+    def run(self) -> int:
+        """Run until stopped; return the process exit status."""
+        set_parent_death_signal(signal.SIGTERM)
+        # The parent may have died before prctl took effect.
+        if os.getppid() != self.options.parent_pid:
+            log.error("Supervisor %d is gone before start; exiting", self.options.parent_pid)
+            return 1
+        try:
+            return asyncio.run(self._main())
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._ctx.destroy(linger=0)
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        opts = self.options
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.IDENTITY, f"{opts.pool}/{opts.index}/{os.getpid()}".encode())
+        self._sock.setsockopt(zmq.RCVHWM, 10000)
+        self._sock.setsockopt(zmq.SNDHWM, 10000)
+        self._sock.connect(opts.endpoint)
+        await self._send(envelope.encode(Command.READY, {
+            "pool": opts.pool, "index": opts.index, "pid": os.getpid(),
+            "proto": envelope.PROTO_VERSION, "ops": sorted(self.ops),
+            "max_inflight": opts.max_inflight,
+        }))
+        log.info("Worker ready with %d ops", len(self.ops))
+        receiver = asyncio.create_task(self._receive_loop())
+        beat = asyncio.create_task(self._heartbeat_loop())
+        await self._stopping.wait()
+        receiver.cancel()
+        beat.cancel()
+        return await self._shutdown()
+
+    async def _shutdown(self) -> int:
+        log.info("Worker stopping with %d requests in flight", len(self._inflight))
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=self.options.stop_grace)
+            for task in pending:
+                task.cancel()
+        with contextlib.suppress(zmq.ZMQError):
+            await self._send(envelope.encode(Command.DISCONNECT, {}))
+        return 0
+
+    async def _send(self, frames: list[bytes]) -> None:
+        await self._sock.send_multipart(frames)
+
+    async def _receive_loop(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart()
+            self._last_heard = time.monotonic()
+            try:
+                message = envelope.decode(frames)
+            except ProtocolError as exc:
+                log.warning("Dropping malformed frame from supervisor: %s", exc)
+                continue
+            self._handle(message)
+
+    def _handle(self, message: envelope.Message) -> None:
+        payload = message.payload
+        if message.command is Command.REQUEST:
+            self._accept(payload)
+        elif message.command is Command.CANCEL:
+            ctx = self._inflight.get(payload["id"])
+            if ctx is not None:
+                ctx.cancelled.set()
+        elif message.command is Command.DISCONNECT:
+            log.info("Supervisor asked this worker to leave")
+            self._stopping.set()
+        # HEARTBEAT needs nothing beyond the _last_heard update.
+
+    def _accept(self, payload: dict[str, Any]) -> None:
+        ctx = OpContext(
+            request_id=payload["id"], op=payload["op"], key=payload["key"],
+            deadline=float(payload["deadline"]), attempt=payload["attempt"],
+            settings=self.settings)
+        task = asyncio.create_task(self._serve(ctx, payload["args"]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, ctx: OpContext, args: dict[str, Any]) -> None:
+        request_id_var.set(ctx.request_id.hex()[:12])
+        self._inflight[ctx.request_id] = ctx
+        try:
+            result = await self._run_op(ctx, args)
+            frames = envelope.reply_ok(ctx.request_id, result)
+        except BusError as exc:
+            log.debug("Op %s failed: %r", ctx.op, exc)
+            frames = envelope.reply_error(ctx.request_id, exc.to_wire())
+        except Exception:
+            # The traceback stays in this worker's log; the kubelet gets a
+            # short message (style.md section 7).
+            log.exception("Op %s failed unexpectedly", ctx.op)
+            frames = envelope.reply_error(
+                ctx.request_id, Internal(f"{ctx.op} failed unexpectedly; see podvisor logs")
+                .to_wire())
+        finally:
+            self._inflight.pop(ctx.request_id, None)
+        try:
+            await self._send(frames)
+        except (ValueError, TypeError) as exc:  # result not msgpack-able: an op bug
+            log.error("Op %s returned an unencodable result: %s", ctx.op, exc)
+            await self._send(envelope.reply_error(
+                ctx.request_id, Internal(f"{ctx.op} returned an unencodable result").to_wire()))
+
+    async def _run_op(self, ctx: OpContext, args: dict[str, Any]) -> Any:
+        if self._stopping.is_set():
+            raise Unavailable(f"{self.options.pool} worker is stopping")
+        ctx.check()
+        fn = self.ops.get(ctx.op)
+        if fn is None:
+            raise Unimplemented(
+                f"{ctx.op} is not implemented by the {self.options.pool} pool yet")
+        if inspect.iscoroutinefunction(fn):
+            return await fn(ctx, args)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, fn, ctx, args)
+        return await loop.run_in_executor(self._executor, call)
+
+    async def _heartbeat_loop(self) -> None:
+        opts = self.options
+        window = opts.heartbeat_interval * opts.heartbeat_liveness
+        while True:
+            await self._send(envelope.encode(Command.HEARTBEAT))
+            await asyncio.sleep(opts.heartbeat_interval)
+            silent = time.monotonic() - self._last_heard
+            if silent > window:
+                log.error("No word from the supervisor for %.1fs; exiting", silent)
+                self._stopping.set()
+                return
+            if os.getppid() != opts.parent_pid:
+                log.error("Supervisor %d is gone; exiting", opts.parent_pid)
+                self._stopping.set()
+                return
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send ``sig`` when the parent thread exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())

@@ -1,0 +1,86 @@
+"""Entry point shared by every pool: ``python -m podvisor.workers.<pool>``.
+
+The supervisor spawns each worker with fork+exec and hands it its settings
+as a JSON file it wrote atomically under the run dir (the pool's section of
+the effective configuration plus the paths every worker needs), so a worker
+never parses TOML and never disagrees with the supervisor about a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import setproctitle
+
+from .base import OpTable, WorkerOptions, WorkerProcess, request_id_var
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def configure_logging(pool: str, index: int, level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RequestIdFilter())
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter(pool, index))
+    else:
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s [{pool} worker {index}] [req=%(request_id)s] "
+            "%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class _JsonFormatter(logging.Formatter):
+    def __init__(self, pool: str, index: int) -> None:
+        super().__init__()
+        self._fixed = {"pool": pool, "worker": index}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record), "level": record.levelname,
+            "logger": record.name, "msg": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"), **self._fixed,
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def load_settings(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        settings = json.load(f)
+    if not isinstance(settings, dict):
+        raise SystemExit(f"{path}: worker settings must be a JSON object")
+    return settings
+
+
+def main(pool: str, ops: OpTable, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"podvisor {pool} worker")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--settings", required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+    settings: Mapping[str, Any] = load_settings(args.settings)
+    bus = settings.get("workers", {})
+    configure_logging(pool, args.index, settings.get("python_log_level", "INFO"),
+                      settings.get("log_format", "text"))
+    setproctitle.setproctitle(f"podvisor: {pool} worker {args.index}")
+    options = WorkerOptions(
+        pool=pool, index=args.index, endpoint=args.endpoint, parent_pid=args.parent_pid,
+        max_inflight=int(bus.get("max_inflight", 16)),
+        heartbeat_interval=float(bus.get("heartbeat_interval", 0.5)),
+        heartbeat_liveness=int(bus.get("heartbeat_liveness", 3)),
+        stop_grace=float(bus.get("stop_timeout", 10.0)),
+    )
+    return WorkerProcess(options, ops, settings).run()

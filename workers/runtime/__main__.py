@@ -1,0 +1,9 @@
+"""`python -m podvisor.workers.runtime`: one runtime worker process."""
+
+from __future__ import annotations
+
+from ..cli import main
+from .ops import OPS
+
+if __name__ == "__main__":
+    raise SystemExit(main("runtime", OPS))

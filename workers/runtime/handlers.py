@@ -1,0 +1,77 @@
+"""OCI runtime handlers (runc, crun): is the binary there, does it work, and
+what does it support.
+
+Probing a handler runs ``<binary> --version`` and ``<binary> features``;
+the answer is cached for a few seconds so a burst of Status calls costs one
+exec per handler, not one per call.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+PROBE_TTL = 5.0
+PROBE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    path: str
+    ok: bool
+    version: str
+    message: str
+    mount_options: frozenset[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "ok": self.ok, "version": self.version,
+                "message": self.message, "recursive_read_only_mounts": "rro" in self.mount_options}
+
+
+_cache: dict[str, tuple[float, Probe]] = {}
+_cache_lock = threading.Lock()
+
+
+def probe(name: str, path: str) -> Probe:
+    """Return the (possibly cached) health of handler ``name`` at ``path``."""
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(name)
+        if hit is not None and hit[1].path == path and now - hit[0] < PROBE_TTL:
+            return hit[1]
+    result = _probe(name, path)
+    with _cache_lock:
+        _cache[name] = (now, result)
+    return result
+
+
+def _probe(name: str, path: str) -> Probe:
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True,
+                              timeout=PROBE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Probe(name, path, False, "", f"{path}: {exc}", frozenset())
+    if done.returncode != 0:
+        return Probe(name, path, False, "",
+                     f"{path} --version exited {done.returncode}: {done.stderr.strip()[:200]}",
+                     frozenset())
+    version = done.stdout.splitlines()[0].strip() if done.stdout else ""
+    return Probe(name, path, True, version, "", _mount_options(path))
+
+
+def _mount_options(path: str) -> frozenset[str]:
+    # `features` is part of the OCI runtime-spec "features" document; older
+    # binaries lack it, which just means no optional mount options.
+    try:
+        done = subprocess.run([path, "features"], capture_output=True, text=True,
+                              timeout=PROBE_TIMEOUT, check=False)
+        features = json.loads(done.stdout) if done.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return frozenset()
+    options = features.get("mountOptions") if isinstance(features, dict) else None
+    return frozenset(o for o in options or () if isinstance(o, str))

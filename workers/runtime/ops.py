@@ -1,0 +1,56 @@
+"""Ops of the runtime pool.
+
+Answered now: ``runtime.version``, ``runtime.status`` (the runtime half of
+CRI Status) and ``runtime.runtime_config``. Every other runtime op is
+UNIMPLEMENTED until its issue lands.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version as package_version
+from typing import Any
+
+from ..base import OpContext, OpTable
+from . import handlers
+
+# The CRI "version" field: the version of the runtime API the runtime
+# speaks, as CRI-O and containerd report it.
+KUBELET_API_VERSION = "0.1.0"
+
+
+def version(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": KUBELET_API_VERSION,
+        "runtime_name": "podvisor",
+        "runtime_version": package_version("podvisor"),
+        "runtime_api_version": "v1",
+    }
+
+
+def status(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Probe every configured handler; ready iff the default one works."""
+    runtime = ctx.settings["runtime"]
+    probes = [handlers.probe(name, spec["runtime_path"])
+              for name, spec in sorted(runtime["runtimes"].items())]
+    default = next(p for p in probes if p.name == runtime["default_runtime"])
+    return {
+        "runtime_ready": default.ok,
+        "reason": "" if default.ok else "RuntimeBinaryNotWorking",
+        "message": default.message,
+        "default_runtime": default.name,
+        "handlers": [p.as_dict() for p in probes if p.ok],
+        "probes": [p.as_dict() for p in probes],
+    }
+
+
+def runtime_config(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    # The kubelet reads this once at start and expects it never to change
+    # for the node's life; it comes from the daemon's config, fixed at start.
+    return {"cgroup_driver": ctx.settings["runtime"]["cgroup_manager"]}
+
+
+OPS: OpTable = {
+    "runtime.version": version,
+    "runtime.status": status,
+    "runtime.runtime_config": runtime_config,
+}
