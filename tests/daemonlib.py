@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+
 from podvisor.proto import api_pb2_grpc
 
 T = TypeVar("T")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from podvisor.supervisor import config
 from podvisor.supervisor.config import Config, ConfigError, RuntimeHandler
 

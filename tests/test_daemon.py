@@ -11,6 +11,7 @@ import stat
 
 import grpc
 from daemonlib import Daemon, poll_until
+
 from podvisor.proto import api_pb2 as api
 
 

@@ -8,6 +8,7 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from podvisor.proto import envelope
 from podvisor.proto.codes import Code
 from podvisor.proto.envelope import Command

@@ -13,6 +13,7 @@ import msgpack
 import pytest
 import zmq
 from daemonlib import Daemon, poll_until
+
 from podvisor.proto import api_pb2 as api
 
 IMPLEMENTED = {"Version", "Status", "RuntimeConfig"}

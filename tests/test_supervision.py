@@ -16,6 +16,7 @@ import grpc
 import pytest
 import zmq
 from daemonlib import Daemon, poll_until
+
 from podvisor.proto import api_pb2 as api
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

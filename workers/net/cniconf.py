@@ -79,6 +79,6 @@ def find_default(network_dir: str) -> Found:
         except ConfigInvalid as exc:
             invalid[path] = str(exc)
     if invalid:
-        return Found(None, "no valid CNI network config in %s: %s"
-                     % (network_dir, "; ".join(invalid.values())), invalid)
+        reasons = "; ".join(invalid.values())
+        return Found(None, f"no valid CNI network config in {network_dir}: {reasons}", invalid)
     return Found(None, f"no CNI network config found in {network_dir}", {})
