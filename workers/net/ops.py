@@ -1,27 +1,123 @@
-"""Ops of the net pool.
+"""Ops of the net pool: the bus face of pod networking.
 
-Answered now: ``net.status``, the network half of CRI Status (is there a
-usable CNI config). Pod network setup and teardown land with issue 4.
+    net.status      {} -> {network_ready, reason, message, config_file,
+                           network_name, invalid_configs: {path: why}}
+    net.setup       {pod_id, name, namespace, uid, port_mappings, dns,
+                     cgroup_parent, host_network?, bandwidth?, ips?} -> pod
+    net.teardown    {pod_id} -> {pod_id, found}
+    net.pod_status  {pod_id, check?} -> pod (+ checked, with check)
+    net.reconcile   {live_pod_ids} -> {torn_down: [id], failed: {id: why},
+                                       not_ready: [id]}
+
+where pod is ``{pod_id, host_network, netns_path, ips, ready, reason,
+message, network_name, config_file, interfaces, cni_result}``: ``ips`` are
+plain addresses, IPv4 first, the first one the pod's primary IP; for a
+hostNetwork pod they are the node's and ``netns_path`` is "". ``reason`` is
+"", "SettingUp", "NetnsMissing" or "CheckFailed". Argument shapes (CRI
+field names in snake_case) are in podargs.py. setup and teardown are
+idempotent; pod_status raises NOT_FOUND for a pod with no network.
+
+This module is the error boundary of the pool: CNI, namespace and record
+failures become typed bus errors here and nowhere else. A plugin's own
+code, msg and details ride in the error's details and its message, so the
+kubelet reads which plugin failed and why. Plugin code 11 ("try again
+later") becomes UNAVAILABLE; an unusable config or binary
+FAILED_PRECONDITION; any other plugin failure INTERNAL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from typing import Any
 
+from ...proto.errors import FailedPrecondition, Internal, Unavailable
 from ..base import OpContext, OpTable
-from . import cniconf
+from . import cni, cniconf, netns, podargs, podnet, store
+
+# A plugin-status probe must stay short whatever deadline Status carries.
+_STATUS_PROBE_TIMEOUT = 5.0
+_PRECONDITION_CODES = {cni.ERR_INCOMPATIBLE_VERSION, cni.ERR_INVALID_CONFIG,
+                       cni.ERR_PODVISOR_NOT_FOUND, cni.ERR_PODVISOR_EXEC}
 
 
 def status(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    network_dir = ctx.settings["network"]["network_dir"]
-    found = cniconf.find_default(network_dir)
+    layout = podnet.Layout.from_settings(ctx.settings)
+    found = cniconf.find_default(layout.network_dir, layout.plugin_dirs)
     if found.config is None:
         return {"network_ready": False, "reason": "NetworkPluginNotReady",
-                "message": found.problem, "config_file": ""}
-    return {"network_ready": True, "reason": "", "message": "",
-            "config_file": found.config.path, "network_name": found.config.name}
+                "message": found.problem, "config_file": "", "network_name": "",
+                "invalid_configs": found.invalid}
+    net = found.config
+    try:
+        runner = cni.Runner(plugin_dirs=layout.plugin_dirs,
+                            deadline=min(ctx.deadline, time.monotonic() + _STATUS_PROBE_TIMEOUT))
+        cni.status(runner, net)
+    except cni.PluginError as exc:
+        # CNI 1.1 STATUS: a plugin that is not ready makes the network not ready.
+        return {"network_ready": False, "reason": "NetworkPluginNotReady",
+                "message": str(exc), "config_file": net.path, "network_name": net.name,
+                "invalid_configs": found.invalid}
+    return {"network_ready": True, "reason": "", "message": "", "config_file": net.path,
+            "network_name": net.name, "invalid_configs": found.invalid}
+
+
+def setup(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    req = podargs.setup_request(args)
+    with _bus_errors():
+        return podnet.setup(podnet.Layout.from_settings(ctx.settings), req,
+                            ctx.deadline, ctx.check)
+
+
+def teardown(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    pod_id = podargs.pod_id(args)
+    with _bus_errors():
+        return podnet.teardown(podnet.Layout.from_settings(ctx.settings), pod_id,
+                               ctx.deadline)
+
+
+def pod_status(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    pod_id = podargs.pod_id(args)
+    with _bus_errors():
+        return podnet.pod_status(podnet.Layout.from_settings(ctx.settings), pod_id,
+                                 ctx.deadline, run_check=bool(args.get("check", False)))
+
+
+def reconcile(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    live = podargs.live_pod_ids(args)
+    with _bus_errors():
+        return podnet.reconcile(podnet.Layout.from_settings(ctx.settings), live,
+                                ctx.deadline)
+
+
+@contextlib.contextmanager
+def _bus_errors() -> Iterator[None]:
+    try:
+        yield
+    except podnet.TeardownFailed as exc:
+        details = {"pod_id": exc.pod_id, "failures": [f.as_details() for f in exc.failures]}
+        if any(f.code == cni.ERR_TRY_AGAIN_LATER for f in exc.failures):
+            raise Unavailable(str(exc), details=details) from exc
+        raise Internal(str(exc), details=details) from exc
+    except cni.PluginError as exc:
+        if exc.code == cni.ERR_TRY_AGAIN_LATER:
+            raise Unavailable(str(exc), details=exc.as_details()) from exc
+        if exc.code in _PRECONDITION_CODES:
+            raise FailedPrecondition(str(exc), details=exc.as_details()) from exc
+        raise Internal(str(exc), details=exc.as_details()) from exc
+    except cniconf.ConfigInvalid as exc:
+        raise FailedPrecondition(str(exc)) from exc
+    except store.RecordCorrupt as exc:
+        raise Internal(f"network record unreadable: {exc}") from exc
+    except netns.NamespaceError as exc:
+        raise Internal(str(exc)) from exc
 
 
 OPS: OpTable = {
     "net.status": status,
+    "net.setup": setup,
+    "net.teardown": teardown,
+    "net.pod_status": pod_status,
+    "net.reconcile": reconcile,
 }

@@ -1,0 +1,151 @@
+"""kill -9 of a net worker in the middle of 20 parallel setups, over the bus.
+
+The net pool runs as in the daemon: real ``python -m podvisor.workers.net``
+processes spawned by a WorkerPool, watched by Supervision, reached through
+a PoolBus; only the gRPC front is left out, since no RPC calls ``net.setup``
+until RunPodSandbox lands. The test drives the bus itself, kills the worker
+holding requests, and checks that every call completed or failed
+UNAVAILABLE, that the pool came back, and that once the failed pods are torn
+down nothing is left: no namespace, veth, lease or record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq.asyncio
+from netfixtures import CniWorld, HostGuard, private_cni_world
+
+from podvisor.proto.errors import Unavailable
+from podvisor.supervisor import config as cfg
+from podvisor.supervisor.bus import BusTiming, PoolBus
+from podvisor.supervisor.daemon import worker_settings
+from podvisor.supervisor.pool import RestartPolicy, WorkerCommand, WorkerPool, write_settings
+from podvisor.supervisor.supervision import Supervision
+from podvisor.workers.net import store
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+N_PODS = 20
+DEADLINE = 30.0
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[CniWorld]:
+    with private_cni_world(tmp_path) as w:
+        yield w
+
+
+async def poll(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.005)
+
+
+class NetPool:
+    """A net pool of real worker processes behind a real bus."""
+
+    def __init__(self, world: CniWorld, size: int) -> None:
+        run = world.base / "run"
+        (run / "bus").mkdir(parents=True, exist_ok=True)
+        settings_path = str(run / "worker-settings.json")
+        # The settings file the daemon would write for this world.
+        config = cfg.from_dict({"root": world.settings["root"], "runroot": str(run),
+                                "network": world.settings["network"]})
+        write_settings(settings_path, worker_settings(config))
+        endpoint = f"ipc://{run}/bus/net.sock"
+        self.pool = WorkerPool("net", size, WorkerCommand(lambda _: endpoint, settings_path),
+                               RestartPolicy(), lambda *_: None)
+        self.bus = PoolBus("net", endpoint, BusTiming(), admit=self.pool.mark_ready,
+                           on_unresponsive=self.pool.kill_unresponsive,
+                           is_fatal=self.pool.is_fatal)
+        self.supervision = Supervision({"net": self.pool}, {"net": self.bus})
+        self.zctx = zmq.asyncio.Context()
+
+    async def start(self) -> None:
+        self.bus.bind(self.zctx)
+        self.bus.start()
+        self.supervision.start()
+        await poll(lambda: self.pool.ready_count() == len(self.pool.slots), 20, "pool READY")
+
+    async def stop(self) -> None:
+        await self.supervision.stop(10)
+        await self.bus.stop()
+        self.zctx.destroy(linger=0)
+
+    async def call(self, op: str, args: dict[str, Any]) -> Any:
+        return await self.bus.call(op, args, deadline=time.monotonic() + DEADLINE,
+                                   read_only=op == "net.pod_status")
+
+
+def pod(i: int) -> dict[str, Any]:
+    return {"pod_id": f"kill{i:02d}{os.urandom(3).hex()}", "name": f"p{i}",
+            "namespace": "default", "uid": f"u{i}", "port_mappings": [], "dns": None,
+            "cgroup_parent": ""}
+
+
+def assert_holds_exactly(world: CniWorld, pods: dict[str, Any]) -> None:
+    """Namespaces, leases, veths and records are those of ``pods``, no more."""
+    assert sorted(world.namespaces()) == sorted(pods)
+    assert sorted(world.leases()) == sorted(o["ips"][0] for o in pods.values())
+    assert len(world.bridge_ports()) == len(pods)
+    assert store.list_pods(world.layout.records_dir) == sorted(pods)
+
+
+async def scenario(world: CniWorld) -> None:
+    net = NetPool(world, size=2)
+    await net.start()
+    try:
+        pods = [pod(i) for i in range(N_PODS)]
+        calls = [asyncio.create_task(net.call("net.setup", a)) for a in pods]
+        # Kill the worker with the most requests in flight once setups are
+        # under way (some records written), i.e. in the middle of the batch.
+        await poll(lambda: len(store.list_pods(world.layout.records_dir)) >= 4
+                   and any(net.bus.inflight_by_pid().values()), 20, "setups under way")
+        victim = max(net.bus.inflight_by_pid().items(), key=lambda kv: kv[1])[0]
+        os.kill(victim, signal.SIGKILL)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+
+        failed = [a for a, o in zip(pods, outcomes, strict=True) if isinstance(o, Exception)]
+        done = {a["pod_id"]: o for a, o in zip(pods, outcomes, strict=True)
+                if not isinstance(o, Exception)}
+        unexpected = [o for o in outcomes if isinstance(o, Exception)
+                      and not isinstance(o, Unavailable)]
+        assert unexpected == []
+        assert failed, "the kill hit no request"
+        assert len({o["ips"][0] for o in done.values()}) == len(done)
+
+        await poll(lambda: net.pool.ready_count() == 2 and victim not in
+                   [s.pid for s in net.pool.slots], 10, "victim replaced")
+
+        # The failed pods are torn down (StopPodSandbox's job); teardown
+        # waits for any plugin the kill orphaned, which holds the pod lock.
+        for a in failed:
+            await net.call("net.teardown", {"pod_id": a["pod_id"]})
+        # pyroute2's sync API must not run on an event loop's thread.
+        await asyncio.to_thread(assert_holds_exactly, world, done)
+        for pod_id, result in done.items():
+            status = await net.call("net.pod_status", {"pod_id": pod_id})
+            assert status["ready"] and status["ips"] == result["ips"]
+
+        await asyncio.gather(*(net.call("net.teardown", {"pod_id": p}) for p in done))
+        await asyncio.to_thread(assert_holds_exactly, world, {})
+        assert os.listdir(world.layout.records_dir) == []
+        assert world.mounts() == []
+        assert not any("CNI-DN-" in line for line in HostGuard().cni_lines())
+    finally:
+        await net.stop()
+
+
+def test_kill_9_a_net_worker_during_twenty_parallel_setups(world: CniWorld) -> None:
+    world.write_conflist()
+    asyncio.run(scenario(world))

@@ -1,0 +1,299 @@
+"""Pod networks with the real Debian CNI plugins: setup, traffic, teardown.
+
+Each test gets a private bridge, 10.x/24, host-local data dir and run dirs
+(netfixtures.CniWorld); ops are called directly with a real OpContext, the
+way a worker thread calls them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netfixtures import CniWorld, HostGuard, in_netns, ping, private_cni_world
+from pyroute2 import IPRoute
+
+from podvisor.proto.errors import BusError, Internal, NotFound
+from podvisor.workers.net import cni, cniconf, netns, nodeip, ops, store
+
+N_PODS = 20
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[CniWorld]:
+    with private_cni_world(tmp_path) as w:
+        yield w
+
+
+def pod_args(i: int, **extra: Any) -> dict[str, Any]:
+    return {"pod_id": f"pod{i:02d}{os.urandom(3).hex()}", "name": f"web-{i}",
+            "namespace": "default", "uid": f"uid-{i}", "port_mappings": [], "dns": None,
+            "cgroup_parent": "", **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_once(sock: socket.socket, reply: bytes) -> threading.Thread:
+    def run() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            conn.sendall(reply + conn.recv(64))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def lo_is_up(path: str) -> bool:
+    def probe() -> bool:
+        with IPRoute() as ipr:
+            return bool(ipr.get_links(1)[0]["flags"] & 1)  # IFF_UP
+    return in_netns(path, probe)
+
+
+def test_twenty_pods_in_parallel_get_ips_traffic_and_a_host_port(world: CniWorld) -> None:
+    world.write_conflist()
+    host_port = free_port()
+    pods = [pod_args(i) for i in range(N_PODS)]
+    pods[0]["port_mappings"] = [{"container_port": 8080, "host_port": host_port,
+                                 "protocol": "TCP", "host_ip": ""},
+                                {"container_port": 9, "host_port": 0, "protocol": "UDP"}]
+
+    with ThreadPoolExecutor(N_PODS) as pool:
+        results = list(pool.map(lambda a: ops.setup(world.ctx(), a), pods))
+
+    ips = [r["ips"][0] for r in results]
+    assert len(set(ips)) == N_PODS
+    assert all(ip in {str(h) for h in world.subnet.hosts()} for ip in ips)
+    assert sorted(world.leases()) == sorted(ips)
+    for pod, result in zip(pods, results, strict=True):
+        assert result["netns_path"] == os.path.join(world.netns_dir, pod["pod_id"])
+        assert netns.exists(result["netns_path"])
+        assert lo_is_up(result["netns_path"])
+    assert len(world.bridge_ports()) == N_PODS
+
+    # Every pod reaches the gateway and its neighbour.
+    def reach(i: int) -> list[str]:
+        path = results[i]["netns_path"]
+        return [f"pod {i} -> {dst}: {p.stdout}{p.stderr}"
+                for dst in (world.gateway, ips[(i + 1) % N_PODS])
+                if (p := ping(path, dst)).returncode != 0]
+
+    with ThreadPoolExecutor(N_PODS) as pool:
+        failures = [f for fs in pool.map(reach, range(N_PODS)) for f in fs]
+    assert failures == []
+
+    # A server in pod 0 answers on its hostPort at 127.0.0.1 through portmap.
+    def listen() -> socket.socket:
+        s = socket.socket()
+        s.bind(("0.0.0.0", 8080))
+        s.listen(1)
+        return s
+
+    server = in_netns(results[0]["netns_path"], listen)
+    with server:
+        thread = serve_once(server, b"hello from pod0:")
+        with socket.create_connection(("127.0.0.1", host_port), timeout=10) as client:
+            client.sendall(b"ping")
+            client.shutdown(socket.SHUT_WR)
+            answer = b"".join(iter(lambda: client.recv(64), b""))
+        thread.join(10)
+    assert answer == b"hello from pod0:ping"
+
+    with ThreadPoolExecutor(N_PODS) as pool:
+        torn = list(pool.map(lambda a: ops.teardown(world.ctx(), {"pod_id": a["pod_id"]}),
+                             pods))
+    assert all(t["found"] for t in torn)
+    assert world.leases() == []
+    assert world.namespaces() == []
+    assert world.mounts() == []
+    assert world.bridge_ports() == []
+    assert store.list_pods(world.layout.records_dir) == []
+    assert os.listdir(world.layout.lock_dir) == []
+    assert not any("CNI-DN-" in line for line in HostGuard().cni_lines())
+
+    # Teardown is idempotent (CRI: StopPodSandbox may be called again).
+    again = [ops.teardown(world.ctx(), {"pod_id": a["pod_id"]}) for a in pods]
+    assert [t["found"] for t in again] == [False] * N_PODS
+
+
+def test_setup_is_idempotent_and_status_reports_the_pod(world: CniWorld) -> None:
+    world.write_conflist()
+    args = pod_args(1)
+    first = ops.setup(world.ctx(), args)
+    second = ops.setup(world.ctx(), args)
+    assert second["ips"] == first["ips"]
+    assert second["netns_path"] == first["netns_path"]
+    assert world.leases() == first["ips"]
+
+    status = ops.pod_status(world.ctx(), {"pod_id": args["pod_id"], "check": True})
+    assert status["ready"] and status["checked"] is True
+    assert status["ips"] == first["ips"]
+    assert status["network_name"] == world.net_name
+
+    ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})
+    with pytest.raises(NotFound):
+        ops.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
+    assert ops.teardown(world.ctx(), {"pod_id": "never-seen"}) == {
+        "pod_id": "never-seen", "found": False}
+
+
+def test_vanished_namespace_is_reported_then_rebuilt(world: CniWorld) -> None:
+    world.write_conflist()
+    args = pod_args(2)
+    first = ops.setup(world.ctx(), args)
+    netns.remove(first["netns_path"])
+
+    status = ops.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
+    assert (status["ready"], status["reason"]) == (False, "NetnsMissing")
+    report = ops.reconcile(world.ctx(), {"live_pod_ids": [args["pod_id"]]})
+    assert report["not_ready"] == [args["pod_id"]]
+    assert report["torn_down"] == []
+
+    # A new setup releases the old lease (DEL) and builds a fresh namespace.
+    again = ops.setup(world.ctx(), args)
+    assert netns.exists(again["netns_path"])
+    assert world.leases() == again["ips"]
+    ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})
+    assert world.leases() == []
+
+
+def test_reconcile_tears_down_pods_that_are_not_live(world: CniWorld) -> None:
+    world.write_conflist()
+    pods = [pod_args(i) for i in range(3)]
+    results = [ops.setup(world.ctx(), a) for a in pods]
+    live = pods[0]["pod_id"]
+
+    report = ops.reconcile(world.ctx(), {"live_pod_ids": [live]})
+    assert sorted(report["torn_down"]) == sorted(a["pod_id"] for a in pods[1:])
+    assert report["failed"] == {} and report["not_ready"] == []
+    assert world.namespaces() == [live]
+    assert world.leases() == results[0]["ips"]
+    assert len(world.bridge_ports()) == 1
+
+
+def test_teardown_releases_a_pod_whose_setup_died_half_way(world: CniWorld) -> None:
+    """What a worker killed between ADD and the ready record leaves behind."""
+    path = world.write_conflist()
+    args = pod_args(3)
+    layout = world.layout
+    ns_path = netns.path_for(layout.netns_dir, args["pod_id"])
+    record = {"pod_id": args["pod_id"], "host_network": False, "state": store.SETTING_UP,
+              "netns_path": ns_path, "config_file": str(path),
+              "config": json.loads(path.read_text()), "ifname": "eth0",
+              "cni_args": [], "capability_args": {}}
+    store.save(layout.records_dir, args["pod_id"], record)
+    netns.create(ns_path)
+    net = cniconf.parse(str(path))
+    runner = cni.Runner(plugin_dirs=layout.plugin_dirs, deadline=time.monotonic() + 30)
+    cni.add(runner, net, cni.Invocation(args["pod_id"], ns_path, "eth0"))
+    assert len(world.leases()) == 1
+
+    status = ops.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
+    assert (status["ready"], status["reason"]) == (False, "SettingUp")
+    assert ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
+    assert world.leases() == []
+    assert world.namespaces() == []
+    assert world.bridge_ports() == []
+
+
+def test_teardown_survives_a_failing_plugin_and_retries_it(world: CniWorld) -> None:
+    world.write_conflist()
+    args = pod_args(4, port_mappings=[{"container_port": 80, "host_port": free_port()}])
+    ops.setup(world.ctx(), args)
+
+    # portmap disappears: its DEL fails, but bridge/host-local still run.
+    partial = world.base / "plugins-without-portmap"
+    partial.mkdir()
+    for plugin in ("bridge", "host-local", "loopback"):
+        os.symlink(f"/usr/lib/cni/{plugin}", partial / plugin)
+    with pytest.raises(BusError) as info:
+        ops.teardown(world.ctx(plugin_dirs=[str(partial)]), {"pod_id": args["pod_id"]})
+    assert "'portmap'" in info.value.message
+    assert info.value.details["failures"][0]["plugin"] == "portmap"
+    assert world.leases() == []
+    assert world.namespaces() == []
+    assert world.bridge_ports() == []
+    assert store.list_pods(world.layout.records_dir) == [args["pod_id"]]
+    assert any("CNI-DN-" in line for line in HostGuard().cni_lines())
+
+    # With portmap back the retry finishes the job.
+    assert ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
+    assert store.list_pods(world.layout.records_dir) == []
+    assert not any("CNI-DN-" in line for line in HostGuard().cni_lines())
+
+
+def test_ips_capability_and_a_plugin_error_that_reaches_the_caller(
+        world: CniWorld) -> None:
+    bridge = world.bridge_plugin()
+    bridge["capabilities"] = {"ips": True}
+    world.write_conflist([bridge, {"type": "loopback"}])
+    wanted = str(world.subnet.network_address + 77)
+    result = ops.setup(world.ctx(), pod_args(5, ips=[f"{wanted}/24"]))
+    assert result["ips"] == [wanted]
+
+    # Outside the range: host-local refuses, and its words reach the caller.
+    # (Done second: bridge 1.1.1 cannot ADD again on a bridge whose very
+    # first ADD failed, since it never pinned the bridge's MAC.)
+    args = pod_args(6, ips=["192.0.2.250/24"])
+    with pytest.raises(Internal) as info:
+        ops.setup(world.ctx(), args)
+    details = info.value.details
+    assert details["plugin"] == "bridge" and details["command"] == "ADD"
+    assert details["cni_msg"]
+    assert "192.0.2.250" in info.value.message
+    assert details["config_file"] in info.value.message
+    assert world.leases() == [wanted]
+    assert world.namespaces() == [result["pod_id"]]
+    assert store.list_pods(world.layout.records_dir) == [result["pod_id"]]
+
+
+def test_dual_stack_lists_ipv4_first(world: CniWorld) -> None:
+    v6 = f"fd{os.urandom(1).hex()}:{os.urandom(2).hex()}:{os.urandom(2).hex()}::/64"
+    bridge = world.bridge_plugin(ranges=[[{"subnet": v6}],
+                                  [{"subnet": str(world.subnet)}]])
+    world.write_conflist([bridge, {"type": "loopback"}])
+    result = ops.setup(world.ctx(), pod_args(7))
+    assert len(result["ips"]) == 2
+    assert "." in result["ips"][0] and ":" in result["ips"][1]
+    ops.teardown(world.ctx(), {"pod_id": result["pod_id"]})
+    assert world.leases() == []
+
+
+def test_bandwidth_capability_shapes_the_pod(world: CniWorld) -> None:
+    world.write_conflist([*world.standard_plugins(),
+                              {"type": "bandwidth", "capabilities": {"bandwidth": True}}])
+    result = ops.setup(world.ctx(), pod_args(
+        8, bandwidth={"ingress_rate": 1_000_000, "egress_rate": 2_000_000}))
+    host_veth = next(i["name"] for i in result["interfaces"]
+                     if i["name"].startswith("veth"))
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=host_veth)[0]
+        kinds = {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index)}
+    assert "tbf" in kinds
+    ops.teardown(world.ctx(), {"pod_id": result["pod_id"]})
+    with IPRoute() as ipr:
+        assert not [link for link in ipr.get_links()
+                    if link.get_attr("IFLA_IFNAME", "").startswith("bwp")]
+
+
+def test_host_network_pods_get_the_node_ips(world: CniWorld) -> None:
+    args = pod_args(9, host_network=True)
+    result = ops.setup(world.ctx(), args)  # no network config needed
+    assert result["host_network"] and result["netns_path"] == ""
+    assert result["ips"] == nodeip.node_ips() and result["ips"]
+    assert ops.pod_status(world.ctx(), {"pod_id": args["pod_id"]})["ready"]
+    assert ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
+    assert world.namespaces() == []

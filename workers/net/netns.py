@@ -1,0 +1,125 @@
+"""Named network namespaces, pinned by bind mounts under ``<runroot>/netns``.
+
+A pod's namespace is the file ``<runroot>/netns/<pod id>`` with the nsfs
+inode of a fresh network namespace bind-mounted on it. The mount, not any
+process, keeps the namespace alive, so it outlives the worker that made it
+and the supervisor (design.md: workers are disposable); it goes only when
+``remove`` unmounts it or the node reboots.
+
+Creation follows containerd's ``pkg/netns`` (itself from CNI's testutils):
+a short-lived thread calls ``unshare(CLONE_NEWNET)``, which moves only that
+thread, bind-mounts ``/proc/thread-self/ns/net`` onto the file, brings the
+loopback up through a pyroute2 netlink socket opened inside the new
+namespace, and exits. No fork: the worker is multi-threaded, and the
+namespace switch never touches the thread pool's threads.
+
+Invariants
+    - A path under the dir is either a mounted namespace, or a leftover of a
+      creation that died between ``open`` and ``mount``; ``exists`` tells
+      them apart and ``remove`` handles both.
+    - ``remove`` is idempotent: a missing file is success.
+    - Callers serialise per pod (locks.py); two different pods never share
+      a path, so nothing here needs a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import threading
+
+from pyroute2 import IPRoute
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NamespaceError(OSError):
+    """A namespace could not be created or removed; the message names it."""
+
+
+def path_for(netns_dir: str, pod_id: str) -> str:
+    return os.path.join(netns_dir, pod_id)
+
+
+def exists(path: str) -> bool:
+    """True if ``path`` is a mounted network namespace.
+
+    nsfs has one superblock, so a pinned namespace has the same st_dev as
+    our own ``/proc/self/ns/net``; an unmounted leftover file does not.
+    """
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except FileNotFoundError:
+        return False
+
+
+def create(path: str) -> None:
+    """Create and pin a new network namespace at ``path`` with ``lo`` up.
+
+    Raises ``FileExistsError`` if ``path`` exists, ``NamespaceError`` on
+    any kernel refusal; a failed creation leaves no file behind.
+    """
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    failure: list[BaseException] = []
+    thread = threading.Thread(target=_create_in_thread, args=(path, failure),
+                              name="netns-create", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        if not isinstance(failure[0], FileExistsError):
+            remove(path)
+        raise failure[0]
+
+
+def _create_in_thread(path: str, failure: list[BaseException]) -> None:
+    # This thread ends in the new namespace and is thrown away with it;
+    # that is what keeps the unshare from leaking into any other thread.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        os.close(fd)
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            raise _os_error(f"unshare(CLONE_NEWNET) for {path}")
+        if _libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), b"none",
+                       MS_BIND, None) != 0:
+            raise _os_error(f"bind mount of a new network namespace on {path}")
+        # The netlink socket is opened by this thread, so it talks to the
+        # new namespace, where lo (always index 1) starts down.
+        with IPRoute() as ipr:
+            ipr.link("set", index=1, state="up")
+    except BaseException as exc:
+        failure.append(exc)
+
+
+def remove(path: str) -> None:
+    """Unpin and delete the namespace at ``path``; a missing path is fine.
+
+    MNT_DETACH lets the unmount succeed while a plugin or a container still
+    holds the namespace open; the namespace itself dies with its last user.
+    """
+    if _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        # EINVAL: not a mount point (a half-made leftover); ENOENT: gone.
+        if err not in (errno.EINVAL, errno.ENOENT):
+            raise NamespaceError(err, f"unmount of network namespace {path}: "
+                                      f"{os.strerror(err)}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def list_names(netns_dir: str) -> list[str]:
+    """Names of the entries in ``netns_dir`` (pinned or leftover)."""
+    try:
+        return sorted(os.listdir(netns_dir))
+    except FileNotFoundError:
+        return []
+
+
+def _os_error(what: str) -> NamespaceError:
+    err = ctypes.get_errno()
+    return NamespaceError(err, f"{what}: {os.strerror(err)}")

@@ -1,0 +1,328 @@
+"""Pod networks: setup, teardown, status and start-up reconcile of one pod.
+
+This is where the namespace (netns.py), the CNI chain (cni.py), the record
+(store.py) and the pod lock (locks.py) meet; ops.py only checks arguments
+and maps errors.
+
+Ordering (why nothing leaks whatever instant a worker dies)
+    setup:    lock -> record(setting_up) -> netns -> ADD -> record(ready)
+    teardown: lock -> DEL (cached result) -> remove netns -> drop record
+    The record is written before anything is allocated and dropped only
+    after every plugin's DEL succeeded, so any pod that may hold an address
+    or a veth has a record, and a later teardown or reconcile finishes the
+    job with the config the ADD used. A failed setup unwinds itself the
+    same way before it raises.
+
+Idempotence
+    A second setup of a ready pod returns the cached answer (the bus or the
+    supervisor's own retry of RunPodSandbox reaches here with the same id).
+    A setup that finds a half-done record tears it down first. Teardown of
+    an unknown pod succeeds (CRI: StopPodSandbox must be idempotent).
+
+Concurrency
+    Every step runs under the pod's flock and under no other lock, so pods
+    set up in parallel only meet inside the plugins, which lock for
+    themselves (bridge, host-local's dataDir lock, portmap's iptables lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ...proto.errors import FailedPrecondition, NotFound
+from . import cni, cniconf, locks, netns, nodeip, store
+from .podargs import IFNAME, SetupRequest
+
+log = logging.getLogger(__name__)
+
+# Unwinding a failed setup must not be cut short by the caller's deadline
+# that made it fail; it gets at least this long (the supervisor may still
+# kill the worker, and then the record lets teardown finish the job).
+CLEANUP_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the net pool keeps things, and where it finds CNI."""
+
+    netns_dir: str
+    lock_dir: str
+    records_dir: str
+    network_dir: str
+    plugin_dirs: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Layout:
+        network = settings["network"]
+        return cls(
+            netns_dir=os.path.join(settings["runroot"], "netns"),
+            lock_dir=os.path.join(settings["runroot"], "net", "locks"),
+            records_dir=os.path.join(settings["root"], "net", "pods"),
+            network_dir=network["network_dir"],
+            plugin_dirs=tuple(network["plugin_dirs"]),
+        )
+
+
+class TeardownFailed(Exception):
+    """DEL failed for some plugin; the record stays so it is retried."""
+
+    def __init__(self, pod_id: str, failures: list[cni.PluginError]) -> None:
+        self.pod_id = pod_id
+        self.failures = failures
+        super().__init__(f"network teardown of pod {pod_id} is incomplete: "
+                         + "; ".join(str(f) for f in failures))
+
+
+def setup(layout: Layout, req: SetupRequest, deadline: float,
+          check: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Give the pod its network; return its status (see ``_answer``).
+
+    ``check`` is called between steps and raises when the caller is gone.
+    """
+    lock = locks.acquire(layout.lock_dir, req.pod_id, deadline)
+    try:
+        return _setup_locked(layout, req, deadline, lock, check)
+    finally:
+        lock.release()
+
+
+def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
+                  lock: locks.PodLock, check: Callable[[], None]) -> dict[str, Any]:
+    path = netns.path_for(layout.netns_dir, req.pod_id)
+    try:
+        record = store.load(layout.records_dir, req.pod_id)
+    except store.RecordCorrupt as exc:
+        log.error("Replacing the unreadable network record of pod %s: %s", req.pod_id, exc)
+        _teardown_locked(layout, req.pod_id, None, _cleanup_deadline(deadline), lock,
+                         corrupt=True)
+        record = None
+    if record is None and os.path.lexists(path):
+        # A namespace with no record (records wiped by hand): free it first.
+        _teardown_locked(layout, req.pod_id, None, _cleanup_deadline(deadline), lock)
+    if record is not None:
+        if record.get("state") == store.READY and (
+                record.get("host_network") or netns.exists(record["netns_path"])):
+            log.info("Network of pod %s is already set up", req.pod_id)
+            return _answer(record)
+        # Half-done by a worker that died, or its namespace vanished:
+        # release what it may hold before starting over.
+        log.warning("Pod %s has a stale network record (state %s); tearing it down first",
+                    req.pod_id, record.get("state"))
+        _teardown_locked(layout, req.pod_id, record, _cleanup_deadline(deadline), lock)
+
+    if req.host_network:
+        # hostNetwork pods get no namespace and no CNI; the record only lets
+        # status and reconcile treat every pod alike.
+        record = {"pod_id": req.pod_id, "host_network": True, "state": store.READY,
+                  "netns_path": ""}
+        store.save(layout.records_dir, req.pod_id, record)
+        return _answer(record)
+
+    found = cniconf.find_default(layout.network_dir, layout.plugin_dirs)
+    if found.config is None:
+        raise FailedPrecondition(f"network plugin is not ready: {found.problem}")
+    net = found.config
+    record = {
+        "pod_id": req.pod_id, "host_network": False, "state": store.SETTING_UP,
+        "netns_path": path, "config_file": net.path, "config": net.raw,
+        "ifname": IFNAME, "cni_args": [list(kv) for kv in req.cni_args],
+        "capability_args": req.capability_args, "created_at": time.time(),
+    }
+    # Persist first: from here on the pod may hold resources (docstring).
+    store.save(layout.records_dir, req.pod_id, record)
+    try:
+        check()
+        netns.create(path)
+        check()
+        result = cni.add(_runner(layout, deadline, lock), net, _invocation(record, path))
+        # A caller that gave up during ADD will never learn of this pod:
+        # unwind rather than leave a network nobody will tear down.
+        check()
+        record.update(state=store.READY, result=result)
+        store.save(layout.records_dir, req.pod_id, record)
+    except BaseException:
+        log.warning("Setup of pod %s failed; unwinding", req.pod_id)
+        try:
+            _teardown_locked(layout, req.pod_id, record, _cleanup_deadline(deadline), lock)
+        except Exception:
+            log.exception("Unwinding the failed setup of pod %s failed; its record "
+                          "stays for teardown or reconcile", req.pod_id)
+        raise
+    log.info("Set up network of pod %s: %s", req.pod_id, cni.result_ips(result))
+    return _answer(record)
+
+
+def teardown(layout: Layout, pod_id: str, deadline: float) -> dict[str, Any]:
+    """Release everything the pod holds; idempotent."""
+    lock = locks.acquire(layout.lock_dir, pod_id, deadline)
+    done = False
+    try:
+        corrupt = False
+        try:
+            record = store.load(layout.records_dir, pod_id)
+        except store.RecordCorrupt as exc:
+            # Keep going: the namespace and today's config still let DEL run.
+            log.error("Ignoring the unreadable network record of pod %s: %s", pod_id, exc)
+            record, corrupt = None, True
+        found = record is not None or corrupt or os.path.lexists(
+            netns.path_for(layout.netns_dir, pod_id))
+        _teardown_locked(layout, pod_id, record, deadline, lock, corrupt=corrupt)
+        done = True
+        return {"pod_id": pod_id, "found": found}
+    finally:
+        # Done: nothing is left to serialise, so the lock file goes too.
+        lock.release(unlink=done)
+
+
+def _teardown_locked(layout: Layout, pod_id: str, record: dict[str, Any] | None,
+                     deadline: float, lock: locks.PodLock, corrupt: bool = False) -> None:
+    path = netns.path_for(layout.netns_dir, pod_id)
+    failures: list[cni.PluginError] = []
+    if record is None or not record.get("host_network"):
+        may_hold = record is not None or corrupt or os.path.lexists(path)
+        net = _network_for_teardown(layout, pod_id, record) if may_hold else None
+        if net is not None:
+            # CNI spec: DEL tolerates a missing namespace; CNI_NETNS is then
+            # left empty, which is how plugins are told it is gone.
+            inv = _invocation(record or {}, path if netns.exists(path) else "", pod_id)
+            cached = record.get("result") if record else None
+            failures = cni.delete(_runner(layout, deadline, lock), net, inv, cached)
+    # The namespace goes even if a plugin failed: the pod is stopping, and
+    # the veth dies with it. The record stays so DEL is retried.
+    netns.remove(path)
+    if failures:
+        raise TeardownFailed(pod_id, failures)
+    store.delete(layout.records_dir, pod_id)
+    log.info("Tore down network of pod %s", pod_id)
+
+
+def _network_for_teardown(layout: Layout, pod_id: str,
+                          record: dict[str, Any] | None) -> cni.NetworkList:
+    if record is not None and isinstance(record.get("config"), dict):
+        return cniconf.from_record(record["config"], str(record.get("config_file", "")))
+    # A namespace without a readable record: DEL with today's config is the
+    # best chance to free what the pod holds (plugins DEL by container id).
+    found = cniconf.find_default(layout.network_dir, layout.plugin_dirs)
+    if found.config is None:
+        # Dropping the pod now could leak its lease; fail so it is retried.
+        raise FailedPrecondition(
+            f"cannot tear down the network of pod {pod_id}: it has no usable record "
+            f"and {found.problem}")
+    return found.config
+
+
+def pod_status(layout: Layout, pod_id: str, deadline: float,
+               run_check: bool = False) -> dict[str, Any]:
+    """What PodSandboxStatus needs; with ``run_check``, CNI CHECK too."""
+    record = store.load(layout.records_dir, pod_id)
+    if record is None:
+        raise NotFound(f"pod {pod_id} has no network")
+    if not run_check or record.get("host_network"):
+        return _answer(record)
+    lock = locks.acquire(layout.lock_dir, pod_id, deadline)
+    try:
+        # Re-read under the lock: a teardown may have run since.
+        record = store.load(layout.records_dir, pod_id)
+        if record is None:
+            lock.release(unlink=True)  # as teardown left it: no lock file
+            raise NotFound(f"pod {pod_id} has no network")
+        answer = _answer(record)
+        answer["checked"] = False
+        if not answer["ready"]:
+            return answer
+        net = cniconf.from_record(record["config"], str(record.get("config_file", "")))
+        inv = _invocation(record, record["netns_path"])
+        answer["checked"] = cni.check(_runner(layout, deadline, lock), net, inv,
+                                      record["result"])
+    except cni.PluginError as exc:
+        answer.update(ready=False, reason="CheckFailed", message=str(exc), checked=True)
+    finally:
+        lock.release()
+    return answer
+
+
+def reconcile(layout: Layout, live: set[str], deadline: float) -> dict[str, Any]:
+    """Tear down every pod network with no live pod; report vanished ones.
+
+    The caller (the daemon at start) passes every pod id it knows; no setup
+    of a pod outside ``live`` may be running meanwhile.
+    """
+    store.remove_stale_temps(layout.records_dir)
+    known = set(store.list_pods(layout.records_dir))
+    known.update(netns.list_names(layout.netns_dir))
+    known.update(n[: -len(".lock")] for n in _listdir(layout.lock_dir) if n.endswith(".lock"))
+    torn_down: list[str] = []
+    failed: dict[str, str] = {}
+    for pod_id in sorted(known - live):
+        try:
+            teardown(layout, pod_id, deadline)
+            torn_down.append(pod_id)
+        except Exception as exc:  # one stuck pod must not stop the others
+            log.error("Reconcile could not tear down pod %s: %s", pod_id, exc)
+            failed[pod_id] = str(exc)
+    missing = []
+    for pod_id in sorted(live):
+        record = _load_quiet(layout, pod_id)
+        if record is not None and not _answer(record)["ready"]:
+            missing.append(pod_id)
+    return {"torn_down": torn_down, "failed": failed, "not_ready": missing}
+
+
+def _answer(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The shape every op returns for a pod (ops.py documents it)."""
+    if record.get("host_network"):
+        return {"pod_id": record["pod_id"], "host_network": True, "netns_path": "",
+                "ips": nodeip.node_ips(), "ready": True, "reason": "", "message": "",
+                "network_name": "", "config_file": "", "interfaces": [], "cni_result": {}}
+    result = record.get("result") or {}
+    ready, reason, message = True, "", ""
+    if record.get("state") != store.READY:
+        ready, reason, message = False, "SettingUp", "network setup has not completed"
+    elif not netns.exists(record["netns_path"]):
+        ready, reason = False, "NetnsMissing"
+        message = f"network namespace {record['netns_path']} has vanished"
+    return {
+        "pod_id": record["pod_id"], "host_network": False,
+        "netns_path": record["netns_path"], "ips": cni.result_ips(result),
+        "ready": ready, "reason": reason, "message": message,
+        "network_name": str((record.get("config") or {}).get("name", "")),
+        "config_file": record.get("config_file", ""),
+        "interfaces": result.get("interfaces", []), "cni_result": result,
+    }
+
+
+def _invocation(record: Mapping[str, Any], path: str,
+                pod_id: str | None = None) -> cni.Invocation:
+    return cni.Invocation(
+        container_id=pod_id or record["pod_id"], netns=path,
+        ifname=record.get("ifname", IFNAME),
+        args=tuple((str(k), str(v)) for k, v in record.get("cni_args", [])),
+        capability_args=record.get("capability_args") or {})
+
+
+def _runner(layout: Layout, deadline: float, lock: locks.PodLock) -> cni.Runner:
+    return cni.Runner(plugin_dirs=layout.plugin_dirs, deadline=deadline,
+                      pass_fds=(lock.fd,))
+
+
+def _cleanup_deadline(deadline: float) -> float:
+    return max(deadline, time.monotonic() + CLEANUP_GRACE)
+
+
+def _load_quiet(layout: Layout, pod_id: str) -> dict[str, Any] | None:
+    try:
+        return store.load(layout.records_dir, pod_id)
+    except store.RecordCorrupt:
+        return None
+
+
+def _listdir(path: str) -> Iterable[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return ()
