@@ -16,7 +16,10 @@ from daemonlib import Daemon, poll_until
 
 from podvisor.proto import api_pb2 as api
 
-IMPLEMENTED = {"Version", "Status", "RuntimeConfig"}
+IMPLEMENTED = {
+    "Version", "Status", "RuntimeConfig",
+    "ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo",
+}
 
 
 def still_serving(daemon: Daemon) -> None:

@@ -1,11 +1,159 @@
-"""Ops of the storage pool (layer unpack, rootfs mounts, disk usage).
+"""Ops of the storage pool: the bus face of layers, rootfs mounts and disk usage.
 
-Nothing is implemented yet: every storage op is answered UNIMPLEMENTED by the
-worker base until issue 3 lands.
+    storage.unpack_layer  (blob, media_type, diff_id, parent, chain_id?, digest?)
+                          -> {chain_id, diff_id, size, path, unpacked}
+    storage.remove_layer  (chain_id) -> {chain_id, removed}
+    storage.create_rootfs (container_id, layers, mount_label?)
+                          -> rootfs + {created}
+    storage.mount_rootfs  (container_id) -> rootfs + {mounted}
+    storage.remove_rootfs (container_id) -> {container_id, removed}
+    storage.image_fs_info () -> {image_filesystems, container_filesystems}
+    storage.reconcile     (live_containers, live_layers?) -> {removed_temp,
+                          removed_links, removed_containers, removed_layers, busy}
+
+where rootfs is ``{container_id, path, upper_dir, layers, mount_label}`` and
+``path`` is the merged overlay's mount point, the container's root.
+
+Arguments: ``blob`` is the absolute path of the (compressed) layer blob;
+``media_type`` its descriptor's media type; ``diff_id`` the image config's
+digest of the uncompressed tar; ``parent`` the chain id of the layer below
+(None for the bottom one). ``chain_id``, when given, must equal the one
+computed from parent and diff_id; ``digest``, when given, is checked against
+the blob too. ``layers`` lists chain ids bottom to top. ``size`` is the
+uncompressed tar's length, ``path`` the unpacked diff dir, ``unpacked``
+false when the layer was already there. ``image_fs_info`` answers with
+CRI's ImageFsInfoResponse field names.
+
+This module checks arguments (InvalidArgument naming the field) and is the
+error boundary: an OSError from the filesystem becomes Internal here, with
+the path and the reason, so the kubelet reads what failed.
 """
 
 from __future__ import annotations
 
-from ..base import OpTable
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
 
-OPS: OpTable = {}
+from ...proto.errors import Internal, InvalidArgument
+from ..base import OpContext, OpTable
+from . import compression, fsinfo, layers, reconcile, rootfs
+from .digest import chain_id as compute_chain_id
+from .layout import Layout, check_container_id, digest_hex
+
+
+@contextlib.contextmanager
+def _bus_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise Internal(f"{what} failed: {exc}") from exc
+
+
+def _optional_digest(args: dict[str, Any], key: str) -> str | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    digest_hex(value, key)
+    return str(value)
+
+
+def unpack_request(args: dict[str, Any]) -> layers.UnpackRequest:
+    blob = args.get("blob")
+    if not isinstance(blob, str) or not os.path.isabs(blob):
+        raise InvalidArgument(f"blob must be the absolute path of a layer blob, got {blob!r}")
+    media_type = args.get("media_type")
+    compression.from_media_type(media_type)
+    diff_id = args.get("diff_id")
+    digest_hex(diff_id, "diff_id")
+    parent = _optional_digest(args, "parent")
+    chain = compute_chain_id(parent, str(diff_id))
+    given = _optional_digest(args, "chain_id")
+    if given is not None and given != chain:
+        raise InvalidArgument(f"chain_id {given} does not match parent {parent} and diff_id "
+                              f"{diff_id}, which give {chain}")
+    return layers.UnpackRequest(blob=blob, media_type=str(media_type), diff_id=str(diff_id),
+                                parent=parent, chain_id=chain,
+                                digest=_optional_digest(args, "digest"))
+
+
+def _chain_ids(value: object) -> list[str]:
+    if not isinstance(value, list | tuple):
+        raise InvalidArgument(f"layers must be a list of chain ids, got {value!r}")
+    for item in value:
+        digest_hex(item, "each of layers")
+    if len(set(value)) != len(value):
+        raise InvalidArgument("layers lists a chain id twice")
+    return [str(v) for v in value]
+
+
+def _string_list(args: dict[str, Any], key: str) -> list[str]:
+    value = args.get(key)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f"{key} must be a list of strings, got {value!r}")
+    return list(value)
+
+
+def unpack_layer(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    req = unpack_request(args)
+    with _bus_errors(f"unpacking layer {req.chain_id}"):
+        return layers.unpack(Layout.from_settings(ctx.settings), req, ctx.deadline, ctx.check)
+
+
+def remove_layer(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    chain_id = args.get("chain_id")
+    digest_hex(chain_id, "chain_id")
+    with _bus_errors(f"removing layer {chain_id}"):
+        return layers.remove(Layout.from_settings(ctx.settings), str(chain_id), ctx.deadline)
+
+
+def create_rootfs(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    cid = check_container_id(args.get("container_id"))
+    chain_ids = _chain_ids(args.get("layers"))
+    label = args.get("mount_label")
+    if label is not None and not isinstance(label, str):
+        raise InvalidArgument(f"mount_label must be a string, got {label!r}")
+    with _bus_errors(f"creating the rootfs of container {cid}"):
+        return rootfs.create(Layout.from_settings(ctx.settings), cid, chain_ids, label or None,
+                             ctx.deadline)
+
+
+def mount_rootfs(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    cid = check_container_id(args.get("container_id"))
+    with _bus_errors(f"mounting the rootfs of container {cid}"):
+        return rootfs.mount(Layout.from_settings(ctx.settings), cid, ctx.deadline)
+
+
+def remove_rootfs(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    cid = check_container_id(args.get("container_id"))
+    with _bus_errors(f"removing the rootfs of container {cid}"):
+        return rootfs.remove(Layout.from_settings(ctx.settings), cid, ctx.deadline)
+
+
+def image_fs_info(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    with _bus_errors("measuring the image filesystem"):
+        return fsinfo.image_fs_info(Layout.from_settings(ctx.settings), ctx.check)
+
+
+def reconcile_storage(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    live_containers = [check_container_id(c) for c in _string_list(args, "live_containers")]
+    live_layers = None
+    if args.get("live_layers") is not None:
+        live_layers = _string_list(args, "live_layers")
+        for chain_id in live_layers:
+            digest_hex(chain_id, "each of live_layers")
+    with _bus_errors("reconciling storage"):
+        return reconcile.reconcile(Layout.from_settings(ctx.settings), live_containers,
+                                   live_layers, ctx.deadline, ctx.check)
+
+
+OPS: OpTable = {
+    "storage.unpack_layer": unpack_layer,
+    "storage.remove_layer": remove_layer,
+    "storage.create_rootfs": create_rootfs,
+    "storage.mount_rootfs": mount_rootfs,
+    "storage.remove_rootfs": remove_rootfs,
+    "storage.image_fs_info": image_fs_info,
+    "storage.reconcile": reconcile_storage,
+}

@@ -1,0 +1,46 @@
+"""Digests of layers: the running sha256 of a stream, and chain ids.
+
+A layer is named on disk by its chain id (OCI image-spec, config.md):
+``ChainID(L0) = DiffID(L0)`` and ``ChainID(Ln) = sha256(ChainID(Ln-1) + " " +
+DiffID(Ln))``, so one diff stacked on two different parents is two layers,
+and identical stacks shared by two images are stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+
+def chain_id(parent: str | None, diff_id: str) -> str:
+    """The chain id of a layer with ``diff_id`` over ``parent`` (a chain id)."""
+    if parent is None:
+        return diff_id
+    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+
+
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class HashingReader:
+    """Pass reads through from ``inner``, hashing and counting every byte."""
+
+    def __init__(self, inner: _Readable) -> None:
+        self._inner = inner
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self, chunk: int = 1 << 20) -> None:
+        """Read to the end, so the digest covers the whole stream."""
+        while self.read(chunk):
+            pass
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()

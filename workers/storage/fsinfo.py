@@ -1,0 +1,63 @@
+"""ImageFsInfo: what images and containers take on disk, in CRI's shape.
+
+The image filesystem is reported at ``<root>/storage/layers`` (where image
+content is unpacked; CRI-O reports its overlay-images dir the same way) and
+counts the unpacked layers plus the image pool's store under ``<root>/image``
+(compressed blobs, records). The container filesystem is reported at
+``<root>/storage/containers`` and counts the containers' upper and work dirs.
+Both mount points are created if missing, since the kubelet resolves them to
+a device.
+
+Cost: layers are immutable, so each layer's usage is walked once, when it
+is unpacked, and read from its record here. Only the image store and the
+upper dirs (which change while containers run) are walked on every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import records, usage
+from .layout import Layout, is_chain_hex
+
+
+def _layers_usage(layout: Layout, check: Callable[[], None]) -> usage.Usage:
+    total = usage.Usage(bytes=os.lstat(layout.layers_dir).st_blocks * 512, inodes=1)
+    for name in os.listdir(layout.layers_dir):
+        if not is_chain_hex(name):
+            # Unpacks in progress count as they stand.
+            total.add(usage.walk(os.path.join(layout.layers_dir, name), check))
+            continue
+        record = records.layer(layout, name)
+        if record is None:
+            continue  # removed while we listed
+        recorded = record.get("usage") or {}
+        total.add(usage.Usage(bytes=int(recorded.get("bytes", 0)),
+                              inodes=int(recorded.get("inodes", 0))))
+        # The layer dir and its record, around the diff walked at unpack.
+        for path in (layout.layer_dir(name),
+                     os.path.join(layout.layer_dir(name), records.LAYER_RECORD)):
+            with contextlib.suppress(FileNotFoundError):
+                total.add(usage.Usage(bytes=os.lstat(path).st_blocks * 512, inodes=1))
+    total.add(usage.walk(layout.links_dir, check))
+    return total
+
+
+def _entry(mountpoint: str, used: usage.Usage, timestamp: int) -> dict[str, Any]:
+    return {"timestamp": timestamp, "fs_id": {"mountpoint": mountpoint},
+            "used_bytes": {"value": used.bytes}, "inodes_used": {"value": used.inodes}}
+
+
+def image_fs_info(layout: Layout, check: Callable[[], None]) -> dict[str, Any]:
+    os.makedirs(layout.layers_dir, mode=0o700, exist_ok=True)
+    os.makedirs(layout.containers_dir, mode=0o700, exist_ok=True)
+    images = _layers_usage(layout, check)
+    images.add(usage.walk(layout.image_dir, check))
+    containers = usage.walk(layout.containers_dir, check)
+    now = time.time_ns()
+    return {"image_filesystems": [_entry(layout.layers_dir, images, now)],
+            "container_filesystems": [_entry(layout.containers_dir, containers, now)]}

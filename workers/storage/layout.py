@@ -1,0 +1,117 @@
+"""Where the storage pool keeps things, and the ids that name them.
+
+On disk (``root`` persistent, ``runroot`` volatile)::
+
+    <root>/storage/layers/<chain hex>/diff         one unpacked layer (overlay form)
+    <root>/storage/layers/<chain hex>/layer.json   its record (ids, sizes, short link)
+    <root>/storage/layers/.tmp-<chain hex>-<rand>/ an unpack in progress
+    <root>/storage/layers/.rm-<chain hex>-<rand>/  a layer being deleted
+    <root>/storage/l/<short>  ->  ../layers/<chain hex>/diff
+    <root>/storage/containers/<id>/rootfs.json     which layers, which label
+    <root>/storage/containers/<id>/upper, work     the container's writable part
+    <root>/storage/containers/.tmp-<id>-<rand>/, .rm-<id>-<rand>/
+    <runroot>/storage/mounts/<id>                  the merged rootfs mount point
+    <runroot>/storage/locks/layer-<chain hex>.lock, container-<id>.lock
+
+Invariants
+    - A directory named by a bare chain hex or container id is complete: it
+      appears by one rename(2) of its temp directory and disappears by one
+      rename to a ``.rm-`` name, so readers never see half of one.
+    - Chain ids are ``sha256:<64 hex>`` on the wire and bare hex on disk,
+      because overlayfs reads ``:`` in a lowerdir as a separator.
+    - Container ids are checked here before they become path components.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ...proto.errors import InvalidArgument
+
+DEFAULT_ROOT = "/var/lib/podvisor"
+DEFAULT_RUNROOT = "/run/podvisor"
+
+TMP_PREFIX = ".tmp-"
+RM_PREFIX = ".rm-"
+
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of the storage pool, from the daemon's root and runroot."""
+
+    root: str
+    runroot: str
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Layout:
+        return cls(root=str(settings.get("root") or DEFAULT_ROOT),
+                   runroot=str(settings.get("runroot") or DEFAULT_RUNROOT))
+
+    @property
+    def storage_dir(self) -> str:
+        return os.path.join(self.root, "storage")
+
+    @property
+    def layers_dir(self) -> str:
+        return os.path.join(self.storage_dir, "layers")
+
+    @property
+    def links_dir(self) -> str:
+        return os.path.join(self.storage_dir, "l")
+
+    @property
+    def containers_dir(self) -> str:
+        return os.path.join(self.storage_dir, "containers")
+
+    @property
+    def image_dir(self) -> str:
+        """The image pool's store (blobs, records): counted, never written here."""
+        return os.path.join(self.root, "image")
+
+    @property
+    def mounts_dir(self) -> str:
+        return os.path.join(self.runroot, "storage", "mounts")
+
+    @property
+    def locks_dir(self) -> str:
+        return os.path.join(self.runroot, "storage", "locks")
+
+    def layer_dir(self, chain_hex: str) -> str:
+        return os.path.join(self.layers_dir, chain_hex)
+
+    def diff_dir(self, chain_hex: str) -> str:
+        return os.path.join(self.layers_dir, chain_hex, "diff")
+
+    def container_dir(self, container_id: str) -> str:
+        return os.path.join(self.containers_dir, container_id)
+
+    def mount_point(self, container_id: str) -> str:
+        return os.path.join(self.mounts_dir, container_id)
+
+
+def digest_hex(value: object, what: str) -> str:
+    """The hex of a ``sha256:<hex>`` digest, or InvalidArgument naming ``what``."""
+    match = _DIGEST.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidArgument(f"{what} must be a digest like 'sha256:<64 lowercase hex>', "
+                              f"got {value!r}")
+    return match.group(1)
+
+
+def check_container_id(value: object) -> str:
+    if not isinstance(value, str) or _CONTAINER_ID.fullmatch(value) is None:
+        raise InvalidArgument(
+            f"container_id must be 1-128 characters of letters, digits, '_', '.' or '-', "
+            f"starting with a letter or digit; got {value!r}")
+    return value
+
+
+def is_chain_hex(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)

@@ -1,0 +1,199 @@
+"""Container root filesystems: image layers under a writable upper dir.
+
+Ordering (why a crash at any instant leaves nothing unaccounted for)
+    create: lock(container) -> record there? mount if needed, return it
+            -> lock(layers, shared) -> every layer present?
+            -> .tmp-<id>-<rand>/{upper,work,rootfs.json} -> rename to <id>
+            -> unlock layers -> mount
+    remove: lock(container) -> unmount -> rename to .rm-<id>-<rand>
+            -> delete -> drop the mount point and the lock file
+    The record is in place before the mount and outlives the unmount, so no
+    overlay is ever mounted without a record naming its layers; a record
+    without a mount (crash, reboot: mounts live in the volatile runroot) is
+    mounted again by mount_rootfs, or removed by remove_rootfs or reconcile.
+    Once the record names a layer, remove_layer refuses it, so the layer
+    locks are needed only until the rename.
+
+Idempotence
+    A second create of the same container with the same layers returns the
+    same mount (the kubelet retries CreateContainer, and CRI-O answers such
+    retries with the container it made); with other layers it is
+    AlreadyExists. Removing an absent rootfs succeeds (CRI: RemoveContainer
+    of an absent container must not fail).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ...proto.errors import AlreadyExists, NotFound
+from . import layers, locks, overlay, records
+from .layout import RM_PREFIX, TMP_PREFIX, Layout
+
+log = logging.getLogger(__name__)
+
+
+def lock_name(container_id: str) -> str:
+    return f"container-{container_id}"
+
+
+def _describe(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
+    cid = str(record["container_id"])
+    return {"container_id": cid, "path": layout.mount_point(cid),
+            "upper_dir": os.path.join(layout.container_dir(cid), "upper"),
+            "layers": list(record["layers"]), "mount_label": record.get("mount_label")}
+
+
+def create(layout: Layout, container_id: str, chain_ids: Sequence[str],
+           mount_label: str | None, deadline: float) -> dict[str, Any]:
+    with locks.held(layout.locks_dir, lock_name(container_id), deadline,
+                    busy=f"container {container_id}"):
+        record = records.rootfs(layout, container_id)
+        if record is not None:
+            if list(record.get("layers", ())) != list(chain_ids):
+                raise AlreadyExists(
+                    f"container {container_id} already has a rootfs over other layers "
+                    f"({len(record.get('layers', ()))} layers, top "
+                    f"{(record.get('layers') or ['none'])[-1]}); remove it first")
+            _ensure_mounted(layout, record)
+            return {**_describe(layout, record), "created": False}
+        # A mount left with no record (the record's removal was cut short).
+        overlay.unmount(layout.mount_point(container_id))
+        record = _make_container_dir(layout, container_id, chain_ids, mount_label, deadline)
+        try:
+            _ensure_mounted(layout, record)
+        except BaseException:
+            delete_held(layout, container_id)
+            raise
+    log.info("Created rootfs of container %s over %d layers", container_id, len(chain_ids))
+    return {**_describe(layout, record), "created": True}
+
+
+def _make_container_dir(layout: Layout, container_id: str, chain_ids: Sequence[str],
+                        mount_label: str | None, deadline: float) -> dict[str, Any]:
+    # Shared layer locks in sorted order: an unpack or a removal of one of
+    # them waits for the record to exist (then sees this user), and no two
+    # rootfs creates ever wait for each other.
+    held: list[locks.Lock] = []
+    try:
+        for chain_id in sorted(set(chain_ids)):
+            held.append(locks.acquire(
+                layout.locks_dir, layers.lock_name(chain_id.split(":", 1)[1]), deadline,
+                shared=True, busy=f"layer {chain_id}"))
+        missing = [c for c in chain_ids if not layers.present(layout, c.split(":", 1)[1])]
+        if missing:
+            raise NotFound(f"layer(s) {', '.join(missing)} of container {container_id} are "
+                           "not unpacked; unpack them before creating the rootfs")
+        os.makedirs(layout.containers_dir, mode=0o700, exist_ok=True)
+        tmp = os.path.join(layout.containers_dir,
+                           f"{TMP_PREFIX}{container_id}-{secrets.token_hex(4)}")
+        record = {"container_id": container_id, "layers": list(chain_ids),
+                  "mount_label": mount_label, "created": time.time_ns()}
+        try:
+            os.mkdir(tmp, 0o700)
+            _make_upper(layout, tmp, chain_ids)
+            os.mkdir(os.path.join(tmp, "work"), 0o700)
+            if not chain_ids:
+                # overlayfs needs a lower dir: an image of no layers gets an empty one.
+                os.mkdir(os.path.join(tmp, "empty"))
+                os.chmod(os.path.join(tmp, "empty"), 0o755)
+            records.write(os.path.join(tmp, records.ROOTFS_RECORD), record)
+            os.rename(tmp, layout.container_dir(container_id))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return record
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _make_upper(layout: Layout, tmp: str, chain_ids: Sequence[str]) -> None:
+    """The upper dir is the merged root: give it the top layer's root owner and mode."""
+    upper = os.path.join(tmp, "upper")
+    os.mkdir(upper)
+    os.chmod(upper, 0o755)  # whatever the umask
+    if chain_ids:
+        st = os.stat(layout.diff_dir(chain_ids[-1].split(":", 1)[1]))
+        os.chown(upper, st.st_uid, st.st_gid)
+        os.chmod(upper, st.st_mode & 0o7777)
+
+
+def _lowers(layout: Layout, record: dict[str, Any]) -> list[str]:
+    """The layers' short links, top first; the empty dir for an image of none."""
+    chain_ids = list(record["layers"])
+    if not chain_ids:
+        return [os.path.join(layout.container_dir(str(record["container_id"])), "empty")]
+    lowers = []
+    for chain_id in reversed(chain_ids):
+        layer = records.layer(layout, chain_id.split(":", 1)[1])
+        if layer is None:
+            raise NotFound(f"layer {chain_id} of container {record['container_id']} is gone "
+                           "from the store; remove the container and create it again")
+        lowers.append(os.path.join(layout.links_dir, str(layer["link"])))
+    return lowers
+
+
+def _ensure_mounted(layout: Layout, record: dict[str, Any]) -> bool:
+    """Mount the rootfs unless it is; whether this call mounted it."""
+    cid = str(record["container_id"])
+    target = layout.mount_point(cid)
+    if overlay.mounted(target):
+        return False
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    label = record.get("mount_label")
+    if label and not overlay.selinux_enabled():
+        log.debug("Ignoring mount label of %s: SELinux is not enabled", cid)
+        label = None
+    cdir = layout.container_dir(cid)
+    overlay.mount(target, _lowers(layout, record), os.path.join(cdir, "upper"),
+                  os.path.join(cdir, "work"), label or None)
+    return True
+
+
+def mount(layout: Layout, container_id: str, deadline: float) -> dict[str, Any]:
+    with locks.held(layout.locks_dir, lock_name(container_id), deadline,
+                    busy=f"container {container_id}"):
+        record = records.rootfs(layout, container_id)
+        if record is None:
+            raise NotFound(f"container {container_id} has no rootfs; create_rootfs first")
+        mounted = _ensure_mounted(layout, record)
+    if mounted:
+        log.info("Mounted rootfs of container %s again", container_id)
+    return {**_describe(layout, record), "mounted": mounted}
+
+
+def remove(layout: Layout, container_id: str, deadline: float) -> dict[str, Any]:
+    lock = locks.acquire(layout.locks_dir, lock_name(container_id), deadline,
+                         busy=f"container {container_id}")
+    try:
+        removed = delete_held(layout, container_id)
+    finally:
+        lock.release(unlink=True)
+    if removed:
+        log.info("Removed rootfs of container %s", container_id)
+    return {"container_id": container_id, "removed": removed}
+
+
+def delete_held(layout: Layout, container_id: str) -> bool:
+    """Unmount and delete one rootfs (its lock held); whether anything was there."""
+    target = layout.mount_point(container_id)
+    found = overlay.unmount(target)
+    cdir = layout.container_dir(container_id)
+    if os.path.isdir(cdir):
+        found = True
+        doomed = os.path.join(layout.containers_dir,
+                              f"{RM_PREFIX}{container_id}-{secrets.token_hex(4)}")
+        os.rename(cdir, doomed)
+        shutil.rmtree(doomed)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(target)
+        found = True
+    return found
