@@ -27,6 +27,21 @@ if [ -d /run/systemd/system ]; then
     systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
 fi
 
+# crun 1.8 refuses every container on a hybrid cgroup host whose v2
+# hierarchy holds a controller ("cgroups in hybrid mode not supported").
+# Give such controllers (typically hugetlb) their own v1 hierarchy, as a
+# systemd hybrid host does; runc works either way.
+unified=/sys/fs/cgroup/unified/cgroup.controllers
+if [ -r "$unified" ]; then
+    for controller in $(cat "$unified"); do
+        target=/sys/fs/cgroup/$controller
+        mountpoint -q "$target" && continue
+        mkdir -p "$target"
+        mount -t cgroup -o "$controller" cgroup "$target" \
+            || echo "warning: could not mount the $controller cgroup v1 hierarchy; crun may refuse containers"
+    done
+fi
+
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

@@ -85,6 +85,7 @@ _EXTRA_OPS = (
     Op("runtime.container_exec_sync"),
     Op("runtime.container_reopen_log"),
     Op("runtime.reconcile"),
+    Op("runtime.exits_since", read_only=True),
     Op("storage.unpack_layer"),
     Op("storage.remove_layer"),
     Op("storage.create_rootfs"),

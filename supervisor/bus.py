@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 ROUTER_HWM = 100_000
 WARN_EVERY = 10.0
+FATAL_POLL = 0.25
 
 
 @dataclass
@@ -241,8 +242,10 @@ class PoolBus:
                 raise DeadlineExceeded(f"every {self.pool} worker stayed busy until the "
                                        f"deadline of {op}")
             wake = self._wake
+            # Woken by READY, replies and deaths; the cap makes a pool that
+            # just went FATAL fail its waiters promptly too.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), remaining)
+                await asyncio.wait_for(wake.wait(), min(remaining, FATAL_POLL))
 
     async def _abandon(self, request_id: bytes, pending: _Pending) -> None:
         pending.abandoned = True

@@ -3,7 +3,8 @@ in which they start and stop.
 
 Start: run dir and its lock (one daemon per run dir; the lock dies with
 its holder, so a new daemon starts cleanly after ``kill -9``) → worker
-settings file → buses bound → pools spawned → health endpoint → CRI socket.
+settings file → buses bound → pools spawned → health endpoint → every
+pool reconciles its records (recovery.py) → CRI socket.
 The CRI socket comes last so that nothing reaches a half-built daemon;
 calls that arrive before a pool is READY wait on the bus, within their
 deadline.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
@@ -29,7 +31,10 @@ import zmq.asyncio
 
 from ..proto import ops
 from . import config as cfg
+from . import recovery
 from .bus import Bus, BusTiming, PoolBus
+from .container_events import EventHub
+from .creates import CreateTable
 from .grpc_server import Front, serve
 from .health import HealthServer
 from .lifecycle import EventPublisher
@@ -40,6 +45,7 @@ from .supervision import Supervision
 log = logging.getLogger(__name__)
 
 GRPC_STOP_GRACE = 5.0
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class DaemonError(Exception):
@@ -69,6 +75,15 @@ def lock_run_dir(runroot: str) -> int:
     return fd
 
 
+def become_subreaper() -> None:
+    """Adopt the orphans of our workers' children (conmon monitors, after they
+    detach) so they are reaped by us, never left to PID 1; the supervision
+    loop's waitpid(-1) sweep reaps them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+
+
 def worker_settings(config: cfg.Config) -> dict[str, Any]:
     """What every worker reads at start: the effective config, plus the
     Python log level so workers need not know CRI-O's level names."""
@@ -89,6 +104,10 @@ class Daemon:
             os.makedirs(path, mode=0o755, exist_ok=True)
         lock_fd = lock_run_dir(config.runroot)
         setproctitle.setproctitle("podvisor: supervisor")
+        become_subreaper()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
         settings_path = os.path.join(config.runroot, "worker-settings.json")
         write_settings(settings_path, worker_settings(config))
 
@@ -108,17 +127,21 @@ class Daemon:
             health = HealthServer(config.metrics.metrics_host, config.metrics.metrics_port,
                                   pools, buses, metrics)
             await health.start(os.path.join(config.runroot, "health.addr"))
-        front = Front(Bus(buses, ops.CATALOGUE), pools, metrics, config.api.request_timeout)
+        bus = Bus(buses, ops.CATALOGUE)
+        # Records first, then calls: nothing may see a half-created object
+        # from before a crash.
+        await recovery.reconcile(bus)
+        hub = EventHub(bus)
+        hub.start()
+        front = Front(bus, pools, metrics, config.api.request_timeout, CreateTable(), hub)
         server = await serve(front, config.api.listen, config.api.grpc_max_send_msg_size,
                              config.api.grpc_max_recv_msg_size)
         log.info("podvisor serving CRI v1 on %s (pid %d)", config.api.listen, os.getpid())
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
         await self._stop.wait()
         log.info("Stopping podvisor")
 
+        await hub.stop()
         await server.stop(GRPC_STOP_GRACE)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(config.api.listen)

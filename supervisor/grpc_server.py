@@ -24,6 +24,8 @@ import grpc
 from ..proto import api_pb2_grpc as api_grpc
 from ..proto.errors import BusError
 from .bus import Bus
+from .container_events import EventHub
+from .creates import CreateTable
 from .metrics import Metrics
 from .pool import WorkerPool
 from .rpc import container, events, image, runtime_info, sandbox, stats, streaming
@@ -47,10 +49,11 @@ Streaming = Callable[[Call, Any], AsyncIterator[Any]]
 class Front:
     """The wrapper every RPC goes through (see module docstring)."""
 
-    def __init__(
-        self, bus: Bus, pools: Mapping[str, WorkerPool], metrics: Metrics, request_timeout: float
-    ) -> None:
+    def __init__(self, bus: Bus, pools: Mapping[str, WorkerPool], metrics: Metrics,
+                 request_timeout: float, creates: CreateTable, events: EventHub) -> None:
         self._bus = bus
+        self._creates = creates
+        self._events = events
         self._pools = pools
         self._metrics = metrics
         self._request_timeout = request_timeout
@@ -61,7 +64,8 @@ class Front:
         remaining = context.time_remaining()
         if remaining is None:
             remaining = UNBOUNDED_RPCS.get(rpc, self._request_timeout)
-        return Call(self._bus, time.monotonic() + remaining, self._pools)
+        return Call(self._bus, time.monotonic() + remaining, self._pools, self._creates,
+                    self._events)
 
     async def unary(
         self, rpc: str, handler: Unary, request: Any, context: grpc.aio.ServicerContext

@@ -31,6 +31,7 @@ def make_daemon() -> Iterator[Callable[..., Daemon]]:
     yield make
     for daemon in started:
         daemon.stop()
+        daemon.remove_leftovers()
     for base in bases:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -43,4 +44,5 @@ def daemon() -> Iterator[Daemon]:
     d = Daemon(base, dict(os.environ)).start()
     yield d
     d.stop()
+    d.remove_leftovers()
     shutil.rmtree(base, ignore_errors=True)

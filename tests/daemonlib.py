@@ -77,7 +77,7 @@ class Daemon:
 
     @property
     def cni_dir(self) -> Path:
-        return self.base / "cni"
+        return self.base / "net.d"
 
     @property
     def pid(self) -> int:
@@ -149,6 +149,37 @@ class Daemon:
         self.proc.wait()
         return code
 
+    def remove_leftovers(self) -> list[str]:
+        """Whatever a failed test left running or mounted under this daemon's
+        dirs: containers (by runtime root), monitors (by their pid files),
+        mounts. Returns what it found, so a test can also assert on it."""
+        found = []
+        for runtime, root in (("runc", "runc"), ("crun", "crun")):
+            state = self.runroot / root
+            if not state.is_dir():
+                continue
+            out = subprocess.run([runtime, "--root", str(state), "list", "-q"],
+                                 capture_output=True, text=True, check=False).stdout
+            for cid in out.split():
+                found.append(f"{runtime} container {cid}")
+                subprocess.run([runtime, "--root", str(state), "delete", "--force", cid],
+                               capture_output=True, check=False)
+        for pidfile in (self.runroot / "c").glob("*/conmon.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(pidfile.read_text())
+                if b"podvisor-conmon" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(f"conmon {pid}")
+                    os.kill(pid, signal.SIGKILL)
+        for mount in sorted(self.mounts(), key=len, reverse=True):
+            found.append(f"mount {mount}")
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+        return found
+
+    def mounts(self) -> list[str]:
+        prefix = str(self.base) + "/"
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
 
 def write_config(base: Path, workers: dict[str, Any] | None = None,
                  extra: str = "") -> None:
@@ -159,7 +190,7 @@ def write_config(base: Path, workers: dict[str, Any] | None = None,
         f'runroot = "{base / "run"}"',
         'log_level = "debug"',
         "[podvisor.network]",
-        f'network_dir = "{base / "cni"}"',
+        f'network_dir = "{base / "net.d"}"',
         "[podvisor.metrics]",
         "metrics_port = 0",
         "[podvisor.workers]",

@@ -89,11 +89,11 @@ def test_podvisor_status_lists_every_worker(daemon: Daemon) -> None:
 def test_metrics_count_rpcs_by_code_and_workers_up(daemon: Daemon) -> None:
     daemon.runtime.Version(api.VersionRequest(), timeout=10)
     with contextlib.suppress(grpc.RpcError):
-        daemon.runtime.RunPodSandbox(api.RunPodSandboxRequest(), timeout=10)
+        daemon.runtime.Attach(api.AttachRequest(container_id="x"), timeout=10)
     text = daemon.metrics()
     assert re.search(r'podvisor_rpc_requests_total\{code="OK",method="Version"\} [1-9]', text)
     assert re.search(
-        r'podvisor_rpc_requests_total\{code="UNIMPLEMENTED",method="RunPodSandbox"\} [1-9]', text)
+        r'podvisor_rpc_requests_total\{code="UNIMPLEMENTED",method="Attach"\} [1-9]', text)
     assert 'podvisor_rpc_duration_seconds_bucket{le="0.001",method="Version"}' in text
     assert 'podvisor_workers_up{pool="runtime"} 2.0' in text
     assert 'podvisor_worker_restarts_total{pool="net"} 0.0' in text
@@ -101,10 +101,11 @@ def test_metrics_count_rpcs_by_code_and_workers_up(daemon: Daemon) -> None:
 
 def test_logged_requests_carry_a_request_id(daemon: Daemon) -> None:
     with contextlib.suppress(grpc.RpcError):
-        daemon.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id="x"), timeout=10)
+        daemon.runtime.ContainerStatus(api.ContainerStatusRequest(container_id="nope"),
+                                       timeout=10)
     log = daemon.log_path.read_text()
-    assert re.search(r"\[StopPodSandbox req=[0-9a-f]{12}\] .*StopPodSandbox failed: "
-                     r"UNIMPLEMENTED", log)
+    assert re.search(r"\[ContainerStatus req=[0-9a-f]{12}\] .*ContainerStatus failed: "
+                     r"NOT_FOUND: container nope not found", log)
     # The worker logs the same request under the bus request id.
     assert re.search(r"\[runtime worker \d\] \[req=[0-9a-f]{12}\]", log)
 

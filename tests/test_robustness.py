@@ -18,6 +18,9 @@ from podvisor.proto import api_pb2 as api
 
 IMPLEMENTED = {
     "Version", "Status", "RuntimeConfig",
+    "RunPodSandbox", "StopPodSandbox", "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox",
+    "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
+    "ContainerStatus", "ReopenContainerLog", "ExecSync", "GetContainerEvents",
     "ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo",
 }
 

@@ -30,6 +30,8 @@ Deadlines and Cancellation
 Shutdown
     SIGTERM stops intake (new requests get UNAVAILABLE), lets in-flight ones
     finish for up to ``stop_grace`` seconds, sends DISCONNECT and exits 0.
+    A worker whose supervisor is gone cancels its in-flight ops instead
+    (they stop at their next ``check()``): nobody would read their replies.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from ..proto.errors import (
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+ORPHAN_POLL = 0.1
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -169,13 +172,25 @@ class WorkerProcess:
 
     async def _shutdown(self) -> int:
         log.info("Worker stopping with %d requests in flight", len(self._inflight))
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=self.options.stop_grace)
-            for task in pending:
-                task.cancel()
+        until = time.monotonic() + self.options.stop_grace
+        while self._tasks and time.monotonic() < until:
+            # Checked while waiting: PR_SET_PDEATHSIG fires as the parent's
+            # main thread dies, before getppid() changes. Once the supervisor
+            # is gone nobody reads replies, so ops give up at their next check.
+            if self._orphaned():
+                for ctx in self._inflight.values():
+                    ctx.cancelled.set()
+            await asyncio.wait(self._tasks, timeout=ORPHAN_POLL)
+        for task in self._tasks:
+            task.cancel()
         with contextlib.suppress(zmq.ZMQError):
             await self._send(envelope.encode(Command.DISCONNECT, {}))
         return 0
+
+    def _orphaned(self) -> bool:
+        silent = time.monotonic() - self._last_heard
+        window = self.options.heartbeat_interval * self.options.heartbeat_liveness
+        return os.getppid() != self.options.parent_pid or silent > window
 
     async def _send(self, frames: list[bytes]) -> None:
         await self._sock.send_multipart(frames)

@@ -71,16 +71,17 @@ def main(pool: str, ops: OpTable, argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
+    # The supervisor writes every key (daemon.worker_settings), so a missing
+    # one is a bug worth a KeyError, not a silent default.
     settings: Mapping[str, Any] = load_settings(args.settings)
-    bus = settings.get("workers", {})
-    configure_logging(pool, args.index, settings.get("python_log_level", "INFO"),
-                      settings.get("log_format", "text"))
+    bus = settings["workers"]
+    configure_logging(pool, args.index, settings["python_log_level"], settings["log_format"])
     setproctitle.setproctitle(f"podvisor: {pool} worker {args.index}")
     options = WorkerOptions(
         pool=pool, index=args.index, endpoint=args.endpoint, parent_pid=args.parent_pid,
-        max_inflight=int(bus.get("max_inflight", 16)),
-        heartbeat_interval=float(bus.get("heartbeat_interval", 0.5)),
-        heartbeat_liveness=int(bus.get("heartbeat_liveness", 3)),
-        stop_grace=float(bus.get("stop_timeout", 10.0)),
+        max_inflight=int(bus["max_inflight"]),
+        heartbeat_interval=float(bus["heartbeat_interval"]),
+        heartbeat_liveness=int(bus["heartbeat_liveness"]),
+        stop_grace=float(bus["stop_timeout"]),
     )
     return WorkerProcess(options, ops, settings).run()

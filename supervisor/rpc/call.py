@@ -12,6 +12,8 @@ from google.protobuf.message import Message
 
 from ...proto import ops
 from ..bus import Bus
+from ..container_events import EventHub
+from ..creates import CreateTable
 from ..pool import WorkerPool
 
 M = TypeVar("M", bound=Message)
@@ -24,9 +26,12 @@ class Call:
     bus: Bus
     deadline: float          # absolute time.monotonic()
     pools: Mapping[str, WorkerPool]
+    creates: CreateTable
+    events: EventHub
 
-    async def op(self, op: str, args: dict[str, Any], key: str | None = None) -> Any:
-        return await self.bus.call(op, args, deadline=self.deadline, key=key)
+    async def op(self, op: str, args: dict[str, Any], key: str | None = None,
+                 deadline: float | None = None) -> Any:
+        return await self.bus.call(op, args, deadline=deadline or self.deadline, key=key)
 
 
 def to_args(request: Message) -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""GetContainerEvents.
+"""GetContainerEvents: the stream the kubelet's evented PLEG reads.
 
-Routed to the owning pool, which answers UNIMPLEMENTED until the issue
-that implements them lands (issues 3 and 5).
+Events are produced by the handlers and the exit watcher (see
+supervisor/container_events.py); a call subscribes until the client goes.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from ...proto import api_pb2 as api
-from .call import Call, route_stream
+from .call import Call
 
 
 def get_container_events(
     call: Call, request: api.GetEventsRequest
 ) -> AsyncIterator[api.ContainerEventResponse]:
-    return route_stream(call, "GetContainerEvents", request, api.ContainerEventResponse)
+    return call.events.subscribe()

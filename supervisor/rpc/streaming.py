@@ -1,7 +1,5 @@
-"""ExecSync, Exec, Attach, PortForward.
-
-Routed to the owning pool, which answers UNIMPLEMENTED until the issue
-that implements them lands (issues 3 and 5).
+"""ExecSync; Exec, Attach and PortForward (the streaming server) are routed
+to their pools, which answer UNIMPLEMENTED until the streaming issue lands.
 """
 
 from __future__ import annotations
@@ -11,7 +9,12 @@ from .call import Call, route
 
 
 async def exec_sync(call: Call, request: api.ExecSyncRequest) -> api.ExecSyncResponse:
-    return await route(call, "ExecSync", request, api.ExecSyncResponse)
+    # The command's own timeout is enforced by podvisor-conmon (it kills and
+    # reaps the command); the call's deadline bounds everything else.
+    result = await call.op("runtime.container_exec_sync", {
+        "id": request.container_id, "cmd": list(request.cmd), "timeout": request.timeout})
+    return api.ExecSyncResponse(stdout=result["stdout"], stderr=result["stderr"],
+                                exit_code=result["exit_code"])
 
 
 async def exec(call: Call, request: api.ExecRequest) -> api.ExecResponse:

@@ -1,8 +1,13 @@
-"""Ops of the runtime pool.
+"""Ops of the runtime pool: the bus face of pods and containers.
 
-Answered now: ``runtime.version``, ``runtime.status`` (the runtime half of
-CRI Status) and ``runtime.runtime_config``. Every other runtime op is
-UNIMPLEMENTED until its issue lands.
+    runtime.version / status / runtime_config       node-level answers
+    runtime.sandbox_*    reserve, start, stop_containers, stop, remove,
+                         status, list                       (sandbox.py)
+    runtime.container_*  reserve, create, start, stop, remove, status,
+                         list, exec_sync, reopen_log        (containers.py)
+
+Every other runtime op in the catalogue is UNIMPLEMENTED until its issue
+lands.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 from ..base import OpContext, OpTable
-from . import handlers
+from . import containers, events, handlers, reconcile, sandbox
 
 # The CRI "version" field: the version of the runtime API the runtime
 # speaks, as CRI-O and containerd report it.
@@ -53,4 +58,22 @@ OPS: OpTable = {
     "runtime.version": version,
     "runtime.status": status,
     "runtime.runtime_config": runtime_config,
+    "runtime.sandbox_reserve": sandbox.reserve,
+    "runtime.sandbox_start": sandbox.start,
+    "runtime.sandbox_stop_containers": containers.stop_pod_containers,
+    "runtime.sandbox_stop": sandbox.stop,
+    "runtime.sandbox_remove": sandbox.remove,
+    "runtime.sandbox_status": sandbox.status,
+    "runtime.sandbox_list": sandbox.list_sandboxes,
+    "runtime.container_reserve": containers.reserve,
+    "runtime.container_create": containers.create,
+    "runtime.container_start": containers.start,
+    "runtime.container_stop": containers.stop,
+    "runtime.container_remove": containers.remove,
+    "runtime.container_status": containers.status,
+    "runtime.container_list": containers.list_containers,
+    "runtime.container_exec_sync": containers.exec_sync,
+    "runtime.container_reopen_log": containers.reopen_log,
+    "runtime.reconcile": reconcile.reconcile,
+    "runtime.exits_since": events.exits_since,
 }

@@ -1,0 +1,36 @@
+"""The process title: ``podvisor-conmon <container id>`` in ps.
+
+Two places hold it. ``comm`` (top, /proc/PID/comm, 15 bytes) gets
+``podvisor-conmon``, exactly 15. The command line (ps -ef,
+/proc/PID/cmdline) is the memory between the kernel's arg_start and arg_end
+(fields 48 and 49 of /proc/self/stat): the original argv strings, which
+CPython copied at startup and never reads again. Writing the title there,
+NUL-padded, is what the setproctitle library does, without moving environ:
+the title is cut to the original argv's length, which podvisor-conmon's
+long command line always exceeds. prctl(PR_SET_MM) would allow a longer
+one but needs CAP_SYS_RESOURCE, which podvisor may lack.
+
+Failure behaviour: best effort; a title that can't be set changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+
+from .reap import PR_SET_NAME, prctl
+
+
+def set_title(title: str) -> None:
+    raw = title.encode()
+    with contextlib.suppress(OSError):
+        prctl(PR_SET_NAME, raw[:15])
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is field 3 of the stat line.
+        start, end = int(fields[45]), int(fields[46])
+        size = end - start
+        if size <= 1:
+            return
+        ctypes.memmove(start, raw[:size - 1].ljust(size, b"\0"), size)

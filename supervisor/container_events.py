@@ -1,0 +1,158 @@
+"""Container lifecycle events for GetContainerEvents (the kubelet's evented
+PLEG).
+
+Events come from two places: the RPC handlers publish CREATED, STARTED,
+STOPPED and DELETED when a call changes a container, and a watcher task
+long-polls the runtime pool for exit files, so a container that exits on
+its own is reported STOPPED too. Each event carries the pod sandbox's status
+and the statuses of all its containers, as the kubelet's evented PLEG reads
+them.
+
+Delivery: each subscriber has a bounded queue; one that falls
+``QUEUE_SIZE`` events behind is dropped (its stream ends with an error)
+rather than slowing everyone: the kubelet then falls back to relisting,
+as it does with CRI-O. With no subscriber, nothing is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+
+from google.protobuf import json_format
+
+from ..proto import api_pb2 as api
+from ..proto.errors import BusError, NotFound, Unavailable
+from .bus import Bus
+from .rpc.messages import sandbox_status
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 1000
+WATCH_WAIT = 10.0
+WATCH_RETRY = 1.0
+STATUS_TIMEOUT = 10.0
+# Containers whose STOPPED was sent, remembered to send it only once.
+STOPPED_MEMORY = 10000
+
+
+class EventHub:
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._subscribers: set[asyncio.Queue[api.ContainerEventResponse | None]] = set()
+        self._pending: asyncio.Queue[tuple[str, int, str | None]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped: OrderedDict[str, None] = OrderedDict()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._watch_exits(), name="exit watcher"),
+                       asyncio.create_task(self._deliver(), name="event delivery")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for queue in self._subscribers:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    def emit(self, container_id: str, kind: int, sandbox_id: str | None = None) -> None:
+        """Queue an event; built and delivered in order, off the caller's path.
+
+        A container's STOPPED is sent once, whoever sees the exit first: the
+        handler that stopped or removed it, or the exit watcher (checked at
+        delivery, which is sequential).
+        """
+        if self._subscribers:
+            self._pending.put_nowait((container_id, kind, sandbox_id))
+
+    async def _deliver(self) -> None:
+        while True:
+            container_id, kind, sandbox_id = await self._pending.get()
+            stopped = kind == api.CONTAINER_STOPPED_EVENT
+            if stopped and container_id in self._stopped:
+                continue
+            if await self.publish(container_id, kind, sandbox_id) and stopped:
+                self._stopped[container_id] = None
+                while len(self._stopped) > STOPPED_MEMORY:
+                    self._stopped.popitem(last=False)
+
+    async def subscribe(self) -> AsyncIterator[api.ContainerEventResponse]:
+        queue: asyncio.Queue[api.ContainerEventResponse | None] = asyncio.Queue(QUEUE_SIZE)
+        self._subscribers.add(queue)
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    raise Unavailable("the event stream was closed: the daemon is stopping "
+                                      "or this client fell too far behind")
+                yield event
+        finally:
+            self._subscribers.discard(queue)
+
+    async def publish(self, container_id: str, kind: int, sandbox_id: str | None = None) -> bool:
+        """Build and fan out one event; False when it could not be built."""
+        if not self._subscribers:
+            return False
+        try:
+            event = await self._build(container_id, kind, sandbox_id)
+        except BusError as exc:
+            log.debug("No event for %s: %s", container_id, exc.message)
+            return False
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                log.warning("Dropping a container event subscriber that fell behind")
+                self._subscribers.discard(queue)
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                queue.put_nowait(None)
+        return True
+
+    async def _build(self, container_id: str, kind: int,
+                     sandbox_id: str | None) -> api.ContainerEventResponse:
+        deadline = time.monotonic() + STATUS_TIMEOUT
+        if sandbox_id is None:
+            found = await self._bus.call("runtime.container_list",
+                                         {"filter": {"id": container_id}}, deadline=deadline)
+            if not found:
+                raise NotFound(f"container {container_id} not found")
+            sandbox_id = str(found[0]["pod_sandbox_id"])
+        event = api.ContainerEventResponse(container_id=container_id,
+                                           container_event_type=kind,  # type: ignore[arg-type]
+                                           created_at=time.time_ns())
+        with contextlib.suppress(NotFound):
+            record = await self._bus.call("runtime.sandbox_status", {"id": sandbox_id},
+                                          deadline=deadline)
+            event.pod_sandbox_status.CopyFrom(sandbox_status(record))
+        members = await self._bus.call("runtime.container_list", {"sandbox_id": sandbox_id},
+                                       deadline=deadline)
+        for member in members:
+            with contextlib.suppress(NotFound):
+                status = await self._bus.call("runtime.container_status",
+                                              {"id": member["id"]}, deadline=deadline)
+                event.containers_statuses.append(
+                    json_format.ParseDict(status["status"], api.ContainerStatus()))
+        return event
+
+    async def _watch_exits(self) -> None:
+        cursor = time.time_ns()
+        while True:
+            try:
+                found = await self._bus.call(
+                    "runtime.exits_since", {"cursor": cursor, "wait": WATCH_WAIT},
+                    deadline=time.monotonic() + WATCH_WAIT + 5)
+            except BusError as exc:
+                log.debug("Exit watcher: %s", exc.message)
+                await asyncio.sleep(WATCH_RETRY)
+                continue
+            cursor = found["cursor"]
+            for container_id in found["exits"]:
+                self.emit(container_id, api.CONTAINER_STOPPED_EVENT)

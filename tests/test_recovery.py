@@ -1,0 +1,142 @@
+"""Nothing is lost or leaked when podvisor processes die: a runtime worker
+killed during parallel creates, the supervisor killed while containers
+run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from daemonlib import poll_until
+from podfixtures import Node, log_lines, node
+
+from podvisor.proto import api_pb2 as api
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def n() -> Iterator[Node]:
+    with node(workers={"runtime": 2, "storage": 2}) as here:
+        yield here
+
+
+def test_kill_9_runtime_worker_during_parallel_creates(n: Node) -> None:
+    pod = n.pod_config("burst")
+    pod_id = n.run_pod(pod)
+    victim = n.daemon.workers()[("runtime", 1)]["pid"]
+    configs = [n.container_config(f"c{i}", "sleep 3600") for i in range(20)]
+
+    def create(config: api.ContainerConfig) -> str:
+        try:
+            return n.create(pod_id, pod, config, timeout=60)
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(create, c) for c in configs]
+        # Kill while creates are in flight on that worker.
+        poll_until(lambda: n.daemon.workers()[("runtime", 1)]["inflight"] > 0, 20,
+                   interval=0.005, what="creates in flight on runtime worker 1")
+        os.kill(victim, signal.SIGKILL)
+        results = [f.result() for f in futures]
+
+    created = [r for r in results if len(r) == 64]
+    failed = [r for r in results if len(r) != 64]
+    assert set(failed) <= {"UNAVAILABLE"}, failed
+    assert failed, "the kill hit no create"
+    listed = {c.id for c in n.daemon.runtime.ListContainers(api.ListContainersRequest(
+        filter=api.ContainerFilter(pod_sandbox_id=pod_id)), timeout=10).containers}
+    # The failed creates left nothing: only the finished ones are listed...
+    assert listed == set(created)
+    # ...and their names are free again: a retry of a failed one works.
+    retried = [c for c, r in zip(configs, results, strict=True) if r == "UNAVAILABLE"]
+    for config in retried:
+        created.append(n.create(pod_id, pod, config))
+    for container_id in created:
+        n.start(container_id)
+    assert len({c.id for c in n.daemon.runtime.ListContainers(
+        api.ListContainersRequest(), timeout=10).containers}) == 20
+    n.remove_pod(pod_id)
+    assert not n.daemon.remove_leftovers()
+
+
+def test_kill_9_supervisor_while_containers_run(n: Node) -> None:
+    pod = n.pod_config("survivor")
+    pod_id = n.run_pod(pod)
+    ticker = n.run(pod_id, pod, n.container_config(
+        "ticker", "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.1; done"))
+    quitter = n.run(pod_id, pod, n.container_config("quitter", "sleep 3600"))
+    before = {s.id: s for s in (n.wait_state(ticker, api.CONTAINER_RUNNING),
+                                n.wait_state(quitter, api.CONTAINER_RUNNING))}
+    log = Path(pod.log_directory) / "ticker.log"
+    poll_until(lambda: log.exists() and len(log_lines(log)) >= 3, 10, what="first ticks")
+
+    os.kill(n.daemon.pid, signal.SIGKILL)
+    assert n.daemon.proc is not None
+    n.daemon.proc.wait()
+    # While podvisor is down: the ticker keeps logging, the quitter exits.
+    lines_then = len(log_lines(log))
+    n.daemon.stop()
+    quitter_pid = _container_pid(n, quitter)
+    os.kill(quitter_pid, signal.SIGKILL)
+    poll_until(lambda: len(log_lines(log)) > lines_then + 3, 10, what="logs during outage")
+
+    n.daemon.start()
+    after = {c.id: c for c in n.daemon.runtime.ListContainers(
+        api.ListContainersRequest(), timeout=10).containers}
+    assert set(after) == {ticker, quitter}
+    running = n.status(ticker)
+    assert running.state == api.CONTAINER_RUNNING
+    assert running.started_at == before[ticker].started_at
+    exited = n.wait_state(quitter, api.CONTAINER_EXITED)
+    assert exited.exit_code == 137
+    count = len(log_lines(log))
+    poll_until(lambda: len(log_lines(log)) > count + 3, 10, what="logs after restart")
+    assert n.pod_status(pod_id).status.state == api.SANDBOX_READY
+    n.remove_pod(pod_id)
+    assert not n.daemon.remove_leftovers()
+
+
+def _container_pid(n: Node, container_id: str) -> int:
+    """The container's init pid from its runtime state (podvisor is down)."""
+    state = n.daemon.runroot / "runc" / container_id / "state.json"
+    return int(json.loads(state.read_text())["init_process_pid"])
+
+
+def test_half_created_objects_are_gone_after_restart(n: Node) -> None:
+    # A create killed mid-way: the supervisor dies while CreateContainer runs.
+    pod = n.pod_config("half")
+    pod_id = n.run_pod(pod)
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(lambda i=i: n.create(pod_id, pod, n.container_config(
+            f"h{i}", "sleep 3600"))) for i in range(8)]
+        poll_until(lambda: any(w["inflight"] for w in n.daemon.workers().values()), 20,
+                   interval=0.005, what="creates in flight")
+        os.kill(n.daemon.pid, signal.SIGKILL)
+        for future in futures:
+            with contextlib.suppress(grpc.RpcError):
+                future.result()
+    assert n.daemon.proc is not None
+    n.daemon.proc.wait()
+    n.daemon.stop()
+    n.daemon.start()
+    listed = n.daemon.runtime.ListContainers(api.ListContainersRequest(), timeout=10).containers
+    for container in listed:
+        # Whatever survived is complete: it can be started.
+        assert container.state == api.CONTAINER_CREATED
+        n.start(container.id)
+    records = list((n.daemon.base / "root" / "runtime" / "containers").glob("*.json"))
+    assert len(records) == len(listed)
+    assert time.monotonic() - started < 120
+    n.remove_pod(pod_id)
+    assert not n.daemon.remove_leftovers()

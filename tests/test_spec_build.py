@@ -1,0 +1,280 @@
+"""The whole config.json from build_container_spec and build_infra_spec, without a runtime."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podvisor.proto.errors import FailedPrecondition, InvalidArgument
+from podvisor.workers.runtime.spec import (
+    INFRA_ARGS,
+    NodeFacts,
+    PodContext,
+    build_container_spec,
+    build_infra_spec,
+)
+from podvisor.workers.runtime.spec_devices import ALLOW_ALL
+from podvisor.workers.runtime.spec_security import CAPABILITIES, DEFAULT_MASKED_PATHS
+
+NODE = NodeFacts(controllers=frozenset({"cpu", "memory"}), swap_accounting=True, nofile=4096)
+CAPS = tuple(c for c in CAPABILITIES if c != "CAP_SYS_RESOURCE")
+SANDBOX = {"metadata": {"name": "web", "namespace": "prod", "uid": "pod-uid-1", "attempt": 1},
+           "log_directory": "/var/log/pods/prod_web_pod-uid-1",
+           "annotations": {"pod-note": "x"},
+           "linux": {"cgroup_parent": "/kubepods/pod-uid-1",
+                     "sysctls": {"net.ipv4.ip_unprivileged_port_start": "0"},
+                     "security_context": {"namespace_options": {"pid": "CONTAINER"}}}}
+POD_NAMESPACES = [
+    {"type": "pid"}, {"type": "network", "path": "/run/pv/netns/sb1"},
+    {"type": "ipc", "path": "/run/pv/ns/ipc/sb1"}, {"type": "uts", "path": "/run/pv/ns/uts/sb1"},
+    {"type": "mount"}]
+IMAGE = {"architecture": "amd64", "config": {
+    "Entrypoint": ["/bin/app"], "Cmd": ["--serve"], "Env": ["PATH=/bin", "LANG=C"],
+    "WorkingDir": "/srv", "User": "app", "StopSignal": "SIGQUIT"}}
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> str:
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\napp:x:1000:1000::/srv:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\napp:x:1000:\nwww:x:33:app\n")
+    return str(root)
+
+
+def pod_context(**changes: Any) -> PodContext:
+    fields: dict[str, Any] = dict(
+        sandbox_id="sb1", hostname="web-0", cgroup_parent="/kubepods/pod-uid-1",
+        netns_path="/run/pv/netns/sb1", ipc_ns_path="/run/pv/ns/ipc/sb1",
+        uts_ns_path="/run/pv/ns/uts/sb1", pid_ns_path=None, shm_path="/run/pv/shm/sb1",
+        resolv_conf="/run/pv/pods/sb1/resolv.conf", hosts_file="/run/pv/pods/sb1/hosts",
+        hostname_file="/run/pv/pods/sb1/hostname", privileged_caps=CAPS, oom_score_adj_floor=0)
+    fields.update(changes)
+    return PodContext(**fields)
+
+
+def container(**changes: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "metadata": {"name": "app", "attempt": 2},
+        "image": {"image": "sha256:abc", "user_specified_image": "registry.test/app:1"},
+        "envs": [{"key": "MODE", "value": base64.b64encode(b"prod").decode()}],
+        "labels": {"io.kubernetes.container.name": "app"},
+        "annotations": {"io.kubernetes.container.restartCount": "2"},
+        "linux": {"resources": {"cpu_shares": "256", "memory_limit_in_bytes": "134217728",
+                                "oom_score_adj": "-997"},
+                  "security_context": {"namespace_options": {"pid": "CONTAINER"},
+                                       "no_new_privs": True,
+                                       "masked_paths": ["/proc/kcore"],
+                                       "readonly_paths": ["/proc/sys", "/proc/bus"]}},
+    }
+    config.update(changes)
+    return config
+
+
+def build(rootfs: str, config: dict[str, Any] | None = None, pod: PodContext | None = None,
+          sandbox: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    return build_container_spec(config or container(), sandbox or SANDBOX, IMAGE, rootfs,
+                                pod or pod_context(), container_id="c1", node=NODE, **kwargs)
+
+
+def test_container_spec(rootfs: str) -> None:
+    spec = build(rootfs)
+    process = spec["process"]
+    assert spec["ociVersion"] == "1.0.2"
+    assert process["args"] == ["/bin/app", "--serve"]
+    assert process["env"] == ["PATH=/bin", "HOSTNAME=web-0", "LANG=C", "MODE=prod"]
+    assert process["cwd"] == "/srv"
+    assert process["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [1000, 33]}
+    assert process["terminal"] is False
+    assert process["noNewPrivileges"] is True
+    assert process["oomScoreAdj"] == 0                  # -997 clamped to the daemon's 0
+    assert process["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]
+    assert len(process["capabilities"]["bounding"]) == 9
+    assert spec["root"] == {"path": rootfs, "readonly": False}
+    assert spec["hostname"] == "web-0"
+
+    linux = spec["linux"]
+    assert linux["namespaces"] == POD_NAMESPACES
+    assert linux["cgroupsPath"] == "/kubepods/pod-uid-1/podvisor-c1"
+    assert linux["resources"]["cpu"] == {"shares": 256}
+    assert linux["resources"]["memory"] == {"limit": 134217728, "swap": 134217728}
+    assert linux["resources"]["devices"][0] == {"allow": False, "access": "rwm"}
+    assert linux["sysctl"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
+    assert linux["maskedPaths"] == sorted(DEFAULT_MASKED_PATHS)   # /proc/kcore is one already
+    assert linux["readonlyPaths"] == ["/proc/sys", "/proc/bus"]
+    assert "rootfsPropagation" not in linux
+
+    mounts = {m["destination"]: m for m in spec["mounts"]}
+    assert mounts["/dev/shm"]["source"] == "/run/pv/shm/sb1"
+    assert mounts["/etc/resolv.conf"]["source"] == "/run/pv/pods/sb1/resolv.conf"
+    assert mounts["/etc/hostname"]["options"][0] == "rw"
+
+    assert spec["annotations"] == {
+        "io.kubernetes.container.restartCount": "2",
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.container-name": "app",
+        "io.kubernetes.cri.sandbox-id": "sb1",
+        "io.kubernetes.cri.sandbox-name": "web",
+        "io.kubernetes.cri.sandbox-namespace": "prod",
+        "io.kubernetes.cri.sandbox-uid": "pod-uid-1",
+        "io.kubernetes.cri.image-name": "registry.test/app:1",
+        "org.opencontainers.image.stopSignal": "SIGQUIT",
+    }
+    json.dumps(spec)   # a plain JSON document, nothing else in it
+
+
+def test_same_inputs_same_document(rootfs: str) -> None:
+    assert json.dumps(build(rootfs), sort_keys=True) == json.dumps(build(rootfs), sort_keys=True)
+
+
+def test_image_config_section_alone_is_accepted(rootfs: str) -> None:
+    spec = build_container_spec(container(), SANDBOX, IMAGE["config"], rootfs, pod_context(),
+                                container_id="c1", node=NODE)
+    assert spec["process"]["args"] == ["/bin/app", "--serve"]
+
+
+def test_readonly_rootfs_makes_pod_files_read_only(rootfs: str) -> None:
+    config = container()
+    config["linux"]["security_context"]["readonly_rootfs"] = True
+    spec = build(rootfs, config)
+    assert spec["root"]["readonly"] is True
+    assert all(m["options"][0] == "ro" for m in spec["mounts"]
+               if m["destination"].startswith("/etc/"))
+
+
+def test_no_resources_no_oom_score_adj(rootfs: str) -> None:
+    config = container()
+    del config["linux"]["resources"]
+    assert "oomScoreAdj" not in build(rootfs, config)["process"]
+
+
+def test_host_namespaces_pod(rootfs: str) -> None:
+    pod = pod_context(netns_path=None, ipc_ns_path=None, uts_ns_path=None, shm_path=None)
+    sandbox = {**SANDBOX, "linux": {**SANDBOX["linux"], "sysctls": {}}}
+    spec = build(rootfs, pod=pod, sandbox=sandbox)
+    assert [ns["type"] for ns in spec["linux"]["namespaces"]] == ["pid", "mount"]
+    assert "hostname" not in spec      # no private UTS namespace: the runtime would refuse it
+    assert {m["destination"]: m for m in spec["mounts"]}["/dev/shm"]["source"] == "/dev/shm"
+
+
+def test_net_sysctl_in_a_host_network_pod_is_invalid(rootfs: str) -> None:
+    with pytest.raises(InvalidArgument, match="host network"):
+        build(rootfs, pod=pod_context(netns_path=None))
+
+
+@pytest.mark.parametrize(("mode", "pid_ns", "expected"), [
+    ("POD", "/proc/42/ns/pid", [{"type": "pid", "path": "/proc/42/ns/pid"}]),
+    ("CONTAINER", None, [{"type": "pid"}]),
+    ("NODE", None, []),
+])
+def test_pid_namespace_modes(rootfs: str, mode: str, pid_ns: str | None,
+                             expected: list[dict[str, str]]) -> None:
+    config = container()
+    config["linux"]["security_context"]["namespace_options"] = {"pid": mode}
+    spec = build(rootfs, config, pod=pod_context(pid_ns_path=pid_ns))
+    assert [ns for ns in spec["linux"]["namespaces"] if ns["type"] == "pid"] == expected
+
+
+def test_pod_pid_namespace_without_one_is_a_failed_precondition(rootfs: str) -> None:
+    config = container()
+    config["linux"]["security_context"]["namespace_options"] = {}   # POD is the zero value
+    with pytest.raises(FailedPrecondition, match="shared PID namespace"):
+        build(rootfs, config)
+
+
+def test_target_pid_namespace(rootfs: str) -> None:
+    config = container()
+    config["linux"]["security_context"]["namespace_options"] = {"pid": "TARGET",
+                                                                "target_id": "other"}
+    with pytest.raises(InvalidArgument, match="'other'"):
+        build(rootfs, config)
+    spec = build(rootfs, config, target_pid_ns="/proc/7/ns/pid")
+    assert spec["linux"]["namespaces"][0] == {"type": "pid", "path": "/proc/7/ns/pid"}
+
+
+def test_cgroup_namespace_on_v2_only_for_unprivileged(rootfs: str) -> None:
+    v2 = NodeFacts(cgroup_v2=True)
+    spec = build_container_spec(container(), SANDBOX, IMAGE, rootfs, pod_context(),
+                                container_id="c1", node=v2)
+    assert spec["linux"]["namespaces"][-1] == {"type": "cgroup"}
+
+
+def test_privileged_container_needs_a_privileged_pod(rootfs: str) -> None:
+    config = container()
+    config["linux"]["security_context"]["privileged"] = True
+    with pytest.raises(InvalidArgument, match="privileged but its pod sandbox is not"):
+        build(rootfs, config)
+
+
+def test_privileged_container(rootfs: str, tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    os.mknod(dev / "loop0", stat.S_IFBLK | 0o660, os.makedev(7, 0))
+    config = container()
+    config["linux"]["security_context"].update(
+        privileged=True, capabilities={"drop_capabilities": ["ALL"]})
+    sandbox = {**SANDBOX, "linux": {**SANDBOX["linux"],
+                                    "security_context": {"privileged": True}}}
+    spec = build(rootfs, config, sandbox=sandbox, dev_root=str(dev))
+    assert spec["process"]["capabilities"]["effective"] == list(CAPS)
+    assert spec["linux"]["maskedPaths"] == spec["linux"]["readonlyPaths"] == []
+    assert [d["path"] for d in spec["linux"]["devices"]] == ["/dev/loop0"]
+    assert spec["linux"]["resources"]["devices"] == list(ALLOW_ALL)
+    mounts = {m["destination"]: m for m in spec["mounts"]}
+    assert "rw" in mounts["/sys"]["options"] and "rw" in mounts["/sys/fs/cgroup"]["options"]
+
+
+def test_cri_mount_and_device_reach_the_spec(rootfs: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    config = container(mounts=[{"container_path": "/data", "host_path": str(data),
+                                "readonly": True, "selinux_relabel": True}],
+                       devices=[{"container_path": "/dev/xnull", "host_path": "/dev/null",
+                                 "permissions": "rw"}])
+    spec = build(rootfs, config)
+    assert {"destination": "/data", "type": "bind", "source": str(data),
+            "options": ["rbind", "rprivate", "ro"]} in spec["mounts"]
+    assert spec["linux"]["devices"][0]["path"] == "/dev/xnull"
+
+
+def test_missing_name_is_invalid(rootfs: str) -> None:
+    with pytest.raises(InvalidArgument, match="name is empty"):
+        build(rootfs, container(metadata={}))
+
+
+def test_unknown_image_user_is_invalid(rootfs: str) -> None:
+    image = {"config": {**IMAGE["config"], "User": "ghost"}}
+    with pytest.raises(InvalidArgument, match="unable to find user ghost"):
+        build_container_spec(container(), SANDBOX, image, rootfs, pod_context(),
+                             container_id="c1", node=NODE)
+
+
+def test_infra_spec() -> None:
+    sandbox = {**SANDBOX, "linux": {**SANDBOX["linux"], "security_context": {
+        "run_as_user": {"value": "65535"}, "run_as_group": {"value": "65535"}}}}
+    pod = pod_context(oom_score_adj_floor=-500)
+    spec = build_infra_spec(sandbox, pod, "/run/pv/infra-rootfs", node=NODE)
+    process = spec["process"]
+    assert process["args"] == list(INFRA_ARGS) == ["/catatonit", "-P"]
+    assert process["user"] == {"uid": 65535, "gid": 65535, "additionalGids": [65535]}
+    assert process["capabilities"]["bounding"] == []
+    assert process["noNewPrivileges"] is True
+    assert process["oomScoreAdj"] == -500                # CRI-O's -998, clamped to the floor
+    assert spec["root"] == {"path": "/run/pv/infra-rootfs", "readonly": True}
+    assert spec["hostname"] == "web-0"
+    assert spec["linux"]["namespaces"] == POD_NAMESPACES
+    assert spec["linux"]["cgroupsPath"] == "/kubepods/pod-uid-1/podvisor-sb1"
+    assert spec["linux"]["resources"]["cpu"] == {"shares": 2}
+    assert spec["linux"]["sysctl"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
+    assert {m["destination"] for m in spec["mounts"]} == {
+        "/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup"}
+    assert spec["annotations"]["io.kubernetes.cri.container-type"] == "sandbox"
+    assert spec["annotations"]["io.kubernetes.cri.sandbox-log-directory"] == \
+        "/var/log/pods/prod_web_pod-uid-1"
+    assert spec["annotations"]["pod-note"] == "x"

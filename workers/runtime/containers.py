@@ -1,0 +1,390 @@
+"""Container ops of the runtime pool.
+
+A container moves ``creating -> created -> running -> exited`` and is then
+removed. The record holds what podvisor decided (config, image, paths,
+times it set); what the container did is read from conmon's exit file, so
+``running -> exited`` needs no writer: any worker computes the state from
+the record plus the exit file (``current``), and a container that exited
+while podvisor was down shows its exit code on the next read.
+
+Each mutating op takes the container's flock; reads take none. The
+supervisor orchestrates what belongs to other pools (image lookup, rootfs)
+around these ops.
+
+Idempotence (CRI): StopContainer and RemoveContainer of an absent container
+succeed; stopping a stopped container is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ...proto.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+)
+from ...proto.naming import container_name
+from ..base import OpContext
+from ..locks import locked
+from . import cgroups, monitor, names, sandbox, specs
+from .layout import Layout
+
+log = logging.getLogger(__name__)
+
+CREATING, CREATED, RUNNING, EXITED = "creating", "created", "running", "exited"
+CRI_STATES = {CREATED: "CONTAINER_CREATED", RUNNING: "CONTAINER_RUNNING",
+              EXITED: "CONTAINER_EXITED", CREATING: "CONTAINER_UNKNOWN"}
+# After SIGKILL a process dies at once unless stuck in the kernel; this
+# bounds how long a stop waits for conmon to record that.
+KILL_WAIT = 10.0
+
+
+def load(layout: Layout, container_id: str) -> dict[str, Any]:
+    record = layout.containers.load(container_id)
+    if record is None:
+        raise NotFound(f"container {container_id} not found")
+    return record
+
+
+def resolve_id(layout: Layout, prefix: str) -> str:
+    if not prefix:
+        raise InvalidArgument("container_id is required")
+    if layout.containers.load(prefix) is not None:
+        return prefix
+    matches = [i for i in layout.containers.ids() if i.startswith(prefix)]
+    if len(matches) > 1:
+        raise InvalidArgument(f"container id prefix {prefix} is ambiguous")
+    if not matches:
+        raise NotFound(f"container {prefix} not found")
+    return matches[0]
+
+
+def current(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
+    """The record with what conmon's exit file says folded in (not saved)."""
+    if record["state"] not in (CREATED, RUNNING):
+        return record
+    exited = monitor.read_exit(layout.exits_dir, record["id"])
+    if exited is not None:
+        oom = bool(exited.get("oom_killed"))
+        code = int(exited["exit_code"])
+        return {**record, "state": EXITED, "exit_code": code,
+                "finished_at": int(exited["exited_at_ns"]),
+                "reason": "OOMKilled" if oom else ("Completed" if code == 0 else "Error")}
+    if not monitor.conmon_alive(layout.state_dir(record["id"])):
+        # conmon was killed (or the node rebooted): the exit is unknown.
+        return {**record, "state": EXITED, "exit_code": 255,
+                "finished_at": record.get("finished_at") or time.time_ns(),
+                "reason": "Unknown",
+                "message": "the container's monitor is gone; its exit code was not recorded"}
+    return record
+
+
+def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    layout = Layout.from_settings(ctx.settings)
+    container_id = args["id"]
+    pod = sandbox.load(layout, args["sandbox_id"])
+    if pod["state"] != sandbox.READY:
+        raise FailedPrecondition(f"pod sandbox {pod['id']} is not ready")
+    config = args["config"]
+    name = container_name(config.get("metadata", {}), pod["config"].get("metadata", {}))
+    if not config.get("image", {}).get("image"):
+        raise InvalidArgument("config.image.image is required")
+    with locked(layout.locks_dir, f"name-{name}", ctx.deadline, f"container name {name}"):
+        names.reserve(layout.names_dir, name, container_id, "container",
+                      lambda other: layout.containers.load(other) is not None)
+        if layout.containers.load(container_id) is None:
+            layout.containers.save(container_id, {
+                "id": container_id, "name": name, "sandbox_id": pod["id"], "state": CREATING,
+                "created_at": time.time_ns(), "config": config, "image": args["image"],
+                "runtime_handler": pod["runtime_handler"],
+            })
+    return {"id": container_id, "name": name}
+
+
+def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Write the OCI bundle and have conmon run ``<runtime> create``."""
+    layout = Layout.from_settings(ctx.settings)
+    container_id = args["id"]
+    with locked(layout.locks_dir, container_id, ctx.deadline, f"container {container_id}"):
+        record = load(layout, container_id)
+        if record["state"] != CREATING:
+            return {"id": container_id, "state": record["state"]}
+        pod = sandbox.load(layout, record["sandbox_id"])
+        if pod["state"] != sandbox.READY:
+            raise FailedPrecondition(f"pod sandbox {pod['id']} stopped while the container "
+                                     "was being created")
+        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
+        bundle = layout.bundle_dir(container_id)
+        os.makedirs(bundle, mode=0o700, exist_ok=True)
+        document = specs.container_spec(ctx.settings, pod, record, args["rootfs"],
+                                        args.get("image_config") or {})
+        with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(document, f)
+        log_path = log_path_of(layout, pod, record)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        record.update(rootfs=args["rootfs"], bundle=bundle, log_path=log_path,
+                      image_config=args.get("image_config") or {},
+                      user=document["process"]["user"])
+        # Persist the paths before conmon runs, so a crash after this point
+        # leaves a record naming everything remove() must undo.
+        layout.containers.save(container_id, record)
+        ctx.check()
+        config = record["config"]
+        started = monitor.spawn(
+            handler, container_id, bundle, layout.state_dir(container_id), layout.exits_dir,
+            log_path, terminal=bool(config.get("tty")), stdin=bool(config.get("stdin")),
+            stdin_once=bool(config.get("stdin_once")), deadline=ctx.deadline)
+        cgroups.move(started.conmon_pid, pod["cgroup_parent"])
+        record.update(state=CREATED, pid=started.pid, conmon_pid=started.conmon_pid)
+        layout.containers.save(container_id, record)
+        log.info("Container %s (%s) created, pid %d", container_id, record["name"], started.pid)
+        return {"id": container_id, "state": CREATED}
+
+
+def log_path_of(layout: Layout, pod: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+    """The kubelet's log path: the pod's log_directory joined with the container's."""
+    relative: str = record["config"].get("log_path", "")
+    directory: str = pod["config"].get("log_directory", "")
+    if not relative:
+        return layout.default_log(record["id"])
+    if os.path.isabs(relative):
+        return relative
+    if not directory:
+        raise InvalidArgument("config.log_path is relative but the pod has no log_directory")
+    return os.path.join(directory, relative)
+
+
+def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    layout = Layout.from_settings(ctx.settings)
+    container_id = resolve_id(layout, args["id"])
+    with locked(layout.locks_dir, container_id, ctx.deadline, f"container {container_id}"):
+        record = current(layout, load(layout, container_id))
+        if record["state"] == RUNNING:
+            return {"id": container_id, "state": RUNNING}
+        if record["state"] != CREATED:
+            raise FailedPrecondition(f"container {container_id} is {record['state']}; only a "
+                                     "created container can be started")
+        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
+        # Taken before the start: a quick container can exit (and conmon stamp
+        # its exit) before `runtime start` returns.
+        started_at = time.time_ns()
+        done = handler.run("start", container_id)
+        if done.returncode != 0:
+            raise Internal(f"starting container {container_id}: {done.stderr.strip()[:500]}")
+        record.update(state=RUNNING, started_at=started_at)
+        layout.containers.save(container_id, record)
+        log.info("Container %s started", container_id)
+        return {"id": container_id, "state": RUNNING}
+
+
+def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Stop signal, then SIGKILL at the timeout (0: at once)."""
+    layout = Layout.from_settings(ctx.settings)
+    try:
+        container_id = resolve_id(layout, args["id"])
+    except NotFound:
+        return {"found": False}
+    with locked(layout.locks_dir, container_id, ctx.deadline, f"container {container_id}"):
+        record = current(layout, load(layout, container_id))
+        running = record["state"] in (RUNNING, CREATED)
+        if running:
+            _kill_and_wait(ctx, layout, record, float(args.get("timeout", 0)))
+        return {"found": True, "id": container_id, "sandbox_id": record["sandbox_id"],
+                "stopped": running}
+
+
+def _kill_and_wait(ctx: OpContext, layout: Layout, record: dict[str, Any],
+                   timeout: float) -> None:
+    container_id = record["id"]
+    handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
+    if timeout > 0:
+        sig = stop_signal(record)
+        log.info("Stopping container %s with %s, %.0fs before SIGKILL", container_id,
+                 sig.name, timeout)
+        handler.run("kill", container_id, str(int(sig)))
+        if monitor.wait_exit(layout.exits_dir, container_id,
+                             min(ctx.deadline, time.monotonic() + timeout)):
+            return
+    handler.run("kill", "--all", container_id, "KILL")
+    if monitor.wait_exit(layout.exits_dir, container_id,
+                         min(ctx.deadline, time.monotonic() + KILL_WAIT)) is None \
+            and monitor.conmon_alive(layout.state_dir(container_id)):
+        raise Internal(f"container {container_id} did not exit after SIGKILL")
+
+
+def stop_signal(record: Mapping[str, Any]) -> signal.Signals:
+    """CRI stop_signal, else the image's StopSignal, else SIGTERM."""
+    named = record["config"].get("stop_signal", "")
+    if named and named != "SIGNAL_RUNTIME_DEFAULT":
+        with contextlib.suppress(KeyError):
+            return signal.Signals[named.removeprefix("SIGNAL_")]
+    image = record.get("image_config", {}).get("config", {}).get("StopSignal", "")
+    if image:
+        with contextlib.suppress(KeyError, ValueError):
+            return (signal.Signals(int(image)) if image.isdigit()
+                    else signal.Signals[image if image.startswith("SIG") else f"SIG{image}"])
+    return signal.SIGTERM
+
+
+def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Kill if running, delete from the runtime, drop every file and the name."""
+    layout = Layout.from_settings(ctx.settings)
+    try:
+        container_id = resolve_id(layout, args["id"])
+    except NotFound:
+        return {"found": False}
+    with locked(layout.locks_dir, container_id, ctx.deadline, f"container {container_id}"):
+        record = current(layout, load(layout, container_id))
+        if record["state"] in (RUNNING, CREATED):
+            _kill_and_wait(ctx, layout, record, 0)
+        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
+        done = handler.run("delete", "--force", container_id)
+        if done.returncode != 0 and "does not exist" not in done.stderr \
+                and "not exist" not in done.stderr:
+            raise Internal(f"deleting container {container_id}: {done.stderr.strip()[:500]}")
+        monitor.kill_monitor(layout.state_dir(container_id))
+        for path in (layout.bundle_dir(container_id), layout.state_dir(container_id)):
+            shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(layout.exits_dir, container_id))
+        layout.containers.delete(container_id)
+        names.release(layout.names_dir, record["name"], container_id)
+        log.info("Container %s removed", container_id)
+        return {"found": True, "id": container_id, "sandbox_id": record["sandbox_id"]}
+
+
+def status(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    layout = Layout.from_settings(ctx.settings)
+    record = current(layout, load(layout, resolve_id(layout, args["id"])))
+    result: dict[str, Any] = {"status": cri_status(record)}
+    if args.get("verbose"):
+        result["info"] = {"info": json.dumps({
+            "pid": record.get("pid"), "conmon_pid": record.get("conmon_pid"),
+            "sandbox_id": record["sandbox_id"], "bundle": record.get("bundle"),
+            "rootfs": record.get("rootfs"), "runtime_handler": record["runtime_handler"]})}
+    return result
+
+
+def cri_status(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as a CRI ContainerStatus dict (proto field names)."""
+    config = record["config"]
+    image = record.get("image", {})
+    user = record.get("user") or {}
+    status: dict[str, Any] = {
+        "id": record["id"], "metadata": config.get("metadata", {}),
+        "state": CRI_STATES[record["state"]], "created_at": str(record["created_at"]),
+        "started_at": str(record.get("started_at", 0)),
+        "finished_at": str(record.get("finished_at", 0)),
+        "exit_code": record.get("exit_code", 0),
+        "image": {"image": config.get("image", {}).get("image", ""),
+                  "user_specified_image": config.get("image", {}).get("image", "")},
+        "image_ref": image.get("id", ""), "image_id": image.get("id", ""),
+        "reason": record.get("reason", ""), "message": record.get("message", ""),
+        "labels": config.get("labels", {}), "annotations": config.get("annotations", {}),
+        "mounts": config.get("mounts", []), "log_path": record.get("log_path", ""),
+        "stop_signal": "SIGNAL_" + stop_signal(record).name,
+    }
+    if user:
+        status["user"] = {"linux": {"uid": str(user.get("uid", 0)),
+                                    "gid": str(user.get("gid", 0)),
+                                    "supplemental_groups": [
+                                        str(g) for g in user.get("additionalGids", [])]}}
+    return status
+
+
+def list_containers(ctx: OpContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    layout = Layout.from_settings(ctx.settings)
+    flt = args.get("filter") or {}
+    out = []
+    for container_id in layout.containers.ids():
+        raw = layout.containers.load(container_id)
+        if raw is None or raw["state"] == CREATING:
+            continue
+        record = current(layout, raw)
+        if args.get("sandbox_id") and record["sandbox_id"] != args["sandbox_id"]:
+            continue
+        if not _matches(record, flt):
+            continue
+        config = record["config"]
+        out.append({
+            "id": record["id"], "pod_sandbox_id": record["sandbox_id"],
+            "metadata": config.get("metadata", {}),
+            "image": {"image": config.get("image", {}).get("image", "")},
+            "image_ref": record.get("image", {}).get("id", ""),
+            "image_id": record.get("image", {}).get("id", ""),
+            "state": CRI_STATES[record["state"]], "created_at": str(record["created_at"]),
+            "labels": config.get("labels", {}), "annotations": config.get("annotations", {}),
+        })
+    return out
+
+
+def _matches(record: Mapping[str, Any], flt: Mapping[str, Any]) -> bool:
+    if flt.get("id") and not record["id"].startswith(flt["id"]):
+        return False
+    if flt.get("pod_sandbox_id") and not record["sandbox_id"].startswith(flt["pod_sandbox_id"]):
+        return False
+    # An enum left at its default (CONTAINER_CREATED) is absent from the dict.
+    if "state" in flt and (CRI_STATES[record["state"]]
+                           != flt["state"].get("state", "CONTAINER_CREATED")):
+        return False
+    labels = record["config"].get("labels", {})
+    return all(labels.get(k) == v for k, v in flt.get("label_selector", {}).items())
+
+
+def exec_sync(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    layout = Layout.from_settings(ctx.settings)
+    container_id = resolve_id(layout, args["id"])
+    cmd = list(args.get("cmd") or [])
+    if not cmd:
+        raise InvalidArgument("cmd is required")
+    record = current(layout, load(layout, container_id))
+    if record["state"] != RUNNING:
+        raise FailedPrecondition(f"container {container_id} is not running")
+    handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
+    timeout = float(args.get("timeout") or 0)
+    result = monitor.exec_sync(handler, container_id, cmd, timeout, ctx.deadline)
+    if result["timed_out"]:
+        # The kubelet reads DEADLINE_EXCEEDED from ExecSync as "the probe
+        # timed out" (remote_runtime.go); an exit code would read as a failure.
+        raise DeadlineExceeded(f"command {cmd[0]} timed out after {timeout:g}s")
+    if result["runtime_error"] and result["exit_code"] < 0:
+        raise Internal(f"exec in container {container_id}: {result['runtime_error']}")
+    return {"stdout": result["stdout"], "stderr": result["stderr"],
+            "exit_code": result["exit_code"]}
+
+
+def reopen_log(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    layout = Layout.from_settings(ctx.settings)
+    container_id = resolve_id(layout, args["id"])
+    record = current(layout, load(layout, container_id))
+    if record["state"] != RUNNING:
+        raise FailedPrecondition(f"container {container_id} is not running")
+    monitor.ctl(layout.state_dir(container_id), "reopen")
+    return {}
+
+
+def stop_pod_containers(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Forcibly stop every container of a pod (CRI StopPodSandbox)."""
+    layout = Layout.from_settings(ctx.settings)
+    try:
+        sandbox_id = sandbox.resolve_id(layout, args["id"])
+    except NotFound:
+        return {"found": False}
+    pod = sandbox.load(layout, sandbox_id)
+    for container_id in layout.containers.ids():
+        raw = layout.containers.load(container_id)
+        if raw is None or raw["sandbox_id"] != sandbox_id:
+            continue
+        stop(ctx, {"id": container_id, "timeout": 0})
+    return {"found": True, "id": sandbox_id, "host_network": pod["host_network"]}

@@ -1,0 +1,53 @@
+"""Exits as they happen, for the supervisor's container event stream.
+
+conmon writes one exit file per container when it exits (the CRI-O model:
+files, not a live channel). ``exits_since`` is a long poll over that
+directory: it answers the exit files newer than the caller's cursor (their
+mtime in ns), waiting up to ``wait`` seconds for one to appear. The cursor
+makes it stateless: any runtime worker can serve the next poll, and a
+worker restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ..base import OpContext
+from .layout import Layout
+
+POLL_INTERVAL = 0.1
+
+
+def exits_since(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    layout = Layout.from_settings(ctx.settings)
+    cursor = int(args.get("cursor", 0))
+    until = min(ctx.deadline - 1.0, time.monotonic() + float(args.get("wait", 10.0)))
+    while True:
+        found = _newer(layout.exits_dir, cursor)
+        if found or time.monotonic() >= until:
+            break
+        ctx.check()
+        time.sleep(POLL_INTERVAL)
+    if found:
+        cursor = max(cursor, *(stamp for stamp, _ in found))
+    return {"cursor": cursor, "exits": [name for _, name in sorted(found)]}
+
+
+def _newer(directory: str, cursor: int) -> list[tuple[int, str]]:
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue  # conmon's temp files
+        try:
+            stamp = entry.stat().st_mtime_ns
+        except FileNotFoundError:
+            continue
+        if stamp > cursor:
+            out.append((stamp, entry.name))
+    return out

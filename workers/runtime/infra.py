@@ -1,0 +1,87 @@
+"""The pod's infra process, for pods whose containers share a PID namespace.
+
+It is catatonit in pause mode (``/catatonit -P``), run like any container
+(conmon, runtime create/start) from a read-only rootfs podvisor builds
+itself: one static binary and the empty mount points, so no pause image is
+pulled. The rootfs is shared by every pod and built once, atomically
+(temp dir + rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ...proto.errors import FailedPrecondition, Internal
+from ..base import OpContext
+from . import cgroups, monitor, specs
+from .layout import Layout
+
+CATATONIT = "/usr/bin/catatonit"
+KILL_WAIT = 10.0
+
+
+def ensure_rootfs(layout: Layout) -> str:
+    rootfs = layout.infra_rootfs
+    if os.path.exists(os.path.join(rootfs, "catatonit")):
+        return rootfs
+    if not os.access(CATATONIT, os.X_OK):
+        raise FailedPrecondition(f"{CATATONIT} is missing: install Debian's catatonit "
+                                 "(pods sharing a PID namespace need it)")
+    os.makedirs(os.path.dirname(rootfs), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".infra-rootfs.", dir=os.path.dirname(rootfs))
+    for name in ("proc", "dev", "sys", "etc"):
+        os.mkdir(os.path.join(tmp, name), 0o755)
+    shutil.copy2(CATATONIT, os.path.join(tmp, "catatonit"))
+    os.chmod(tmp, 0o755)
+    try:
+        os.rename(tmp, rootfs)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another worker won the race
+    return rootfs
+
+
+def start(ctx: OpContext, layout: Layout, pod: Mapping[str, Any]) -> dict[str, Any]:
+    infra_id = pod["id"]
+    rootfs = ensure_rootfs(layout)
+    bundle = layout.bundle_dir(infra_id)
+    os.makedirs(bundle, mode=0o700, exist_ok=True)
+    with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(specs.infra_spec(ctx.settings, pod, rootfs), f)
+    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"])
+    started = monitor.spawn(handler, infra_id, bundle, layout.state_dir(infra_id),
+                            layout.exits_dir, os.devnull, terminal=False, stdin=False,
+                            stdin_once=False, deadline=ctx.deadline)
+    cgroups.move(started.conmon_pid, pod["cgroup_parent"])
+    done = handler.run("start", infra_id)
+    if done.returncode != 0:
+        raise Internal(f"starting the infra process of pod {infra_id}: "
+                       f"{done.stderr.strip()[:500]}")
+    return {"id": infra_id, "pid": started.pid, "conmon_pid": started.conmon_pid}
+
+
+def stop(ctx: OpContext, layout: Layout, pod: Mapping[str, Any]) -> None:
+    infra_id = pod["id"]
+    if monitor.read_exit(layout.exits_dir, infra_id) is not None:
+        return
+    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"])
+    handler.run("kill", infra_id, "KILL")
+    monitor.wait_exit(layout.exits_dir, infra_id, min(ctx.deadline, time.monotonic() + KILL_WAIT))
+
+
+def remove(ctx: OpContext, layout: Layout, pod: Mapping[str, Any]) -> None:
+    infra_id = pod["id"]
+    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"])
+    handler.run("delete", "--force", infra_id)
+    monitor.kill_monitor(layout.state_dir(infra_id))
+    for path in (layout.bundle_dir(infra_id), layout.state_dir(infra_id)):
+        shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(layout.exits_dir, infra_id))
+

@@ -1,0 +1,68 @@
+"""CRI name reservations: one object per name, on disk.
+
+Names come from metadata (proto/naming.py), so a kubelet retry carries the
+same name. A reservation is a file holding the owner's id, created whole
+with link(2) (content first, then an atomic link that fails if the name is
+taken), so no reader ever sees an empty reservation. Callers hold the
+name's flock around ``reserve`` and the owner's record write; a
+reservation whose owner has no record was left by a worker killed between
+the two, and is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+
+from ...proto.errors import AlreadyExists
+from ..records import fsync_dir
+
+
+def reserve(names_dir: str, name: str, owner: str, kind: str,
+            exists: Callable[[str], bool]) -> None:
+    """Reserve ``name`` for ``owner`` or raise AlreadyExists naming the holder.
+
+    ``exists(id)`` says whether an object of that id is on record.
+    """
+    os.makedirs(names_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(names_dir, name)
+    tmp = os.path.join(names_dir, f".{name}.{owner}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(owner)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        while True:
+            try:
+                os.link(tmp, path)
+                break
+            except FileExistsError:
+                current = holder(names_dir, name)
+                if current == owner:
+                    return
+                if current is not None and exists(current):
+                    raise AlreadyExists(
+                        f"{kind} name {name} is already in use by {kind} {current}",
+                        details={"holder": current}) from None
+                # A dead reservation: its creator died before writing a record.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+    finally:
+        os.unlink(tmp)
+    fsync_dir(names_dir)
+
+
+def holder(names_dir: str, name: str) -> str | None:
+    try:
+        with open(os.path.join(names_dir, name), encoding="utf-8") as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def release(names_dir: str, name: str, owner: str) -> None:
+    """Drop the reservation if ``owner`` still holds it."""
+    if holder(names_dir, name) == owner:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(names_dir, name))

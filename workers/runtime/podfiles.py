@@ -1,0 +1,77 @@
+"""The files every container of a pod shares: /etc/hostname, /etc/hosts,
+/etc/resolv.conf, and the pod's /dev/shm.
+
+resolv.conf follows the CRI DNSConfig (servers, searches, options) and
+copies the node's when the pod gives none, as CRI-O does. The hosts file
+names localhost and the pod's hostname; the kubelet bind-mounts its own
+managed hosts file over it for ordinary pods. /dev/shm is a tmpfs of
+``SHM_SIZE`` (CRI-O's 64 MiB) unless the pod shares the node's IPC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+from ..records import write_atomic
+from . import mounts
+
+SHM_SIZE = 64 * 1024 * 1024
+HOST_RESOLV_CONF = "/etc/resolv.conf"
+
+
+def resolv_conf(dns: Mapping[str, Any] | None) -> bytes | None:
+    """The pod's resolv.conf, or None to copy the node's."""
+    dns = dns or {}
+    servers, searches, options = (list(dns.get(k, [])) for k in ("servers", "searches",
+                                                                  "options"))
+    if not (servers or searches or options):
+        return None
+    lines = [f"nameserver {s}" for s in servers]
+    if searches:
+        lines.append("search " + " ".join(searches))
+    if options:
+        lines.append("options " + " ".join(options))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def hosts(hostname: str, ips: list[str]) -> bytes:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{ip}\t{hostname}" for ip in ips]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write(pod_dir: str, hostname: str, dns: Mapping[str, Any] | None,
+          ips: list[str]) -> dict[str, str]:
+    """Write the shared files; return {"hostname", "hosts", "resolv_conf"} paths."""
+    os.makedirs(pod_dir, mode=0o755, exist_ok=True)
+    paths = {name: os.path.join(pod_dir, name)
+             for name in ("hostname", "hosts", "resolv_conf")}
+    write_atomic(paths["hostname"], f"{hostname}\n".encode())
+    write_atomic(paths["hosts"], hosts(hostname, ips))
+    content = resolv_conf(dns)
+    if content is None:
+        shutil.copyfile(HOST_RESOLV_CONF, paths["resolv_conf"])
+    else:
+        write_atomic(paths["resolv_conf"], content)
+    return paths
+
+
+def mount_shm(pod_dir: str) -> str:
+    path = os.path.join(pod_dir, "shm")
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    if not mounts.is_mountpoint(path):
+        mounts.mount("shm", path, "tmpfs", mounts.MS_NOSUID | mounts.MS_NODEV
+                     | mounts.MS_NOEXEC, f"mode=1777,size={SHM_SIZE}")
+    return path
+
+
+def unmount_shm(pod_dir: str) -> None:
+    path = os.path.join(pod_dir, "shm")
+    if os.path.isdir(path):
+        mounts.unmount(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)

@@ -1,0 +1,79 @@
+"""Start-up reconcile of the runtime pool: make the records true again.
+
+Run once by the supervisor before it serves CRI calls. What it does:
+
+- a sandbox or container still ``creating`` was being made when some
+  process died: everything it may have made is undone (runtime state,
+  monitor, bundle, namespaces, cgroups, files, record, name);
+- a ready sandbox whose volatile dir is gone (the node rebooted) is marked
+  not ready: its namespaces and infra are gone;
+- containers need nothing: their state is computed from conmon's exit
+  files on every read, so one that exited while podvisor was down already
+  shows its exit code, and one whose monitor vanished shows "Unknown".
+
+It answers the ids that live on, so the supervisor can tell the net and
+storage pools what to keep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ...proto.errors import BusError
+from ..base import OpContext
+from . import containers, sandbox
+from .layout import Layout
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    layout = Layout.from_settings(ctx.settings)
+    for records in (layout.sandboxes, layout.containers):
+        records.remove_stale_temps(older_than=0)
+    removed_containers = []
+    for container_id in layout.containers.ids():
+        record = layout.containers.load(container_id)
+        if record is not None and record["state"] == containers.CREATING:
+            log.warning("Removing container %s left half-created", container_id)
+            _try(containers.remove, ctx, container_id)
+            removed_containers.append(container_id)
+    removed_sandboxes = []
+    for sandbox_id in layout.sandboxes.ids():
+        record = layout.sandboxes.load(sandbox_id)
+        if record is None:
+            continue
+        if record["state"] == sandbox.CREATING:
+            log.warning("Removing pod sandbox %s left half-created", sandbox_id)
+            for container_id in _containers_of(layout, sandbox_id):
+                _try(containers.remove, ctx, container_id)
+                removed_containers.append(container_id)
+            _try(sandbox.stop, ctx, sandbox_id)
+            _try(sandbox.remove, ctx, sandbox_id)
+            removed_sandboxes.append(sandbox_id)
+        elif record["state"] == sandbox.READY and not os.path.isdir(
+                layout.pod_dir(sandbox_id)):
+            log.warning("Pod sandbox %s lost its namespaces (reboot?); marking it not ready",
+                        sandbox_id)
+            record["state"] = sandbox.NOTREADY
+            layout.sandboxes.save(sandbox_id, record)
+    return {
+        "sandboxes": layout.sandboxes.ids(),
+        "containers": layout.containers.ids(),
+        "removed_sandboxes": removed_sandboxes,
+        "removed_containers": removed_containers,
+    }
+
+
+def _containers_of(layout: Layout, sandbox_id: str) -> list[str]:
+    return [c for c in layout.containers.ids()
+            if (layout.containers.load(c) or {}).get("sandbox_id") == sandbox_id]
+
+
+def _try(op: Any, ctx: OpContext, object_id: str) -> None:
+    try:
+        op(ctx, {"id": object_id})
+    except BusError as exc:
+        log.error("Reconcile could not clean %s: %s", object_id, exc.message)

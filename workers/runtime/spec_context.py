@@ -1,0 +1,142 @@
+"""The facts an OCI spec is built from, besides the CRI request itself.
+
+``PodContext`` is what the sandbox set up for one pod (pinned namespaces,
+files, cgroup parent); ``NodeFacts`` is what holds for every pod on this
+node with one OCI runtime handler (cgroup version and controllers, the
+handler's mount options, limits the daemon itself lives under). Both are
+frozen: the builder never changes them, so one value can serve any number
+of concurrent builds.
+
+The detection helpers at the bottom read the host (``/proc/self``,
+``/sys/fs/cgroup``) once; callers cache their results for the worker's
+life, since none of these facts change while the daemon runs.
+
+Why the daemon's own limits matter: this runtime may run without
+CAP_SYS_RESOURCE (a nested sandbox), and then the OCI runtime cannot ask
+the kernel for an ``oom_score_adj`` below the daemon's own or an
+RLIMIT_NOFILE above its hard limit; runc would fail the create with EPERM.
+The builder clamps to these floors and ceilings instead.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import resource
+from dataclasses import dataclass
+
+from .spec_security import CAPABILITIES
+
+# CRI-O's default RLIMIT_NOFILE for containers: for years its crio.service
+# carried LimitNOFILE=1048576 and containers inherited it (the unit line
+# was removed in CRI-O 1.33, commit b27a733c). podvisor writes the limit
+# into the spec instead of relying on inheritance from conmon.
+DEFAULT_NOFILE = 1048576
+
+# CRI-O's container_min_memory: 12 MiB for runc, 500 KiB for crun
+# (pkg/config/config.go). A limit below it cannot even start the runtime's
+# init inside the cgroup.
+MIN_MEMORY_RUNC = 12 * 1024 * 1024
+MIN_MEMORY_CRUN = 500 * 1024
+
+
+@dataclass(frozen=True)
+class PodContext:
+    """What the sandbox set up, as containers of the pod must join it."""
+
+    sandbox_id: str
+    hostname: str
+    cgroup_parent: str       # LinuxPodSandboxConfig.cgroup_parent (a cgroupfs path or a slice)
+    netns_path: str | None   # None: the host's network namespace
+    ipc_ns_path: str | None  # pinned namespace files; None: the host's
+    uts_ns_path: str | None
+    pid_ns_path: str | None  # the infra process's PID namespace when the pod shares one
+    shm_path: str | None     # per-pod /dev/shm mount; None: host IPC, so the host's /dev/shm
+    resolv_conf: str | None  # files bind-mounted into every container of the pod
+    hosts_file: str | None
+    hostname_file: str | None
+    privileged_caps: tuple[str, ...]  # the daemon's bounding set (``bounding_caps()``)
+    oom_score_adj_floor: int          # the daemon's own oom_score_adj (``own_oom_score_adj()``)
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """Per node and OCI runtime handler; ``detect_node`` fills it from the host."""
+
+    cgroup_manager: str = "cgroupfs"           # podvisor.runtime.cgroup_manager
+    cgroup_prefix: str = "podvisor"            # container cgroups are <parent>/<prefix>-<id>
+    cgroup_v2: bool = False
+    controllers: frozenset[str] = frozenset()  # mounted cgroup controllers (cpu, memory, ...)
+    swap_accounting: bool = False              # memory.memsw.* (v1) or memory.swap.max (v2)
+    mount_options: frozenset[str] = frozenset()  # the handler's `features` mountOptions
+    min_memory: int = MIN_MEMORY_RUNC
+    nofile: int = DEFAULT_NOFILE               # RLIMIT_NOFILE soft and hard for containers
+    pids_limit: int = 0                        # per-container pids.max; <= 0 leaves it unset
+
+
+def bounding_caps(status: str | None = None) -> tuple[str, ...]:
+    """The capability names in our bounding set, from ``/proc/self/status`` CapBnd.
+
+    A privileged container gets exactly these: asking runc for a
+    capability outside its own bounding set fails the create.
+    """
+    if status is None:
+        with open("/proc/self/status", encoding="ascii") as f:
+            status = f.read()
+    for line in status.splitlines():
+        if line.startswith("CapBnd:"):
+            mask = int(line.split(":", 1)[1].strip(), 16)
+            return tuple(name for bit, name in enumerate(CAPABILITIES) if mask >> bit & 1)
+    raise ValueError("no CapBnd line in /proc/self/status")
+
+
+def own_oom_score_adj() -> int:
+    with open("/proc/self/oom_score_adj", encoding="ascii") as f:
+        return int(f.read().strip())
+
+
+def nofile_ceiling(wanted: int = DEFAULT_NOFILE) -> int:
+    """``wanted``, lowered to what a process without CAP_SYS_RESOURCE may set.
+
+    Only a holder of CAP_SYS_RESOURCE may raise a hard limit, so without it
+    the daemon's own hard limit is the most a container can be given. The
+    kernel's fs.nr_open caps it in every case.
+    """
+    try:
+        with open("/proc/sys/fs/nr_open", encoding="ascii") as f:
+            wanted = min(wanted, int(f.read().strip()))
+    except (OSError, ValueError):
+        pass
+    if "CAP_SYS_RESOURCE" in _effective_caps():
+        return wanted
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
+def _effective_caps() -> tuple[str, ...]:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                mask = int(line.split(":", 1)[1].strip(), 16)
+                return tuple(name for bit, name in enumerate(CAPABILITIES) if mask >> bit & 1)
+    return ()
+
+
+def detect_node(cgroup_manager: str = "cgroupfs", mount_options: frozenset[str] = frozenset(),
+                min_memory: int = MIN_MEMORY_RUNC, cgroup_root: str = "/sys/fs/cgroup",
+                pids_limit: int = 0) -> NodeFacts:
+    """Read the cgroup layout of this host; the handler's facts come from its probe."""
+    v2 = os.path.exists(os.path.join(cgroup_root, "cgroup.controllers"))
+    if v2:
+        with open(os.path.join(cgroup_root, "cgroup.controllers"), encoding="ascii") as f:
+            controllers = frozenset(f.read().split())
+        # The root cgroup has no memory.* files, so look one level down.
+        swap = bool(glob.glob(os.path.join(cgroup_root, "*", "memory.swap.max")))
+    else:
+        controllers = frozenset(name for name in ("cpu", "cpuset", "memory", "pids", "hugetlb",
+                                                  "devices", "freezer", "blkio")
+                                if os.path.isdir(os.path.join(cgroup_root, name)))
+        swap = os.path.exists(os.path.join(cgroup_root, "memory", "memory.memsw.limit_in_bytes"))
+    return NodeFacts(cgroup_manager=cgroup_manager, cgroup_v2=v2, controllers=controllers,
+                     swap_accounting=swap, mount_options=mount_options, min_memory=min_memory,
+                     nofile=nofile_ceiling(), pids_limit=pids_limit)

@@ -1,0 +1,78 @@
+"""From records to OCI specs: the glue between what a sandbox record holds
+and what the spec builder (spec.py) needs.
+
+Node facts (cgroup layout, the handler's mount options, the daemon's own
+limits) are read once per worker process and handler: they do not change
+while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from . import handlers
+from .spec import build_container_spec, build_infra_spec
+from .spec_context import (
+    MIN_MEMORY_CRUN,
+    MIN_MEMORY_RUNC,
+    NodeFacts,
+    PodContext,
+    bounding_caps,
+    detect_node,
+    own_oom_score_adj,
+)
+from .spec_mounts import ensure_mount_sources
+
+
+@functools.cache
+def node_facts(cgroup_manager: str, handler: str, handler_path: str) -> NodeFacts:
+    probe = handlers.probe(handler, handler_path)
+    return detect_node(cgroup_manager, probe.mount_options,
+                       MIN_MEMORY_CRUN if "crun" in handler_path else MIN_MEMORY_RUNC)
+
+
+@functools.cache
+def _daemon_limits() -> tuple[tuple[str, ...], int]:
+    return bounding_caps(), own_oom_score_adj()
+
+
+def pod_context(pod: Mapping[str, Any]) -> PodContext:
+    """What the containers of ``pod`` join, from its sandbox record."""
+    caps, floor = _daemon_limits()
+    ns = pod.get("ns") or {}
+    files = pod.get("files") or {}
+    infra = pod.get("infra")
+    return PodContext(
+        sandbox_id=pod["id"], hostname=pod.get("hostname", ""),
+        cgroup_parent=pod.get("cgroup_parent", ""), netns_path=pod.get("netns_path") or None,
+        ipc_ns_path=ns.get("ipc"), uts_ns_path=ns.get("uts"),
+        pid_ns_path=f"/proc/{infra['pid']}/ns/pid" if infra else None,
+        shm_path=pod.get("shm"), resolv_conf=files.get("resolv_conf"),
+        hosts_file=files.get("hosts"), hostname_file=files.get("hostname"),
+        privileged_caps=caps, oom_score_adj_floor=floor)
+
+
+def _node(settings: Mapping[str, Any], handler: str) -> NodeFacts:
+    runtime = settings["runtime"]
+    return node_facts(runtime["cgroup_manager"], handler,
+                      runtime["runtimes"][handler]["runtime_path"])
+
+
+def container_spec(settings: Mapping[str, Any], pod: Mapping[str, Any],
+                   record: Mapping[str, Any], rootfs: str,
+                   image_config: Mapping[str, Any]) -> dict[str, Any]:
+    # CRI-O creates a missing bind-mount source as a directory (its
+    # absent_mount_sources_to_reject list is empty by default); so do we,
+    # before the builder checks that every source exists.
+    ensure_mount_sources(record["config"])
+    return build_container_spec(record["config"], pod["config"], image_config, rootfs,
+                                pod_context(pod), container_id=record["id"],
+                                node=_node(settings, record["runtime_handler"]))
+
+
+def infra_spec(settings: Mapping[str, Any], pod: Mapping[str, Any],
+               rootfs: str) -> dict[str, Any]:
+    return build_infra_spec(pod["config"], pod_context({**pod, "infra": None}), rootfs,
+                            node=_node(settings, pod["runtime_handler"]))
