@@ -68,6 +68,7 @@ _EXTRA_OPS = (
     Op("net.pod_status", read_only=True),
     Op("net.reconcile"),
     Op("image.resolve_image", read_only=True),
+    Op("image.layer_chains", read_only=True),
     Op("runtime.sandbox_reserve"),
     Op("runtime.sandbox_start"),
     Op("runtime.sandbox_stop_containers"),

@@ -65,7 +65,7 @@ class Front:
         if remaining is None:
             remaining = UNBOUNDED_RPCS.get(rpc, self._request_timeout)
         return Call(self._bus, time.monotonic() + remaining, self._pools, self._creates,
-                    self._events)
+                    self._events, self._metrics)
 
     async def unary(
         self, rpc: str, handler: Unary, request: Any, context: grpc.aio.ServicerContext

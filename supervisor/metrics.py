@@ -30,9 +30,23 @@ class Metrics:
         self.rpc_latency = Histogram(
             "podvisor_rpc_duration_seconds", "Latency of CRI requests, by method",
             ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.pulls = Counter(
+            "podvisor_image_pulls", "Image pulls, by result (ok or the gRPC code of the "
+            "failure)", ["result"], registry=self.registry)
+        self.pull_bytes = Counter(
+            "podvisor_image_pull_bytes", "Bytes received from registries by pulls",
+            registry=self.registry)
+        self.pull_layers = Counter(
+            "podvisor_image_pull_layers", "Layers fetched from registries by pulls",
+            registry=self.registry)
 
     def watch(self, pools: Mapping[str, WorkerPool], buses: Mapping[str, PoolBus]) -> None:
         self.registry.register(_PoolCollector(pools, buses))
+
+    def observe_pull(self, result: str, received: int = 0, layers: int = 0) -> None:
+        self.pulls.labels(result).inc()
+        self.pull_bytes.inc(received)
+        self.pull_layers.inc(layers)
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         self.rpc_requests.labels(method, code).inc()

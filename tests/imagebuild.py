@@ -154,7 +154,8 @@ def compress(tar: bytes, kind: str) -> bytes:
 
 def build_image(layers: Iterable[Layer | tuple[Layer, str]], *, arch: str = "amd64",
                 variant: str = "", user: str = "", docker: bool = False,
-                labels: dict[str, str] | None = None) -> Image:
+                labels: dict[str, str] | None = None,
+                cmd: list[str] | None = None) -> Image:
     """An image of ``layers`` (gzip unless given as (layer, compression))."""
     blobs, diff_ids = [], []
     for item in layers:
@@ -167,7 +168,7 @@ def build_image(layers: Iterable[Layer | tuple[Layer, str]], *, arch: str = "amd
         blobs.append(Blob(media_type, compress(tar, kind)))
     config_doc: dict[str, Any] = {
         "architecture": arch, "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "User": user,
+        "config": {"Cmd": cmd or ["/bin/sh"], "Env": ["PATH=/bin"], "User": user,
                    "Labels": labels or {}},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created_by": "podvisor tests"} for _ in diff_ids],

@@ -33,6 +33,7 @@ class Node:
     image: str
     net: CniWorld
     logs: Path
+    registry: str  # host:port of the test registry (insecure, plain HTTP)
 
     def pod_config(self, name: str, *, host_network: bool = False, share_pid: bool = True,
                    port_mappings: list[api.PortMapping] | None = None) -> api.PodSandboxConfig:
@@ -124,19 +125,28 @@ def cgroup_exists(parent: str) -> bool:
 
 
 @contextlib.contextmanager
-def node(workers: dict[str, int] | None = None) -> Iterator[Node]:
-    """A registry, a CNI world and a daemon; everything undone on exit."""
+def node(workers: dict[str, int] | None = None, pause_image: bool = False) -> Iterator[Node]:
+    """A registry, a CNI world and a daemon; everything undone on exit.
+
+    ``pause_image``: configure ``test/pause:1`` (busybox running ``sleep``)
+    as the daemon's pause image instead of the built-in catatonit rootfs.
+    """
     work = Path(tempfile.mkdtemp(prefix="pvn-"))
     base = Path(tempfile.mkdtemp(prefix="pv-"))
     reg = registry.start_registry(work / "registry")
     try:
         image = imagebuild.build_image([imagebuild.busybox_layer(APPLETS)])
         imagebuild.Pusher(reg.host).push_image("test/busybox", "latest", image)
+        pause = ""
+        if pause_image:
+            imagebuild.Pusher(reg.host).push_image("test/pause", "1", imagebuild.build_image(
+                [imagebuild.busybox_layer(("sleep",))], cmd=["/bin/sleep", "86400"]))
+            pause = f'pause_image = "{reg.host}/test/pause:1"\n'
         (base / "registries.conf").write_text(
             f'[[registry]]\nlocation = "{reg.host}"\ninsecure = true\n')
         write_config(base, workers or {"runtime": 2, "storage": 2},
                      extra=f'[podvisor.image]\nregistries_conf = "{base}/registries.conf"\n'
-                           f'signature_policy = "{base}/no-policy.json"\n')
+                           f'signature_policy = "{base}/no-policy.json"\n{pause}')
         # The CNI world's exit (DEL of what is left, bridge, iptables) runs
         # after the daemon and its containers are gone.
         with private_cni_world(base) as world:
@@ -146,7 +156,7 @@ def node(workers: dict[str, int] | None = None) -> Iterator[Node]:
                 ref = f"{reg.host}/test/busybox:latest"
                 daemon.images.PullImage(api.PullImageRequest(image=api.ImageSpec(image=ref)),
                                         timeout=120)
-                here = Node(daemon, ref, world, work / "logs")
+                here = Node(daemon, ref, world, work / "logs", reg.host)
                 yield here
                 here.remove_all_pods()
             finally:

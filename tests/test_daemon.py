@@ -130,3 +130,10 @@ def test_second_daemon_on_the_same_run_dir_is_refused(daemon: Daemon) -> None:
     out = daemon.cli("run")
     assert out.returncode == 1
     assert f"another podvisor (pid {daemon.pid}) is running" in out.stderr
+
+
+def test_update_runtime_config_accepts_the_pod_cidr(daemon: Daemon) -> None:
+    request = api.UpdateRuntimeConfigRequest(runtime_config=api.RuntimeConfig(
+        network_config=api.NetworkConfig(pod_cidr="10.244.1.0/24")))
+    daemon.runtime.UpdateRuntimeConfig(request, timeout=10)
+    assert "pod CIDR 10.244.1.0/24" in daemon.log_path.read_text()

@@ -270,3 +270,46 @@ def test_container_events_stream(n: Node) -> None:
     # The stopped event carries the pod's container statuses.
     stopped = next(e for e in events if e[:2] == (worker, api.CONTAINER_STOPPED_EVENT))
     assert stopped[2] == 1
+
+
+def test_a_configured_pause_image_runs_the_infra() -> None:
+    with node(pause_image=True) as here:
+        pod = here.pod_config("paused")  # shares its PID namespace: needs an infra
+        pod_id = here.run_pod(pod)
+        box = here.run(pod_id, pod, here.container_config("box", "sleep 3600"))
+        here.wait_state(box, api.CONTAINER_RUNNING)
+        # PID 1 of the pod's namespace is the pause image's command.
+        first = here.exec(box, "cat", "/proc/1/cmdline").stdout.split(b"\0")
+        assert first[:2] == [b"/bin/sleep", b"86400"]
+        listed = here.daemon.images.ListImages(api.ListImagesRequest(), timeout=10).images
+        assert any(t.endswith("test/pause:1") for i in listed for t in i.repo_tags)
+        here.remove_pod(pod_id)
+        assert not [m for m in here.daemon.mounts() if pod_id in m]
+        assert not here.daemon.remove_leftovers()
+
+
+def test_debug_container_joins_a_target_pid_namespace(n: Node) -> None:
+    pod = n.pod_config("target", share_pid=False)
+    pod_id = n.run_pod(pod)
+    try:
+        own = api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
+            namespace_options=api.NamespaceOption(pid=api.CONTAINER)),
+            resources=api.LinuxContainerResources(cpu_shares=512,
+                                                  memory_limit_in_bytes=64 << 20))
+        app = n.run(pod_id, pod, n.container_config("app", "sleep 3600", linux=own))
+        n.wait_state(app, api.CONTAINER_RUNNING)
+        status = n.status(app)
+        assert status.resources.linux.cpu_shares == 512
+        assert status.resources.linux.memory_limit_in_bytes == 64 << 20
+        debug = api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
+            namespace_options=api.NamespaceOption(pid=api.TARGET, target_id=app)))
+        tool = n.run(pod_id, pod, n.container_config("debug", "sleep 3600", linux=debug))
+        n.wait_state(tool, api.CONTAINER_RUNNING)
+        # The debug container sees the target's processes: its PID 1 is sleep 3600.
+        assert n.exec(tool, "cat", "/proc/1/cmdline").stdout.split(b"\0")[:2] == [
+            b"sleep", b"3600"]
+        answer = n.pod_status(pod_id)
+        assert answer.timestamp > 0
+        assert {s.id for s in answer.containers_statuses} == {app, tool}
+    finally:
+        n.remove_pod(pod_id)

@@ -140,3 +140,4 @@ def test_half_created_objects_are_gone_after_restart(n: Node) -> None:
     assert time.monotonic() - started < 120
     n.remove_pod(pod_id)
     assert not n.daemon.remove_leftovers()
+

@@ -17,7 +17,7 @@ from daemonlib import Daemon, poll_until
 from podvisor.proto import api_pb2 as api
 
 IMPLEMENTED = {
-    "Version", "Status", "RuntimeConfig",
+    "Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig",
     "RunPodSandbox", "StopPodSandbox", "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox",
     "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
     "ContainerStatus", "ReopenContainerLog", "ExecSync", "GetContainerEvents",

@@ -14,6 +14,7 @@ from ...proto import ops
 from ..bus import Bus
 from ..container_events import EventHub
 from ..creates import CreateTable
+from ..metrics import Metrics
 from ..pool import WorkerPool
 
 M = TypeVar("M", bound=Message)
@@ -28,6 +29,7 @@ class Call:
     pools: Mapping[str, WorkerPool]
     creates: CreateTable
     events: EventHub
+    metrics: Metrics
 
     async def op(self, op: str, args: dict[str, Any], key: str | None = None,
                  deadline: float | None = None) -> Any:

@@ -28,6 +28,7 @@ from ...proto.errors import FailedPrecondition
 from ...proto.naming import container_name
 from .call import Call, from_result, route, route_stream, to_args
 from .cleanup import CleanupStack
+from .layers import ensure_unpacked
 from .sandbox import CREATE_GRACE
 
 
@@ -67,7 +68,7 @@ async def _create(call: Call, sandbox: dict[str, Any], config: dict[str, Any],
             "id": container_id, "sandbox_id": sandbox["id"], "config": config,
             "image": {k: image[k] for k in ("id", "repo_tags", "repo_digests")},
         }, deadline=deadline)
-        chain = await _unpack_layers(call, image["layers"], deadline)
+        chain = await ensure_unpacked(call, image["layers"], deadline)
         undo.push("remove the rootfs", lambda: call.op(
             "storage.remove_rootfs", {"container_id": container_id}, deadline=deadline))
         rootfs = await call.op("storage.create_rootfs", {
@@ -79,21 +80,6 @@ async def _create(call: Call, sandbox: dict[str, Any], config: dict[str, Any],
         await undo.unwind()
         raise
     return container_id
-
-
-async def _unpack_layers(call: Call, layers: list[dict[str, Any]],
-                         deadline: float) -> list[str]:
-    """Make sure every layer is unpacked, bottom up; return their chain ids."""
-    chain: list[str] = []
-    parent = None
-    for layer in layers:
-        done = await call.op("storage.unpack_layer", {
-            "blob": layer["path"], "media_type": layer["media_type"],
-            "diff_id": layer["diff_id"], "parent": parent}, key=layer["diff_id"],
-            deadline=deadline)
-        parent = done["chain_id"]
-        chain.append(parent)
-    return chain
 
 
 async def start_container(call: Call,

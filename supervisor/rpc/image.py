@@ -1,7 +1,10 @@
-"""ListImages, StreamImages, ImageStatus, PullImage, RemoveImage, ImageFsInfo.
+"""ListImages, ImageStatus, PullImage, RemoveImage, ImageFsInfo; StreamImages
+is routed to the image pool (UNIMPLEMENTED there).
 
-Routed to the owning pool, which answers UNIMPLEMENTED until the issue
-that implements them lands (issues 3 and 5).
+PullImage is the image pool's pull plus the storage pool's unpack of every
+layer (a layer that fails to unpack, e.g. one escaping its root, takes the
+image back out: nothing half-pulled is listed), and counts pull metrics.
+RemoveImage also removes unpacked layers no other image uses.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from ...proto import api_pb2 as api
-from .call import Call, route, route_stream
+from ...proto.errors import BusError, InvalidArgument, NotFound
+from .call import Call, route, route_stream, to_args
+from .layers import ensure_unpacked, remove_unused
 
 
 async def list_images(call: Call, request: api.ListImagesRequest) -> api.ListImagesResponse:
@@ -21,11 +26,33 @@ async def image_status(call: Call, request: api.ImageStatusRequest) -> api.Image
 
 
 async def pull_image(call: Call, request: api.PullImageRequest) -> api.PullImageResponse:
-    return await route(call, "PullImage", request, api.PullImageResponse)
+    try:
+        result = await call.op("image.pull_image", to_args(request))
+    except BusError as exc:
+        call.metrics.observe_pull(exc.code.name)
+        raise
+    image_id = result["image_ref"]
+    stats = result.get("stats", {})
+    call.metrics.observe_pull("OK", stats.get("bytes", 0), stats.get("layers", 0))
+    image = await call.op("image.resolve_image", {"image": image_id})
+    try:
+        await ensure_unpacked(call, image["layers"])
+    except BusError:
+        await call.op("image.remove_image", {"image": {"image": image_id}})
+        await remove_unused(call, image["layers"])
+        raise
+    return api.PullImageResponse(image_ref=image_id)
 
 
 async def remove_image(call: Call, request: api.RemoveImageRequest) -> api.RemoveImageResponse:
-    return await route(call, "RemoveImage", request, api.RemoveImageResponse)
+    try:
+        image = await call.op("image.resolve_image", {"image": request.image.image})
+    except (NotFound, InvalidArgument):
+        image = None  # the image pool gives the answer (and its error) below
+    await call.op("image.remove_image", to_args(request))
+    if image is not None:
+        await remove_unused(call, image["layers"])
+    return api.RemoveImageResponse()
 
 
 async def image_fs_info(call: Call, request: api.ImageFsInfoRequest) -> api.ImageFsInfoResponse:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from ...proto import api_pb2 as api
 from ...proto.errors import BusError
-from .call import Call, route
+from .call import Call
+
+log = logging.getLogger(__name__)
 
 # Pools without which no pod can start: if one is FATAL, the runtime is not
 # ready, whatever runc says.
@@ -93,4 +96,10 @@ async def runtime_config(call: Call,
 
 async def update_runtime_config(
         call: Call, request: api.UpdateRuntimeConfigRequest) -> api.UpdateRuntimeConfigResponse:
-    return await route(call, "UpdateRuntimeConfig", request, api.UpdateRuntimeConfigResponse)
+    # The kubelet sends the node's pod CIDR here. Pod addresses come from the
+    # CNI config in network_dir (its IPAM ranges), so, as CRI-O does, the
+    # runtime takes note and has nothing to change.
+    cidr = request.runtime_config.network_config.pod_cidr
+    if cidr:
+        log.info("The kubelet reports pod CIDR %s; pod IPs follow the CNI config", cidr)
+    return api.UpdateRuntimeConfigResponse()

@@ -15,15 +15,19 @@ that outlived its first deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from ...proto import api_pb2 as api
+from ...proto.errors import FailedPrecondition, NotFound
 from ...proto.naming import sandbox_name
-from .call import Call, route, route_stream, to_args
+from .call import Call, from_result, route, route_stream, to_args
 from .cleanup import CleanupStack
+from .layers import ensure_unpacked
 from .messages import STATES, fill_metadata, sandbox_status
 
 # A create keeps going this long after the kubelet's deadline, so its retry
@@ -74,12 +78,37 @@ async def _create(call: Call, config: dict[str, Any], handler: str, deadline: fl
             "cgroup_parent": config.get("linux", {}).get("cgroup_parent", ""),
         }, deadline=deadline)
         netns_path, ips = net["netns_path"] or None, net["ips"]
+        infra_image = None
+        if reserved["pause_image"]:
+            undo.push("remove the pause rootfs", lambda: call.op(
+                "storage.remove_rootfs", {"container_id": sandbox_id}, deadline=deadline))
+            infra_image = await _pause_rootfs(call, reserved["pause_image"], sandbox_id,
+                                              deadline)
         await call.op("runtime.sandbox_start", {
-            "id": reserved["id"], "netns_path": netns_path, "ips": ips}, deadline=deadline)
+            "id": reserved["id"], "netns_path": netns_path, "ips": ips,
+            "infra_image": infra_image}, deadline=deadline)
     except BaseException:
         await undo.unwind()
         raise
     return sandbox_id
+
+
+async def _pause_rootfs(call: Call, pause_image: str, sandbox_id: str,
+                        deadline: float) -> dict[str, Any]:
+    """Pull the configured pause image if absent and mount a rootfs of it."""
+    try:
+        image = await call.op("image.resolve_image", {"image": pause_image}, deadline=deadline)
+    except NotFound:
+        await call.op("image.pull_image", {"image": {"image": pause_image}}, deadline=deadline)
+        image = await call.op("image.resolve_image", {"image": pause_image}, deadline=deadline)
+    chain = await ensure_unpacked(call, image["layers"], deadline)
+    rootfs = await call.op("storage.create_rootfs", {"container_id": sandbox_id,
+                                                     "layers": chain}, deadline=deadline)
+    config = (image.get("config") or {}).get("config") or {}
+    args = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+    if not args:
+        raise FailedPrecondition(f"pause image {pause_image} has no Entrypoint or Cmd")
+    return {"rootfs": rootfs["path"], "args": args}
 
 
 def _host_network(config: Mapping[str, Any]) -> bool:
@@ -128,13 +157,22 @@ async def _stop_and_remove(call: Call, sandbox_id: str, deadline: float | None) 
         await call.op("storage.remove_rootfs", {"container_id": container["id"]},
                       deadline=deadline)
     await call.op("runtime.sandbox_remove", {"id": full_id}, deadline=deadline)
+    # The pause image's rootfs, if the pod had one (absent is fine).
+    await call.op("storage.remove_rootfs", {"container_id": full_id}, deadline=deadline)
     call.events.emit(full_id, api.CONTAINER_DELETED_EVENT, full_id)
 
 
 async def pod_sandbox_status(
         call: Call, request: api.PodSandboxStatusRequest) -> api.PodSandboxStatusResponse:
     record = await call.op("runtime.sandbox_status", {"id": request.pod_sandbox_id})
-    response = api.PodSandboxStatusResponse(status=sandbox_status(record))
+    response = api.PodSandboxStatusResponse(status=sandbox_status(record),
+                                            timestamp=time.time_ns())
+    # The evented PLEG reads the pod's containers from this answer too.
+    for member in await call.op("runtime.container_list", {"sandbox_id": record["id"]}):
+        with contextlib.suppress(NotFound):
+            status = await call.op("runtime.container_status", {"id": member["id"]})
+            response.containers_statuses.append(from_result(status["status"],
+                                                            api.ContainerStatus))
     if request.verbose:
         response.info["info"] = json.dumps({
             "netns_path": record["netns_path"], "hostname": record["hostname"],

@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...proto.errors import InvalidArgument, NotFound
+from ...proto.layers import chain_ids
 from ..base import OpContext, OpTable
 from . import auth, cri, lookup, manifest, registries_conf
 from .coalesce import Coalescer
@@ -124,7 +125,17 @@ class ImageService:
         # pull with other credentials must not inherit an auth failure.
         key = (name, hashlib.sha256(repr(creds).encode()).hexdigest())
         image_id = self._pulls.run(key, ctx, lambda: puller.pull(name))
-        return {"image_ref": image_id}
+        # "stats" is podvisor's own; the supervisor strips it from the reply.
+        return {"image_ref": image_id, "stats": {"bytes": puller.bytes_received,
+                                                 "layers": puller.layers_fetched}}
+
+    def layer_chains(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        """The chain ids of every stored image's layers: what must stay unpacked."""
+        store = self._store(ImageSettings.from_settings(ctx.settings))
+        live: set[str] = set()
+        for record in store.records.all():
+            live.update(chain_ids(b.diff_id for b in record.layers if b.diff_id))
+        return {"chain_ids": sorted(live)}
 
     def list_images(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         settings = ImageSettings.from_settings(ctx.settings)
@@ -206,6 +217,7 @@ def make_ops() -> OpTable:
         "image.image_status": service.image_status,
         "image.remove_image": service.remove_image,
         "image.resolve_image": service.resolve_image,
+        "image.layer_chains": service.layer_chains,
     }
 
 

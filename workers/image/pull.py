@@ -97,6 +97,9 @@ class Puller:
         self._transport = transport
         self._creds = credentials
         self._options = options
+        # What this call fetched, for the supervisor's pull metrics.
+        self.bytes_received = 0
+        self.layers_fetched = 0
 
     # ---- waiting ------------------------------------------------------------
 
@@ -209,6 +212,8 @@ class Puller:
                 log.info("Image %s is already present as %s; recorded its names", ref, image_id)
                 return image_id
             self._download(client, physical, resolved, names, watchdog)
+        self.bytes_received += watchdog.bytes
+        self.layers_fetched += len(resolved.manifest.layers)
         log.info("Pulled %s as %s: %d bytes in %.1fs", label, image_id, watchdog.bytes,
                  time.monotonic() - begun)
         return image_id

@@ -128,7 +128,8 @@ def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         bundle = layout.bundle_dir(container_id)
         os.makedirs(bundle, mode=0o700, exist_ok=True)
         document = specs.container_spec(ctx.settings, pod, record, args["rootfs"],
-                                        args.get("image_config") or {})
+                                        args.get("image_config") or {},
+                                        _target_pid_ns(layout, record))
         with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
             json.dump(document, f)
         log_path = log_path_of(layout, pod, record)
@@ -152,6 +153,28 @@ def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         return {"id": container_id, "state": CREATED}
 
 
+def _target_pid_ns(layout: Layout, record: Mapping[str, Any]) -> str | None:
+    """For namespace mode TARGET (kubectl debug --target, ephemeral
+    containers): the PID namespace of the running container it names, which
+    must be in the same pod."""
+    options = (record["config"].get("linux", {}).get("security_context", {})
+               .get("namespace_options", {}))
+    if options.get("pid") != "TARGET":
+        return None
+    target_id = options.get("target_id", "")
+    if not target_id:
+        raise InvalidArgument("namespace_options.pid is TARGET but target_id is empty")
+    try:
+        target = current(layout, load(layout, resolve_id(layout, target_id)))
+    except NotFound:
+        raise NotFound(f"target container {target_id} not found") from None
+    if target["sandbox_id"] != record["sandbox_id"]:
+        raise InvalidArgument(f"target container {target_id} is in another pod")
+    if target["state"] != RUNNING:
+        raise FailedPrecondition(f"target container {target_id} is not running")
+    return f"/proc/{target['pid']}/ns/pid"
+
+
 def log_path_of(layout: Layout, pod: Mapping[str, Any], record: Mapping[str, Any]) -> str:
     """The kubelet's log path: the pod's log_directory joined with the container's."""
     relative: str = record["config"].get("log_path", "")
@@ -161,7 +184,9 @@ def log_path_of(layout: Layout, pod: Mapping[str, Any], record: Mapping[str, Any
     if os.path.isabs(relative):
         return relative
     if not directory:
-        raise InvalidArgument("config.log_path is relative but the pod has no log_directory")
+        # CRI-O's fallback: a relative path with no pod log directory goes
+        # under the runtime's own log dir.
+        return os.path.join(layout.logs_dir, relative)
     return os.path.join(directory, relative)
 
 
@@ -258,6 +283,11 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(path, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(layout.exits_dir, container_id))
+        # A log under the kubelet's pod log dir is the kubelet's; one podvisor
+        # placed itself goes with the container.
+        if record.get("log_path", "").startswith(layout.logs_dir + "/"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(record["log_path"])
         layout.containers.delete(container_id)
         names.release(layout.names_dir, record["name"], container_id)
         log.info("Container %s removed", container_id)
@@ -295,6 +325,11 @@ def cri_status(record: Mapping[str, Any]) -> dict[str, Any]:
         "mounts": config.get("mounts", []), "log_path": record.get("log_path", ""),
         "stop_signal": "SIGNAL_" + stop_signal(record).name,
     }
+    # What the container was given; the kubelet compares it during in-place
+    # resize.
+    resources = config.get("linux", {}).get("resources")
+    if resources:
+        status["resources"] = {"linux": resources}
     if user:
         status["user"] = {"linux": {"uid": str(user.get("uid", 0)),
                                     "gid": str(user.get("gid", 0)),

@@ -3,7 +3,8 @@
 It is catatonit in pause mode (``/catatonit -P``), run like any container
 (conmon, runtime create/start) from a read-only rootfs podvisor builds
 itself: one static binary and the empty mount points, so no pause image is
-pulled. The rootfs is shared by every pod and built once, atomically
+pulled. A configured ``pause_image`` is honoured instead: its command runs
+from its own rootfs. The rootfs is shared by every pod and built once, atomically
 (temp dir + rename).
 """
 
@@ -47,13 +48,20 @@ def ensure_rootfs(layout: Layout) -> str:
     return rootfs
 
 
-def start(ctx: OpContext, layout: Layout, pod: Mapping[str, Any]) -> dict[str, Any]:
+def start(ctx: OpContext, layout: Layout, pod: Mapping[str, Any],
+          image: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the infra process: catatonit from the built-in rootfs, or the
+    configured pause image's command from the rootfs the supervisor had the
+    storage pool mount (``image``: {"rootfs", "args"})."""
     infra_id = pod["id"]
-    rootfs = ensure_rootfs(layout)
     bundle = layout.bundle_dir(infra_id)
     os.makedirs(bundle, mode=0o700, exist_ok=True)
+    if image:
+        document = specs.infra_spec(ctx.settings, pod, image["rootfs"], tuple(image["args"]))
+    else:
+        document = specs.infra_spec(ctx.settings, pod, ensure_rootfs(layout))
     with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(specs.infra_spec(ctx.settings, pod, rootfs), f)
+        json.dump(document, f)
     handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"])
     started = monitor.spawn(handler, infra_id, bundle, layout.state_dir(infra_id),
                             layout.exits_dir, os.devnull, terminal=False, stdin=False,

@@ -66,8 +66,13 @@ class Layout:
     def state_dir(self, container_id: str) -> str:
         return os.path.join(self.state_root, container_id)
 
+    @property
+    def logs_dir(self) -> str:
+        """Where container logs go when the kubelet names no log directory."""
+        return os.path.join(self.runroot, "logs")
+
     def default_log(self, container_id: str) -> str:
-        return os.path.join(self.runroot, "logs", f"{container_id}.log")
+        return os.path.join(self.logs_dir, f"{container_id}.log")
 
     def bundle_dir(self, container_id: str) -> str:
         return os.path.join(self.runroot, "bundles", container_id)

@@ -92,7 +92,10 @@ def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
                 "created_at": time.time_ns(), "config": config, "runtime_handler": handler,
                 "host_network": modes["network"] == NODE, "modes": modes,
             })
-    return {"id": sandbox_id, "name": name, "runtime_handler": handler}
+    # A configured pause image serves pods that need an infra process; the
+    # supervisor pulls it and has the storage pool mount its rootfs.
+    pause = ctx.settings["image"]["pause_image"] if modes["pid"] == POD else ""
+    return {"id": sandbox_id, "name": name, "runtime_handler": handler, "pause_image": pause}
 
 
 def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +134,7 @@ def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         record["files"] = podfiles.write(pod_dir, hostname, config.get("dns_config"),
                                          record["ips"])
         if modes["pid"] == POD:
-            record["infra"] = infra.start(ctx, layout, record)
+            record["infra"] = infra.start(ctx, layout, record, args.get("infra_image"))
         record["state"] = READY
         layout.sandboxes.save(sandbox_id, record)
         log.info("Pod sandbox %s (%s) is ready", sandbox_id, record["name"])
@@ -158,6 +161,8 @@ def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         if stopped:
             record["state"] = NOTREADY
             record["stopped_at"] = time.time_ns()
+            # The supervisor tears the network down next: no address is held.
+            record["ips"] = []
             layout.sandboxes.save(sandbox_id, record)
             log.info("Pod sandbox %s stopped", sandbox_id)
     return {"found": True, "id": sandbox_id, "stopped": stopped}

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import handlers
-from .spec import build_container_spec, build_infra_spec
+from .spec import INFRA_ARGS, build_container_spec, build_infra_spec
 from .spec_context import (
     MIN_MEMORY_CRUN,
     MIN_MEMORY_RUNC,
@@ -62,17 +62,19 @@ def _node(settings: Mapping[str, Any], handler: str) -> NodeFacts:
 
 def container_spec(settings: Mapping[str, Any], pod: Mapping[str, Any],
                    record: Mapping[str, Any], rootfs: str,
-                   image_config: Mapping[str, Any]) -> dict[str, Any]:
+                   image_config: Mapping[str, Any],
+                   target_pid_ns: str | None = None) -> dict[str, Any]:
     # CRI-O creates a missing bind-mount source as a directory (its
     # absent_mount_sources_to_reject list is empty by default); so do we,
     # before the builder checks that every source exists.
     ensure_mount_sources(record["config"])
     return build_container_spec(record["config"], pod["config"], image_config, rootfs,
                                 pod_context(pod), container_id=record["id"],
-                                node=_node(settings, record["runtime_handler"]))
+                                node=_node(settings, record["runtime_handler"]),
+                                target_pid_ns=target_pid_ns)
 
 
-def infra_spec(settings: Mapping[str, Any], pod: Mapping[str, Any],
-               rootfs: str) -> dict[str, Any]:
+def infra_spec(settings: Mapping[str, Any], pod: Mapping[str, Any], rootfs: str,
+               args: tuple[str, ...] = INFRA_ARGS) -> dict[str, Any]:
     return build_infra_spec(pod["config"], pod_context({**pod, "infra": None}), rootfs,
-                            node=_node(settings, pod["runtime_handler"]))
+                            node=_node(settings, pod["runtime_handler"]), args=args)

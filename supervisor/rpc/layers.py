@@ -1,0 +1,46 @@
+"""Keeping the storage pool's unpacked layers in step with the image store.
+
+Layers are unpacked when an image is pulled (so the first container of it
+starts without waiting) and again, idempotently, when a container needs
+them; they are removed when no image refers to them any more. A layer a
+container still uses stays (the storage pool refuses), and the start-up
+recovery removes it once free.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ...proto.errors import FailedPrecondition
+from ...proto.layers import chain_ids
+from .call import Call
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_unpacked(call: Call, layers: list[dict[str, Any]],
+                          deadline: float | None = None) -> list[str]:
+    """Unpack every layer (bottom up) unless done already; return chain ids."""
+    chain: list[str] = []
+    parent = None
+    for layer in layers:
+        done = await call.op("storage.unpack_layer", {
+            "blob": layer["path"], "media_type": layer["media_type"],
+            "diff_id": layer["diff_id"], "parent": parent}, key=layer["diff_id"],
+            deadline=deadline)
+        parent = done["chain_id"]
+        chain.append(parent)
+    return chain
+
+
+async def remove_unused(call: Call, layers: list[dict[str, Any]]) -> None:
+    """Remove the unpacked layers of a removed image that no image uses now."""
+    live = set((await call.op("image.layer_chains", {}))["chain_ids"])
+    for chain in reversed(chain_ids(layer["diff_id"] for layer in layers)):
+        if chain in live:
+            continue
+        try:
+            await call.op("storage.remove_layer", {"chain_id": chain})
+        except FailedPrecondition as exc:
+            log.info("Keeping layer %s: %s", chain, exc.message)
