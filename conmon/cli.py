@@ -12,9 +12,6 @@ import os
 from collections.abc import Sequence
 
 from .contract import EXEC_OUTPUT_MAX
-from .execsync import ExecOptions
-from .execsync import run as run_exec
-from .monitor import MonitorOptions, start
 
 # sun_path is 108 bytes with its NUL; "/console" is the longest name we bind.
 SOCKET_PATH_MAX = 107 - len("/console")
@@ -63,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("exec needs --process FILE or -- ARG..., not both")
         if args.timeout < 0 or args.output_max < 0:
             parser.error("--timeout and --output-max must not be negative")
+        # Imported per mode: a monitor stays resident for its container's
+        # life, so what it never uses should not sit in its memory.
+        from .execsync import ExecOptions
+        from .execsync import run as run_exec
         return run_exec(ExecOptions(
             cid=args.cid, runtime=args.runtime, runtime_root=args.runtime_root,
             timeout=args.timeout, output_max=args.output_max, process=args.process,
@@ -77,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.fstat(args.sync_fd)
         except OSError:
             parser.error(f"--sync-fd {args.sync_fd} is not an open fd")
+    from .monitor import MonitorOptions, start
     return start(MonitorOptions(
         cid=args.cid, bundle=os.path.abspath(args.bundle), runtime=args.runtime,
         runtime_root=args.runtime_root, state_dir=state_dir,

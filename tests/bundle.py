@@ -1,18 +1,27 @@
-"""OCI bundles for tests, and containers run from them under podvisor-conmon.
+"""OCI bundles for tests, and containers run from them under runc or crun.
 
 A bundle is a rootfs holding Debian's static busybox (``/bin/busybox`` plus
-one symlink per applet; busybox sh runs most applets in-process) and a
-config.json with ``runc spec``'s defaults, written here: no
-``process.oomScoreAdj`` (lowering it needs CAP_SYS_RESOURCE, which this
-host lacks) and the three default capabilities, which every bounding set
-holds. Each container gets its own top-level cgroup (``/pvtest-<id>``) so
-that ``delete`` leaves no parent dir behind.
+one symlink per applet; busybox sh runs most applets in-process), an
+/etc/passwd (and /etc/group) chosen by the test, the directories the tests
+use as working dirs, and a config.json: either ``config``'s (``runc
+spec``'s defaults) or one from podvisor's spec builder.
+
+``config`` writes ``runc spec``'s defaults: no ``process.oomScoreAdj``
+(lowering it needs CAP_SYS_RESOURCE, which this host lacks) and the three
+default capabilities, which every bounding set holds. Each container gets
+its own top-level cgroup (``/pvtest-<id>``) so that ``delete`` leaves no
+parent dir behind.
 
 ``spawn`` starts conmon the way the runtime worker does: a sync pipe, wait
 for the spawned process (it detaches at once), then read the sync line
 before a deadline. ``Container.cleanup`` deletes the container (``delete
 -f``), removes cgroup dirs left behind, and waits for conmon to go, by the
 pid conmon reported; nothing is ever killed by name.
+
+``Runtime.run_bundle`` runs a container in the foreground under the
+runtime's private ``--root`` with a unique id, captures its output, then
+always ``delete -f``s it and removes the cgroup dirs it may have left (one
+level below each hierarchy's root, so there is no parent dir to clean).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from daemonlib import poll_until
 
 BUSYBOX = Path("/bin/busybox")
@@ -40,10 +50,12 @@ CONMON = str(Path(sys.executable).with_name("podvisor-conmon"))
 RUNTIMES = {"runc": "/usr/sbin/runc", "crun": "/usr/bin/crun"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SPAWN_TIMEOUT = 30.0
+RUN_TIMEOUT = 60.0
+ROOT_PASSWD = "root:x:0:0:root:/:/bin/sh\n"
 
 
-def make_rootfs(rootfs: Path) -> None:
-    for name in ("bin", "dev", "proc", "sys", "tmp", "etc"):
+def make_rootfs(rootfs: Path, passwd: str = ROOT_PASSWD, group: str | None = None) -> Path:
+    for name in ("bin", "dev", "proc", "sys", "tmp", "etc", "work"):
         (rootfs / name).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
     applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True,
@@ -52,7 +64,10 @@ def make_rootfs(rootfs: Path) -> None:
         # "busybox" is itself in the list: linking it would replace the binary.
         if applet != "busybox" and "/" not in applet:
             (rootfs / "bin" / applet).symlink_to("busybox")
-    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
+    (rootfs / "etc" / "passwd").write_text(passwd)
+    if group is not None:
+        (rootfs / "etc" / "group").write_text(group)
+    return rootfs
 
 
 def config(args: list[str], cgroups_path: str, *, terminal: bool = False,
@@ -119,8 +134,26 @@ def runtime_unusable(name: str) -> str | None:
     return None
 
 
+def runtime_or_skip(name: str) -> Runtime:
+    """``name`` with its ``--root`` in a new short tmp dir (``root.parent``,
+    the caller's to remove); skips the test if it can't run here."""
+    reason = runtime_unusable(name)
+    if reason:
+        pytest.skip(reason)
+    return Runtime(name, short_tmpdir() / "root")
+
+
+def cgroup_dirs(name: str) -> list[Path]:
+    """Every cgroup dir called ``name`` one level below a hierarchy's root."""
+    found = [CGROUP_ROOT / name] if (CGROUP_ROOT / name).is_dir() else []
+    found += [d / name for d in CGROUP_ROOT.iterdir() if (d / name).is_dir()]
+    return found
+
+
 @dataclass
 class Runtime:
+    """runc or crun with a private ``--root``."""
+
     name: str
     root: Path
 
@@ -128,13 +161,33 @@ class Runtime:
     def path(self) -> str:
         return RUNTIMES[self.name]
 
+    def cmd(self, *args: str) -> list[str]:
+        return [self.path, "--root", str(self.root), *args]
+
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.path, "--root", str(self.root), *args],
-                              capture_output=True, text=True, check=check, timeout=60)
+        return subprocess.run(self.cmd(*args), capture_output=True, text=True, check=check,
+                              timeout=RUN_TIMEOUT)
 
     def state(self, cid: str) -> dict[str, Any] | None:
         out = self.run("state", cid, check=False)
         return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def listed(self) -> list[str]:
+        return self.run("list", "-q", check=False).stdout.split()
+
+    def run_bundle(self, bundle: Path, spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        """Write ``spec`` as the bundle's config.json and run it to completion."""
+        (bundle / "config.json").write_text(json.dumps(spec, indent=2))
+        cid = "pvspec-" + uuid.uuid4().hex[:12]
+        try:
+            return subprocess.run(self.cmd("run", "--bundle", str(bundle), cid),
+                                  capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                                  stdin=subprocess.DEVNULL, check=False)
+        finally:
+            subprocess.run(self.cmd("delete", "-f", cid), capture_output=True, check=False)
+            for leftover in cgroup_dirs(str(spec["linux"]["cgroupsPath"]).lstrip("/")):
+                with contextlib.suppress(OSError):
+                    os.rmdir(leftover)
 
 
 class SpawnError(Exception):
@@ -258,11 +311,9 @@ class Container:
         """Delete the container, its cgroups, and see conmon gone."""
         if self.runtime.state(self.id) is not None:
             self.runtime.run("delete", "-f", self.id, check=False)
-        for controller in CGROUP_ROOT.iterdir():
-            leftover = controller / self.cgroups_path.lstrip("/")
-            if leftover.is_dir():
-                with contextlib.suppress(OSError):
-                    leftover.rmdir()
+        for leftover in cgroup_dirs(self.cgroups_path.lstrip("/")):
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
         if self.conmon_pid:
             # conmon exits on its own once the container is gone; it is not
             # our child (it detached), so we watch its pid, not wait for it.

@@ -29,7 +29,7 @@ from bundle import (
     SpawnError,
     comm,
     process_alive,
-    runtime_unusable,
+    runtime_or_skip,
     short_tmpdir,
     spawn,
 )
@@ -43,12 +43,9 @@ TESTS = Path(__file__).resolve().parent
 
 @pytest.fixture(params=["runc", "crun"])
 def runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
-    reason = runtime_unusable(request.param)
-    if reason:
-        pytest.skip(reason)
-    base = short_tmpdir()
-    yield Runtime(request.param, base / "root")
-    shutil.rmtree(base)
+    runtime = runtime_or_skip(request.param)
+    yield runtime
+    shutil.rmtree(runtime.root.parent)
 
 
 @pytest.fixture

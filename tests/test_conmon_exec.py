@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from bundle import CONMON, Container, Runtime, runtime_unusable, short_tmpdir
+from bundle import CONMON, Container, runtime_or_skip
 from daemonlib import poll_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,11 +28,9 @@ SLACK = 3.0
 
 @pytest.fixture(params=["runc", "crun"])
 def container(request: pytest.FixtureRequest) -> Iterator[Container]:
-    reason = runtime_unusable(request.param)
-    if reason:
-        pytest.skip(reason)
-    base = short_tmpdir()
-    c = Container(Runtime(request.param, base / "root"), base)
+    runtime = runtime_or_skip(request.param)
+    base = runtime.root.parent
+    c = Container(runtime, base)
     try:
         c.make_bundle(["sleep", "1000"])
         c.spawn()

@@ -29,7 +29,6 @@ from podvisor.supervisor.bus import BusTiming, PoolBus
 from podvisor.supervisor.daemon import worker_settings
 from podvisor.supervisor.pool import RestartPolicy, WorkerCommand, WorkerPool, write_settings
 from podvisor.supervisor.supervision import Supervision
-from podvisor.workers.net import store
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -98,7 +97,7 @@ def assert_holds_exactly(world: CniWorld, pods: dict[str, Any]) -> None:
     assert sorted(world.namespaces()) == sorted(pods)
     assert sorted(world.leases()) == sorted(o["ips"][0] for o in pods.values())
     assert len(world.bridge_ports()) == len(pods)
-    assert store.list_pods(world.layout.records_dir) == sorted(pods)
+    assert world.layout.records.ids() == sorted(pods)
 
 
 async def scenario(world: CniWorld) -> None:
@@ -109,7 +108,7 @@ async def scenario(world: CniWorld) -> None:
         calls = [asyncio.create_task(net.call("net.setup", a)) for a in pods]
         # Kill the worker with the most requests in flight once setups are
         # under way (some records written), i.e. in the middle of the batch.
-        await poll(lambda: len(store.list_pods(world.layout.records_dir)) >= 4
+        await poll(lambda: len(world.layout.records.ids()) >= 4
                    and any(net.bus.inflight_by_pid().values()), 20, "setups under way")
         victim = max(net.bus.inflight_by_pid().items(), key=lambda kv: kv[1])[0]
         os.kill(victim, signal.SIGKILL)

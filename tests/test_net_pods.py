@@ -120,7 +120,7 @@ def test_twenty_pods_in_parallel_get_ips_traffic_and_a_host_port(world: CniWorld
     assert world.namespaces() == []
     assert world.mounts() == []
     assert world.bridge_ports() == []
-    assert store.list_pods(world.layout.records_dir) == []
+    assert world.layout.records.ids() == []
     assert os.listdir(world.layout.lock_dir) == []
     assert not any("CNI-DN-" in line for line in HostGuard().cni_lines())
 
@@ -194,7 +194,7 @@ def test_teardown_releases_a_pod_whose_setup_died_half_way(world: CniWorld) -> N
               "netns_path": ns_path, "config_file": str(path),
               "config": json.loads(path.read_text()), "ifname": "eth0",
               "cni_args": [], "capability_args": {}}
-    store.save(layout.records_dir, args["pod_id"], record)
+    layout.records.save(args["pod_id"], record)
     netns.create(ns_path)
     net = cniconf.parse(str(path))
     runner = cni.Runner(plugin_dirs=layout.plugin_dirs, deadline=time.monotonic() + 30)
@@ -226,12 +226,12 @@ def test_teardown_survives_a_failing_plugin_and_retries_it(world: CniWorld) -> N
     assert world.leases() == []
     assert world.namespaces() == []
     assert world.bridge_ports() == []
-    assert store.list_pods(world.layout.records_dir) == [args["pod_id"]]
+    assert world.layout.records.ids() == [args["pod_id"]]
     assert any("CNI-DN-" in line for line in HostGuard().cni_lines())
 
     # With portmap back the retry finishes the job.
     assert ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
-    assert store.list_pods(world.layout.records_dir) == []
+    assert world.layout.records.ids() == []
     assert not any("CNI-DN-" in line for line in HostGuard().cni_lines())
 
 
@@ -257,7 +257,7 @@ def test_ips_capability_and_a_plugin_error_that_reaches_the_caller(
     assert details["config_file"] in info.value.message
     assert world.leases() == [wanted]
     assert world.namespaces() == [result["pod_id"]]
-    assert store.list_pods(world.layout.records_dir) == [result["pod_id"]]
+    assert world.layout.records.ids() == [result["pod_id"]]
 
 
 def test_dual_stack_lists_ipv4_first(world: CniWorld) -> None:

@@ -14,11 +14,13 @@ import pytest
 from netfixtures import in_netns
 
 from podvisor.proto.errors import DeadlineExceeded
-from podvisor.workers.net import locks, netns, store
+from podvisor.workers import locks
+from podvisor.workers.net import netns, store
+from podvisor.workers.records import RecordCorrupt, RecordDir
 
 HOLDER = """\
 import sys, time
-from podvisor.workers.net import locks
+from podvisor.workers import locks
 lock = locks.acquire(sys.argv[1], "pod-a", time.monotonic() + 10)
 print("locked", flush=True)
 sys.stdin.read()
@@ -72,7 +74,7 @@ def test_a_child_given_the_lock_fd_keeps_the_pod_locked(tmp_path: Path) -> None:
 
 def test_a_waiter_follows_an_unlinked_lock_file(tmp_path: Path) -> None:
     first = locks.acquire(str(tmp_path), "pod-a", soon())
-    got: list[locks.PodLock] = []
+    got: list[locks.ObjectLock] = []
     waiter = threading.Thread(target=lambda: got.append(
         locks.acquire(str(tmp_path), "pod-a", soon(10))))
     waiter.start()
@@ -87,25 +89,26 @@ def test_a_waiter_follows_an_unlinked_lock_file(tmp_path: Path) -> None:
 
 def test_records_are_replaced_whole_and_corruption_is_named(tmp_path: Path) -> None:
     d = str(tmp_path / "pods")
-    assert store.load(d, "p1") is None
-    store.save(d, "p1", {"state": store.SETTING_UP})
-    store.save(d, "p1", {"state": store.READY, "result": {"ips": []}})
-    assert store.load(d, "p1") == {"state": store.READY, "result": {"ips": []}}
-    assert store.list_pods(d) == ["p1"]
+    records = RecordDir(d)
+    assert records.load("p1") is None
+    records.save("p1", {"state": store.SETTING_UP})
+    records.save("p1", {"state": store.READY, "result": {"ips": []}})
+    assert records.load("p1") == {"state": store.READY, "result": {"ips": []}}
+    assert records.ids() == ["p1"]
     assert [n for n in os.listdir(d) if n.endswith(".tmp")] == []
 
-    Path(store.record_path(d, "p2")).write_text("{torn")
-    with pytest.raises(store.RecordCorrupt, match=r"p2\.json"):
-        store.load(d, "p2")
+    Path(d, "p2.json").write_text("{torn")
+    with pytest.raises(RecordCorrupt, match=r"p2\.json"):
+        records.load("p2")
     Path(d, ".p3.abc.tmp").write_text("{")
-    assert store.remove_stale_temps(d) == []  # too young: maybe a save in flight
-    assert store.remove_stale_temps(d, older_than=-1) == [".p3.abc.tmp"]
+    assert records.remove_stale_temps() == []  # too young: maybe a save in flight
+    assert records.remove_stale_temps(older_than=-1) == [".p3.abc.tmp"]
     # A killed save's temp file goes with its pod's record, no other's.
     Path(d, ".p1.k1ll3d_x.tmp").write_text("{")
     Path(d, ".p1.x.k1ll3d_x.tmp").write_text("{")
-    store.delete(d, "p1")
-    store.delete(d, "p1")
-    assert store.list_pods(d) == ["p2"]
+    records.delete("p1")
+    records.delete("p1")
+    assert records.ids() == ["p2"]
     assert sorted(n for n in os.listdir(d) if n.endswith(".tmp")) == [".p1.x.k1ll3d_x.tmp"]
 
 

@@ -1,6 +1,6 @@
 """Specs from the builder, run by real runc (and crun): what the container sees.
 
-Each test builds a busybox bundle (specbundle.py), writes the builder's
+Each test builds a busybox bundle (bundle.py), writes the builder's
 config.json, runs the container in the foreground under a private
 ``--root`` and checks the ``KEY=value`` lines its shell script prints.
 Teardown: ``delete -f`` by the unique id, leftover cgroup dirs removed,
@@ -16,13 +16,15 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from specbundle import RUNTIMES, Runtime, cgroup_dirs, host_pod, make_rootfs
+from bundle import RUNTIMES, Runtime, cgroup_dirs, make_rootfs
 
 from podvisor.workers.runtime.spec import (
+    bounding_caps,
     build_container_spec,
     build_infra_spec,
     detect_node,
@@ -44,6 +46,23 @@ def mask(names: Iterable[str]) -> int:
 
 def parse(stdout: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
+
+
+def host_pod(base: Path, **changes: Any) -> PodContext:
+    """A pod on the host's namespaces (so a test needs nothing but the runtime),
+    with its own resolv.conf, hosts and hostname files."""
+    files = base / "podfiles"
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "resolv.conf").write_text("nameserver 192.0.2.53\nsearch spec.test\n")
+    (files / "hosts").write_text("127.0.0.1 localhost\n192.0.2.7 spec-pod\n")
+    (files / "hostname").write_text("spec-pod\n")
+    pod = PodContext(
+        sandbox_id=uuid.uuid4().hex, hostname="spec-pod", cgroup_parent="/",
+        netns_path=None, ipc_ns_path=None, uts_ns_path=None, pid_ns_path=None, shm_path=None,
+        resolv_conf=str(files / "resolv.conf"), hosts_file=str(files / "hosts"),
+        hostname_file=str(files / "hostname"), privileged_caps=bounding_caps(),
+        oom_score_adj_floor=int(Path("/proc/self/oom_score_adj").read_text()))
+    return replace(pod, **changes)
 
 
 @pytest.fixture(params=["runc", "crun"])
@@ -87,7 +106,7 @@ def build(bundle: Path, pod: PodContext, container: dict[str, Any],
 
 
 def run(runtime: Runtime, bundle: Path, spec: dict[str, Any]) -> dict[str, str]:
-    done = runtime.run(bundle, spec)
+    done = runtime.run_bundle(bundle, spec)
     assert done.returncode == 0, done.stderr + done.stdout
     assert not cgroup_dirs(str(spec["linux"]["cgroupsPath"]).lstrip("/"))
     return parse(done.stdout)

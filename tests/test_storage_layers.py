@@ -17,7 +17,8 @@ import pytest
 from layers import MTIME, LayerTar, Storage, chain_of, sha256, storage_in
 
 from podvisor.proto.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound
-from podvisor.workers.storage import locks, ops
+from podvisor.workers import locks
+from podvisor.workers.storage import ops
 
 NS = 1_000_000_000
 

@@ -17,7 +17,8 @@ from layers import LayerTar, Storage, mounts_under, storage_in
 
 from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from podvisor.workers.storage import locks, overlay
+from podvisor.workers import locks
+from podvisor.workers.storage import overlay
 
 
 @pytest.fixture

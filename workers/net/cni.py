@@ -22,7 +22,7 @@ it from releasing the pod's address.
 
 Every call is bounded by the caller's deadline: a plugin still running at
 the deadline is killed and the call raises DeadlineExceeded. Descriptors in
-``pass_fds`` (the pod lock) are inherited by the plugin (see locks.py).
+``pass_fds`` (the pod lock) are inherited by the plugin (see workers/locks.py).
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ from typing import Any
 
 from ...proto.errors import FailedPrecondition, Internal, Unavailable
 from ..base import OpContext, OpTable
-from . import cni, cniconf, netns, podargs, podnet, store
+from ..records import RecordCorrupt
+from . import cni, cniconf, netns, podargs, podnet
 
 # A plugin-status probe must stay short whatever deadline Status carries.
 _STATUS_PROBE_TIMEOUT = 5.0
@@ -108,7 +109,7 @@ def _bus_errors() -> Iterator[None]:
         raise Internal(str(exc), details=exc.as_details()) from exc
     except cniconf.ConfigInvalid as exc:
         raise FailedPrecondition(str(exc)) from exc
-    except store.RecordCorrupt as exc:
+    except RecordCorrupt as exc:
         raise Internal(f"network record unreadable: {exc}") from exc
     except netns.NamespaceError as exc:
         raise Internal(str(exc)) from exc

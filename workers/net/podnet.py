@@ -1,8 +1,8 @@
 """Pod networks: setup, teardown, status and start-up reconcile of one pod.
 
 This is where the namespace (netns.py), the CNI chain (cni.py), the record
-(store.py) and the pod lock (locks.py) meet; ops.py only checks arguments
-and maps errors.
+(store.py) and the pod lock (workers/locks.py) meet; ops.py only checks
+arguments and maps errors.
 
 Ordering (why nothing leaks whatever instant a worker dies)
     setup:    lock -> record(setting_up) -> netns -> ADD -> record(ready)
@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...proto.errors import FailedPrecondition, NotFound
-from . import cni, cniconf, locks, netns, nodeip, store
+from ..locks import ObjectLock, acquire
+from ..records import RecordCorrupt, RecordDir
+from . import cni, cniconf, netns, nodeip, store
 from .podargs import IFNAME, SetupRequest
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,11 @@ class Layout:
             plugin_dirs=tuple(network["plugin_dirs"]),
         )
 
+    @property
+    def records(self) -> RecordDir:
+        """One record per pod (store.py says what it holds, and why here)."""
+        return RecordDir(self.records_dir)
+
 
 class TeardownFailed(Exception):
     """DEL failed for some plugin; the record stays so it is retried."""
@@ -84,7 +91,7 @@ def setup(layout: Layout, req: SetupRequest, deadline: float,
 
     ``check`` is called between steps and raises when the caller is gone.
     """
-    lock = locks.acquire(layout.lock_dir, req.pod_id, deadline)
+    lock = _lock(layout, req.pod_id, deadline)
     try:
         return _setup_locked(layout, req, deadline, lock, check)
     finally:
@@ -92,11 +99,11 @@ def setup(layout: Layout, req: SetupRequest, deadline: float,
 
 
 def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
-                  lock: locks.PodLock, check: Callable[[], None]) -> dict[str, Any]:
+                  lock: ObjectLock, check: Callable[[], None]) -> dict[str, Any]:
     path = netns.path_for(layout.netns_dir, req.pod_id)
     try:
-        record = store.load(layout.records_dir, req.pod_id)
-    except store.RecordCorrupt as exc:
+        record = layout.records.load(req.pod_id)
+    except RecordCorrupt as exc:
         log.error("Replacing the unreadable network record of pod %s: %s", req.pod_id, exc)
         _teardown_locked(layout, req.pod_id, None, _cleanup_deadline(deadline), lock,
                          corrupt=True)
@@ -120,7 +127,7 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
         # status and reconcile treat every pod alike.
         record = {"pod_id": req.pod_id, "host_network": True, "state": store.READY,
                   "netns_path": ""}
-        store.save(layout.records_dir, req.pod_id, record)
+        layout.records.save(req.pod_id, record)
         return _answer(record)
 
     found = cniconf.find_default(layout.network_dir, layout.plugin_dirs)
@@ -134,7 +141,7 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
         "capability_args": req.capability_args, "created_at": time.time(),
     }
     # Persist first: from here on the pod may hold resources (docstring).
-    store.save(layout.records_dir, req.pod_id, record)
+    layout.records.save(req.pod_id, record)
     try:
         check()
         netns.create(path)
@@ -144,7 +151,7 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
         # unwind rather than leave a network nobody will tear down.
         check()
         record.update(state=store.READY, result=result)
-        store.save(layout.records_dir, req.pod_id, record)
+        layout.records.save(req.pod_id, record)
     except BaseException:
         log.warning("Setup of pod %s failed; unwinding", req.pod_id)
         try:
@@ -159,13 +166,13 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
 
 def teardown(layout: Layout, pod_id: str, deadline: float) -> dict[str, Any]:
     """Release everything the pod holds; idempotent."""
-    lock = locks.acquire(layout.lock_dir, pod_id, deadline)
+    lock = _lock(layout, pod_id, deadline)
     done = False
     try:
         corrupt = False
         try:
-            record = store.load(layout.records_dir, pod_id)
-        except store.RecordCorrupt as exc:
+            record = layout.records.load(pod_id)
+        except RecordCorrupt as exc:
             # Keep going: the namespace and today's config still let DEL run.
             log.error("Ignoring the unreadable network record of pod %s: %s", pod_id, exc)
             record, corrupt = None, True
@@ -180,7 +187,7 @@ def teardown(layout: Layout, pod_id: str, deadline: float) -> dict[str, Any]:
 
 
 def _teardown_locked(layout: Layout, pod_id: str, record: dict[str, Any] | None,
-                     deadline: float, lock: locks.PodLock, corrupt: bool = False) -> None:
+                     deadline: float, lock: ObjectLock, corrupt: bool = False) -> None:
     path = netns.path_for(layout.netns_dir, pod_id)
     failures: list[cni.PluginError] = []
     if record is None or not record.get("host_network"):
@@ -197,7 +204,7 @@ def _teardown_locked(layout: Layout, pod_id: str, record: dict[str, Any] | None,
     netns.remove(path)
     if failures:
         raise TeardownFailed(pod_id, failures)
-    store.delete(layout.records_dir, pod_id)
+    layout.records.delete(pod_id)
     log.info("Tore down network of pod %s", pod_id)
 
 
@@ -219,15 +226,15 @@ def _network_for_teardown(layout: Layout, pod_id: str,
 def pod_status(layout: Layout, pod_id: str, deadline: float,
                run_check: bool = False) -> dict[str, Any]:
     """What PodSandboxStatus needs; with ``run_check``, CNI CHECK too."""
-    record = store.load(layout.records_dir, pod_id)
+    record = layout.records.load(pod_id)
     if record is None:
         raise NotFound(f"pod {pod_id} has no network")
     if not run_check or record.get("host_network"):
         return _answer(record)
-    lock = locks.acquire(layout.lock_dir, pod_id, deadline)
+    lock = _lock(layout, pod_id, deadline)
     try:
         # Re-read under the lock: a teardown may have run since.
-        record = store.load(layout.records_dir, pod_id)
+        record = layout.records.load(pod_id)
         if record is None:
             lock.release(unlink=True)  # as teardown left it: no lock file
             raise NotFound(f"pod {pod_id} has no network")
@@ -252,9 +259,10 @@ def reconcile(layout: Layout, live: set[str], deadline: float) -> dict[str, Any]
     The caller (the daemon at start) passes every pod id it knows; no setup
     of a pod outside ``live`` may be running meanwhile.
     """
-    store.remove_stale_temps(layout.records_dir)
-    known = set(store.list_pods(layout.records_dir))
+    layout.records.remove_stale_temps()
+    known = set(layout.records.ids())
     known.update(netns.list_names(layout.netns_dir))
+    # A pod id is a safe file name, so its lock file is "<pod id>.lock".
     known.update(n[: -len(".lock")] for n in _listdir(layout.lock_dir) if n.endswith(".lock"))
     torn_down: list[str] = []
     failed: dict[str, str] = {}
@@ -305,7 +313,12 @@ def _invocation(record: Mapping[str, Any], path: str,
         capability_args=record.get("capability_args") or {})
 
 
-def _runner(layout: Layout, deadline: float, lock: locks.PodLock) -> cni.Runner:
+def _lock(layout: Layout, pod_id: str, deadline: float) -> ObjectLock:
+    return acquire(layout.lock_dir, pod_id, deadline, f"pod {pod_id}",
+                   holder="another network setup or teardown")
+
+
+def _runner(layout: Layout, deadline: float, lock: ObjectLock) -> cni.Runner:
     return cni.Runner(plugin_dirs=layout.plugin_dirs, deadline=deadline,
                       pass_fds=(lock.fd,))
 
@@ -316,8 +329,8 @@ def _cleanup_deadline(deadline: float) -> float:
 
 def _load_quiet(layout: Layout, pod_id: str) -> dict[str, Any] | None:
     try:
-        return store.load(layout.records_dir, pod_id)
-    except store.RecordCorrupt:
+        return layout.records.load(pod_id)
+    except RecordCorrupt:
         return None
 
 

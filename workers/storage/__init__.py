@@ -10,7 +10,7 @@ filesystems as overlay mounts over them, and their disk usage.
     overlay.py      overlay mount and unmount, mountinfo
     reconcile.py    start-up cleanup of what a crash left
     fsinfo.py, usage.py   ImageFsInfo and the walk behind it
-    layout.py, records.py, locks.py   paths, JSON records, per-object flocks
+    layout.py, records.py   paths and lock order, JSON records (flocks: workers/locks.py)
 
 The on-disk layout is in layout.py. Nothing here imports another pool: the
 supervisor says which blob to unpack and which layers a container stacks.

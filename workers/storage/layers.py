@@ -38,10 +38,12 @@ from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from ...proto.errors import FailedPrecondition, InvalidArgument, NotFound
-from . import compression, locks, records, usage
+from .. import locks
+from ..records import fsync_dir
+from . import compression, records, usage
 from .digest import HashingReader
 from .extract import LayerWriter
-from .layout import RM_PREFIX, TMP_PREFIX, Layout
+from .layout import LOCK_HOLDER, RM_PREFIX, TMP_PREFIX, Layout
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,8 @@ def describe(layout: Layout, record: dict[str, Any], unpacked: bool) -> dict[str
 def unpack(layout: Layout, req: UnpackRequest, deadline: float,
            check: Callable[[], None]) -> dict[str, Any]:
     chain_hex = req.chain_hex
-    with locks.held(layout.locks_dir, lock_name(chain_hex), deadline,
-                    busy=f"layer {req.chain_id}"):
+    with locks.locked(layout.locks_dir, lock_name(chain_hex), deadline,
+                      f"layer {req.chain_id}", holder=LOCK_HOLDER):
         existing = records.layer(layout, chain_hex)
         if existing is not None:
             # Idempotent: the same chain id is the same content.
@@ -119,7 +121,7 @@ def unpack(layout: Layout, req: UnpackRequest, deadline: float,
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(layout.links_dir, link))
             raise
-        _fsync_dir(layout.layers_dir)
+        fsync_dir(layout.layers_dir)
         log.info("Unpacked layer %s (diff %s, %d bytes)", req.chain_id, req.diff_id, size)
         return describe(layout, record, unpacked=True)
 
@@ -181,7 +183,7 @@ def _make_link(layout: Layout, chain_hex: str) -> str:
 def remove(layout: Layout, chain_id: str, deadline: float) -> dict[str, Any]:
     chain_hex = chain_id.split(":", 1)[1]
     lock = locks.acquire(layout.locks_dir, lock_name(chain_hex), deadline,
-                         busy=f"layer {chain_id}")
+                         f"layer {chain_id}", holder=LOCK_HOLDER)
     try:
         record = records.layer(layout, chain_hex)
         if record is None:
@@ -214,13 +216,5 @@ def _syncfs(path: str) -> None:
         if libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"syncfs({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)

@@ -12,6 +12,7 @@ On disk (``root`` persistent, ``runroot`` volatile)::
     <root>/storage/containers/.tmp-<id>-<rand>/, .rm-<id>-<rand>/
     <runroot>/storage/mounts/<id>                  the merged rootfs mount point
     <runroot>/storage/locks/layer-<chain hex>.lock, container-<id>.lock
+                              per-object flocks (workers/locks.py; it hashes long names)
 
 Invariants
     - A directory named by a bare chain hex or container id is complete: it
@@ -20,6 +21,10 @@ Invariants
     - Chain ids are ``sha256:<64 hex>`` on the wire and bare hex on disk,
       because overlayfs reads ``:`` in a lowerdir as a separator.
     - Container ids are checked here before they become path components.
+    - Lock order: a container's lock is always taken before any layer's,
+      and layer locks in sorted order, so waits never form a cycle. A
+      rootfs create holds its layers' locks shared; an unpack or removal of
+      a layer holds it exclusively.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ DEFAULT_RUNROOT = "/run/podvisor"
 
 TMP_PREFIX = ".tmp-"
 RM_PREFIX = ".rm-"
+
+# Who holds a busy lock under locks_dir, as lock timeouts say (workers/locks.py).
+LOCK_HOLDER = "another storage operation"
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

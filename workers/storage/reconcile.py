@@ -30,7 +30,8 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from ...proto.errors import FailedPrecondition
-from . import layers, locks, records, rootfs
+from .. import locks
+from . import layers, records, rootfs
 from .layout import RM_PREFIX, TMP_PREFIX, Layout, is_chain_hex
 
 log = logging.getLogger(__name__)

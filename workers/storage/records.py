@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 from ...proto.errors import Internal
+from ..records import RecordCorrupt, read_json
 from .layout import Layout
 
 LAYER_RECORD = "layer.json"
@@ -37,17 +38,10 @@ def write(path: str, record: dict[str, Any]) -> None:
 def read(path: str) -> dict[str, Any] | None:
     """The record at ``path``; None if absent."""
     try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise Internal(f"storage record {path} is unreadable ({exc}); move the directory "
-                       "that holds it aside to let podvisor recreate it") from exc
-    if not isinstance(record, dict):
-        raise Internal(f"storage record {path} is not a JSON object; move the directory "
-                       "that holds it aside to let podvisor recreate it")
-    return record
+        return read_json(path)
+    except RecordCorrupt as exc:
+        raise Internal(f"storage record {exc.path} is unreadable ({exc.reason}); move the "
+                       "directory that holds it aside to let podvisor recreate it") from exc
 
 
 def layer(layout: Layout, chain_hex: str) -> dict[str, Any] | None:

@@ -34,8 +34,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...proto.errors import AlreadyExists, NotFound
-from . import layers, locks, overlay, records
-from .layout import RM_PREFIX, TMP_PREFIX, Layout
+from .. import locks
+from . import layers, overlay, records
+from .layout import LOCK_HOLDER, RM_PREFIX, TMP_PREFIX, Layout
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ def _describe(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
 
 def create(layout: Layout, container_id: str, chain_ids: Sequence[str],
            mount_label: str | None, deadline: float) -> dict[str, Any]:
-    with locks.held(layout.locks_dir, lock_name(container_id), deadline,
-                    busy=f"container {container_id}"):
+    with locks.locked(layout.locks_dir, lock_name(container_id), deadline,
+                      f"container {container_id}", holder=LOCK_HOLDER):
         record = records.rootfs(layout, container_id)
         if record is not None:
             if list(record.get("layers", ())) != list(chain_ids):
@@ -81,12 +82,12 @@ def _make_container_dir(layout: Layout, container_id: str, chain_ids: Sequence[s
     # Shared layer locks in sorted order: an unpack or a removal of one of
     # them waits for the record to exist (then sees this user), and no two
     # rootfs creates ever wait for each other.
-    held: list[locks.Lock] = []
+    held: list[locks.ObjectLock] = []
     try:
         for chain_id in sorted(set(chain_ids)):
             held.append(locks.acquire(
                 layout.locks_dir, layers.lock_name(chain_id.split(":", 1)[1]), deadline,
-                shared=True, busy=f"layer {chain_id}"))
+                f"layer {chain_id}", shared=True, holder=LOCK_HOLDER))
         missing = [c for c in chain_ids if not layers.present(layout, c.split(":", 1)[1])]
         if missing:
             raise NotFound(f"layer(s) {', '.join(missing)} of container {container_id} are "
@@ -159,8 +160,8 @@ def _ensure_mounted(layout: Layout, record: dict[str, Any]) -> bool:
 
 
 def mount(layout: Layout, container_id: str, deadline: float) -> dict[str, Any]:
-    with locks.held(layout.locks_dir, lock_name(container_id), deadline,
-                    busy=f"container {container_id}"):
+    with locks.locked(layout.locks_dir, lock_name(container_id), deadline,
+                      f"container {container_id}", holder=LOCK_HOLDER):
         record = records.rootfs(layout, container_id)
         if record is None:
             raise NotFound(f"container {container_id} has no rootfs; create_rootfs first")
@@ -172,7 +173,7 @@ def mount(layout: Layout, container_id: str, deadline: float) -> dict[str, Any]:
 
 def remove(layout: Layout, container_id: str, deadline: float) -> dict[str, Any]:
     lock = locks.acquire(layout.locks_dir, lock_name(container_id), deadline,
-                         busy=f"container {container_id}")
+                         f"container {container_id}", holder=LOCK_HOLDER)
     try:
         removed = delete_held(layout, container_id)
     finally:
