@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 1000
 WATCH_WAIT = 10.0
 WATCH_RETRY = 1.0
+LOOKBACK_NS = 10_000_000_000  # longer than the runtime pool's look-back
 STATUS_TIMEOUT = 10.0
 # Containers whose STOPPED was sent, remembered to send it only once.
 STOPPED_MEMORY = 10000
@@ -144,15 +145,26 @@ class EventHub:
 
     async def _watch_exits(self) -> None:
         cursor = time.time_ns()
+        recent: dict[str, int] = {}  # reported exits within the look-back
         while True:
             try:
                 found = await self._bus.call(
-                    "runtime.exits_since", {"cursor": cursor, "wait": WATCH_WAIT},
+                    "runtime.exits_since",
+                    {"cursor": cursor, "wait": WATCH_WAIT, "recent": sorted(recent)},
                     deadline=time.monotonic() + WATCH_WAIT + 5)
             except BusError as exc:
                 log.debug("Exit watcher: %s", exc.message)
                 await asyncio.sleep(WATCH_RETRY)
                 continue
+            except Exception:
+                # The watcher must outlive any bug in one round.
+                log.exception("Exit watcher failed; retrying")
+                await asyncio.sleep(WATCH_RETRY)
+                continue
             cursor = found["cursor"]
             for container_id in found["exits"]:
+                recent[container_id] = cursor
                 self.emit(container_id, api.CONTAINER_STOPPED_EVENT)
+            for name, seen in list(recent.items()):
+                if seen < cursor - LOOKBACK_NS:
+                    del recent[name]

@@ -137,12 +137,11 @@ async def serve(front: Front, listen: str, max_send: int, max_recv: int) -> grpc
         ImageServiceServicer(front), server)
     if os.path.exists(listen):
         os.unlink(listen)  # left by a killed daemon; we hold the run dir lock
-    old = os.umask(0o117)
-    try:
-        server.add_insecure_port(f"unix:{listen}")
-        await server.start()
-    finally:
-        os.umask(old)
+    # No umask games: the umask is process-wide and this awaits. With the
+    # usual 022 the socket appears without write permission for others (so
+    # nobody else can connect) and is then opened to the group.
+    server.add_insecure_port(f"unix:{listen}")
+    await server.start()
     os.chmod(listen, 0o660)
     return server
 

@@ -91,6 +91,10 @@ class Daemon:
                               capture_output=True, text=True, timeout=30, check=False)
 
     def start(self, wait_ready: bool = True) -> Daemon:
+        # A killed daemon leaves its socket and health address behind; waiting
+        # for them must mean waiting for the new daemon's.
+        for stale in (self.socket, self.runroot / "health.addr"):
+            stale.unlink(missing_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [PODVISOR, "--config", str(self.config_path),

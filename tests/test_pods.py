@@ -313,3 +313,47 @@ def test_debug_container_joins_a_target_pid_namespace(n: Node) -> None:
         assert {s.id for s in answer.containers_statuses} == {app, tool}
     finally:
         n.remove_pod(pod_id)
+
+
+def test_hostile_names_and_paths_are_refused(n: Node) -> None:
+    rt = n.daemon.runtime
+    bad_host = n.pod_config("badhost")
+    bad_host.hostname = "-Fetc/passwd"
+    with pytest.raises(grpc.RpcError) as err:
+        n.run_pod(bad_host)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    pod = n.pod_config("paths")
+    pod_id = n.run_pod(pod)
+    try:
+        escape = n.container_config("escape", "true")
+        escape.log_path = "../../../../etc/podvisor-test-escape"
+        with pytest.raises(grpc.RpcError) as err:
+            n.create(pod_id, pod, escape)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert not Path("/etc/podvisor-test-escape").exists()
+        # Ids that were never given out are just absent: stop/remove succeed.
+        for bogus in ("../../etc", "NOT-HEX", "a/b"):
+            rt.StopContainer(api.StopContainerRequest(container_id=bogus), timeout=10)
+            rt.RemoveContainer(api.RemoveContainerRequest(container_id=bogus), timeout=10)
+            rt.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=bogus), timeout=10)
+    finally:
+        n.remove_pod(pod_id)
+
+
+def test_a_container_outlives_its_killed_monitor_and_can_still_be_stopped(n: Node) -> None:
+    pod = n.pod_config("orphan")
+    pod_id = n.run_pod(pod)
+    try:
+        box = n.run(pod_id, pod, n.container_config("box", "sleep 3600"))
+        n.wait_state(box, api.CONTAINER_RUNNING)
+        monitor = int((n.daemon.runroot / "c" / box / "conmon.pid").read_text())
+        os.kill(monitor, 9)
+        poll_until(lambda: not Path(f"/proc/{monitor}/cmdline").exists()
+                   or not Path(f"/proc/{monitor}/cmdline").read_bytes(), 10,
+                   what="the monitor gone")
+        assert n.status(box).state == api.CONTAINER_RUNNING
+        n.daemon.runtime.StopContainer(api.StopContainerRequest(container_id=box, timeout=0),
+                                       timeout=30)
+        assert n.status(box).state == api.CONTAINER_EXITED
+    finally:
+        n.remove_pod(pod_id)

@@ -3,6 +3,7 @@ for RPCs whose pool does not implement them yet."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,6 +19,14 @@ from ..metrics import Metrics
 from ..pool import WorkerPool
 
 M = TypeVar("M", bound=Message)
+
+# Undoing a failed or unclaimed create gets its own time: the deadline of the
+# call that created it has passed by then (that is often why it failed).
+CLEANUP_TIMEOUT = 60.0
+
+
+def cleanup_deadline() -> float:
+    return time.monotonic() + CLEANUP_TIMEOUT
 
 
 @dataclass(frozen=True)

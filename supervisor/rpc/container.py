@@ -26,7 +26,7 @@ from typing import Any
 from ...proto import api_pb2 as api
 from ...proto.errors import FailedPrecondition
 from ...proto.naming import container_name
-from .call import Call, from_result, route, route_stream, to_args
+from .call import Call, cleanup_deadline, from_result, route, route_stream, to_args
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
 from .sandbox import CREATE_GRACE
@@ -46,7 +46,7 @@ async def create_container(
         return await _create(call, sandbox, config, deadline)
 
     async def cleanup(container_id: str) -> None:
-        await _remove(call, container_id, deadline=None)
+        await _remove(call, container_id, deadline=cleanup_deadline())
 
     container_id = await call.creates.run(name, call.deadline, create, cleanup)
     call.events.emit(container_id, api.CONTAINER_CREATED_EVENT, sandbox["id"])
@@ -63,14 +63,14 @@ async def _create(call: Call, sandbox: dict[str, Any], config: dict[str, Any],
         # Pushed first: a worker that dies inside the reserve may have
         # written the record already.
         undo.push("remove the container record", lambda: call.op(
-            "runtime.container_remove", {"id": container_id}, deadline=deadline))
+            "runtime.container_remove", {"id": container_id}, deadline=cleanup_deadline()))
         await call.op("runtime.container_reserve", {
             "id": container_id, "sandbox_id": sandbox["id"], "config": config,
             "image": {k: image[k] for k in ("id", "repo_tags", "repo_digests")},
         }, deadline=deadline)
         chain = await ensure_unpacked(call, image["layers"], deadline)
         undo.push("remove the rootfs", lambda: call.op(
-            "storage.remove_rootfs", {"container_id": container_id}, deadline=deadline))
+            "storage.remove_rootfs", {"container_id": container_id}, deadline=cleanup_deadline()))
         rootfs = await call.op("storage.create_rootfs", {
             "container_id": container_id, "layers": chain}, deadline=deadline)
         await call.op("runtime.container_create", {
@@ -107,11 +107,16 @@ async def remove_container(call: Call,
 
 
 async def _remove(call: Call, container_id: str, deadline: float | None) -> None:
-    removed = await call.op("runtime.container_remove", {"id": container_id},
+    # Killed, then the rootfs, then the record: a removal that fails half-way
+    # leaves the record, so the kubelet's retry finishes the job.
+    stopped = await call.op("runtime.container_stop", {"id": container_id, "timeout": 0},
+                            deadline=deadline)
+    if not stopped["found"]:
+        return  # CRI: removing an absent container succeeds
+    await call.op("storage.remove_rootfs", {"container_id": stopped["id"]}, deadline=deadline)
+    removed = await call.op("runtime.container_remove", {"id": stopped["id"]},
                             deadline=deadline)
     if removed["found"]:
-        await call.op("storage.remove_rootfs", {"container_id": removed["id"]},
-                      deadline=deadline)
         # STOPPED first (once: the exit watcher may have sent it), then DELETED.
         call.events.emit(removed["id"], api.CONTAINER_STOPPED_EVENT, removed["sandbox_id"])
         call.events.emit(removed["id"], api.CONTAINER_DELETED_EVENT, removed["sandbox_id"])

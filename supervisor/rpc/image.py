@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from ...proto import api_pb2 as api
 from ...proto.errors import BusError, InvalidArgument, NotFound
-from .call import Call, route, route_stream, to_args
+from .call import Call, cleanup_deadline, route, route_stream, to_args
 from .layers import ensure_unpacked, remove_unused
 
 
@@ -37,8 +37,12 @@ async def pull_image(call: Call, request: api.PullImageRequest) -> api.PullImage
     image = await call.op("image.resolve_image", {"image": image_id})
     try:
         await ensure_unpacked(call, image["layers"])
-    except BusError:
-        await call.op("image.remove_image", {"image": {"image": image_id}})
+    except InvalidArgument:
+        # The content itself is refused (a layer escaping its root, a wrong
+        # diff_id): the image can never run, so it is not kept. Any other
+        # failure (a worker restart, the deadline) leaves it for a retry.
+        await call.op("image.remove_image", {"image": {"image": image_id}},
+                      deadline=cleanup_deadline())
         await remove_unused(call, image["layers"])
         raise
     return api.PullImageResponse(image_ref=image_id)

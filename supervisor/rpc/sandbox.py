@@ -25,7 +25,7 @@ from typing import Any
 from ...proto import api_pb2 as api
 from ...proto.errors import FailedPrecondition, NotFound
 from ...proto.naming import sandbox_name
-from .call import Call, from_result, route, route_stream, to_args
+from .call import Call, cleanup_deadline, from_result, route, route_stream, to_args
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
 from .messages import STATES, fill_metadata, sandbox_status
@@ -45,7 +45,7 @@ async def run_pod_sandbox(call: Call,
         return await _create(call, config, request.runtime_handler, deadline)
 
     async def cleanup(sandbox_id: str) -> None:
-        await _stop_and_remove(call, sandbox_id, deadline=None)
+        await _stop_and_remove(call, sandbox_id, deadline=cleanup_deadline())
 
     sandbox_id = await call.creates.run(name, call.deadline, create, cleanup)
     # As containerd does, sandbox lifecycle events carry the sandbox's id.
@@ -61,16 +61,16 @@ async def _create(call: Call, config: dict[str, Any], handler: str, deadline: fl
         # Pushed first: a worker that dies inside the reserve may have
         # written the record already.
         undo.push("remove the sandbox record", lambda: call.op(
-            "runtime.sandbox_remove", {"id": sandbox_id}, deadline=deadline))
+            "runtime.sandbox_remove", {"id": sandbox_id}, deadline=cleanup_deadline()))
         undo.push("stop the sandbox", lambda: call.op(
-            "runtime.sandbox_stop", {"id": sandbox_id}, deadline=deadline))
+            "runtime.sandbox_stop", {"id": sandbox_id}, deadline=cleanup_deadline()))
         reserved = await call.op("runtime.sandbox_reserve", {
             "id": sandbox_id, "config": config, "runtime_handler": handler}, deadline=deadline)
         # Host-network pods skip CNI, but the net pool still answers with the
         # node's IPs, which is what the kubelet expects to see for them.
         meta = config["metadata"]
         undo.push("tear the pod network down", lambda: call.op(
-            "net.teardown", {"pod_id": sandbox_id}, deadline=deadline))
+            "net.teardown", {"pod_id": sandbox_id}, deadline=cleanup_deadline()))
         net = await call.op("net.setup", {
             "pod_id": sandbox_id, "name": meta["name"], "namespace": meta["namespace"],
             "uid": meta["uid"], "port_mappings": config.get("port_mappings", []),
@@ -81,7 +81,7 @@ async def _create(call: Call, config: dict[str, Any], handler: str, deadline: fl
         infra_image = None
         if reserved["pause_image"]:
             undo.push("remove the pause rootfs", lambda: call.op(
-                "storage.remove_rootfs", {"container_id": sandbox_id}, deadline=deadline))
+                "storage.remove_rootfs", {"container_id": sandbox_id}, deadline=cleanup_deadline()))
             infra_image = await _pause_rootfs(call, reserved["pause_image"], sandbox_id,
                                               deadline)
         await call.op("runtime.sandbox_start", {
@@ -150,15 +150,17 @@ async def _stop_and_remove(call: Call, sandbox_id: str, deadline: float | None) 
     if stopped is None:
         return  # CRI: removing an absent sandbox succeeds
     full_id = stopped["id"]
-    containers = await call.op("runtime.container_list", {"sandbox_id": full_id},
+    # Half-created containers too ("all"): they must not keep the pod.
+    containers = await call.op("runtime.container_list", {"sandbox_id": full_id, "all": True},
                                deadline=deadline)
     for container in containers:
-        await call.op("runtime.container_remove", {"id": container["id"]}, deadline=deadline)
+        # Rootfs before record, so a failure leaves what a retry needs.
         await call.op("storage.remove_rootfs", {"container_id": container["id"]},
                       deadline=deadline)
-    await call.op("runtime.sandbox_remove", {"id": full_id}, deadline=deadline)
+        await call.op("runtime.container_remove", {"id": container["id"]}, deadline=deadline)
     # The pause image's rootfs, if the pod had one (absent is fine).
     await call.op("storage.remove_rootfs", {"container_id": full_id}, deadline=deadline)
+    await call.op("runtime.sandbox_remove", {"id": full_id}, deadline=deadline)
     call.events.emit(full_id, api.CONTAINER_DELETED_EVENT, full_id)
 
 

@@ -37,7 +37,7 @@ from ...proto.errors import (
 from ...proto.naming import container_name
 from ..base import OpContext
 from ..locks import locked
-from . import cgroups, monitor, names, sandbox, specs
+from . import cgroups, ids, monitor, names, sandbox, specs
 from .layout import Layout
 
 log = logging.getLogger(__name__)
@@ -51,23 +51,11 @@ KILL_WAIT = 10.0
 
 
 def load(layout: Layout, container_id: str) -> dict[str, Any]:
-    record = layout.containers.load(container_id)
-    if record is None:
-        raise NotFound(f"container {container_id} not found")
-    return record
+    return ids.load(layout.containers, container_id, "container")
 
 
 def resolve_id(layout: Layout, prefix: str) -> str:
-    if not prefix:
-        raise InvalidArgument("container_id is required")
-    if layout.containers.load(prefix) is not None:
-        return prefix
-    matches = [i for i in layout.containers.ids() if i.startswith(prefix)]
-    if len(matches) > 1:
-        raise InvalidArgument(f"container id prefix {prefix} is ambiguous")
-    if not matches:
-        raise NotFound(f"container {prefix} not found")
-    return matches[0]
+    return ids.resolve(layout.containers, prefix, "container", "container_id")
 
 
 def current(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
@@ -81,8 +69,11 @@ def current(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
         return {**record, "state": EXITED, "exit_code": code,
                 "finished_at": int(exited["exited_at_ns"]),
                 "reason": "OOMKilled" if oom else ("Completed" if code == 0 else "Error")}
-    if not monitor.conmon_alive(layout.state_dir(record["id"])):
-        # conmon was killed (or the node rebooted): the exit is unknown.
+    if not monitor.conmon_alive(layout.state_dir(record["id"])) \
+            and not monitor.process_alive(record.get("pid")):
+        # conmon was killed (or the node rebooted) and the container is gone
+        # too: the exit is unknown. A container still alive without its
+        # monitor stays running, so a stop still kills it.
         return {**record, "state": EXITED, "exit_code": 255,
                 "finished_at": record.get("finished_at") or time.time_ns(),
                 "reason": "Unknown",
@@ -176,18 +167,25 @@ def _target_pid_ns(layout: Layout, record: Mapping[str, Any]) -> str | None:
 
 
 def log_path_of(layout: Layout, pod: Mapping[str, Any], record: Mapping[str, Any]) -> str:
-    """The kubelet's log path: the pod's log_directory joined with the container's."""
+    """The kubelet's log path: the pod's log_directory joined with the container's.
+
+    conmon writes there as root, and removal may delete it: no ".." may lead
+    it out of the directory it names.
+    """
     relative: str = record["config"].get("log_path", "")
     directory: str = pod["config"].get("log_directory", "")
+    for field, value in (("config.log_path", relative), ("log_directory", directory)):
+        if ".." in value.split("/") or "\0" in value:
+            raise InvalidArgument(f"{field} {value[:200]!r} must not contain '..'")
     if not relative:
         return layout.default_log(record["id"])
     if os.path.isabs(relative):
-        return relative
+        return os.path.normpath(relative)
     if not directory:
         # CRI-O's fallback: a relative path with no pod log directory goes
         # under the runtime's own log dir.
-        return os.path.join(layout.logs_dir, relative)
-    return os.path.join(directory, relative)
+        return os.path.join(layout.logs_dir, os.path.normpath(relative))
+    return os.path.join(directory, os.path.normpath(relative))
 
 
 def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +220,8 @@ def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         return {"found": False}
     with locked(layout.locks_dir, container_id, ctx.deadline, f"container {container_id}"):
         record = current(layout, load(layout, container_id))
-        running = record["state"] in (RUNNING, CREATED)
+        running = record["state"] in (RUNNING, CREATED) or (monitor.process_alive(
+            record.get("pid")) and not monitor.read_exit(layout.exits_dir, container_id))
         if running:
             _kill_and_wait(ctx, layout, record, float(args.get("timeout", 0)))
         return {"found": True, "id": container_id, "sandbox_id": record["sandbox_id"],
@@ -269,9 +268,10 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         container_id = resolve_id(layout, args["id"])
     except NotFound:
         return {"found": False}
-    with locked(layout.locks_dir, container_id, ctx.deadline, f"container {container_id}"):
+    with locked(layout.locks_dir, container_id, ctx.deadline,
+                f"container {container_id}") as held:
         record = current(layout, load(layout, container_id))
-        if record["state"] in (RUNNING, CREATED):
+        if record["state"] in (RUNNING, CREATED) or monitor.process_alive(record.get("pid")):
             _kill_and_wait(ctx, layout, record, 0)
         handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
         done = handler.run("delete", "--force", container_id)
@@ -291,6 +291,7 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         layout.containers.delete(container_id)
         names.release(layout.names_dir, record["name"], container_id)
         log.info("Container %s removed", container_id)
+        held.release(unlink=True)  # the lock file goes with its container
         return {"found": True, "id": container_id, "sandbox_id": record["sandbox_id"]}
 
 
@@ -344,7 +345,8 @@ def list_containers(ctx: OpContext, args: dict[str, Any]) -> list[dict[str, Any]
     out = []
     for container_id in layout.containers.ids():
         raw = layout.containers.load(container_id)
-        if raw is None or raw["state"] == CREATING:
+        # Creating ones are not the kubelet's to see; "all" is for removal.
+        if raw is None or (raw["state"] == CREATING and not args.get("all")):
             continue
         record = current(layout, raw)
         if args.get("sandbox_id") and record["sandbox_id"] != args["sandbox_id"]:

@@ -5,7 +5,9 @@ files, not a live channel). ``exits_since`` is a long poll over that
 directory: it answers the exit files newer than the caller's cursor (their
 mtime in ns), waiting up to ``wait`` seconds for one to appear. The cursor
 makes it stateless: any runtime worker can serve the next poll, and a
-worker restart loses nothing.
+worker restart loses nothing. Files are looked for a few seconds behind
+the cursor (an exit file keeps the mtime of its temp file, written before
+the rename), and the caller names the ones it has seen there.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ from ..base import OpContext
 from .layout import Layout
 
 POLL_INTERVAL = 0.1
+LOOKBACK_NS = 5_000_000_000
 
 
 def exits_since(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     layout = Layout.from_settings(ctx.settings)
     cursor = int(args.get("cursor", 0))
+    recent = set(args.get("recent", ()))
     until = min(ctx.deadline - 1.0, time.monotonic() + float(args.get("wait", 10.0)))
     while True:
-        found = _newer(layout.exits_dir, cursor)
+        # Look back a little: conmon stamps its temp file, then renames it,
+        # so an exit can appear with an mtime older than one already seen.
+        found = [(stamp, name) for stamp, name in _newer(layout.exits_dir, cursor - LOOKBACK_NS)
+                 if name not in recent]
         if found or time.monotonic() >= until:
             break
         ctx.check()

@@ -149,8 +149,24 @@ def conmon_alive(state_dir: str) -> bool:
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return CONMON.encode() in f.read()
+            argv = f.read().split(b"\0")
     except FileNotFoundError:
+        return False
+    # This container's monitor, not any process that reused the pid (another
+    # container's monitor included): its argv names the container.
+    container_id = os.path.basename(state_dir).encode()
+    return any(CONMON.encode() in a for a in argv[:2]) and b"monitor" in argv \
+        and container_id in argv
+
+
+def process_alive(pid: int | None) -> bool:
+    """Is ``pid`` a live process (not a zombie)?"""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
         return False
 
 

@@ -17,6 +17,7 @@ succeed; stopping twice or removing twice is a no-op.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import socket
 import time
@@ -27,7 +28,7 @@ from ...proto.errors import FailedPrecondition, InvalidArgument, NotFound
 from ...proto.naming import sandbox_name
 from ..base import OpContext
 from ..locks import locked
-from . import cgroups, infra, names, podfiles, podns
+from . import cgroups, ids, infra, names, podfiles, podns
 from .layout import Layout
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 # CRI NamespaceMode values.
 POD, CONTAINER, NODE, TARGET = "POD", "CONTAINER", "NODE", "TARGET"
 READY, NOTREADY, CREATING = "ready", "notready", "creating"
+# RFC 1123 host name labels: what a pod's hostname may be.
+HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?")
 # How long a removed pod's monitors get to leave its cgroups.
 DRAIN_TIMEOUT = 5.0
 
@@ -55,22 +58,11 @@ def handler_of(settings: Mapping[str, Any], requested: str) -> str:
 
 
 def load(layout: Layout, sandbox_id: str) -> dict[str, Any]:
-    record = layout.sandboxes.load(sandbox_id)
-    if record is None:
-        raise NotFound(f"pod sandbox {sandbox_id} not found")
-    return record
+    return ids.load(layout.sandboxes, sandbox_id, "pod sandbox")
 
 
 def resolve_id(layout: Layout, prefix: str) -> str:
-    """A full sandbox id from a unique prefix (the kubelet sends full ids)."""
-    if not prefix:
-        raise InvalidArgument("pod_sandbox_id is required")
-    matches = [i for i in layout.sandboxes.ids() if i.startswith(prefix)]
-    if len(matches) > 1:
-        raise InvalidArgument(f"pod sandbox id prefix {prefix} is ambiguous")
-    if not matches:
-        raise NotFound(f"pod sandbox {prefix} not found")
-    return matches[0]
+    return ids.resolve(layout.sandboxes, prefix, "pod sandbox", "pod_sandbox_id")
 
 
 def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +73,9 @@ def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     handler = handler_of(ctx.settings, args.get("runtime_handler", ""))
     name = sandbox_name(config.get("metadata", {}))
     modes = namespace_options(config)
+    hostname = config.get("hostname", "")
+    if hostname and not HOSTNAME.fullmatch(hostname):
+        raise InvalidArgument(f"hostname {hostname[:80]!r} is not a valid host name")
     if modes["network"] == TARGET or modes["ipc"] == TARGET:
         raise InvalidArgument("namespace mode TARGET applies to pid only")
     with locked(layout.locks_dir, f"name-{name}", ctx.deadline, f"pod name {name}"):
@@ -134,6 +129,10 @@ def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         record["files"] = podfiles.write(pod_dir, hostname, config.get("dns_config"),
                                          record["ips"])
         if modes["pid"] == POD:
+            # Recorded before the start, so a failure or a crash inside it
+            # leaves a record whose stop/remove also delete the infra.
+            record["infra"] = {"id": sandbox_id}
+            layout.sandboxes.save(sandbox_id, record)
             record["infra"] = infra.start(ctx, layout, record, args.get("infra_image"))
         record["state"] = READY
         layout.sandboxes.save(sandbox_id, record)
@@ -175,7 +174,8 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         sandbox_id = resolve_id(layout, args["id"])
     except NotFound:
         return {"found": False}  # CRI: removing an absent sandbox succeeds
-    with locked(layout.locks_dir, sandbox_id, ctx.deadline, f"pod sandbox {sandbox_id}"):
+    with locked(layout.locks_dir, sandbox_id, ctx.deadline,
+                f"pod sandbox {sandbox_id}") as held:
         record = load(layout, sandbox_id)
         left = [c for c in layout.containers.ids()
                 if (layout.containers.load(c) or {}).get("sandbox_id") == sandbox_id]
@@ -197,6 +197,7 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         layout.sandboxes.delete(sandbox_id)
         names.release(layout.names_dir, record["name"], sandbox_id)
         log.info("Pod sandbox %s removed", sandbox_id)
+        held.release(unlink=True)  # the lock file goes with its pod
     return {"found": True, "id": sandbox_id, "netns_path": record.get("netns_path")}
 
 

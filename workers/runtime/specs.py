@@ -48,7 +48,7 @@ def pod_context(pod: Mapping[str, Any]) -> PodContext:
         sandbox_id=pod["id"], hostname=pod.get("hostname", ""),
         cgroup_parent=pod.get("cgroup_parent", ""), netns_path=pod.get("netns_path") or None,
         ipc_ns_path=ns.get("ipc"), uts_ns_path=ns.get("uts"),
-        pid_ns_path=f"/proc/{infra['pid']}/ns/pid" if infra else None,
+        pid_ns_path=f"/proc/{infra['pid']}/ns/pid" if infra and infra.get("pid") else None,
         shm_path=pod.get("shm"), resolv_conf=files.get("resolv_conf"),
         hosts_file=files.get("hosts"), hostname_file=files.get("hostname"),
         privileged_caps=caps, oom_score_adj_floor=floor)

@@ -1,0 +1,40 @@
+"""Finding a pod or container record by the id a caller sent.
+
+Ids are 64 lowercase hex digits; like crictl, callers may send a unique
+prefix. Anything else is not an id podvisor gave out (and is never used as
+a path component): it is simply not found, which keeps Stop/Remove of
+"absent" objects successful as the CRI requires.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ...proto.errors import InvalidArgument, NotFound
+from ..records import RecordDir
+
+ID_PREFIX = re.compile(r"[0-9a-f]{1,64}")
+
+
+def resolve(records: RecordDir, prefix: str, kind: str, field: str) -> str:
+    """The full id of the one ``kind`` record whose id starts with ``prefix``."""
+    if not prefix:
+        raise InvalidArgument(f"{field} is required")
+    if not ID_PREFIX.fullmatch(prefix):
+        raise NotFound(f"{kind} {prefix[:80]} not found")
+    if records.load(prefix) is not None:
+        return prefix
+    matches = [i for i in records.ids() if i.startswith(prefix)]
+    if len(matches) > 1:
+        raise InvalidArgument(f"{kind} id prefix {prefix} is ambiguous")
+    if not matches:
+        raise NotFound(f"{kind} {prefix} not found")
+    return matches[0]
+
+
+def load(records: RecordDir, object_id: str, kind: str) -> dict[str, Any]:
+    record = records.load(object_id)
+    if record is None:
+        raise NotFound(f"{kind} {object_id} not found")
+    return record
