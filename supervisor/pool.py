@@ -104,7 +104,6 @@ class WorkerSlot:
     kill_sent: int = 0               # last signal sent to the live process, 0 if none
     kill_sent_at: float = 0.0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    pidfd: int | None = field(default=None, repr=False)
 
     def move(self, new: SlotState) -> None:
         if (self.state, new) not in TRANSITIONS:
@@ -257,11 +256,11 @@ class WorkerPool:
                       slot.name, slot.fast_failures, self.policy.startsecs)
             self._on_event("fatal", slot, {"exit": how})
 
-    def kill(self, slot: WorkerSlot, why: str) -> None:
-        """SIGTERM a live worker, or SIGKILL one already asked."""
+    def kill(self, slot: WorkerSlot, why: str, *, force: bool = False) -> None:
+        """SIGTERM a live worker, or SIGKILL one already asked (or ``force``)."""
         if slot.pid is None:
             return
-        sig = signal.SIGKILL if slot.kill_sent else signal.SIGTERM
+        sig = signal.SIGKILL if slot.kill_sent or force else signal.SIGTERM
         log.warning("Killing %s (pid %d) with %s: %s", slot.name, slot.pid, sig.name, why)
         try:
             os.kill(slot.pid, sig)

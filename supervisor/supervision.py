@@ -116,8 +116,7 @@ class Supervision:
         for pool in self.pools.values():
             for slot in pool.slots:
                 if slot.pid is not None:
-                    slot.kill_sent = 1  # straight to SIGKILL
-                    pool.kill(slot, f"still running {timeout:.0f}s after SIGTERM")
+                    pool.kill(slot, f"still running {timeout:.0f}s after SIGTERM", force=True)
         # SIGKILL cannot be ignored, but a process in D state takes time.
         deadline = time.monotonic() + 5.0
         while self._live() and time.monotonic() < deadline:

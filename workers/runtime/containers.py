@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Mapping
@@ -37,7 +36,7 @@ from ...proto.errors import (
 from ...proto.naming import container_name
 from ..base import OpContext
 from ..locks import locked
-from . import cgroups, ids, monitor, names, sandbox, specs
+from . import cgroups, ids, monitor, names, sandbox, specs, teardown
 from .layout import Layout
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,6 @@ log = logging.getLogger(__name__)
 CREATING, CREATED, RUNNING, EXITED = "creating", "created", "running", "exited"
 CRI_STATES = {CREATED: "CONTAINER_CREATED", RUNNING: "CONTAINER_RUNNING",
               EXITED: "CONTAINER_EXITED", CREATING: "CONTAINER_UNKNOWN"}
-# After SIGKILL a process dies at once unless stuck in the kernel; this
-# bounds how long a stop waits for conmon to record that.
-KILL_WAIT = 10.0
 
 
 def load(layout: Layout, container_id: str) -> dict[str, Any]:
@@ -240,9 +236,7 @@ def _kill_and_wait(ctx: OpContext, layout: Layout, record: dict[str, Any],
         if monitor.wait_exit(layout.exits_dir, container_id,
                              min(ctx.deadline, time.monotonic() + timeout)):
             return
-    handler.run("kill", "--all", container_id, "KILL")
-    if monitor.wait_exit(layout.exits_dir, container_id,
-                         min(ctx.deadline, time.monotonic() + KILL_WAIT)) is None \
+    if not teardown.force_kill(handler, layout, container_id, ctx.deadline) \
             and monitor.conmon_alive(layout.state_dir(container_id)):
         raise Internal(f"container {container_id} did not exit after SIGKILL")
 
@@ -274,15 +268,7 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         if record["state"] in (RUNNING, CREATED) or monitor.process_alive(record.get("pid")):
             _kill_and_wait(ctx, layout, record, 0)
         handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
-        done = handler.run("delete", "--force", container_id)
-        if done.returncode != 0 and "does not exist" not in done.stderr \
-                and "not exist" not in done.stderr:
-            raise Internal(f"deleting container {container_id}: {done.stderr.strip()[:500]}")
-        monitor.kill_monitor(layout.state_dir(container_id))
-        for path in (layout.bundle_dir(container_id), layout.state_dir(container_id)):
-            shutil.rmtree(path, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(layout.exits_dir, container_id))
+        teardown.discard(handler, layout, container_id)
         # A log under the kubelet's pod log dir is the kubelet's; one podvisor
         # placed itself goes with the container.
         if record.get("log_path", "").startswith(layout.logs_dir + "/"):
@@ -419,9 +405,6 @@ def stop_pod_containers(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     except NotFound:
         return {"found": False}
     pod = sandbox.load(layout, sandbox_id)
-    for container_id in layout.containers.ids():
-        raw = layout.containers.load(container_id)
-        if raw is None or raw["sandbox_id"] != sandbox_id:
-            continue
+    for container_id in ids.members(layout.containers, sandbox_id):
         stop(ctx, {"id": container_id, "timeout": 0})
     return {"found": True, "id": sandbox_id, "host_network": pod["host_network"]}

@@ -38,3 +38,9 @@ def load(records: RecordDir, object_id: str, kind: str) -> dict[str, Any]:
     if record is None:
         raise NotFound(f"{kind} {object_id} not found")
     return record
+
+
+def members(containers: RecordDir, sandbox_id: str) -> list[str]:
+    """The ids of the containers recorded in pod ``sandbox_id``."""
+    return [c for c in containers.ids()
+            if (containers.load(c) or {}).get("sandbox_id") == sandbox_id]

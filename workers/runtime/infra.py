@@ -10,22 +10,19 @@ from its own rootfs. The rootfs is shared by every pod and built once, atomicall
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from ...proto.errors import FailedPrecondition, Internal
 from ..base import OpContext
-from . import cgroups, monitor, specs
+from . import cgroups, monitor, specs, teardown
 from .layout import Layout
 
 CATATONIT = "/usr/bin/catatonit"
-KILL_WAIT = 10.0
 
 
 def ensure_rootfs(layout: Layout) -> str:
@@ -79,17 +76,11 @@ def stop(ctx: OpContext, layout: Layout, pod: Mapping[str, Any]) -> None:
     if monitor.read_exit(layout.exits_dir, infra_id) is not None:
         return
     handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"])
-    handler.run("kill", infra_id, "KILL")
-    monitor.wait_exit(layout.exits_dir, infra_id, min(ctx.deadline, time.monotonic() + KILL_WAIT))
+    teardown.force_kill(handler, layout, infra_id, ctx.deadline)
 
 
 def remove(ctx: OpContext, layout: Layout, pod: Mapping[str, Any]) -> None:
     infra_id = pod["id"]
     handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"])
-    handler.run("delete", "--force", infra_id)
-    monitor.kill_monitor(layout.state_dir(infra_id))
-    for path in (layout.bundle_dir(infra_id), layout.state_dir(infra_id)):
-        shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(layout.exits_dir, infra_id))
+    teardown.discard(handler, layout, infra_id)
 

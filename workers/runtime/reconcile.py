@@ -23,7 +23,7 @@ from typing import Any
 
 from ...proto.errors import BusError
 from ..base import OpContext
-from . import containers, sandbox
+from . import containers, ids, sandbox
 from .layout import Layout
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def reconcile(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
             continue
         if record["state"] == sandbox.CREATING:
             log.warning("Removing pod sandbox %s left half-created", sandbox_id)
-            for container_id in _containers_of(layout, sandbox_id):
+            for container_id in ids.members(layout.containers, sandbox_id):
                 _try(containers.remove, ctx, container_id)
                 removed_containers.append(container_id)
             _try(sandbox.stop, ctx, sandbox_id)
@@ -65,11 +65,6 @@ def reconcile(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         "removed_sandboxes": removed_sandboxes,
         "removed_containers": removed_containers,
     }
-
-
-def _containers_of(layout: Layout, sandbox_id: str) -> list[str]:
-    return [c for c in layout.containers.ids()
-            if (layout.containers.load(c) or {}).get("sandbox_id") == sandbox_id]
 
 
 def _try(op: Any, ctx: OpContext, object_id: str) -> None:

@@ -177,8 +177,7 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     with locked(layout.locks_dir, sandbox_id, ctx.deadline,
                 f"pod sandbox {sandbox_id}") as held:
         record = load(layout, sandbox_id)
-        left = [c for c in layout.containers.ids()
-                if (layout.containers.load(c) or {}).get("sandbox_id") == sandbox_id]
+        left = ids.members(layout.containers, sandbox_id)
         if left:
             raise FailedPrecondition(f"pod sandbox {sandbox_id} still has containers "
                                      f"{', '.join(left)}")

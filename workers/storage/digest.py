@@ -1,22 +1,14 @@
-"""Digests of layers: the running sha256 of a stream, and chain ids.
+"""Digests of layers: the running sha256 of a stream.
 
-A layer is named on disk by its chain id (OCI image-spec, config.md):
-``ChainID(L0) = DiffID(L0)`` and ``ChainID(Ln) = sha256(ChainID(Ln-1) + " " +
-DiffID(Ln))``, so one diff stacked on two different parents is two layers,
-and identical stacks shared by two images are stored once.
+A layer is named on disk by its chain id (proto/layers.py, shared with the
+image pool and the supervisor), so one diff stacked on two different parents
+is two layers, and identical stacks shared by two images are stored once.
 """
 
 from __future__ import annotations
 
 import hashlib
 from typing import Protocol
-
-
-def chain_id(parent: str | None, diff_id: str) -> str:
-    """The chain id of a layer with ``diff_id`` over ``parent`` (a chain id)."""
-    if parent is None:
-        return diff_id
-    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
 
 
 class _Readable(Protocol):

@@ -37,9 +37,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...proto.errors import Internal, InvalidArgument
+from ...proto.layers import chain_id as compute_chain_id
 from ..base import OpContext, OpTable
 from . import compression, fsinfo, layers, reconcile, rootfs
-from .digest import chain_id as compute_chain_id
 from .layout import Layout, check_container_id, digest_hex
 
 
