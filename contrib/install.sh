@@ -6,10 +6,11 @@
 #
 # Installs the OS packages podvisor runs on (runc, crun, CNI plugins,
 # catatonit) and the ones its tests use (docker-registry, busybox-static,
-# skopeo, htpasswd), creates .venv with the project and its test tools,
-# and starts podvisor: as the systemd unit contrib/podvisor.service where
-# systemd runs, otherwise in the background with its log in
-# /var/log/podvisor.log.
+# skopeo, htpasswd, nftables, xz), creates .venv with the project and its
+# test tools, writes a default pod network (contrib/default-cni.sh) and
+# /etc/crictl.yaml where none exist, and starts podvisor: as the systemd
+# unit contrib/podvisor.service where systemd runs, otherwise in the
+# background with its log in /var/log/podvisor.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=1
@@ -19,7 +20,8 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends \
     runc crun containernetworking-plugins catatonit iproute2 iptables \
-    docker-registry busybox-static skopeo apache2-utils python3-venv ca-certificates
+    docker-registry busybox-static skopeo apache2-utils python3-venv ca-certificates \
+    nftables xz-utils
 
 # Debian starts its registry on :5000 where systemd runs; podvisor's tests
 # start their own on loopback, so keep the packaged one off.
@@ -40,6 +42,22 @@ if [ -r "$unified" ]; then
         mount -t cgroup -o "$controller" cgroup "$target" \
             || echo "warning: could not mount the $controller cgroup v1 hierarchy; crun may refuse containers"
     done
+fi
+
+# A node with no pod network config is never NetworkReady; give it one, as
+# CRI-O's packages do, unless one is there.
+bash contrib/default-cni.sh /etc/cni/net.d
+
+# crictl warns on every call without a config; point it at podvisor.
+if [ -e /etc/crictl.yaml ]; then
+    echo "crictl: /etc/crictl.yaml exists; left as it is"
+else
+    cat > /etc/crictl.yaml <<'YAML'
+runtime-endpoint: unix:///run/podvisor/podvisor.sock
+image-endpoint: unix:///run/podvisor/podvisor.sock
+timeout: 30
+YAML
+    echo "crictl: wrote /etc/crictl.yaml (endpoint unix:///run/podvisor/podvisor.sock)"
 fi
 
 python3 -m venv .venv

@@ -20,6 +20,7 @@ the wire::
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from .codes import Code
@@ -103,3 +104,31 @@ def from_wire(error: dict[str, Any]) -> BusError:
     details = error.get("details")
     cls = _BY_CODE.get(code, BusError)
     return cls(message, details=details if isinstance(details, dict) else None, code=code)
+
+
+ECHO_MAX = 256
+
+
+def shorten(value: object, limit: int = ECHO_MAX) -> str:
+    """``value`` as text fit to echo in an error or a log line.
+
+    Values taken from CRI input may be megabytes long and may hold control
+    characters; a status message must stay far below gRPC's 8 KiB metadata
+    limit and a log line must stay one line. So control characters are
+    escaped and the text is cut to ``limit`` characters with an ellipsis
+    that says how much was left out.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    cut = len(text) - limit
+    text = _CONTROL.sub(_escape, text[:limit])
+    return f"{text}…(+{cut} chars)" if cut > 0 else text
+
+
+# C0 and C1 controls (newlines and ANSI escapes among them) and the Unicode
+# line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}" if ord(match.group()) < 0x100 \
+        else f"\\u{ord(match.group()):04x}"

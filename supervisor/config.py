@@ -39,6 +39,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..proto.limits import SUN_PATH_MAX
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -147,6 +149,21 @@ def _abs_path(value: object) -> object:
         raise _Invalid("expected an absolute path")
     # Normalized so that derived paths never read "/run/podvisor//runc".
     return posixpath.normpath(value)
+
+
+# conmon's sockets live at <runroot>/c/<64-hex container id>/<name>, the
+# longest name being "console" (workers/runtime/layout.py, conmon/contract.py),
+# and a unix socket path holds at most SUN_PATH_MAX bytes.
+RUNROOT_MAX = SUN_PATH_MAX - len("/c/") - 64 - len("/console")
+
+
+def _runroot(value: object) -> object:
+    path = _abs_path(value)
+    assert isinstance(path, str)
+    if len(path.encode()) > RUNROOT_MAX:
+        raise _Invalid(f"at most {RUNROOT_MAX} bytes: conmon's unix sockets live under it "
+                       f"and their paths are limited to {SUN_PATH_MAX} bytes")
+    return path
 
 
 def _bool(value: object) -> object:
@@ -341,7 +358,7 @@ class Config:
 
     root: str = _key(DEFAULT_ROOT, _abs_path)
     """Persistent state (CRI-O: root). Default /var/lib/podvisor."""
-    runroot: str = _key(DEFAULT_RUNROOT, _abs_path)
+    runroot: str = _key(DEFAULT_RUNROOT, _runroot)
     """Volatile state: sockets, locks (CRI-O: runroot). Default /run/podvisor."""
     log_level: str = _key("info", _one_of(LOG_LEVELS))
     """fatal|panic|error|warn|warning|info|debug|trace (CRI-O's set). Default "info"."""

@@ -227,6 +227,9 @@ def error_of(tmp_path: Path, text: str, **overrides: object) -> ConfigError:
      "cgroupfs|systemd"),
     ("[podvisor]\nroot = 'var/lib/podvisor'\n", "podvisor.root", "expected an absolute path"),
     ("[podvisor]\nrunroot = 5\n", "podvisor.runroot", "expected an absolute path, got 5"),
+    # conmon's sockets under it would pass the 107-byte unix socket limit.
+    ("[podvisor]\nrunroot = '/run/" + "r" * 28 + "'\n", "podvisor.runroot",
+     "at most 32 bytes"),
     ("[podvisor.api]\nlisten = 'podvisor.sock'\n", "podvisor.api.listen", "absolute path"),
     ("[podvisor.network]\nnetwork_dir = 'net.d'\n", "podvisor.network.network_dir",
      "absolute path"),

@@ -46,6 +46,11 @@ def test_status_reports_runtime_ready_and_network_not_ready_without_cni_config(
     assert runtime_info["default_runtime"] == "runc"
     pools = json.loads(reply.info["pools"])
     assert pools["runtime"] == {"size": 2, "ready": 2, "fatal": False}
+    # Advertised exactly as implemented: supplemental groups policies are
+    # applied (spec_user.py); mount options and user namespaces are not.
+    assert reply.features.supplemental_groups_policy is True
+    assert reply.features.mount_options is False
+    assert reply.features.user_namespaces_host_network is False
 
 
 def test_status_turns_network_ready_when_a_config_appears(daemon: Daemon) -> None:

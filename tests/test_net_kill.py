@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +39,14 @@ DEADLINE = 30.0
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[CniWorld]:
-    with private_cni_world(tmp_path) as w:
-        yield w
+def world() -> Iterator[CniWorld]:
+    # A short base: the runroot must fit the daemon's 32-byte limit.
+    base = Path(tempfile.mkdtemp(prefix="pv-"))
+    try:
+        with private_cni_world(base) as w:
+            yield w
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def poll(predicate: Any, timeout: float, what: str) -> None:

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import time
 from collections.abc import Iterator
 
 from ..proto.errors import DeadlineExceeded
+from .fsnames import component
 
 MAX_DELAY = 0.05
 
@@ -65,11 +65,8 @@ class ObjectLock:
 
 
 def lock_path(lock_dir: str, key: str) -> str:
-    """A file name for ``key``: readable when safe, hashed otherwise."""
-    safe = key.replace("/", "_").replace(":", "_")
-    if len(safe) > 128 or safe.startswith(".") or not safe.isprintable():
-        safe = hashlib.sha256(key.encode()).hexdigest()
-    return os.path.join(lock_dir, f"{safe}.lock")
+    """The lock file of ``key``: readable when short and plain, hashed otherwise."""
+    return os.path.join(lock_dir, component(key, ".lock"))
 
 
 def try_acquire(lock_dir: str, key: str, *, shared: bool = False) -> ObjectLock | None:

@@ -47,7 +47,10 @@ async def status(call: Call, request: api.StatusRequest) -> api.StatusResponse:
         if default is not None:
             response.runtime_handlers.add(name="", features=api.RuntimeHandlerFeatures(
                 recursive_read_only_mounts=default["recursive_read_only_mounts"]))
-    response.features.CopyFrom(api.RuntimeFeatures())
+    # Advertised: what the spec builder applies (spec_user.py resolves the
+    # Merge and Strict supplemental groups policies). Not advertised:
+    # Mount.mount_options, which is ignored, and user namespaces.
+    response.features.CopyFrom(api.RuntimeFeatures(supplemental_groups_policy=True))
     if request.verbose:
         response.info["runtime"] = json.dumps(_plain(runtime))
         response.info["network"] = json.dumps(_plain(network))

@@ -19,7 +19,8 @@ import os
 import time
 from collections.abc import Iterator
 
-from ...proto.errors import FailedPrecondition, InvalidArgument
+from ...proto.errors import FailedPrecondition, InvalidArgument, shorten
+from ...proto.limits import check_path
 from ..records import write_atomic
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -48,8 +49,9 @@ def pod_parent(cgroup_parent: str, sandbox_id: str, manager: str) -> str:
     if not cgroup_parent:
         return f"{DEFAULT_PARENT}/pod-{sandbox_id[:12]}"
     if not cgroup_parent.startswith("/") or ".." in cgroup_parent.split("/"):
-        raise InvalidArgument(f"cgroup_parent {cgroup_parent!r} must be an absolute "
+        raise InvalidArgument(f"cgroup_parent {shorten(cgroup_parent)} must be an absolute "
                               "cgroupfs path (the kubelet's cgroupfs driver)")
+    check_path("cgroup_parent", cgroup_parent)
     return cgroup_parent.rstrip("/")
 
 

@@ -32,7 +32,9 @@ from ...proto.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    shorten,
 )
+from ...proto.limits import check_path
 from ...proto.naming import container_name
 from ..base import OpContext
 from ..locks import locked
@@ -171,8 +173,9 @@ def log_path_of(layout: Layout, pod: Mapping[str, Any], record: Mapping[str, Any
     relative: str = record["config"].get("log_path", "")
     directory: str = pod["config"].get("log_directory", "")
     for field, value in (("config.log_path", relative), ("log_directory", directory)):
-        if ".." in value.split("/") or "\0" in value:
-            raise InvalidArgument(f"{field} {value[:200]!r} must not contain '..'")
+        if ".." in value.split("/"):
+            raise InvalidArgument(f"{field} {shorten(value)} must not contain '..'")
+        check_path(field, value)
     if not relative:
         return layout.default_log(record["id"])
     if os.path.isabs(relative):

@@ -7,6 +7,11 @@ taken), so no reader ever sees an empty reservation. Callers hold the
 name's flock around ``reserve`` and the owner's record write; a
 reservation whose owner has no record was left by a worker killed between
 the two, and is taken over.
+
+Names may be far longer than a file name may be (workers/fsnames.py), so
+the file is named by ``component(name)`` and holds the owner's id on its
+first line and the whole name on its second; the owner's record keeps the
+name too.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import contextlib
 import os
 from collections.abc import Callable
 
-from ...proto.errors import AlreadyExists
+from ...proto.errors import AlreadyExists, shorten
+from ..fsnames import component
 from ..records import fsync_dir
 
 
@@ -26,10 +32,10 @@ def reserve(names_dir: str, name: str, owner: str, kind: str,
     ``exists(id)`` says whether an object of that id is on record.
     """
     os.makedirs(names_dir, mode=0o700, exist_ok=True)
-    path = os.path.join(names_dir, name)
-    tmp = os.path.join(names_dir, f".{name}.{owner}.tmp")
+    path = _path(names_dir, name)
+    tmp = os.path.join(names_dir, f".{component(owner)}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(owner)
+        f.write(f"{owner}\n{name}\n")
         f.flush()
         os.fsync(f.fileno())
     try:
@@ -43,7 +49,7 @@ def reserve(names_dir: str, name: str, owner: str, kind: str,
                     return
                 if current is not None and exists(current):
                     raise AlreadyExists(
-                        f"{kind} name {name} is already in use by {kind} {current}",
+                        f"{kind} name {shorten(name)} is already in use by {kind} {current}",
                         details={"holder": current}) from None
                 # A dead reservation: its creator died before writing a record.
                 with contextlib.suppress(FileNotFoundError):
@@ -55,8 +61,8 @@ def reserve(names_dir: str, name: str, owner: str, kind: str,
 
 def holder(names_dir: str, name: str) -> str | None:
     try:
-        with open(os.path.join(names_dir, name), encoding="utf-8") as f:
-            return f.read().strip() or None
+        with open(_path(names_dir, name), encoding="utf-8") as f:
+            return f.readline().strip() or None
     except FileNotFoundError:
         return None
 
@@ -65,4 +71,8 @@ def release(names_dir: str, name: str, owner: str) -> None:
     """Drop the reservation if ``owner`` still holds it."""
     if holder(names_dir, name) == owner:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(names_dir, name))
+            os.unlink(_path(names_dir, name))
+
+
+def _path(names_dir: str, name: str) -> str:
+    return os.path.join(names_dir, component(name))
