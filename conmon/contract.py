@@ -27,9 +27,14 @@ monitor: spawn, sync, detach
     EOF without a line means conmon died first. After an error conmon has
     deleted whatever its create made (never a container it did not create,
     e.g. on "id already exists"), writes no exit file, and exits 1 once it
-    has no children left. A stale <exit-dir>/<id> is removed at start. The
-    detached monitor is adopted by the spawner's nearest subreaper
-    ancestor, else PID 1, which must reap it when it exits.
+    has no children left. A spawner that stops waiting closes its end of
+    the pipe: conmon, unable to write its pid line, then deletes the
+    container it created, removes conmon.pid and exits 1 the same way, so
+    a create given up on leaves nothing running. --create-timeout bounds
+    the runtime's create (the spawner passes what is left of its
+    deadline). A stale <exit-dir>/<id> is removed at start. The detached
+    monitor is adopted by the spawner's nearest subreaper ancestor, else
+    PID 1, which must reap it when it exits.
 
 State dir (one per container, mode 0700; at most ~95 bytes long, as unix
 socket paths are limited to 107)

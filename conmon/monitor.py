@@ -7,7 +7,8 @@ Lifecycle (contract.py has the files)
     commands, SIGCHLD) -> exited (init reaped) -> drained -> exit file ->
     attach clients closed -> adopted children reaped -> exit 0.
     A failed create skips to "delete what it made, sync error, reap, exit
-    1": an error on the sync fd means no container is left.
+    1": an error on the sync fd means no container is left. So does a sync
+    line nobody reads (the spawner's deadline passed): created -> deleted.
 
 Invariants
     - The exit file is written after the log is complete and before attach
@@ -122,19 +123,32 @@ def run(opts: MonitorOptions) -> int:
         _sync(opts.sync_fd, error=str(exc))
         wait_all()
         return 1
-    _sync(opts.sync_fd, pid=pid, conmon_pid=os.getpid())
+    if not _sync(opts.sync_fd, pid=pid, conmon_pid=os.getpid()):
+        # The spawner gave up waiting (its deadline passed) and closed its
+        # end: nobody will ever own this container, so it goes as after a
+        # failed create, before its process has run.
+        log.error("nobody read the sync line; deleting the container")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(opts.state(contract.CONMON_PID))
+        container.abandon(runtime)
+        wait_all()
+        return 1
     container.monitor()
     wait_all()
     return 0
 
 
-def _sync(fd: int | None, **fields: object) -> None:
+def _sync(fd: int | None, **fields: object) -> bool:
+    """Write the sync line; False if the spawner is no longer there to read it."""
     if fd is None:
-        return
-    # The spawner may have given up on us (BrokenPipeError): nothing to tell.
-    with contextlib.suppress(OSError):
+        return True
+    try:
         os.write(fd, contract.sync_line(**fields))
-    os.close(fd)
+    except OSError:  # EPIPE: the spawner closed its end
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 class Container:

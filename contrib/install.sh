@@ -60,6 +60,13 @@ YAML
     echo "crictl: wrote /etc/crictl.yaml (endpoint unix:///run/podvisor/podvisor.sock)"
 fi
 
+# crictl drives the load tests as an operator's tools would; Debian has no
+# package of it, so it comes from the conformance kit beside the checkout.
+kit=../shared/conformance
+if [ -x "$kit/install-tools.sh" ]; then
+    "$kit/install-tools.sh" >/dev/null && echo "crictl and critest installed from $kit"
+fi
+
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

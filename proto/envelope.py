@@ -26,6 +26,14 @@ value in seconds: that clock is shared by every process of one Linux host and
 no wall-clock jump moves it. ``decode`` trusts nothing: it checks the frame
 count, tag, command byte, size, map keys and value types, and raises
 ``ProtocolError`` on anything else.
+
+Size: a payload may have ``payload_limit(m)`` bytes, where ``m`` is the
+largest CRI message the gRPC front receives or sends, so whatever gRPC
+accepts fits on the bus with its envelope. The supervisor computes it and
+hands it to workers in their settings; both ends use the same number.
+A payload over it is refused by its receiver, which would leave the request
+unanswered until its deadline, so the sender checks first (``check_size``)
+and fails the call at once with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -37,11 +45,16 @@ from typing import Any
 
 import msgpack
 
-from .errors import ProtocolError
+from .errors import ProtocolError, ResourceExhausted
 
 TAG = b"PV1"
 PROTO_VERSION = 1
 MAX_PAYLOAD = 64 * 1024 * 1024
+"""The least payload limit: bus-internal answers (whole records) may be
+bigger than any CRI message, even under a small gRPC limit."""
+ENVELOPE_OVERHEAD = 64 * 1024
+"""Room for the envelope's own fields and the keys an op adds around the
+CRI message it carries."""
 ID_SIZE = 16
 
 
@@ -75,6 +88,20 @@ _SCHEMA: dict[Command, dict[str, tuple[type, ...]]] = {
 }
 
 
+def payload_limit(max_message: int) -> int:
+    """The payload limit for CRI messages of up to ``max_message`` bytes."""
+    return max(MAX_PAYLOAD, max_message + ENVELOPE_OVERHEAD)
+
+
+def check_size(frames: list[bytes], limit: int, what: str) -> None:
+    """Raise ``ResourceExhausted`` when the payload of ``frames`` (from
+    ``encode``) is over ``limit``: the receiver would drop it unanswered."""
+    size = len(frames[-1])
+    if size > limit:
+        raise ResourceExhausted(f"{what} takes {size} bytes on the bus, over its limit "
+                                f"of {limit}")
+
+
 def new_id() -> bytes:
     """Return a fresh request id."""
     return os.urandom(ID_SIZE)
@@ -105,8 +132,9 @@ def reply_error(request_id: bytes, error: dict[str, Any]) -> list[bytes]:
     return encode(Command.REPLY, {"id": request_id, "error": error})
 
 
-def decode(frames: list[bytes]) -> Message:
-    """Validate and decode the four frames a peer sent (routing id removed)."""
+def decode(frames: list[bytes], limit: int = MAX_PAYLOAD) -> Message:
+    """Validate and decode the four frames a peer sent (routing id removed);
+    ``limit`` is the payload limit both ends were given."""
     if len(frames) != 4:
         raise ProtocolError(f"expected 4 frames, got {len(frames)}")
     delim, tag, cmd, body = frames
@@ -117,8 +145,8 @@ def decode(frames: list[bytes]) -> Message:
     if len(cmd) != 1 or cmd[0] not in Command._value2member_map_:
         raise ProtocolError(f"bad command frame {cmd[:16]!r}")
     command = Command(cmd[0])
-    if len(body) > MAX_PAYLOAD:
-        raise ProtocolError(f"payload of {len(body)} bytes exceeds {MAX_PAYLOAD}")
+    if len(body) > limit:
+        raise ProtocolError(f"payload of {len(body)} bytes exceeds {limit}")
     payload = _unpack(body) if body else {}
     _check_schema(command, payload)
     return Message(command, payload)

@@ -14,13 +14,15 @@ the wire::
     ├── Internal                   INTERNAL
     ├── Unavailable                UNAVAILABLE
     ├── DeadlineExceeded           DEADLINE_EXCEEDED
-    └── Cancelled                  CANCELLED
+    ├── Cancelled                  CANCELLED
+    └── ResourceExhausted          RESOURCE_EXHAUSTED
     ProtocolError                  (not a BusError: a malformed frame)
 """
 
 from __future__ import annotations
 
 import re
+import traceback
 from typing import Any, ClassVar
 
 from .codes import Code
@@ -83,6 +85,13 @@ class Cancelled(BusError):
     code = Code.CANCELLED
 
 
+class ResourceExhausted(BusError):
+    """Over a size limit: a request or answer too big for the bus, or CRI
+    metadata over podvisor's bound (gRPC answers its own message limit so)."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+
 class ProtocolError(Exception):
     """A frame that does not follow the envelope; never sent as a reply code."""
 
@@ -90,7 +99,8 @@ class ProtocolError(Exception):
 _BY_CODE: dict[Code, type[BusError]] = {
     cls.code: cls
     for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition,
-                Unimplemented, Internal, Unavailable, DeadlineExceeded, Cancelled)
+                Unimplemented, Internal, Unavailable, DeadlineExceeded, Cancelled,
+                ResourceExhausted)
 }
 
 
@@ -122,6 +132,26 @@ def shorten(value: object, limit: int = ECHO_MAX) -> str:
     cut = len(text) - limit
     text = _CONTROL.sub(_escape, text[:limit])
     return f"{text}…(+{cut} chars)" if cut > 0 else text
+
+
+def escape(text: str) -> str:
+    """``text`` whole, with control characters escaped as ``shorten`` does:
+    for log lines, which must stay one line and carry no terminal escapes."""
+    return _CONTROL.sub(_escape, text)
+
+
+def escape_traceback(exc: BaseException | None, formatted: str) -> str:
+    """``formatted``, the traceback of ``exc``, fit for a log: its lines kept,
+    control characters escaped in each, and the message of every exception
+    in the chain on one line (a message is where CRI input shows up)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        # Without its final newline: logging strips the traceback's last one.
+        only = "".join(traceback.format_exception_only(type(exc), exc)).rstrip("\n")
+        formatted = formatted.replace(only, escape(only))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(escape(line) for line in formatted.split("\n"))
 
 
 # C0 and C1 controls (newlines and ANSI escapes among them) and the Unicode

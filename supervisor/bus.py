@@ -28,6 +28,12 @@ Worker Death
     except ``read_only`` ones, which are retried once (``attempt=2``) on
     another live worker. Mutations are never retried here.
 
+Size
+    A payload may have ``max_payload`` bytes (proto/envelope.py says how it
+    follows the gRPC limit). A request over it fails RESOURCE_EXHAUSTED
+    before it is sent or waits for a worker; the ROUTER disconnects a peer
+    whose frame is over it, which is why workers check their replies too.
+
 Hostile Input
     Anything that does not decode is counted and logged (rate-limited); a
     READY from a process the pool did not start, or from another protocol
@@ -127,10 +133,12 @@ class PoolBus:
     def __init__(self, pool: str, endpoint: str, timing: BusTiming, *,
                  admit: Callable[[int, int], bool],
                  on_unresponsive: Callable[[int, str], None],
-                 is_fatal: Callable[[], bool]) -> None:
+                 is_fatal: Callable[[], bool],
+                 max_payload: int = envelope.MAX_PAYLOAD) -> None:
         self.pool = pool
         self.endpoint = endpoint
         self.timing = timing
+        self.max_payload = max_payload
         self._admit = admit
         self._on_unresponsive = on_unresponsive
         self._is_fatal = is_fatal
@@ -148,7 +156,7 @@ class PoolBus:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.MAXMSGSIZE, envelope.MAX_PAYLOAD + 4096)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_payload + 4096)
         sock.setsockopt(zmq.SNDHWM, ROUTER_HWM)
         sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
         path = self.endpoint.removeprefix("ipc://")
@@ -189,13 +197,16 @@ class PoolBus:
         """
         attempt = 1
         while True:
-            link = await self._acquire(deadline, op)
             request_id = envelope.new_id()
+            frames = envelope.request(op, args, deadline=deadline, key=key, attempt=attempt,
+                                      request_id=request_id)
+            envelope.check_size(frames, self.max_payload, f"the {op} request")
+            link = await self._acquire(deadline, op)
             pending = _Pending(op, link, deadline, asyncio.get_running_loop().create_future())
             self._pending[request_id] = pending
             link.inflight.add(request_id)
             try:
-                return await self._exchange(request_id, pending, args, key, attempt)
+                return await self._exchange(request_id, pending, frames)
             except WorkerLost as lost:
                 if read_only and attempt == 1 and time.monotonic() < deadline:
                     log.warning("Retrying %s once: %s", op, lost.why)
@@ -204,16 +215,17 @@ class PoolBus:
                     continue
                 raise Unavailable(f"{op} failed: {lost.why}") from None
 
-    async def _exchange(self, request_id: bytes, pending: _Pending, args: dict[str, Any],
-                        key: str | None, attempt: int) -> Any:
-        frames = envelope.request(pending.op, args, deadline=pending.deadline, key=key,
-                                  attempt=attempt, request_id=request_id)
+    async def _exchange(self, request_id: bytes, pending: _Pending, frames: list[bytes]) -> Any:
         try:
             await self._send(pending.link.identity, frames)
         except zmq.ZMQError as exc:
             self._forget(request_id)
             self._drop(pending.link, f"cannot send to it: {exc}")
             raise WorkerLost(pending.link, f"{self._name(pending.link)} is gone") from None
+        finally:
+            # A payload may be tens of MB; nothing needs it while the reply
+            # is awaited (a retry encodes anew).
+            frames.clear()
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future),
                                           pending.deadline - time.monotonic())
@@ -264,7 +276,7 @@ class PoolBus:
             frames = await self._sock.recv_multipart()
             identity, rest = frames[0], frames[1:]
             try:
-                message = envelope.decode(rest)
+                message = envelope.decode(rest, self.max_payload)
             except ProtocolError as exc:
                 self.stats["protocol_errors"] += 1
                 self._garbage.warn("Malformed frame on the %s bus from %r: %s",

@@ -220,9 +220,13 @@ class ApiConfig:
     listen: str = _key(_default_listen(DEFAULT_RUNROOT), _abs_path)
     """CRI unix socket (CRI-O: listen). Default: ``<runroot>/podvisor.sock``."""
     grpc_max_send_msg_size: int = _key(80 * 1024 * 1024, _int_range(1, _GRPC_MAX_MSG))
-    """Largest gRPC message sent, in bytes. Default 83886080 (80 MiB, as CRI-O)."""
+    """Largest gRPC message sent, in bytes. Default 83886080 (80 MiB, as CRI-O).
+    The bus to the workers follows: its frames may have the larger of the two
+    limits plus 64 KiB (at least 64 MiB)."""
     grpc_max_recv_msg_size: int = _key(80 * 1024 * 1024, _int_range(1, _GRPC_MAX_MSG))
-    """Largest gRPC message received, in bytes. Default 83886080 (80 MiB, as CRI-O)."""
+    """Largest gRPC message received, in bytes. Default 83886080 (80 MiB, as CRI-O).
+    A larger one is refused RESOURCE_EXHAUSTED by gRPC; one that fits here
+    fits on the bus too (see grpc_max_send_msg_size)."""
     request_timeout: float = _key(120.0, _seconds(0, inclusive=False))
     """Seconds a request may take when the caller set no gRPC deadline. Default 120."""
 

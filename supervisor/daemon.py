@@ -29,7 +29,7 @@ import setproctitle
 import zmq
 import zmq.asyncio
 
-from ..proto import ops
+from ..proto import envelope, ops
 from . import config as cfg
 from . import recovery
 from .bus import Bus, BusTiming, PoolBus
@@ -84,11 +84,19 @@ def become_subreaper() -> None:
         log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
 
 
+def bus_max_payload(config: cfg.Config) -> int:
+    """The bus payload limit: whatever the CRI socket accepts or answers fits."""
+    api = config.api
+    return envelope.payload_limit(max(api.grpc_max_recv_msg_size, api.grpc_max_send_msg_size))
+
+
 def worker_settings(config: cfg.Config) -> dict[str, Any]:
     """What every worker reads at start: the effective config, plus the
-    Python log level so workers need not know CRI-O's level names."""
+    Python log level so workers need not know CRI-O's level names, and the
+    bus payload limit the supervisor's end uses too."""
     settings = cfg.to_dict(config)
     settings["python_log_level"] = cfg.python_log_level(config.log_level)
+    settings["bus_max_payload"] = bus_max_payload(config)
     return settings
 
 
@@ -175,5 +183,5 @@ class Daemon:
             pool = pools[name] = WorkerPool(name, size, command, policy, events.publish)
             buses[name] = PoolBus(name, bus_endpoint(config.runroot, name), timing,
                                   admit=pool.mark_ready, on_unresponsive=pool.kill_unresponsive,
-                                  is_fatal=pool.is_fatal)
+                                  is_fatal=pool.is_fatal, max_payload=bus_max_payload(config))
         return pools, buses

@@ -7,6 +7,11 @@ until RunPodSandbox lands. The test drives the bus itself, kills the worker
 holding requests, and checks that every call completed or failed
 UNAVAILABLE, that the pool came back, and that once the failed pods are torn
 down nothing is left: no namespace, veth, lease or record.
+
+The same kill through the CRI socket, during 20 parallel RunPodSandbox
+calls of a real daemon, must leave nothing either once the pods are
+removed: no pod cgroup, lock file, name reservation or record of any pool
+(test_leaks.leftovers).
 """
 
 from __future__ import annotations
@@ -18,13 +23,19 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import zmq.asyncio
+from daemonlib import poll_until
 from netfixtures import CniWorld, HostGuard, private_cni_world
+from podfixtures import node
+from test_leaks import cgroup_prefix, in_prefix, leftovers
 
+from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import Unavailable
 from podvisor.supervisor import config as cfg
 from podvisor.supervisor.bus import BusTiming, PoolBus
@@ -155,3 +166,29 @@ async def scenario(world: CniWorld) -> None:
 def test_kill_9_a_net_worker_during_twenty_parallel_setups(world: CniWorld) -> None:
     world.write_conflist()
     asyncio.run(scenario(world))
+
+
+def test_kill_9_a_net_worker_during_twenty_parallel_pod_starts() -> None:
+    with cgroup_prefix() as prefix, node(workers={"runtime": 2, "storage": 2, "net": 2}) as n:
+        victim = n.daemon.workers()[("net", 1)]["pid"]
+        configs = [in_prefix(n, f"net{i}", prefix) for i in range(N_PODS)]
+
+        def run(config: api.PodSandboxConfig) -> str:
+            try:
+                return n.run_pod(config, timeout=60)
+            except grpc.RpcError as exc:
+                return str(exc.code().name)
+
+        with ThreadPoolExecutor(N_PODS) as pool:
+            futures = [pool.submit(run, c) for c in configs]
+            poll_until(lambda: n.daemon.workers()[("net", 1)]["inflight"] > 0, 20,
+                       interval=0.005, what="pod starts in flight on net worker 1")
+            os.kill(victim, signal.SIGKILL)
+            results = [f.result() for f in futures]
+        failed = [r for r in results if len(r) != 64]
+        assert set(failed) <= {"UNAVAILABLE"}, failed
+        poll_until(n.daemon.all_ready, 20, what="the net pool restored")
+        for pod_id in results:
+            if len(pod_id) == 64:
+                n.remove_pod(pod_id)
+        assert leftovers(n.daemon, prefix) == []

@@ -1,6 +1,7 @@
 """Nothing is lost or leaked when podvisor processes die: a runtime worker
 killed during parallel creates, the supervisor killed while containers
-run."""
+run. Once the pods are removed, no cgroup, lock file, name reservation or
+record of theirs is left (test_leaks.leftovers)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import grpc
 import pytest
 from daemonlib import poll_until
 from podfixtures import Node, log_lines, node
+from test_leaks import cgroup_prefix, in_prefix, leftovers
 
 from podvisor.proto import api_pb2 as api
 
@@ -29,8 +31,14 @@ def n() -> Iterator[Node]:
         yield here
 
 
-def test_kill_9_runtime_worker_during_parallel_creates(n: Node) -> None:
-    pod = n.pod_config("burst")
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    with cgroup_prefix() as made:
+        yield made
+
+
+def test_kill_9_runtime_worker_during_parallel_creates(prefix: str, n: Node) -> None:
+    pod = in_prefix(n, "burst", prefix)
     pod_id = n.run_pod(pod)
     victim = n.daemon.workers()[("runtime", 1)]["pid"]
     configs = [n.container_config(f"c{i}", "sleep 3600") for i in range(20)]
@@ -68,11 +76,12 @@ def test_kill_9_runtime_worker_during_parallel_creates(n: Node) -> None:
     assert len({c.id for c in n.daemon.runtime.ListContainers(
         api.ListContainersRequest(), timeout=10).containers}) == 20
     n.remove_pod(pod_id)
+    assert leftovers(n.daemon, prefix) == []
     assert not n.daemon.remove_leftovers()
 
 
-def test_kill_9_supervisor_while_containers_run(n: Node) -> None:
-    pod = n.pod_config("survivor")
+def test_kill_9_supervisor_while_containers_run(prefix: str, n: Node) -> None:
+    pod = in_prefix(n, "survivor", prefix)
     pod_id = n.run_pod(pod)
     ticker = n.run(pod_id, pod, n.container_config(
         "ticker", "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.1; done"))
@@ -105,6 +114,7 @@ def test_kill_9_supervisor_while_containers_run(n: Node) -> None:
     poll_until(lambda: len(log_lines(log)) > count + 3, 10, what="logs after restart")
     assert n.pod_status(pod_id).status.state == api.SANDBOX_READY
     n.remove_pod(pod_id)
+    assert leftovers(n.daemon, prefix) == []
     assert not n.daemon.remove_leftovers()
 
 
@@ -114,9 +124,9 @@ def _container_pid(n: Node, container_id: str) -> int:
     return int(json.loads(state.read_text())["init_process_pid"])
 
 
-def test_half_created_objects_are_gone_after_restart(n: Node) -> None:
+def test_half_created_objects_are_gone_after_restart(prefix: str, n: Node) -> None:
     # A create killed mid-way: the supervisor dies while CreateContainer runs.
-    pod = n.pod_config("half")
+    pod = in_prefix(n, "half", prefix)
     pod_id = n.run_pod(pod)
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
@@ -141,5 +151,6 @@ def test_half_created_objects_are_gone_after_restart(n: Node) -> None:
     assert len(records) == len(listed)
     assert time.monotonic() - started < 120
     n.remove_pod(pod_id)
+    assert leftovers(n.daemon, prefix) == []
     assert not n.daemon.remove_leftovers()
 

@@ -70,6 +70,7 @@ def storage(tmp_path: Path) -> Iterator[Storage]:
 @pytest.fixture
 def bus(storage: Storage) -> Iterator[Bus]:
     settings = {**storage.settings, "python_log_level": "DEBUG", "log_format": "text",
+                "bus_max_payload": envelope.MAX_PAYLOAD,
                 "workers": {"max_inflight": 4, "heartbeat_interval": 5.0,
                             "heartbeat_liveness": 6, "stop_timeout": 5.0}}
     settings_path = storage.base / "worker-settings.json"

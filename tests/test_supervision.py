@@ -1,14 +1,19 @@
 """Supervision with real processes: killed, hung and crash-looping workers,
-and a killed supervisor."""
+and a killed supervisor. The kill -9 tests run pods through the kills too
+(host-network ones: these daemons have no CNI config, and need no image),
+and once the pods are removed nothing of theirs may be left: no cgroup,
+lock file, name reservation or record (test_leaks.leftovers)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import grpc
 import pytest
 import zmq
 from daemonlib import Daemon, poll_until
+from test_leaks import cgroup_prefix, leftovers
 
 from podvisor.proto import api_pb2 as api
 
@@ -38,8 +44,52 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def host_pod(name: str, prefix: str) -> api.PodSandboxConfig:
+    """A host-network pod with an infra process, its cgroup under ``prefix``."""
+    uid = uuid.uuid4().hex[:12]
+    options = api.NamespaceOption(network=api.NODE, pid=api.POD)
+    return api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=name, namespace="test", uid=uid), hostname=name,
+        linux=api.LinuxPodSandboxConfig(
+            cgroup_parent=f"{prefix}/pod{uid}",
+            security_context=api.LinuxSandboxSecurityContext(namespace_options=options)))
+
+
+def run_pod(daemon: Daemon, name: str, prefix: str) -> str:
+    return str(daemon.runtime.RunPodSandbox(api.RunPodSandboxRequest(
+        config=host_pod(name, prefix)), timeout=30).pod_sandbox_id)
+
+
+def remove_pod(daemon: Daemon, pod_id: str) -> None:
+    daemon.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+    daemon.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                    timeout=30)
+
+
+def remove_all_pods(daemon: Daemon) -> None:
+    for item in daemon.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items:
+        remove_pod(daemon, item.id)
+
+
+@contextlib.contextmanager
+def pod_cgroups(daemon: Daemon) -> Iterator[str]:
+    """A cgroup prefix for the test's pods; what is left there goes once the
+    daemon and its containers are gone."""
+    with cgroup_prefix() as prefix:
+        try:
+            yield prefix
+        finally:
+            daemon.stop()
+            daemon.remove_leftovers()
+
+
 def test_kill_9_one_worker_per_pool_under_load(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon(workers={"image": 2, "storage": 2, "runtime": 2, "net": 2})
+    with pod_cgroups(daemon) as prefix:
+        _kill_one_worker_per_pool(daemon, prefix)
+
+
+def _kill_one_worker_per_pool(daemon: Daemon, prefix: str) -> None:
     before = daemon.workers()
     victims = {pool: before[(pool, 1)]["pid"] for pool in POOLS}
     results: list[tuple[str, float]] = []
@@ -59,9 +109,20 @@ def test_kill_9_one_worker_per_pool_under_load(make_daemon: Callable[..., Daemon
             with lock:
                 results.append((code, time.monotonic() - started))
 
-    with ThreadPoolExecutor(50) as pool:
+    def churn(i: int) -> None:
+        # Pods started and removed across the kills; a call the kills fail
+        # is expected, whatever it leaves is removed at the end.
+        for k in range(10_000):
+            if stop.is_set():
+                return
+            with contextlib.suppress(grpc.RpcError):
+                remove_pod(daemon, run_pod(daemon, f"churn{i}-{k}", prefix))
+
+    with ThreadPoolExecutor(52) as pool:
         for _ in range(50):
             pool.submit(caller)
+        for i in range(2):
+            pool.submit(churn, i)
         poll_until(lambda: len(results) >= 100, 20, what="calls under way")
         killed_at = time.monotonic()
         for pid in victims.values():
@@ -90,6 +151,8 @@ def test_kill_9_one_worker_per_pool_under_load(make_daemon: Callable[..., Daemon
         assert after[(pool, 2)]["restarts"] == 0
         assert after[(pool, 2)]["pid"] == before[(pool, 2)]["pid"]
     assert "podvisor_worker_restarts_total{pool=\"net\"} 1.0" in daemon.metrics()
+    remove_all_pods(daemon)
+    assert leftovers(daemon, prefix) == []
 
 
 def test_hung_worker_is_killed_and_its_requests_fail_unavailable(
@@ -160,6 +223,13 @@ def test_crash_looping_pool_goes_fatal_and_status_says_so(
 def test_kill_9_supervisor_leaves_no_orphans_and_a_new_one_starts(
         make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon()
+    with pod_cgroups(daemon) as prefix:
+        _kill_supervisor(daemon, prefix)
+
+
+def _kill_supervisor(daemon: Daemon, prefix: str) -> None:
+    for i in range(3):
+        run_pod(daemon, f"before{i}", prefix)
     workers = [w["pid"] for w in daemon.status()["workers"]]
     os.kill(daemon.pid, signal.SIGKILL)
     assert daemon.proc is not None
@@ -171,6 +241,8 @@ def test_kill_9_supervisor_leaves_no_orphans_and_a_new_one_starts(
     reply = daemon.runtime.Version(api.VersionRequest(), timeout=10)
     assert reply.runtime_name == "podvisor"
     assert not set(workers) & {w["pid"] for w in daemon.status()["workers"]}
+    remove_all_pods(daemon)
+    assert leftovers(daemon, prefix) == []
 
 
 def test_sigterm_stops_supervisor_and_workers(make_daemon: Callable[..., Daemon]) -> None:

@@ -27,6 +27,12 @@ Deadlines and Cancellation
     interrupted, so an op stuck in a syscall is the supervisor's to kill
     (deadline + overrun grace).
 
+Size
+    Frames in both directions are bounded by ``max_payload``, the limit the
+    supervisor computed and wrote into the worker settings. A result too big
+    for it is answered RESOURCE_EXHAUSTED: sent as it is, the supervisor's
+    ROUTER would drop the connection and the caller would wait for nothing.
+
 Shutdown
     SIGTERM stops intake (new requests get UNAVAILABLE), lets in-flight ones
     finish for up to ``stop_grace`` seconds, sends DISCONNECT and exits 0.
@@ -65,6 +71,7 @@ from ..proto.errors import (
     ProtocolError,
     Unavailable,
     Unimplemented,
+    shorten,
 )
 
 log = logging.getLogger(__name__)
@@ -114,6 +121,7 @@ class WorkerOptions:
     heartbeat_interval: float = 0.5
     heartbeat_liveness: int = 3
     stop_grace: float = 10.0
+    max_payload: int = envelope.MAX_PAYLOAD
 
 
 class WorkerProcess:
@@ -200,7 +208,7 @@ class WorkerProcess:
             frames = await self._sock.recv_multipart()
             self._last_heard = time.monotonic()
             try:
-                message = envelope.decode(frames)
+                message = envelope.decode(frames, self.options.max_payload)
             except ProtocolError as exc:
                 log.warning("Dropping malformed frame from supervisor: %s", exc)
                 continue
@@ -234,8 +242,9 @@ class WorkerProcess:
         try:
             result = await self._run_op(ctx, args)
             frames = envelope.reply_ok(ctx.request_id, result)
+            envelope.check_size(frames, self.options.max_payload, f"the {ctx.op} result")
         except BusError as exc:
-            log.debug("Op %s failed: %r", ctx.op, exc)
+            log.debug("Op %s failed: %s: %s", ctx.op, exc.code.name, shorten(exc.message, 1000))
             frames = envelope.reply_error(ctx.request_id, exc.to_wire())
         except Exception:
             # The traceback stays in this worker's log; the kubelet gets a

@@ -22,6 +22,11 @@ Invariants
       over, so two holders never each hold "the" lock of one object. A
       shared holder may not unlink: other shared holders keep the old inode
       while a newcomer would lock a new file.
+    - A lock file lives no longer than its object: ``locked(gone=...)``
+      unlinks it on release once the object is gone (its record deleted,
+      its reservation released), and ``sweep`` drops the ones killed
+      holders left. Deleting a lock file under an exclusive hold is always
+      safe, even one of a live object: the next acquire makes a new one.
     - flock has no timeout: ``acquire`` polls LOCK_NB with a short capped
       backoff until the caller's deadline (CLOCK_MONOTONIC), then raises
       DeadlineExceeded naming the object. A lock held for minutes (a layer
@@ -34,7 +39,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..proto.errors import DeadlineExceeded
 from .fsnames import component
@@ -98,13 +103,60 @@ def acquire(lock_dir: str, key: str, deadline: float, what: str = "", *,
 
 @contextlib.contextmanager
 def locked(lock_dir: str, key: str, deadline: float, what: str = "", *,
-           shared: bool = False, holder: str = "another request") -> Iterator[ObjectLock]:
-    """``acquire``, released (never unlinked) when the block ends."""
+           shared: bool = False, holder: str = "another request",
+           gone: Callable[[], bool] | None = None) -> Iterator[ObjectLock]:
+    """``acquire``, released when the block ends.
+
+    ``gone()``, asked then while the lock is still held, says whether the
+    object no longer exists; if so (and the lock is exclusive) its lock file
+    is unlinked too. An object that cannot be read counts as present.
+    """
     held = acquire(lock_dir, key, deadline, what, shared=shared, holder=holder)
     try:
         yield held
     finally:
-        held.release()
+        drop = False
+        if gone is not None and not shared and held.fd >= 0:
+            try:
+                drop = gone()
+            except (OSError, ValueError):
+                drop = False
+        held.release(unlink=drop)
+
+
+def discard(lock_dir: str, key: str, gone: Callable[[], bool]) -> bool:
+    """Unlink the lock file of ``key`` if its object is gone and nobody holds
+    it now; whether it did. For holders that could not unlink (shared ones)."""
+    held = _try(lock_path(lock_dir, key), False) if os.path.isdir(lock_dir) else None
+    if held is None:
+        return False
+    try:
+        drop = gone()
+    except (OSError, ValueError):
+        drop = False
+    held.release(unlink=drop)
+    return drop
+
+
+def sweep(lock_dir: str) -> list[str]:
+    """Unlink every lock file in ``lock_dir`` that nobody holds; return their names.
+
+    For start-up reconciles: a lock file with no holder marks nothing, so
+    the ones a killed worker left (whatever their object) simply go.
+    """
+    try:
+        names = sorted(os.listdir(lock_dir))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        if not name.endswith(".lock"):
+            continue
+        held = _try(os.path.join(lock_dir, name), False)
+        if held is not None:
+            held.release(unlink=True)
+            removed.append(name)
+    return removed
 
 
 def _try(path: str, shared: bool) -> ObjectLock | None:

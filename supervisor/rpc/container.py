@@ -26,7 +26,7 @@ from typing import Any
 from ...proto import api_pb2 as api
 from ...proto.errors import FailedPrecondition
 from ...proto.naming import container_name
-from .call import Call, cleanup_deadline, from_result, route, route_stream, to_args
+from .call import Call, check_metadata, cleanup_deadline, from_result, route, route_stream, to_args
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
 from .sandbox import CREATE_GRACE
@@ -34,6 +34,7 @@ from .sandbox import CREATE_GRACE
 
 async def create_container(
         call: Call, request: api.CreateContainerRequest) -> api.CreateContainerResponse:
+    check_metadata("container config", request.config)
     sandbox = await call.op("runtime.sandbox_status", {"id": request.pod_sandbox_id})
     if sandbox["state"] != "ready":
         raise FailedPrecondition(f"pod sandbox {sandbox['id']} is not ready; containers can "

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from ...proto import api_pb2 as api
-from ...proto.errors import BusError
+from ...proto.errors import BusError, shorten
 from .call import Call
 
 log = logging.getLogger(__name__)
@@ -104,5 +104,6 @@ async def update_runtime_config(
     # runtime takes note and has nothing to change.
     cidr = request.runtime_config.network_config.pod_cidr
     if cidr:
-        log.info("The kubelet reports pod CIDR %s; pod IPs follow the CNI config", cidr)
+        log.info("The kubelet reports pod CIDR %s; pod IPs follow the CNI config",
+                 shorten(cidr))
     return api.UpdateRuntimeConfigResponse()

@@ -25,7 +25,7 @@ from typing import Any
 from ...proto import api_pb2 as api
 from ...proto.errors import FailedPrecondition, NotFound
 from ...proto.naming import sandbox_name
-from .call import Call, cleanup_deadline, from_result, route, route_stream, to_args
+from .call import Call, check_metadata, cleanup_deadline, from_result, route, route_stream, to_args
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
 from .messages import STATES, fill_metadata, sandbox_status
@@ -37,6 +37,7 @@ CREATE_GRACE = 120.0
 
 async def run_pod_sandbox(call: Call,
                           request: api.RunPodSandboxRequest) -> api.RunPodSandboxResponse:
+    check_metadata("pod sandbox config", request.config)
     config = to_args(request.config)
     name = sandbox_name(config.get("metadata", {}))
     deadline = call.deadline + CREATE_GRACE

@@ -24,7 +24,6 @@ header on redirects to another origin.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import time
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from ...proto.errors import InvalidArgument
+from ...proto.errors import InvalidArgument, shorten
 
 # A token without expires_in is good for 60 s (distribution token spec).
 DEFAULT_TOKEN_LIFETIME = 60.0
@@ -66,16 +65,23 @@ class Credentials:
 
     def matches_host(self, host: str) -> bool:
         """True when ``server_address`` is unset or names ``host``."""
-        if not self.server_address:
-            return True
-        address = self.server_address
-        if "://" not in address:
-            address = f"//{address}"
+        return not self.server_address or server_host(self.server_address) == host
+
+
+def server_host(address: str) -> str:
+    """The registry host (``host[:port]``) a CRI ``server_address`` names, a
+    bare host or a URL; InvalidArgument when it is neither."""
+    if "://" not in address:
+        address = f"//{address}"
+    try:
         netloc = urlsplit(address).netloc
-        # Docker Hub's credentials are keyed by its legacy index URL.
-        if netloc in ("index.docker.io", "registry-1.docker.io"):
-            netloc = "docker.io"
-        return netloc == host
+    except ValueError as exc:  # "Invalid IPv6 URL", NFKC-unsafe characters
+        raise InvalidArgument(f"auth.server_address {shorten(address.removeprefix('//'))} "
+                              f"is not a registry address: {exc}") from None
+    # Docker Hub's credentials are keyed by its legacy index URL.
+    if netloc in ("index.docker.io", "registry-1.docker.io"):
+        netloc = "docker.io"
+    return netloc
 
 
 def credentials_from_cri(auth: Mapping[str, Any] | None) -> Credentials | None:
@@ -88,15 +94,20 @@ def credentials_from_cri(auth: Mapping[str, Any] | None) -> Credentials | None:
     if encoded and not (username or password):
         try:
             decoded = base64.b64decode(encoded, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        # binascii.Error and UnicodeDecodeError are ValueErrors, and so is
+        # what b64decode raises for a str with non-ASCII characters.
+        except ValueError:
             raise InvalidArgument("auth.auth is not base64 of 'username:password'") from None
         username, sep, password = decoded.partition(":")
         if not sep:
             raise InvalidArgument("auth.auth must decode to 'username:password'")
+    server_address = str(auth.get("server_address") or "")
+    if server_address:
+        server_host(server_address)  # refused here, with the call, not mid-pull
     creds = Credentials(username=username, password=password,
                         identity_token=str(auth.get("identity_token") or ""),
                         registry_token=str(auth.get("registry_token") or ""),
-                        server_address=str(auth.get("server_address") or ""))
+                        server_address=server_address)
     if not (creds.has_basic or creds.identity_token or creds.registry_token):
         return None
     return creds

@@ -11,7 +11,8 @@ Ordering (why nothing leaks whatever instant a worker dies)
     after every plugin's DEL succeeded, so any pod that may hold an address
     or a veth has a record, and a later teardown or reconcile finishes the
     job with the config the ADD used. A failed setup unwinds itself the
-    same way before it raises.
+    same way before it raises. The pod's lock file lives as long as its
+    record: whoever drops the record unlinks it (workers/locks.py).
 
 Idempotence
     A second setup of a ready pod returns the cached answer (the bus or the
@@ -95,7 +96,9 @@ def setup(layout: Layout, req: SetupRequest, deadline: float,
     try:
         return _setup_locked(layout, req, deadline, lock, check)
     finally:
-        lock.release()
+        # A setup that failed unwound itself and dropped the record: the
+        # lock file goes with it, as after a teardown.
+        lock.release(unlink=_load_quiet(layout, req.pod_id) is None)
 
 
 def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,

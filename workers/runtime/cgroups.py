@@ -2,26 +2,50 @@
 
 With the cgroupfs driver the kubelet normally creates the pod cgroup
 (``/kubepods/<qos>/pod<uid>``) itself; a client that does not (crictl, the
-tests) still gets one: the directories missing in each controller are made
-here, remembered in a node-wide ledger, and removed once empty by the last
-pod that used them, so nothing is left behind and nothing the kubelet made
-is ever removed. runc creates and deletes the per-container
-cgroups below. The systemd driver needs a running systemd; where there is
-none, a pod asking for it fails with a clear error.
+tests) still gets one: the directories missing in any controller are made
+here, and runc creates and deletes the per-container cgroups below. The
+systemd driver needs a running systemd; where there is none, a pod asking
+for it fails with a clear error.
+
+Ownership
+    Every directory podvisor makes has a record (``Owned.records``, one per
+    cgroup path, e.g. ``/podvisor/pod-1a2b``): the controllers it was made
+    in and the pods using it. A pod joins each podvisor-made directory on
+    its path, ancestors included, and leaves them when it is removed; the
+    last to leave removes the directory. A directory that was there before
+    (the kubelet's) has no record and is never removed.
+
+Invariants
+    - The pod and the controllers are recorded *before* mkdir, and the
+      pod's own record names its cgroup_parent before ``ensure`` runs, so
+      after a crash at any instant every directory podvisor may have made
+      has a record naming a pod (or none, for reconcile to collect).
+    - A directory's record changes only under its lock (``cgroup-<path>``),
+      and a pod joins a directory before it makes anything below it, so a
+      directory with users is never removed: removing one pod cannot take
+      the directories of another being created beside it, nor can runc
+      then re-create them behind podvisor's back.
+    - One lock at a time: root to leaf when joining, leaf to root when
+      leaving; the pod's own lock is held around both by the caller.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
+import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ...proto.errors import FailedPrecondition, InvalidArgument, shorten
 from ...proto.limits import check_path
-from ..records import write_atomic
+from ..fsnames import component
+from ..locks import ObjectLock, locked
+from ..records import RecordDir
+
+log = logging.getLogger(__name__)
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 DEFAULT_PARENT = "/podvisor"
@@ -55,58 +79,181 @@ def pod_parent(cgroup_parent: str, sandbox_id: str, manager: str) -> str:
     return cgroup_parent.rstrip("/")
 
 
-def ensure(parent: str, ledger: str) -> list[str]:
-    """Create the missing directories of ``parent`` in every controller.
+@dataclass(frozen=True)
+class Owned:
+    """The directories podvisor made: their records and their locks."""
 
-    Every directory made is added to ``ledger`` (a JSON list shared by all
-    pods), so an ancestor made for one pod and still used by another is
-    removed by whichever pod goes last (``prune``).
-    """
-    created = []
+    records: RecordDir
+    lock_dir: str
+
+    def load(self, path: str) -> dict[str, Any] | None:
+        return self.records.load(component(path))
+
+    def save(self, path: str, record: dict[str, Any]) -> None:
+        self.records.save(component(path), record)
+
+    def delete(self, path: str) -> None:
+        self.records.delete(component(path))
+
+    def paths(self) -> list[str]:
+        """Every recorded directory, deepest first."""
+        found = []
+        for record_id in self.records.ids():
+            with contextlib.suppress(ValueError):
+                record = self.records.load(record_id)
+                if record is not None:
+                    found.append(str(record["path"]))
+        return sorted(found, key=lambda p: (-p.count("/"), p))
+
+    @contextlib.contextmanager
+    def locked(self, path: str, deadline: float) -> Iterator[ObjectLock]:
+        with locked(self.lock_dir, f"cgroup-{path}", deadline, f"cgroup {path}",
+                    gone=lambda: self.load(path) is None) as held:
+            yield held
+
+
+def chain(parent: str) -> list[str]:
+    """``/a/b/c`` -> ``/a``, ``/a/b``, ``/a/b/c``."""
     parts = [p for p in parent.split("/") if p]
-    with _ledger(ledger) as made:
-        for controller in controllers():
-            path = os.path.join(CGROUP_ROOT, controller)
-            for part in parts:
-                path = os.path.join(path, part)
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _dir(controller: str, path: str) -> str:
+    return os.path.join(CGROUP_ROOT, controller, path.lstrip("/"))
+
+
+def ensure(parent: str, pod_id: str, owned: Owned, deadline: float) -> list[str]:
+    """Join or make every directory of ``parent`` for ``pod_id`` in every
+    controller; return the directories made."""
+    made = []
+    names = controllers()
+    for path in chain(parent):
+        with owned.locked(path, deadline):
+            record = owned.load(path)
+            missing = [c for c in names if not os.path.isdir(_dir(c, path))]
+            if record is None and not missing:
+                continue  # not podvisor's: it is never touched
+            record = record or {"path": path, "controllers": [], "users": []}
+            record["controllers"] = sorted({*record["controllers"], *missing})
+            if pod_id not in record["users"]:
+                record["users"].append(pod_id)
+            # Recorded first: a crash after the mkdir must not leave a
+            # directory nobody knows podvisor made.
+            owned.save(path, record)
+            for controller in missing:
                 try:
-                    os.mkdir(path)
+                    os.mkdir(_dir(controller, path))
                 except FileExistsError:
                     continue
-                created.append(path)
-                made.append(path)
-    return created
+                made.append(_dir(controller, path))
+    return made
 
 
-def prune(ledger: str) -> list[str]:
-    """rmdir every ledger directory that is now empty, deepest first; return
-    the ones still in use."""
-    with _ledger(ledger) as made:
-        left = []
-        for path in sorted(set(made), key=lambda p: p.count("/"), reverse=True):
-            try:
-                os.rmdir(path)
-            except FileNotFoundError:
+def release(parent: str, pod_id: str, owned: Owned, deadline: float) -> list[str]:
+    """Leave every directory of ``parent``; remove those ``pod_id`` was the
+    last to use. Return the directories that could not go (still busy)."""
+    left: list[str] = []
+    for path in reversed(chain(parent)):
+        with owned.locked(path, deadline):
+            record = owned.load(path)
+            if record is None:
                 continue
-            except OSError:
-                left.append(path)
-        made[:] = left
+            # The pod's own directory goes with what runc left below it;
+            # an ancestor only ever goes alone (others' pods may be below).
+            left += _leave(owned, record, lambda user: user != pod_id, subtree=path == parent)
     return left
 
 
-@contextlib.contextmanager
-def _ledger(path: str) -> Iterator[list[str]]:
-    """The ledger's list, read and written back under an exclusive flock."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+def reconcile(owned: Owned, live: Mapping[str, str], deadline: float) -> list[str]:
+    """Make the directories podvisor made match the pods that live.
+
+    ``live`` maps every pod on record to its cgroup_parent. A directory
+    leaves users that are not pods any more and goes when none is left;
+    below a directory podvisor made, one on no live pod's path is a pod
+    cgroup whose pod is gone and goes too (with what runc left in it), as
+    long as no process lives there. Returns the directories removed.
+    """
+    leaves = {chain(p)[-1] for p in live.values() if chain(p)}
+    on_path = {c for p in leaves for c in chain(p)}
+    removed: list[str] = []
+    for path in owned.paths():  # deepest first: a child goes before its parent
+        with owned.locked(path, deadline):
+            record = owned.load(path)
+            if record is None:
+                continue
+            if path not in leaves:
+                removed += _orphans(owned, path, on_path)
+            before = [_dir(c, path) for c in record["controllers"]]
+            _leave(owned, record, lambda user: user in live, subtree=False)
+            removed += [d for d in before if not os.path.isdir(d)]
+    return removed
+
+
+def _leave(owned: Owned, record: dict[str, Any], stays: Callable[[str], bool], *,
+           subtree: bool) -> list[str]:
+    """Drop the users ``stays`` refuses; remove the directory once none is
+    left. Return the directories still there; the caller holds the lock."""
+    path = str(record["path"])
+    users = [u for u in record["users"] if stays(u)]
+    if users:
+        if users != record["users"]:
+            owned.save(path, {**record, "users": users})
+        return []
+    left = []
+    for controller in record["controllers"]:
+        target = _dir(controller, path)
+        if _rmtree(target) if subtree else _rmdir(target):
+            left.append(target)
+    if left:
+        # Busy (a process, or someone else's cgroup below): kept for the
+        # next pod to leave it, or the next reconcile, to try again.
+        log.warning("Cgroup %s is still in use in %s", path, ", ".join(left))
+        owned.save(path, {**record, "users": [],
+                          "controllers": [c for c in record["controllers"]
+                                          if _dir(c, path) in left]})
+    else:
+        owned.delete(path)
+    return left
+
+
+def _orphans(owned: Owned, path: str, on_path: set[str]) -> list[str]:
+    """Remove the directories below ``path`` that no live pod's path goes
+    through and that are no podvisor-made directory of their own."""
+    removed = []
+    for controller in controllers():
+        base = _dir(controller, path)
         try:
-            with open(path, encoding="utf-8") as f:
-                made: list[str] = json.load(f)
-        except (FileNotFoundError, ValueError):
-            made = []
-        yield made
-        write_atomic(path, json.dumps(sorted(set(made))).encode())
+            children = [e.name for e in os.scandir(base) if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in children:
+            child = f"{path.rstrip('/')}/{name}"
+            if child in on_path or owned.load(child) is not None:
+                continue
+            target = os.path.join(base, name)
+            if not _rmtree(target):
+                log.warning("Removed cgroup %s, which belongs to no pod", target)
+                removed.append(target)
+    return removed
+
+
+def _rmdir(path: str) -> list[str]:
+    """rmdir one cgroup; the list of what is left (it, when busy)."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return [path]
+    return []
+
+
+def _rmtree(path: str) -> list[str]:
+    """rmdir a cgroup and every one below it, deepest first; what is left."""
+    left = []
+    for dirpath, _dirs, _files in os.walk(path, topdown=False):
+        left += _rmdir(dirpath)
+    return left
 
 
 def _procs_files(parent: str) -> Iterator[str]:

@@ -37,7 +37,6 @@ from ...proto.errors import (
 from ...proto.limits import check_path
 from ...proto.naming import container_name
 from ..base import OpContext
-from ..locks import locked
 from . import cgroups, ids, monitor, names, sandbox, specs, teardown
 from .layout import Layout
 
@@ -89,7 +88,11 @@ def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     name = container_name(config.get("metadata", {}), pod["config"].get("metadata", {}))
     if not config.get("image", {}).get("image"):
         raise InvalidArgument("config.image.image is required")
-    with locked(layout.locks_dir, f"name-{name}", ctx.deadline, f"container name {name}"):
+    # Refused here, before the name and record exist and before the
+    # supervisor unpacks layers and mounts a rootfs for a create that
+    # could only fail.
+    log_path_of(layout, pod, {"id": container_id, "config": config})
+    with layout.name_lock(name, "container", ctx.deadline):
         names.reserve(layout.names_dir, name, container_id, "container",
                       lambda other: layout.containers.load(other) is not None)
         if layout.containers.load(container_id) is None:
@@ -105,7 +108,7 @@ def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     """Write the OCI bundle and have conmon run ``<runtime> create``."""
     layout = Layout.from_settings(ctx.settings)
     container_id = args["id"]
-    with locked(layout.locks_dir, container_id, ctx.deadline, f"container {container_id}"):
+    with layout.container_lock(container_id, ctx.deadline):
         record = load(layout, container_id)
         if record["state"] != CREATING:
             return {"id": container_id, "state": record["state"]}
@@ -113,7 +116,8 @@ def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         if pod["state"] != sandbox.READY:
             raise FailedPrecondition(f"pod sandbox {pod['id']} stopped while the container "
                                      "was being created")
-        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
+        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"],
+                                                ctx.deadline)
         bundle = layout.bundle_dir(container_id)
         os.makedirs(bundle, mode=0o700, exist_ok=True)
         document = specs.container_spec(ctx.settings, pod, record, args["rootfs"],
@@ -134,7 +138,7 @@ def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         started = monitor.spawn(
             handler, container_id, bundle, layout.state_dir(container_id), layout.exits_dir,
             log_path, terminal=bool(config.get("tty")), stdin=bool(config.get("stdin")),
-            stdin_once=bool(config.get("stdin_once")), deadline=ctx.deadline)
+            stdin_once=bool(config.get("stdin_once")))
         cgroups.move(started.conmon_pid, pod["cgroup_parent"])
         record.update(state=CREATED, pid=started.pid, conmon_pid=started.conmon_pid)
         layout.containers.save(container_id, record)
@@ -190,20 +194,21 @@ def log_path_of(layout: Layout, pod: Mapping[str, Any], record: Mapping[str, Any
 def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     layout = Layout.from_settings(ctx.settings)
     container_id = resolve_id(layout, args["id"])
-    with locked(layout.locks_dir, container_id, ctx.deadline, f"container {container_id}"):
+    with layout.container_lock(container_id, ctx.deadline):
         record = current(layout, load(layout, container_id))
         if record["state"] == RUNNING:
             return {"id": container_id, "state": RUNNING}
         if record["state"] != CREATED:
             raise FailedPrecondition(f"container {container_id} is {record['state']}; only a "
                                      "created container can be started")
-        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
+        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"],
+                                                ctx.deadline)
         # Taken before the start: a quick container can exit (and conmon stamp
         # its exit) before `runtime start` returns.
         started_at = time.time_ns()
         done = handler.run("start", container_id)
         if done.returncode != 0:
-            raise Internal(f"starting container {container_id}: {done.stderr.strip()[:500]}")
+            raise monitor.runtime_failure(f"starting container {container_id}", done.stderr)
         record.update(state=RUNNING, started_at=started_at)
         layout.containers.save(container_id, record)
         log.info("Container %s started", container_id)
@@ -217,7 +222,7 @@ def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         container_id = resolve_id(layout, args["id"])
     except NotFound:
         return {"found": False}
-    with locked(layout.locks_dir, container_id, ctx.deadline, f"container {container_id}"):
+    with layout.container_lock(container_id, ctx.deadline):
         record = current(layout, load(layout, container_id))
         running = record["state"] in (RUNNING, CREATED) or (monitor.process_alive(
             record.get("pid")) and not monitor.read_exit(layout.exits_dir, container_id))
@@ -230,7 +235,8 @@ def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
 def _kill_and_wait(ctx: OpContext, layout: Layout, record: dict[str, Any],
                    timeout: float) -> None:
     container_id = record["id"]
-    handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
+    handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"],
+                                            ctx.deadline)
     if timeout > 0:
         sig = stop_signal(record)
         log.info("Stopping container %s with %s, %.0fs before SIGKILL", container_id,
@@ -241,6 +247,9 @@ def _kill_and_wait(ctx: OpContext, layout: Layout, record: dict[str, Any],
             return
     if not teardown.force_kill(handler, layout, container_id, ctx.deadline) \
             and monitor.conmon_alive(layout.state_dir(container_id)):
+        if time.monotonic() >= ctx.deadline:
+            raise DeadlineExceeded(f"container {container_id} had not exited after SIGKILL "
+                                   "by the deadline")
         raise Internal(f"container {container_id} did not exit after SIGKILL")
 
 
@@ -265,12 +274,12 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         container_id = resolve_id(layout, args["id"])
     except NotFound:
         return {"found": False}
-    with locked(layout.locks_dir, container_id, ctx.deadline,
-                f"container {container_id}") as held:
+    with layout.container_lock(container_id, ctx.deadline) as held:
         record = current(layout, load(layout, container_id))
         if record["state"] in (RUNNING, CREATED) or monitor.process_alive(record.get("pid")):
             _kill_and_wait(ctx, layout, record, 0)
-        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
+        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"],
+                                                ctx.deadline)
         teardown.discard(handler, layout, container_id)
         # A log under the kubelet's pod log dir is the kubelet's; one podvisor
         # placed itself goes with the container.
@@ -278,7 +287,8 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(record["log_path"])
         layout.containers.delete(container_id)
-        names.release(layout.names_dir, record["name"], container_id)
+        with layout.name_lock(record["name"], "container", ctx.deadline):
+            names.release(layout.names_dir, record["name"], container_id)
         log.info("Container %s removed", container_id)
         held.release(unlink=True)  # the lock file goes with its container
         return {"found": True, "id": container_id, "sandbox_id": record["sandbox_id"]}
@@ -371,23 +381,44 @@ def _matches(record: Mapping[str, Any], flt: Mapping[str, Any]) -> bool:
 def exec_sync(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     layout = Layout.from_settings(ctx.settings)
     container_id = resolve_id(layout, args["id"])
-    cmd = list(args.get("cmd") or [])
-    if not cmd:
-        raise InvalidArgument("cmd is required")
+    cmd = exec_command(args.get("cmd"))
+    timeout = float(args.get("timeout") or 0)
+    if timeout < 0:
+        raise InvalidArgument(f"timeout {timeout:g} is negative; 0 means no timeout")
     record = current(layout, load(layout, container_id))
     if record["state"] != RUNNING:
         raise FailedPrecondition(f"container {container_id} is not running")
-    handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"])
-    timeout = float(args.get("timeout") or 0)
-    result = monitor.exec_sync(handler, container_id, cmd, timeout, ctx.deadline)
+    handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"],
+                                            ctx.deadline)
+    ctx.check()
+    result = monitor.exec_sync(handler, container_id, cmd, timeout)
+    if result["deadline_hit"]:
+        raise DeadlineExceeded(f"command {shorten(cmd[0])} was still running at the call's "
+                               "deadline and was killed")
     if result["timed_out"]:
         # The kubelet reads DEADLINE_EXCEEDED from ExecSync as "the probe
         # timed out" (remote_runtime.go); an exit code would read as a failure.
-        raise DeadlineExceeded(f"command {cmd[0]} timed out after {timeout:g}s")
+        raise DeadlineExceeded(f"command {shorten(cmd[0])} timed out after {timeout:g}s")
     if result["runtime_error"] and result["exit_code"] < 0:
         raise Internal(f"exec in container {container_id}: {result['runtime_error']}")
     return {"stdout": result["stdout"], "stderr": result["stderr"],
             "exit_code": result["exit_code"]}
+
+
+def exec_command(value: object) -> list[str]:
+    """ExecSync's ``cmd``, refused when no process could be started with it:
+    execve(2) takes neither an empty program nor a NUL inside an argument."""
+    cmd = list(value) if isinstance(value, list) else []
+    if not cmd:
+        raise InvalidArgument("cmd is required: it names the command to run and its arguments")
+    if not cmd[0]:
+        raise InvalidArgument("cmd[0] is empty: it names the command to run")
+    for index, arg in enumerate(cmd):
+        if not isinstance(arg, str):
+            raise InvalidArgument(f"cmd[{index}]: expected a string")
+        if "\0" in arg:
+            raise InvalidArgument(f"cmd[{index}] {shorten(arg)} contains a NUL byte")
+    return cmd
 
 
 def reopen_log(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -396,7 +427,7 @@ def reopen_log(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     record = current(layout, load(layout, container_id))
     if record["state"] != RUNNING:
         raise FailedPrecondition(f"container {container_id} is not running")
-    monitor.ctl(layout.state_dir(container_id), "reopen")
+    monitor.ctl(layout.state_dir(container_id), "reopen", ctx.deadline)
     return {}
 
 

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from ...proto.errors import FailedPrecondition, Internal
+from ...proto.errors import FailedPrecondition
 from ..base import OpContext
 from . import cgroups, monitor, specs, teardown
 from .layout import Layout
@@ -59,15 +59,16 @@ def start(ctx: OpContext, layout: Layout, pod: Mapping[str, Any],
         document = specs.infra_spec(ctx.settings, pod, ensure_rootfs(layout))
     with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
         json.dump(document, f)
-    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"])
+    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"],
+                                            ctx.deadline)
     started = monitor.spawn(handler, infra_id, bundle, layout.state_dir(infra_id),
                             layout.exits_dir, os.devnull, terminal=False, stdin=False,
-                            stdin_once=False, deadline=ctx.deadline)
+                            stdin_once=False)
     cgroups.move(started.conmon_pid, pod["cgroup_parent"])
     done = handler.run("start", infra_id)
     if done.returncode != 0:
-        raise Internal(f"starting the infra process of pod {infra_id}: "
-                       f"{done.stderr.strip()[:500]}")
+        raise monitor.runtime_failure(f"starting the infra process of pod {infra_id}",
+                                      done.stderr)
     return {"id": infra_id, "pid": started.pid, "conmon_pid": started.conmon_pid}
 
 
@@ -75,12 +76,14 @@ def stop(ctx: OpContext, layout: Layout, pod: Mapping[str, Any]) -> None:
     infra_id = pod["id"]
     if monitor.read_exit(layout.exits_dir, infra_id) is not None:
         return
-    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"])
+    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"],
+                                            ctx.deadline)
     teardown.force_kill(handler, layout, infra_id, ctx.deadline)
 
 
 def remove(ctx: OpContext, layout: Layout, pod: Mapping[str, Any]) -> None:
     infra_id = pod["id"]
-    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"])
+    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"],
+                                            ctx.deadline)
     teardown.discard(handler, layout, infra_id)
 

@@ -3,19 +3,28 @@
 Persistent (survives reboots; ``<root>/runtime``): sandbox and container
 records, name reservations, the infra rootfs. Volatile (``<runroot>/
 runtime``): per-pod namespace pins, /dev/shm mounts and generated files,
-container bundles, conmon's exit files and sockets, locks. After a reboot
-the volatile half is gone and the start-up reconcile marks what ran as
-exited.
+container bundles, conmon's exit files and sockets, locks, and the records
+of the cgroup directories podvisor made (cgroups do not survive a reboot
+either). After a reboot the volatile half is gone and the start-up
+reconcile marks what ran as exited.
+
+Locks (workers/locks.py) are per object: ``<sandbox id>``, ``<container
+id>``, ``name-<name>``, ``cgroup-<path>``; each one's file goes when its
+object does (its record deleted, its reservation released).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from ..locks import ObjectLock, locked
 from ..records import RecordDir
+from . import names
+from .cgroups import Owned
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,25 @@ class Layout:
         return os.path.join(self.runroot, "locks")
 
     @property
-    def cgroup_ledger(self) -> str:
-        return os.path.join(self.root, "cgroups-created.json")
+    def cgroups(self) -> Owned:
+        return Owned(RecordDir(os.path.join(self.runroot, "cgroups")), self.locks_dir)
+
+    def pod_lock(self, sandbox_id: str, deadline: float) -> AbstractContextManager[ObjectLock]:
+        """The sandbox's lock; its file goes once the sandbox has no record."""
+        return locked(self.locks_dir, sandbox_id, deadline, f"pod sandbox {sandbox_id}",
+                      gone=lambda: self.sandboxes.load(sandbox_id) is None)
+
+    def container_lock(self, container_id: str,
+                       deadline: float) -> AbstractContextManager[ObjectLock]:
+        """The container's lock; its file goes once the container has no record."""
+        return locked(self.locks_dir, container_id, deadline, f"container {container_id}",
+                      gone=lambda: self.containers.load(container_id) is None)
+
+    def name_lock(self, name: str, kind: str,
+                  deadline: float) -> AbstractContextManager[ObjectLock]:
+        """The lock of a CRI name; its file goes once nobody reserves the name."""
+        return locked(self.locks_dir, f"name-{name}", deadline, f"{kind} name {name}",
+                      gone=lambda: names.holder(self.names_dir, name) is None)
 
     @property
     def infra_rootfs(self) -> str:

@@ -11,14 +11,25 @@ monitor itself is adopted by the supervisor, a subreaper, or PID 1 if the
 supervisor is gone), then read the one JSON sync line: the container's pid,
 or the runtime's error. A dead or silent monitor before the deadline is an
 error naming the container.
+
+Time: every wait here (the runtime's subcommands, the monitor's start,
+its create, an exec, a control command) is bounded by the deadline of the
+op it serves, which a ``Handler`` carries, never by a fixed timeout: a
+monitor can take many seconds to start on a loaded 2-core node. A wait that
+runs out is DEADLINE_EXCEEDED. A runtime failure caused by the container's
+own configuration (a command or working directory its image cannot
+provide) is FAILED_PRECONDITION carrying the runtime's reason; any other
+is INTERNAL.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -29,11 +40,38 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ...proto.errors import DeadlineExceeded, Internal, NotFound
+from ...proto.errors import (
+    BusError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    shorten,
+)
 
 CONMON = "podvisor-conmon"
-SPAWN_TIMEOUT = 10.0
-CTL_TIMEOUT = 5.0
+# A runtime command or monitor start is never given less than this, even at
+# or past the deadline: a kill or delete issued then (a stop whose grace
+# used the whole call) must still run. The supervisor lets an op overrun
+# its deadline by its overrun grace before it kills the worker.
+RUN_FLOOR = 1.0
+# An exec is killed by conmon at the caller's deadline; conmon then needs
+# this long past it (its own start on a loaded node included) to reap the
+# command and report, before we give up on conmon itself.
+EXEC_GRACE = 5.0
+
+# The runtimes' words for a container whose own configuration cannot run in
+# its image: a command that is missing or not executable, a working
+# directory that cannot be entered (runc 1.1, then crun 1.8). That is the
+# request's doing, not the node's.
+_CANNOT_RUN = re.compile(r'exec: "|executable file `|open executable: |chdir to cwd'
+                         r'|chdir `|error during container init: mkdir ')
+# conmon's CreateError when the runtime's create outlived --create-timeout.
+_CREATE_TIMED_OUT = "create timed out after "
+# Runtime messages quote CRI input (a command, a path) that may be
+# kilobytes long; such words are cut so that the reason after them stays.
+_LONG_WORD = re.compile(r"[^\s\"`]{100,}")
 
 
 def conmon_binary() -> str:
@@ -44,20 +82,47 @@ def conmon_binary() -> str:
 
 @dataclass(frozen=True)
 class Handler:
-    """One OCI runtime handler from the config."""
+    """One OCI runtime handler from the config, bound to the deadline
+    (``time.monotonic()``) of the op that uses it."""
 
     name: str
     path: str
     root: str
+    deadline: float
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any], name: str) -> Handler:
+    def from_settings(cls, settings: dict[str, Any], name: str, deadline: float) -> Handler:
         spec = settings["runtime"]["runtimes"][name]
-        return cls(name, spec["runtime_path"], spec["runtime_root"])
+        return cls(name, spec["runtime_path"], spec["runtime_root"], deadline)
 
-    def run(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.path, "--root", self.root, *args], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+    def time_left(self) -> float:
+        """Seconds a wait may take now: what is left before the deadline,
+        never less than ``RUN_FLOOR``."""
+        return max(RUN_FLOOR, self.deadline - time.monotonic())
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run([self.path, "--root", self.root, *args], capture_output=True,
+                                  text=True, timeout=self.time_left(), check=False)
+        except subprocess.TimeoutExpired:
+            raise DeadlineExceeded(f"{self.name} {args[0]} did not finish before the "
+                                   "deadline") from None
+
+
+def runtime_failure(what: str, message: str) -> BusError:
+    """The error for a runtime step ``what`` that failed with ``message``."""
+    text = f"{what}: {compact(message)}"
+    if _CANNOT_RUN.search(message):
+        return FailedPrecondition(text)
+    if _CREATE_TIMED_OUT in message:
+        return DeadlineExceeded(text)
+    return Internal(text)
+
+
+def compact(message: str) -> str:
+    """A runtime's message fit for a status: long words cut, control
+    characters escaped, at most about 700 characters."""
+    return shorten(_LONG_WORD.sub(lambda m: f"{m.group()[:60]}…", message.strip()), 700)
 
 
 @dataclass(frozen=True)
@@ -67,14 +132,18 @@ class Started:
 
 
 def spawn(handler: Handler, container_id: str, bundle: str, state_dir: str, exit_dir: str,
-          log_path: str, *, terminal: bool, stdin: bool, stdin_once: bool,
-          deadline: float) -> Started:
-    """Start a monitor that runs ``<runtime> create``; wait for its sync line."""
+          log_path: str, *, terminal: bool, stdin: bool, stdin_once: bool) -> Started:
+    """Start a monitor that runs ``<runtime> create``; wait for its sync line.
+
+    Should the deadline pass first, our end of the sync pipe is closed on
+    the way out: a monitor that then creates the container finds nobody to
+    tell and deletes it again (contract.py), so nothing is left running.
+    """
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     argv = [conmon_binary(), "monitor", "--id", container_id, "--bundle", bundle,
             "--runtime", handler.path, "--runtime-root", handler.root,
             "--state-dir", state_dir, "--exit-dir", exit_dir, "--log-path", log_path,
-            "--sync-fd", str(write_fd)]
+            "--sync-fd", str(write_fd), "--create-timeout", f"{handler.time_left():.3f}"]
     if terminal:
         argv.append("--terminal")
     if stdin:
@@ -88,15 +157,16 @@ def spawn(handler: Handler, container_id: str, bundle: str, state_dir: str, exit
         os.close(write_fd)
         write_fd = -1
         try:
-            _, err = proc.communicate(timeout=SPAWN_TIMEOUT)
+            _, err = proc.communicate(timeout=handler.time_left())
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise Internal(f"podvisor-conmon for {container_id} did not start") from None
+            raise DeadlineExceeded(f"podvisor-conmon for {container_id} did not start before "
+                                   "the deadline") from None
         if proc.returncode != 0:
             raise Internal(f"podvisor-conmon for {container_id} failed: "
-                           f"{err.decode(errors='replace').strip()[:500]}")
-        line = _read_line(read_fd, deadline, container_id)
+                           f"{compact(err.decode(errors='replace'))}")
+        line = _read_line(read_fd, handler.deadline, container_id)
     finally:
         if write_fd >= 0:
             os.close(write_fd)
@@ -106,7 +176,7 @@ def spawn(handler: Handler, container_id: str, bundle: str, state_dir: str, exit
     except ValueError:
         raise Internal(f"podvisor-conmon for {container_id} sent {line[:200]!r}") from None
     if "error" in sync:
-        raise Internal(f"creating container {container_id}: {sync['error']}")
+        raise runtime_failure(f"creating container {container_id}", str(sync["error"]))
     return Started(int(sync["pid"]), int(sync["conmon_pid"]))
 
 
@@ -153,8 +223,12 @@ def conmon_alive(state_dir: str) -> bool:
     except FileNotFoundError:
         return False
     # This container's monitor, not any process that reused the pid (another
-    # container's monitor included): its argv names the container.
+    # container's monitor, or an exec in this container, included): once it
+    # runs, its title (conmon/proctitle.py) names the container in place of
+    # the argv; before, the argv does.
     container_id = os.path.basename(state_dir).encode()
+    if argv[0] == CONMON.encode() + b" " + container_id:
+        return True
     return any(CONMON.encode() in a for a in argv[:2]) and b"monitor" in argv \
         and container_id in argv
 
@@ -181,51 +255,69 @@ def wait_exit(exit_dir: str, container_id: str, deadline: float) -> dict[str, An
         delay = min(delay * 2, 0.1)
 
 
-def ctl(state_dir: str, command: str) -> None:
+def ctl(state_dir: str, command: str, deadline: float) -> None:
     """Send one command on the monitor's control socket and check its reply."""
     path = os.path.join(state_dir, "ctl")
+    verb = command.split()[0]
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(CTL_TIMEOUT)
+        sock.settimeout(max(RUN_FLOOR, deadline - time.monotonic()))
         try:
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotFound("the container's monitor is not running") from None
-        sock.sendall(command.encode() + b"\n")
         reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+        try:
+            sock.sendall(command.encode() + b"\n")
+            while not reply.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        except TimeoutError:
+            raise DeadlineExceeded(f"the container's monitor did not answer {verb} before "
+                                   "the deadline") from None
     text = reply.decode(errors="replace").strip()
     if text != "ok":
-        raise Internal(f"{command.split()[0]} failed: {text or 'no reply'}")
+        raise Internal(f"{verb} failed: {compact(text) or 'no reply'}")
 
 
-def exec_sync(handler: Handler, container_id: str, cmd: list[str], timeout: float,
-              deadline: float) -> dict[str, Any]:
-    """Run ``cmd`` in the container through ``podvisor-conmon exec``."""
+def exec_sync(handler: Handler, container_id: str, cmd: list[str],
+              timeout: float) -> dict[str, Any]:
+    """Run ``cmd`` in the container through ``podvisor-conmon exec``.
+
+    conmon kills and reaps the command at its timeout, or at the deadline
+    when that comes first (a timeout of 0 runs until then), so nothing the
+    exec started is left running once its caller has gone.
+    ``deadline_hit`` says which of the two stopped it.
+    """
+    # Never 0, which conmon reads as "no timeout".
+    left = max(0.1, handler.deadline - time.monotonic())
+    limit = min(timeout, left) if timeout > 0 else left
     argv = [conmon_binary(), "exec", "--id", container_id, "--runtime", handler.path,
-            "--runtime-root", handler.root, "--timeout", str(timeout), "--", *cmd]
-    # conmon enforces the command's timeout; ours only guards against conmon
-    # itself hanging, and never outlives the caller.
-    wait = max(1.0, deadline - time.monotonic())
+            "--runtime-root", handler.root, "--timeout", f"{limit:.3f}", "--", *cmd]
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=wait, check=False,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, capture_output=True, timeout=limit + EXEC_GRACE,
+                              check=False, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise DeadlineExceeded(f"exec in container {container_id} ran past the deadline") \
             from None
+    except OSError as exc:
+        if exc.errno != errno.E2BIG:
+            raise
+        raise InvalidArgument(f"cmd is too long to execute ({sum(map(len, cmd))} characters "
+                              f"in {len(cmd)} arguments)") from None
     try:
         result: dict[str, Any] = json.loads(done.stdout)
     except ValueError:
         raise Internal(f"exec in {container_id} failed: "
-                       f"{done.stderr.decode(errors='replace').strip()[:500]}") from None
+                       f"{compact(done.stderr.decode(errors='replace'))}") from None
+    timed_out = bool(result["timed_out"])
     return {
         "exit_code": int(result["exit_code"]),
         "stdout": base64.b64decode(result["stdout"]),
         "stderr": base64.b64decode(result["stderr"]),
-        "timed_out": bool(result["timed_out"]),
+        "timed_out": timed_out,
+        "deadline_hit": timed_out and (timeout <= 0 or limit < timeout),
         "runtime_error": result.get("runtime_error"),
     }
 

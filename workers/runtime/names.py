@@ -4,9 +4,10 @@ Names come from metadata (proto/naming.py), so a kubelet retry carries the
 same name. A reservation is a file holding the owner's id, created whole
 with link(2) (content first, then an atomic link that fails if the name is
 taken), so no reader ever sees an empty reservation. Callers hold the
-name's flock around ``reserve`` and the owner's record write; a
-reservation whose owner has no record was left by a worker killed between
-the two, and is taken over.
+name's flock (``Layout.name_lock``) around ``reserve`` and the owner's
+record write, and around ``release``; a reservation whose owner has no
+record was left by a worker killed between the two, and is taken over, or
+dropped by the start-up reconcile (``drop_dead``).
 
 Names may be far longer than a file name may be (workers/fsnames.py), so
 the file is named by ``component(name)`` and holds the owner's id on its
@@ -72,6 +73,36 @@ def release(names_dir: str, name: str, owner: str) -> None:
     if holder(names_dir, name) == owner:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(_path(names_dir, name))
+
+
+def drop_dead(names_dir: str, alive: Callable[[str], bool]) -> list[str]:
+    """Drop the reservations whose owner is not ``alive`` and the temp files
+    of reserves that were cut short; return the names dropped.
+
+    For the start-up reconcile, when no reserve can be running.
+    """
+    try:
+        files = sorted(os.listdir(names_dir))
+    except FileNotFoundError:
+        return []
+    dropped = []
+    for file in files:
+        path = os.path.join(names_dir, file)
+        if file.startswith("."):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                owner, name = f.readline().strip(), f.readline().rstrip("\n")
+        except FileNotFoundError:
+            continue
+        if owner and alive(owner):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        dropped.append(name or file)
+    return dropped
 
 
 def _path(names_dir: str, name: str) -> str:

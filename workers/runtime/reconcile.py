@@ -7,6 +7,11 @@ Run once by the supervisor before it serves CRI calls. What it does:
   monitor, bundle, namespaces, cgroups, files, record, name);
 - a ready sandbox whose volatile dir is gone (the node rebooted) is marked
   not ready: its namespaces and infra are gone;
+- cgroup directories podvisor made are matched to the pods that remain
+  (cgroups.reconcile): those of no pod go, as long as no process is in
+  them;
+- name reservations whose owner has no record, and lock files nobody
+  holds, are what killed workers left: they go too;
 - containers need nothing: their state is computed from conmon's exit
   files on every read, so one that exited while podvisor was down already
   shows its exit code, and one whose monitor vanished shows "Unknown".
@@ -23,7 +28,9 @@ from typing import Any
 
 from ...proto.errors import BusError
 from ..base import OpContext
-from . import containers, ids, sandbox
+from ..locks import sweep
+from ..records import RecordCorrupt
+from . import cgroups, containers, ids, names, sandbox
 from .layout import Layout
 
 log = logging.getLogger(__name__)
@@ -59,12 +66,39 @@ def reconcile(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
                         sandbox_id)
             record["state"] = sandbox.NOTREADY
             layout.sandboxes.save(sandbox_id, record)
+    # Only now: the removals above release what their pods held.
+    layout.cgroups.records.remove_stale_temps(older_than=0)
+    live = {sandbox_id: str((_load(layout, sandbox_id) or {}).get("cgroup_parent") or "")
+            for sandbox_id in layout.sandboxes.ids()}
+    removed_cgroups = cgroups.reconcile(layout.cgroups, live, ctx.deadline)
+    dropped_names = names.drop_dead(layout.names_dir, lambda owner: _on_record(layout, owner))
+    swept = sweep(layout.locks_dir)
+    if removed_cgroups or dropped_names or swept:
+        log.warning("Removed cgroups of no pod %s, dead name reservations %s and %d stale "
+                    "lock files", removed_cgroups, dropped_names, len(swept))
     return {
         "sandboxes": layout.sandboxes.ids(),
         "containers": layout.containers.ids(),
         "removed_sandboxes": removed_sandboxes,
         "removed_containers": removed_containers,
+        "removed_cgroups": removed_cgroups,
     }
+
+
+def _load(layout: Layout, sandbox_id: str) -> dict[str, Any] | None:
+    try:
+        return layout.sandboxes.load(sandbox_id)
+    except RecordCorrupt:
+        return None
+
+
+def _on_record(layout: Layout, owner: str) -> bool:
+    """Is ``owner`` a pod or container on record? An unreadable record counts."""
+    try:
+        return (layout.sandboxes.load(owner) is not None
+                or layout.containers.load(owner) is not None)
+    except ValueError:  # RecordCorrupt, or an id no record could have
+        return True
 
 
 def _try(op: Any, ctx: OpContext, object_id: str) -> None:

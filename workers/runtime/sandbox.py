@@ -24,10 +24,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ...proto.errors import FailedPrecondition, InvalidArgument, NotFound
+from ...proto.errors import FailedPrecondition, InvalidArgument, NotFound, shorten
+from ...proto.limits import check_path
 from ...proto.naming import sandbox_name
 from ..base import OpContext
-from ..locks import locked
 from . import cgroups, ids, infra, names, podfiles, podns
 from .layout import Layout
 
@@ -36,8 +36,13 @@ log = logging.getLogger(__name__)
 # CRI NamespaceMode values.
 POD, CONTAINER, NODE, TARGET = "POD", "CONTAINER", "NODE", "TARGET"
 READY, NOTREADY, CREATING = "ready", "notready", "creating"
-# RFC 1123 host name labels: what a pod's hostname may be.
-HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?")
+# What a pod's hostname may be: an RFC 1123 host name (dot-separated
+# labels of letters, digits and '-', each starting and ending with a letter
+# or digit, which is also what hostname(1) accepts), of at most the 63
+# characters the kubelet caps it to.
+HOSTNAME_MAX = 63
+HOSTNAME = re.compile(r"(?=.{1,63}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
 # How long a removed pod's monitors get to leave its cgroups.
 DRAIN_TIMEOUT = 5.0
 
@@ -73,12 +78,12 @@ def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     handler = handler_of(ctx.settings, args.get("runtime_handler", ""))
     name = sandbox_name(config.get("metadata", {}))
     modes = namespace_options(config)
-    hostname = config.get("hostname", "")
-    if hostname and not HOSTNAME.fullmatch(hostname):
-        raise InvalidArgument(f"hostname {hostname[:80]!r} is not a valid host name")
+    # Both are refused before anything exists, so a refusal leaves nothing.
+    pod_hostname(config, modes["network"] == NODE)
+    check_log_directory(config.get("log_directory", ""))
     if modes["network"] == TARGET or modes["ipc"] == TARGET:
         raise InvalidArgument("namespace mode TARGET applies to pid only")
-    with locked(layout.locks_dir, f"name-{name}", ctx.deadline, f"pod name {name}"):
+    with layout.name_lock(name, "pod", ctx.deadline):
         names.reserve(layout.names_dir, name, sandbox_id, "pod sandbox",
                       lambda other: layout.sandboxes.load(other) is not None)
         if layout.sandboxes.load(sandbox_id) is None:
@@ -93,13 +98,48 @@ def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"id": sandbox_id, "name": name, "runtime_handler": handler, "pause_image": pause}
 
 
+def pod_hostname(config: Mapping[str, Any], host_network: bool) -> str:
+    """The pod's hostname: the CRI's; else the node's for a host-network pod;
+    else the pod's name as the kubelet derives it (truncatePodHostnameIfNeeded):
+    cut to 63 characters, less the trailing '-' and '.' a cut may leave
+    (stripped here even without a cut, where they are as invalid)."""
+    given: str = config.get("hostname", "")
+    if given:
+        if not HOSTNAME.fullmatch(given):
+            raise InvalidArgument(f"hostname {shorten(given)} is not a valid host name: at most "
+                                  f"{HOSTNAME_MAX} letters, digits, '-' and '.', each label "
+                                  "starting and ending with a letter or digit")
+        return given
+    if host_network:
+        return socket.gethostname()[:HOSTNAME_MAX]
+    name: str = config.get("metadata", {}).get("name", "")
+    derived = name[:HOSTNAME_MAX].rstrip("-.")
+    if not HOSTNAME.fullmatch(derived):
+        raise InvalidArgument(f"hostname is empty and the pod name {shorten(name)} does not make "
+                              "a valid host name (letters, digits, '-' and '.', each label "
+                              "starting and ending with a letter or digit); set hostname")
+    return derived
+
+
+def check_log_directory(value: str) -> None:
+    """Refuse a log_directory that could lead conmon's writes elsewhere; the
+    kubelet always sends an absolute one (/var/log/pods/<ns>_<name>_<uid>)."""
+    if not value:
+        return
+    check_path("log_directory", value)
+    if not value.startswith("/"):
+        raise InvalidArgument(f"log_directory {shorten(value)} is not an absolute path")
+    if ".." in value.split("/"):
+        raise InvalidArgument(f"log_directory {shorten(value)} must not contain '..'")
+
+
 def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     """Set up everything of the pod that is the runtime's: namespaces, files,
     cgroup, infra; mark it ready. ``netns_path`` and ``ips`` come from the
     net pool (absent for host-network pods)."""
     layout = Layout.from_settings(ctx.settings)
     sandbox_id = args["id"]
-    with locked(layout.locks_dir, sandbox_id, ctx.deadline, f"pod sandbox {sandbox_id}"):
+    with layout.pod_lock(sandbox_id, ctx.deadline):
         record = load(layout, sandbox_id)
         if record["state"] != CREATING:
             return status_of(record)
@@ -107,8 +147,7 @@ def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         modes = record["modes"]
         host_network = record["host_network"]
         pod_dir = layout.pod_dir(sandbox_id)
-        hostname = config.get("hostname") or (
-            socket.gethostname() if host_network else config["metadata"]["name"])[:63]
+        hostname = pod_hostname(config, host_network)
         record["hostname"] = hostname
         record["netns_path"] = args.get("netns_path") or None
         record["ips"] = list(args.get("ips") or [])
@@ -117,8 +156,11 @@ def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         record["cgroup_parent"] = cgroups.pod_parent(
             config.get("linux", {}).get("cgroup_parent", ""), sandbox_id,
             ctx.settings["runtime"]["cgroup_manager"])
-        record["cgroups_created"] = cgroups.ensure(record["cgroup_parent"],
-                                                   layout.cgroup_ledger)
+        # Named before any directory is made: remove() releases the
+        # parent's cgroups whatever instant a crash cuts ensure() short.
+        layout.sandboxes.save(sandbox_id, record)
+        record["cgroups_created"] = cgroups.ensure(record["cgroup_parent"], sandbox_id,
+                                                   layout.cgroups, ctx.deadline)
         layout.sandboxes.save(sandbox_id, record)
         ctx.check()
         record["ns"] = podns.pin(f"{pod_dir}/ns", hostname, ipc=modes["ipc"] != NODE,
@@ -150,7 +192,7 @@ def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         sandbox_id = resolve_id(layout, args["id"])
     except NotFound:
         return {"found": False}  # CRI: stopping an absent sandbox succeeds
-    with locked(layout.locks_dir, sandbox_id, ctx.deadline, f"pod sandbox {sandbox_id}"):
+    with layout.pod_lock(sandbox_id, ctx.deadline):
         record = load(layout, sandbox_id)
         if record.get("infra"):
             infra.stop(ctx, layout, record)
@@ -174,8 +216,7 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         sandbox_id = resolve_id(layout, args["id"])
     except NotFound:
         return {"found": False}  # CRI: removing an absent sandbox succeeds
-    with locked(layout.locks_dir, sandbox_id, ctx.deadline,
-                f"pod sandbox {sandbox_id}") as held:
+    with layout.pod_lock(sandbox_id, ctx.deadline) as held:
         record = load(layout, sandbox_id)
         left = ids.members(layout.containers, sandbox_id)
         if left:
@@ -187,14 +228,15 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         pod_dir = layout.pod_dir(sandbox_id)
         podfiles.unmount_shm(pod_dir)
         podns.unpin(f"{pod_dir}/ns")
-        if record.get("cgroup_parent") and not cgroups.drain(
-                record["cgroup_parent"], min(ctx.deadline, time.monotonic() + DRAIN_TIMEOUT)):
-            log.warning("Pod sandbox %s: processes left in %s", sandbox_id,
-                        record["cgroup_parent"])
-        cgroups.prune(layout.cgroup_ledger)
+        parent = record.get("cgroup_parent")
+        if parent:
+            if not cgroups.drain(parent, min(ctx.deadline, time.monotonic() + DRAIN_TIMEOUT)):
+                log.warning("Pod sandbox %s: processes left in %s", sandbox_id, parent)
+            cgroups.release(parent, sandbox_id, layout.cgroups, ctx.deadline)
         shutil.rmtree(pod_dir, ignore_errors=True)
         layout.sandboxes.delete(sandbox_id)
-        names.release(layout.names_dir, record["name"], sandbox_id)
+        with layout.name_lock(record["name"], "pod", ctx.deadline):
+            names.release(layout.names_dir, record["name"], sandbox_id)
         log.info("Pod sandbox %s removed", sandbox_id)
         held.release(unlink=True)  # the lock file goes with its pod
     return {"found": True, "id": sandbox_id, "netns_path": record.get("netns_path")}

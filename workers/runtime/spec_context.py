@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import resource
 from dataclasses import dataclass
 
@@ -72,6 +73,11 @@ class NodeFacts:
     min_memory: int = MIN_MEMORY_RUNC
     nofile: int = DEFAULT_NOFILE               # RLIMIT_NOFILE soft and hard for containers
     pids_limit: int = 0                        # per-container pids.max; <= 0 leaves it unset
+    # What cpuset.cpus, cpuset.mems and hugetlb.<size>.* may name on this
+    # node; None where it is unknown, and then nothing is checked.
+    cpus: frozenset[int] | None = None         # online CPUs
+    mems: frozenset[int] | None = None         # online memory (NUMA) nodes
+    hugepage_sizes: frozenset[str] | None = None  # "2MB", "1GB", as runc names them
 
 
 def bounding_caps(status: str | None = None) -> tuple[str, ...]:
@@ -139,4 +145,63 @@ def detect_node(cgroup_manager: str = "cgroupfs", mount_options: frozenset[str] 
         swap = os.path.exists(os.path.join(cgroup_root, "memory", "memory.memsw.limit_in_bytes"))
     return NodeFacts(cgroup_manager=cgroup_manager, cgroup_v2=v2, controllers=controllers,
                      swap_accounting=swap, mount_options=mount_options, min_memory=min_memory,
-                     nofile=nofile_ceiling(), pids_limit=pids_limit)
+                     nofile=nofile_ceiling(), pids_limit=pids_limit,
+                     cpus=_online("/sys/devices/system/cpu/online"),
+                     mems=_online("/sys/devices/system/node/online"),
+                     hugepage_sizes=hugepage_sizes())
+
+
+def cpu_ranges(text: str) -> list[tuple[int, int]] | None:
+    """The ranges of a kernel cpu list ("0-3,8"), or None if it is not one.
+
+    This is the form cpuset.cpus and cpuset.mems take: comma-separated
+    numbers and ranges N-M with N <= M. Numbers have at most nine digits
+    (the kernel's NR_CPUS is far below), so no range is ever expanded
+    beyond what a node could have.
+    """
+    ranges = []
+    for part in text.split(","):
+        match = _CPU_RANGE.fullmatch(part)
+        if match is None:
+            return None
+        low = int(match[1])
+        high = int(match[2]) if match[2] is not None else low
+        if low > high:
+            return None
+        ranges.append((low, high))
+    return ranges
+
+
+_CPU_RANGE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
+
+
+def _online(path: str) -> frozenset[int] | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            ranges = cpu_ranges(f.read().strip())
+    except OSError:
+        return None
+    if ranges is None:
+        return None
+    return frozenset(n for low, high in ranges for n in range(low, high + 1))
+
+
+def hugepage_sizes(root: str = "/sys/kernel/mm/hugepages") -> frozenset[str] | None:
+    """The huge page sizes this kernel offers, named as runc names the
+    hugetlb files (and the kubelet the CRI page_size): "2MB", "1GB"."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return None
+    sizes = (re.fullmatch(r"hugepages-([0-9]+)kB", name) for name in names)
+    return frozenset(page_size_name(int(m[1]) * 1024) for m in sizes if m)
+
+
+def page_size_name(size: int) -> str:
+    """``size`` bytes in binary units, as runc and the kubelet print it."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024:
+            return f"{value:g}{unit}"
+        value /= 1024
+    return f"{value:g}PB"

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...proto.errors import InvalidArgument
+from ...proto.errors import InvalidArgument, shorten
 from . import spec_cri as cri
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -52,6 +52,11 @@ def process_args(container_config: Mapping[str, Any], image_config: Mapping[str,
     if not merged or not merged[0]:
         raise InvalidArgument("no command specified: the CRI config and the image config "
                               "give neither a command nor args")
+    for index, arg in enumerate(merged):
+        # execve(2) cannot pass one; the runtime would fail the create.
+        if "\0" in arg:
+            raise InvalidArgument(f"argument {index} of the command, {shorten(arg)}, contains "
+                                  "a NUL byte")
     return merged
 
 
@@ -88,7 +93,9 @@ def process_cwd(container_config: Mapping[str, Any], image_config: Mapping[str, 
     cwd = cri.text(container_config, "working_dir")
     if cwd:
         if not cwd.startswith("/"):
-            raise InvalidArgument(f"working_dir {cwd!r} is not an absolute path")
+            raise InvalidArgument(f"working_dir {shorten(cwd)} is not an absolute path")
+        if "\0" in cwd:
+            raise InvalidArgument(f"working_dir {shorten(cwd)} contains a NUL byte")
         return cwd
     image_cwd = image_config.get("WorkingDir") or ""
     if not isinstance(image_cwd, str):

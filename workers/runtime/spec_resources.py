@@ -22,6 +22,13 @@ dropped with a warning, because runc refuses the whole spec with it. A
 pids limit is written only when the node config sets one (CRI-O's default
 ``pids_limit`` is -1, none).
 
+Values runc would write into cgroup files unchecked are checked here, so
+a bad one is INVALID_ARGUMENT naming the field instead of a runc error:
+cpu_shares, cpu_period and cpu_quota within the kernel's bounds, a swap
+limit no lower than -1 (no limit), cpuset lists in the kernel's form
+naming only online CPUs and memory nodes, hugepage page sizes in runc's
+form ("2MB") and, where they are applied, offered by this node.
+
 ``oom_score_adj`` is a process field, not a cgroup one; it is clamped to
 the daemon's own value (see spec_context).
 """
@@ -30,17 +37,38 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from ...proto.errors import InvalidArgument
+from ...proto.errors import InvalidArgument, shorten
 from . import spec_cri as cri
-from .spec_context import NodeFacts
+from .spec_context import NodeFacts, cpu_ranges
 
 log = logging.getLogger(__name__)
 
 OOM_SCORE_ADJ_MIN = -1000
 OOM_SCORE_ADJ_MAX = 1000
+
+# cgroup v1 cpu.shares bounds (the kernel's MIN_SHARES and MAX_SHARES);
+# runc refuses the create outside them. CRI-O hands cpu_shares to the
+# runtime unchanged (SpecSetLinuxContainerResources), so such a value fails
+# there with runc's error, and the kubelet never sends one: its
+# MilliCPUToShares clamps to these bounds. Refusing (rather than clamping)
+# keeps CRI-O's outcome with a clear code, and never silently changes the
+# weight a caller asked for.
+CPU_SHARES_MIN = 2
+CPU_SHARES_MAX = 262144
+
+# The kernel's CFS bandwidth bounds (kernel/sched/core.c, cgroup v1
+# cpu.cfs_* and v2 cpu.max alike), in microseconds: a period of 1 ms to
+# 1 s, a quota of at least 1 ms and at most 2^44-1 (about 203 days). A
+# negative quota means "no limit".
+CPU_PERIOD_MIN, CPU_PERIOD_MAX = 1000, 1_000_000
+CPU_QUOTA_MIN, CPU_QUOTA_MAX = 1000, (1 << 44) - 1
+
+# runc's names for huge page sizes (and the kubelet's CRI page_size).
+PAGE_SIZE = re.compile(r"[1-9][0-9]{0,5}(?:KB|MB|GB|TB|PB)")
 
 
 def cgroups_path(parent: str, object_id: str, node: NodeFacts) -> str:
@@ -82,15 +110,25 @@ def linux_resources(resources: Mapping[str, Any], node: NodeFacts) -> dict[str, 
     period = _positive(resources, "cpu_period")
     # -1 is "no quota" in the cgroup files; the kubelet sends 0 for that.
     quota = cri.integer(resources.get("cpu_quota"), "cpu_quota")
+    if shares and not CPU_SHARES_MIN <= shares <= CPU_SHARES_MAX:
+        raise InvalidArgument(f"cpu_shares {shares} is outside {CPU_SHARES_MIN}.."
+                              f"{CPU_SHARES_MAX}, the kernel's range (0 leaves it unset)")
     if shares:
         cpu["shares"] = shares
+    if quota > 0 and not CPU_QUOTA_MIN <= quota <= CPU_QUOTA_MAX:
+        raise InvalidArgument(f"cpu_quota {quota} is outside {CPU_QUOTA_MIN}..{CPU_QUOTA_MAX} "
+                              "microseconds, the kernel's range (negative: no limit)")
     if quota:
         cpu["quota"] = quota
+    if period and not CPU_PERIOD_MIN <= period <= CPU_PERIOD_MAX:
+        raise InvalidArgument(f"cpu_period {period} is outside {CPU_PERIOD_MIN}.."
+                              f"{CPU_PERIOD_MAX} microseconds, the kernel's range")
     if period:
         cpu["period"] = period
-    for key, field in (("cpuset_cpus", "cpus"), ("cpuset_mems", "mems")):
+    for key, field, online in (("cpuset_cpus", "cpus", node.cpus),
+                               ("cpuset_mems", "mems", node.mems)):
         if value := cri.text(resources, key):
-            cpu[field] = value
+            cpu[field] = _cpuset(key, value, online)
     if cpu:
         out["cpu"] = cpu
 
@@ -105,14 +143,25 @@ def linux_resources(resources: Mapping[str, Any], node: NodeFacts) -> dict[str, 
         if 0 < swap < limit:
             raise InvalidArgument(f"memory swap limit ({swap}) cannot be lower than the memory "
                                   f"limit ({limit})")
+        if swap < -1:
+            raise InvalidArgument(f"memory_swap_limit_in_bytes {swap} is negative; -1 means "
+                                  "no limit")
         if node.swap_accounting:
             memory["swap"] = swap or limit
         out["memory"] = memory
 
-    hugepages = [{"pageSize": cri.text(h, "page_size"),
+    hugepages = [{"pageSize": _page_size(index, cri.text(h, "page_size")),
                   "limit": cri.integer(h.get("limit"), "hugepage_limits.limit")}
-                 for h in cri.messages(resources, "hugepage_limits")]
+                 for index, h in enumerate(cri.messages(resources, "hugepage_limits"))]
     if hugepages and "hugetlb" in node.controllers:
+        # runc writes hugetlb.<size>.limit_in_bytes, which exists only for
+        # the sizes the kernel offers.
+        sizes = node.hugepage_sizes
+        for index, entry in enumerate(hugepages):
+            if sizes is not None and entry["pageSize"] not in sizes:
+                raise InvalidArgument(
+                    f"hugepage_limits[{index}].page_size {entry['pageSize']} is not a huge page "
+                    f"size of this node (it has {', '.join(sorted(sizes)) or 'none'})")
         out["hugepageLimits"] = hugepages
 
     unified = cri.text_map(resources, "unified")
@@ -125,3 +174,41 @@ def linux_resources(resources: Mapping[str, Any], node: NodeFacts) -> dict[str, 
     if node.pids_limit > 0 and "pids" in node.controllers:
         out["pids"] = {"limit": node.pids_limit}
     return out
+
+
+def _cpuset(key: str, value: str, online: frozenset[int] | None) -> str:
+    """``value`` if the kernel would take it for cpuset.cpus or cpuset.mems."""
+    ranges = cpu_ranges(value)
+    if ranges is None:
+        raise InvalidArgument(f"{key} {shorten(value)} is not a list such as 0-3,8: numbers "
+                              "and ranges N-M with N <= M, separated by commas")
+    if online is not None:
+        top = max(online, default=-1)
+        # Bounded: a range is only walked once it ends within the node.
+        if any(high > top or not online.issuperset(range(low, high + 1))
+               for low, high in ranges):
+            what = "CPUs" if key == "cpuset_cpus" else "memory nodes"
+            raise InvalidArgument(f"{key} {shorten(value)} names {what} this node does not "
+                                  f"have online (it has {_list_text(online)})")
+    return value
+
+
+def _list_text(numbers: frozenset[int]) -> str:
+    """``numbers`` as a kernel cpu list: "0-3,8"."""
+    parts: list[str] = []
+    for n in sorted(numbers):
+        if parts and n - 1 in numbers:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{n}"
+        else:
+            parts.append(str(n))
+    return shorten(",".join(parts), 64) if parts else "none"
+
+
+def _page_size(index: int, value: str) -> str:
+    field = f"hugepage_limits[{index}].page_size"
+    if not value:
+        raise InvalidArgument(f"{field} is empty; it names a huge page size such as 2MB")
+    if not PAGE_SIZE.fullmatch(value):
+        raise InvalidArgument(f"{field} {shorten(value)} is not a huge page size such as "
+                              "2MB or 1GB")
+    return value

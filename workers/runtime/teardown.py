@@ -1,13 +1,24 @@
 """Ending and deleting what conmon runs, for containers and infra alike.
 
-Both follow one order: SIGKILL through the runtime and wait for conmon's
-exit file (bounded), then delete the runtime state, stop a monitor that is
-somehow still there, and drop the bundle, state dir and exit file.
+Both follow one order: SIGKILL through the runtime and wait until no
+process of the object is left (bounded), then delete the runtime state,
+stop a monitor that is somehow still there, and drop the bundle, state dir
+and exit file.
+
+The wait is bounded by what is there, so a cleanup never waits for a
+process that never started: while a monitor runs, until conmon's exit
+file; with no monitor, while the runtime still reports the container;
+with neither (a create whose worker was killed before its monitor ran),
+not at all. A monitor is found by its command line, not only by its pid
+file: conmon writes that file once the container is created, and a
+monitor still creating must be waited for, or its container would appear
+after the cleanup.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -17,16 +28,70 @@ from . import monitor
 from .layout import Layout
 
 # After SIGKILL a process dies at once unless stuck in the kernel; this
-# bounds how long a stop waits for conmon to record that.
+# bounds how long a stop waits for that to show.
 KILL_WAIT = 10.0
+# A monitor whose worker was killed may create its container after the
+# first kill: the kill is sent again this often while the wait lasts.
+KILL_REPEAT = 0.25
 
 
 def force_kill(handler: monitor.Handler, layout: Layout, object_id: str,
                deadline: float) -> bool:
-    """SIGKILL every process of ``object_id``; True once its exit is recorded."""
-    handler.run("kill", "--all", object_id, "KILL")
+    """SIGKILL every process of ``object_id``; True once none is left."""
     until = min(deadline, time.monotonic() + KILL_WAIT)
-    return monitor.wait_exit(layout.exits_dir, object_id, until) is not None
+    next_kill = 0.0
+    delay = 0.005
+    while True:
+        if monitor.read_exit(layout.exits_dir, object_id) is not None:
+            return True
+        now = time.monotonic()
+        if now >= next_kill:
+            handler.run("kill", "--all", object_id, "KILL")
+            next_kill = now + KILL_REPEAT
+        if not _monitor_running(layout, object_id) and not _runtime_has(handler, object_id):
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _monitor_running(layout: Layout, object_id: str) -> bool:
+    """Is a podvisor-conmon monitor of ``object_id`` alive, created container or not?"""
+    pid_file = os.path.join(layout.state_dir(object_id), "conmon.pid")
+    with contextlib.suppress(FileNotFoundError, ValueError), open(pid_file,
+                                                                  encoding="utf-8") as f:
+        if _is_monitor(int(f.read().strip()), object_id):
+            return True
+    return any(_is_monitor(int(entry.name), object_id) for entry in os.scandir("/proc")
+               if entry.name.isdigit())
+
+
+def _is_monitor(pid: int, object_id: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    wanted = object_id.encode()
+    # Detached, a monitor titles itself "podvisor-conmon <id>"; until then
+    # its argv is the spawn's, naming the container after --id.
+    titled = argv[0] == monitor.CONMON.encode() + b" " + wanted
+    spawned = any(monitor.CONMON.encode() in a for a in argv[:2]) and b"monitor" in argv \
+        and wanted in argv
+    return (titled or spawned) and monitor.process_alive(pid)
+
+
+def _runtime_has(handler: monitor.Handler, object_id: str) -> bool:
+    """Does the runtime still report a live process for ``object_id``?"""
+    done = handler.run("state", object_id)
+    if done.returncode != 0:
+        return False  # no such container (never created, or deleted)
+    try:
+        state = json.loads(done.stdout)
+    except ValueError:
+        return False
+    return isinstance(state, dict) and state.get("status") != "stopped"
 
 
 def discard(handler: monitor.Handler, layout: Layout, object_id: str) -> None:

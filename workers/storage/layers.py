@@ -88,8 +88,10 @@ def describe(layout: Layout, record: dict[str, Any], unpacked: bool) -> dict[str
 def unpack(layout: Layout, req: UnpackRequest, deadline: float,
            check: Callable[[], None]) -> dict[str, Any]:
     chain_hex = req.chain_hex
+    # An unpack that fails leaves no layer, and so no lock file either.
     with locks.locked(layout.locks_dir, lock_name(chain_hex), deadline,
-                      f"layer {req.chain_id}", holder=LOCK_HOLDER):
+                      f"layer {req.chain_id}", holder=LOCK_HOLDER,
+                      gone=lambda: records.layer(layout, chain_hex) is None):
         existing = records.layer(layout, chain_hex)
         if existing is not None:
             # Idempotent: the same chain id is the same content.

@@ -10,7 +10,9 @@ What it removes
     - when ``live_layers`` is given, every layer it does not list and no
       remaining rootfs uses. The caller passes every chain id of every
       image record, before the image pool serves pulls: a layer unpacked
-      for a pull whose image record is not written yet is not live.
+      for a pull whose image record is not written yet is not live;
+    - lock files nobody holds (a killed worker's, whatever their object):
+      the next lock of a live object makes its file again.
 
 Concurrency
     Every object is touched under its own lock, taken without waiting: a
@@ -50,6 +52,9 @@ def reconcile(layout: Layout, live_containers: Collection[str],
     check()
     if live_layers is not None:
         _layers(layout, set(live_layers), deadline, report, check)
+    swept = locks.sweep(layout.locks_dir)
+    if swept:
+        log.info("Removed %d lock files nobody held", len(swept))
     if any(report[k] for k in report if k != "busy"):
         log.info("Reconciled storage: %s", {k: len(v) for k, v in report.items()})
     return report

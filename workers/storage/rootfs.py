@@ -7,6 +7,8 @@ Ordering (why a crash at any instant leaves nothing unaccounted for)
             -> unlock layers -> mount
     remove: lock(container) -> unmount -> rename to .rm-<id>-<rand>
             -> delete -> drop the mount point and the lock file
+    A lock file lives as long as its object: a create or mount that ends
+    with no record (it failed, or found none) unlinks it too.
     The record is in place before the mount and outlives the unmount, so no
     overlay is ever mounted without a record naming its layers; a record
     without a mount (crash, reboot: mounts live in the volatile runroot) is
@@ -25,12 +27,14 @@ Idempotence
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ...proto.errors import AlreadyExists, NotFound
@@ -52,10 +56,16 @@ def _describe(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
             "layers": list(record["layers"]), "mount_label": record.get("mount_label")}
 
 
+def _locked(layout: Layout, container_id: str,
+            deadline: float) -> AbstractContextManager[locks.ObjectLock]:
+    return locks.locked(layout.locks_dir, lock_name(container_id), deadline,
+                        f"container {container_id}", holder=LOCK_HOLDER,
+                        gone=lambda: records.rootfs(layout, container_id) is None)
+
+
 def create(layout: Layout, container_id: str, chain_ids: Sequence[str],
            mount_label: str | None, deadline: float) -> dict[str, Any]:
-    with locks.locked(layout.locks_dir, lock_name(container_id), deadline,
-                      f"container {container_id}", holder=LOCK_HOLDER):
+    with _locked(layout, container_id, deadline):
         record = records.rootfs(layout, container_id)
         if record is not None:
             if list(record.get("layers", ())) != list(chain_ids):
@@ -83,6 +93,7 @@ def _make_container_dir(layout: Layout, container_id: str, chain_ids: Sequence[s
     # them waits for the record to exist (then sees this user), and no two
     # rootfs creates ever wait for each other.
     held: list[locks.ObjectLock] = []
+    gone: list[str] = []
     try:
         for chain_id in sorted(set(chain_ids)):
             held.append(locks.acquire(
@@ -90,6 +101,7 @@ def _make_container_dir(layout: Layout, container_id: str, chain_ids: Sequence[s
                 f"layer {chain_id}", shared=True, holder=LOCK_HOLDER))
         missing = [c for c in chain_ids if not layers.present(layout, c.split(":", 1)[1])]
         if missing:
+            gone.extend(c.split(":", 1)[1] for c in missing)
             raise NotFound(f"layer(s) {', '.join(missing)} of container {container_id} are "
                            "not unpacked; unpack them before creating the rootfs")
         os.makedirs(layout.containers_dir, mode=0o700, exist_ok=True)
@@ -114,6 +126,15 @@ def _make_container_dir(layout: Layout, container_id: str, chain_ids: Sequence[s
     finally:
         for lock in held:
             lock.release()
+        # A shared holder may not unlink: the lock files of layers that
+        # turned out absent go once nobody holds them.
+        for chain_hex in gone:
+            locks.discard(layout.locks_dir, layers.lock_name(chain_hex),
+                          functools.partial(_absent, layout, chain_hex))
+
+
+def _absent(layout: Layout, chain_hex: str) -> bool:
+    return not layers.present(layout, chain_hex)
 
 
 def _make_upper(layout: Layout, tmp: str, chain_ids: Sequence[str]) -> None:
@@ -160,8 +181,7 @@ def _ensure_mounted(layout: Layout, record: dict[str, Any]) -> bool:
 
 
 def mount(layout: Layout, container_id: str, deadline: float) -> dict[str, Any]:
-    with locks.locked(layout.locks_dir, lock_name(container_id), deadline,
-                      f"container {container_id}", holder=LOCK_HOLDER):
+    with _locked(layout, container_id, deadline):
         record = records.rootfs(layout, container_id)
         if record is None:
             raise NotFound(f"container {container_id} has no rootfs; create_rootfs first")
