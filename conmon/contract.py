@@ -32,9 +32,11 @@ monitor: spawn, sync, detach
     container it created, removes conmon.pid and exits 1 the same way, so
     a create given up on leaves nothing running. --create-timeout bounds
     the runtime's create (the spawner passes what is left of its
-    deadline). A stale <exit-dir>/<id> is removed at start. The detached
-    monitor is adopted by the spawner's nearest subreaper ancestor, else
-    PID 1, which must reap it when it exits.
+    deadline); the delete after it has a bound of its own (30 s), as the
+    spawner's time may be all but gone by then. A stale <exit-dir>/<id> is
+    removed at start. The detached monitor is adopted by the spawner's
+    nearest subreaper ancestor, else PID 1, which must reap it when it
+    exits.
 
 State dir (one per container, mode 0700; at most ~95 bytes long, as unix
 socket paths are limited to 107)

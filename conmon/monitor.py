@@ -49,6 +49,11 @@ from .runtime import Runtime
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 2.0
+# How long the runtime's ``delete --force`` of an abandoned container may
+# take. Its own bound, not what is left of the spawner's (as little as a
+# second, or already past): the delete is what keeps a container nobody
+# owns from running on, and a loaded node can take seconds for it.
+DELETE_TIMEOUT = 30.0
 ATTACH_FLUSH_TIMEOUT = 1.0
 READ_MAX = 64 * 1024
 # Reads per stream after DRAIN_TIMEOUT, against a writer that never stops.
@@ -252,9 +257,15 @@ class Container:
         """After a failed create: delete what was created, close what was
         opened, remove our sockets."""
         if self._created:
-            subprocess.run(runtime.delete(self._opts.cid), stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-                           timeout=self._opts.create_timeout)
+            try:
+                subprocess.run(runtime.delete(self._opts.cid), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               check=False, timeout=DELETE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                # run() has killed the delete; said here, so that a
+                # container it leaves is explained in conmon.log.
+                log.error("%s delete did not finish within %gs; the container may be left",
+                          _name(runtime), DELETE_TIMEOUT)
         for fd in {*self._outputs, self._stdin_w, self._master}:
             if fd >= 0:
                 with contextlib.suppress(OSError):

@@ -34,6 +34,12 @@ hands it to workers in their settings; both ends use the same number.
 A payload over it is refused by its receiver, which would leave the request
 unanswered until its deadline, so the sender checks first (``check_size``)
 and fails the call at once with RESOURCE_EXHAUSTED.
+
+Fence: every worker holds a shared flock on ``<runroot>/FENCE_FILE`` for its
+whole life. A supervisor takes it exclusively, killing the holders it
+finds, before it starts its own workers, so no worker of a dead supervisor
+still acts (finishes a create, replies from an unknown peer) once the new
+one serves.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import msgpack
 from .errors import ProtocolError, ResourceExhausted
 
 TAG = b"PV1"
+FENCE_FILE = "workers.fence"
 PROTO_VERSION = 1
 MAX_PAYLOAD = 64 * 1024 * 1024
 """The least payload limit: bus-internal answers (whole records) may be

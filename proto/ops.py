@@ -4,8 +4,10 @@ it, and whether it only reads.
 Op names are ``<pool>.<verb>``. Most verbs are the snake_case of the CRI RPC
 they serve (``runtime.stop_container``); multi-step RPCs add narrow ops of
 their own as their issues land (``net.setup``). A ``read_only`` op may be
-retried once on another worker when the one holding it dies; a mutation is
-never retried by the bus (design.md, "The bus").
+retried once on another worker when the one holding it dies, and so is an
+``idempotent`` stage (creates keyed by id, stops and removals); any other
+mutation is retried only when it never reached its worker (design.md, "The
+bus").
 
 A worker advertises in READY the subset it implements; an op in the
 catalogue that no worker implements yet is answered UNIMPLEMENTED by the
@@ -24,6 +26,12 @@ POOLS = ("image", "storage", "runtime", "net")
 class Op:
     name: str
     read_only: bool = False
+    # A stage keyed by the object's id that finds and finishes its own
+    # earlier attempt (a record, a reservation, a mount already there, or
+    # already gone for a removal): the bus may run it again on another
+    # worker when the first one died. Cleanup stacks rely on it: an undo
+    # step must not fail just because a worker died beside it.
+    idempotent: bool = False
 
     @property
     def pool(self) -> str:
@@ -63,24 +71,24 @@ _READ_ONLY_RPCS = frozenset({
 # Ops that are not one CRI RPC each.
 _EXTRA_OPS = (
     Op("net.status", read_only=True),
-    Op("net.setup"),
-    Op("net.teardown"),
+    Op("net.setup", idempotent=True),
+    Op("net.teardown", idempotent=True),
     Op("net.pod_status", read_only=True),
     Op("net.reconcile"),
     Op("image.resolve_image", read_only=True),
     Op("image.layer_chains", read_only=True),
-    Op("runtime.sandbox_reserve"),
+    Op("runtime.sandbox_reserve", idempotent=True),
     Op("runtime.sandbox_start"),
     Op("runtime.sandbox_stop_containers"),
-    Op("runtime.sandbox_stop"),
-    Op("runtime.sandbox_remove"),
+    Op("runtime.sandbox_stop", idempotent=True),
+    Op("runtime.sandbox_remove", idempotent=True),
     Op("runtime.sandbox_status", read_only=True),
     Op("runtime.sandbox_list", read_only=True),
-    Op("runtime.container_reserve"),
+    Op("runtime.container_reserve", idempotent=True),
     Op("runtime.container_create"),
     Op("runtime.container_start"),
     Op("runtime.container_stop"),
-    Op("runtime.container_remove"),
+    Op("runtime.container_remove", idempotent=True),
     Op("runtime.container_status", read_only=True),
     Op("runtime.container_list", read_only=True),
     Op("runtime.container_exec_sync"),
@@ -89,9 +97,9 @@ _EXTRA_OPS = (
     Op("runtime.exits_since", read_only=True),
     Op("storage.unpack_layer"),
     Op("storage.remove_layer"),
-    Op("storage.create_rootfs"),
+    Op("storage.create_rootfs", idempotent=True),
     Op("storage.mount_rootfs"),
-    Op("storage.remove_rootfs"),
+    Op("storage.remove_rootfs", idempotent=True),
     Op("storage.reconcile"),
 )
 

@@ -25,8 +25,10 @@ Heartbeat and Liveness
 
 Worker Death
     Requests held by a dead worker fail with UNAVAILABLE straight away,
-    except ``read_only`` ones, which are retried once (``attempt=2``) on
-    another live worker. Mutations are never retried here.
+    except reads and idempotent create stages (proto/ops.py), which are
+    retried once (``attempt=2``) on another live worker. A request whose
+    send failed (its worker died before the pool noticed) never reached
+    anyone, so it goes to another worker whatever it is.
 
 Size
     A payload may have ``max_payload`` bytes (proto/envelope.py says how it
@@ -65,6 +67,8 @@ log = logging.getLogger(__name__)
 ROUTER_HWM = 100_000
 WARN_EVERY = 10.0
 FATAL_POLL = 0.25
+# Sends to workers that turn out dead before one takes the request.
+UNDELIVERED_RETRIES = 3
 
 
 @dataclass
@@ -95,12 +99,17 @@ class _Pending:
 
 
 class WorkerLost(Exception):
-    """The worker holding a request died; the caller decides about retry."""
+    """The worker holding a request died; the caller decides about retry.
 
-    def __init__(self, link: Link, why: str) -> None:
+    ``delivered`` is False when the send itself failed: the worker never saw
+    the request, so running it elsewhere is safe whatever it does.
+    """
+
+    def __init__(self, link: Link, why: str, *, delivered: bool = True) -> None:
         super().__init__(why)
         self.link = link
         self.why = why
+        self.delivered = delivered
 
 
 @dataclass(frozen=True)
@@ -188,14 +197,18 @@ class PoolBus:
     # -- the caller's side ----------------------------------------------------
 
     async def call(self, op: str, args: dict[str, Any], *, deadline: float,
-                   key: str | None = None, read_only: bool = False) -> Any:
+                   key: str | None = None, retryable: bool = False) -> Any:
         """Run ``op`` on some worker of this pool and return its result.
 
         Raises the op's ``BusError``, ``DeadlineExceeded`` once ``deadline``
-        passes, or ``Unavailable`` when the worker died (after one retry for
-        read-only ops).
+        passes, or ``Unavailable`` when the worker died. A request that
+        never reached its worker (the send failed: it had just died) goes to
+        another one, as often as there are workers to try; a ``retryable``
+        op (a read, or a stage idempotent by its id) is retried once even
+        when the worker died holding it.
         """
         attempt = 1
+        undelivered = 0
         while True:
             request_id = envelope.new_id()
             frames = envelope.request(op, args, deadline=deadline, key=key, attempt=attempt,
@@ -208,11 +221,18 @@ class PoolBus:
             try:
                 return await self._exchange(request_id, pending, frames)
             except WorkerLost as lost:
-                if read_only and attempt == 1 and time.monotonic() < deadline:
-                    log.warning("Retrying %s once: %s", op, lost.why)
-                    self.stats["retries"] += 1
-                    attempt = 2
-                    continue
+                if time.monotonic() < deadline:
+                    if not lost.delivered and undelivered < UNDELIVERED_RETRIES:
+                        # Each failed send drops its link, so this ends.
+                        undelivered += 1
+                        log.warning("Sending %s elsewhere: %s", op, lost.why)
+                        self.stats["retries"] += 1
+                        continue
+                    if retryable and attempt == 1:
+                        log.warning("Retrying %s once: %s", op, lost.why)
+                        self.stats["retries"] += 1
+                        attempt = 2
+                        continue
                 raise Unavailable(f"{op} failed: {lost.why}") from None
 
     async def _exchange(self, request_id: bytes, pending: _Pending, frames: list[bytes]) -> Any:
@@ -221,7 +241,8 @@ class PoolBus:
         except zmq.ZMQError as exc:
             self._forget(request_id)
             self._drop(pending.link, f"cannot send to it: {exc}")
-            raise WorkerLost(pending.link, f"{self._name(pending.link)} is gone") from None
+            raise WorkerLost(pending.link, f"{self._name(pending.link)} is gone",
+                             delivered=False) from None
         finally:
             # A payload may be tens of MB; nothing needs it while the reply
             # is awaited (a retry encodes anew).
@@ -419,5 +440,6 @@ class Bus:
         entry = self._catalogue.get(op)
         if entry is None:
             raise Internal(f"unknown op {op}")
-        return await self.pools[entry.pool].call(op, args, deadline=deadline, key=key,
-                                                 read_only=entry.read_only)
+        return await self.pools[entry.pool].call(
+            op, args, deadline=deadline, key=key,
+            retryable=entry.read_only or entry.idempotent)

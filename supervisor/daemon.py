@@ -2,7 +2,8 @@
 in which they start and stop.
 
 Start: run dir and its lock (one daemon per run dir; the lock dies with
-its holder, so a new daemon starts cleanly after ``kill -9``) → worker
+its holder, so a new daemon starts cleanly after ``kill -9``) → no worker
+of an earlier supervisor left (fence.py) → worker
 settings file → buses bound → pools spawned → health endpoint → every
 pool reconciles its records (recovery.py) → CRI socket.
 The CRI socket comes last so that nothing reaches a half-built daemon;
@@ -35,6 +36,7 @@ from . import recovery
 from .bus import Bus, BusTiming, PoolBus
 from .container_events import EventHub
 from .creates import CreateTable
+from .fence import FenceError, fence_old_workers
 from .grpc_server import Front, serve
 from .health import HealthServer
 from .lifecycle import EventPublisher
@@ -111,6 +113,10 @@ class Daemon:
                      os.path.dirname(config.api.listen)):
             os.makedirs(path, mode=0o755, exist_ok=True)
         lock_fd = lock_run_dir(config.runroot)
+        try:
+            fence_old_workers(config.runroot, config.workers.stop_timeout)
+        except FenceError as exc:
+            raise DaemonError(str(exc)) from None
         setproctitle.setproctitle("podvisor: supervisor")
         become_subreaper()
         loop = asyncio.get_running_loop()

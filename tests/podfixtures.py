@@ -1,6 +1,11 @@
 """A node for pod tests: a real registry with a busybox image, a private CNI
 world (bridge + host-local + portmap + loopback, host state restored after),
 and a podvisor daemon wired to both; plus CRI helpers used by several tests.
+
+The leak checks shared by the kill -9 and leak tests live here too: pods
+under a cgroup parent of the test's own (``cgroup_prefix``, ``in_prefix``)
+and ``leftovers``, what a daemon whose pods are all gone must not hold.
+Modules that use the ``n`` and ``prefix`` fixtures import them by name.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from typing import Any
 
 import grpc
 import imagebuild
+import pytest
 import registry
 from daemonlib import Daemon, poll_until, write_config
 from netfixtures import CniWorld, private_cni_world
 
 from podvisor.proto import api_pb2 as api
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 APPLETS = ("sh", "echo", "sleep", "cat", "ls", "id", "ip", "hostname", "readlink", "true",
            "false", "env", "ps", "kill", "yes", "head", "date", "wc", "mkdir", "touch")
 
@@ -122,6 +129,84 @@ def log_lines(path: Path) -> list[tuple[str, str, str]]:
 def cgroup_exists(parent: str) -> bool:
     return any(os.path.isdir(f"/sys/fs/cgroup/{c}{parent}")
                for c in ("pids", "memory", "cpu", "devices", "freezer"))
+
+
+def hierarchies() -> list[Path]:
+    """Every mounted cgroup hierarchy (not the cpu,cpuacct aliases)."""
+    return sorted(h for h in CGROUP_ROOT.iterdir() if h.is_dir() and not h.is_symlink())
+
+
+def cgroup_dirs(prefix: str) -> list[str]:
+    """Every cgroup directory at or below ``prefix``, in every hierarchy."""
+    found = []
+    for hierarchy in hierarchies():
+        for dirpath, _dirs, _files in os.walk(hierarchy / prefix.lstrip("/")):
+            found.append(dirpath)
+    return sorted(found)
+
+
+def remove_cgroups(prefix: str) -> None:
+    """rmdir what a test left under ``prefix``, deepest first."""
+    for hierarchy in hierarchies():
+        for dirpath, _dirs, _files in os.walk(hierarchy / prefix.lstrip("/"), topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+
+
+@contextlib.contextmanager
+def cgroup_prefix() -> Iterator[str]:
+    """A cgroup parent of the caller's own, and whatever is left below it
+    removed at the end, fixed or not."""
+    prefix = f"/pvleak-{uuid.uuid4().hex[:10]}"
+    try:
+        yield prefix
+    finally:
+        remove_cgroups(prefix)
+
+
+def leftovers(daemon: Daemon, prefix: str) -> list[str]:
+    """What a daemon whose pods are all removed must not hold any more: pod
+    cgroups under ``prefix``, lock files, name reservations, records and
+    the per-pod and per-container files of the runtime, net and storage
+    pools. Lock files of the image's layers stay: the image does."""
+    root, run = daemon.base / "root", daemon.runroot
+    found = [f"cgroup {d}" for d in cgroup_dirs(prefix)]
+    for state in (root / "runtime/sandboxes", root / "runtime/containers",
+                  root / "runtime/names", run / "runtime/locks", run / "runtime/cgroups",
+                  run / "runtime/pods", run / "runtime/bundles", run / "runtime/exits",
+                  run / "c", root / "net/pods", run / "net/locks", run / "netns",
+                  root / "storage/containers", run / "storage/mounts"):
+        if state.is_dir():
+            found += [str(p) for p in sorted(state.iterdir())]
+    layers_dir = root / "storage/layers"
+    layers = {p.name for p in layers_dir.iterdir()} if layers_dir.is_dir() else set()
+    locks_dir = run / "storage/locks"
+    for lock in sorted(locks_dir.iterdir()) if locks_dir.is_dir() else []:
+        if lock.name.removeprefix("layer-").removesuffix(".lock") not in layers:
+            found.append(str(lock))
+    return found
+
+
+def in_prefix(n: Node, name: str, prefix: str, *, share_pid: bool = True
+              ) -> api.PodSandboxConfig:
+    """A pod of ``n`` whose cgroup parent is ``<prefix>/pod<uid>``."""
+    config = n.pod_config(name, share_pid=share_pid)
+    config.linux.cgroup_parent = f"{prefix}/pod{config.metadata.uid}"
+    return config
+
+
+@pytest.fixture
+def n() -> Iterator[Node]:
+    """A node of its own for each test (two runtime and storage workers)."""
+    with node(workers={"runtime": 2, "storage": 2}) as here:
+        yield here
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """The test's own cgroup parent (``cgroup_prefix``)."""
+    with cgroup_prefix() as made:
+        yield made
 
 
 @contextlib.contextmanager

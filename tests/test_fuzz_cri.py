@@ -311,8 +311,9 @@ def test_fuzzed_requests_over_every_rpc(world: World, data: st.DataObject) -> No
     assert_answer(method, code, message)
 
 
-def test_the_events_stream_survives_fuzzed_openers(world: World) -> None:
-    # GetContainerEvents takes an empty request; a short deadline ends it.
+def test_the_events_stream_opens_and_ends_at_its_deadline(world: World) -> None:
+    # GetContainerEvents, the one streaming RPC, takes an empty request:
+    # there is nothing to fuzz, but it must open and end cleanly.
     stub = world.n.daemon.runtime
     with pytest.raises(grpc.RpcError) as err:
         for _ in stub.GetContainerEvents(api.GetEventsRequest(), timeout=0.5):
@@ -321,10 +322,6 @@ def test_the_events_stream_survives_fuzzed_openers(world: World) -> None:
 
 
 # --- the hostile-value table ------------------------------------------------
-
-ANY_REFUSAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-               grpc.StatusCode.NOT_FOUND}
-
 
 def container_with(w: World, **resources: Any) -> api.ContainerConfig:
     config = w.n.container_config(f"hostile-{uuid.uuid4().hex[:8]}", "sleep 1")
@@ -394,10 +391,10 @@ HOSTILE: dict[str, tuple[Callable[[World], tuple[grpc.StatusCode, str]], set[grp
         w, hugepage_limits=[api.HugepageLimit(page_size="3MB", limit=2**21)])),
         {grpc.StatusCode.INVALID_ARGUMENT}),
     "cpu_shares 1": (lambda w: create_and_start(w, container_with(w, cpu_shares=1)),
-                     {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}),
+                     {grpc.StatusCode.INVALID_ARGUMENT}),
     "command not executable": (lambda w: create_and_start(w, api.ContainerConfig(
         metadata=api.ContainerMetadata(name="noexec"), image=api.ImageSpec(image=w.n.image),
-        command=["/etc/passwd"])), ANY_REFUSAL),
+        command=["/etc/passwd"])), {grpc.StatusCode.FAILED_PRECONDITION}),
     "10 KB log path": (lambda w: create_and_start(w, api.ContainerConfig(
         metadata=api.ContainerMetadata(name="longlog"), image=api.ImageSpec(image=w.n.image),
         command=["/bin/true"], log_path="l" * 10_000)), {grpc.StatusCode.INVALID_ARGUMENT}),
@@ -406,11 +403,10 @@ HOSTILE: dict[str, tuple[Callable[[World], tuple[grpc.StatusCode, str]], set[grp
     "pull non-ASCII auth": (lambda w: pull_with(w, api.AuthConfig(auth="é☃")),
                             {grpc.StatusCode.INVALID_ARGUMENT}),
     "pull bracket server": (lambda w: pull_with(w, api.AuthConfig(
-        username="u", password="p", server_address="[")), {grpc.StatusCode.INVALID_ARGUMENT,
-                                                           grpc.StatusCode.OK}),
+        username="u", password="p", server_address="[")), {grpc.StatusCode.INVALID_ARGUMENT}),
     "pod name no hostname": (lambda w: run_pod_with(w, **{"hostname": "",
                                                           "metadata.name": "Not_A_Host.name-"}),
-                             {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}),
+                             {grpc.StatusCode.INVALID_ARGUMENT}),
     "relative log_directory": (lambda w: run_pod_with(w, log_directory="../../etc-rel"),
                                {grpc.StatusCode.INVALID_ARGUMENT}),
     # A value that long is echoed by the refusal: the status stays small.
@@ -431,8 +427,13 @@ def test_hostile_values(world: World, case: str) -> None:
     if code != grpc.StatusCode.OK:
         after = {c.id for c in runtime.ListContainers(api.ListContainersRequest(), timeout=10)
                  .containers}
-        # A refused create leaves no container behind.
-        assert after == before or "not executable" in case, after - before
+        # A refused create leaves no container behind; one whose start was
+        # refused stays created, as with CRI-O, and the kubelet removes it.
+        for extra in after - before:
+            status = world.n.status(extra)
+            assert status.state in (api.CONTAINER_CREATED, api.CONTAINER_EXITED), case
+            runtime.RemoveContainer(api.RemoveContainerRequest(container_id=extra), timeout=30)
+        assert "not executable" in case or after == before, after - before
 
 
 # --- what must hold afterwards ---------------------------------------------

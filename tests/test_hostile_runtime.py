@@ -21,6 +21,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,10 @@ from bundle import Container, Runtime, runtime_or_skip, short_tmpdir
 from daemonlib import poll_until
 from podfixtures import Node, log_lines, node
 
+from podvisor.conmon import monitor as conmon_monitor
 from podvisor.proto import api_pb2 as api
-from podvisor.proto.errors import DeadlineExceeded
-from podvisor.workers.runtime import monitor
+from podvisor.proto.errors import DeadlineExceeded, InvalidArgument
+from podvisor.workers.runtime import monitor, spec_context, spec_resources, specs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -385,8 +387,8 @@ def test_an_invalid_pod_name_without_hostname_is_refused_and_holds_nothing(n: No
     n.remove_pod(n.run_pod(config))
 
 
-@pytest.mark.parametrize("hostname", ["a..b", "a.-b", "x" * 64, "-Fetc/passwd",
-                                      "line\nbreak"])
+@pytest.mark.parametrize("hostname", ["a..b", "a.-b", "x" * 64, "a" * 63 + ".b",
+                                      "-Fetc/passwd", "line\nbreak"])
 def test_an_invalid_hostname_is_refused(n: Node, hostname: str) -> None:
     config = n.pod_config("bad-hostname")
     config.hostname = hostname
@@ -408,6 +410,22 @@ def test_a_long_pod_name_gives_the_kubelets_hostname(n: Node) -> None:
         n.wait_state(container_id, api.CONTAINER_EXITED)
         lines = log_lines(Path(config.log_directory) / "hn.log")
         assert ("stdout", "F", "h" * 62) in lines, lines
+    finally:
+        n.remove_pod(pod_id)
+
+
+def test_a_64_character_fqdn_is_the_pods_hostname(n: Node) -> None:
+    # setHostnameAsFQDN: the kubelet sends the FQDN, up to HOST_NAME_MAX (64).
+    fqdn = "h" * 31 + "." + "t" * 32
+    config = n.pod_config("fqdn")
+    config.hostname = fqdn
+    pod_id = n.run_pod(config)
+    try:
+        container_id = n.run(pod_id, config, n.container_config(
+            "fqdn", "hostname; cat /etc/hostname; echo $HOSTNAME"))
+        n.wait_state(container_id, api.CONTAINER_EXITED)
+        lines = log_lines(Path(config.log_directory) / "fqdn.log")
+        assert lines == [("stdout", "F", fqdn)] * 3, lines
     finally:
         n.remove_pod(pod_id)
 
@@ -437,6 +455,45 @@ def test_a_bad_log_directory_is_refused_at_run_pod_sandbox(n: Node, case: str) -
 
 # --- deadlines of the runtime pool's own waits (in-process) ----------------------
 
+# --- cpusets: checked against the node as it is at each create ------------------
+
+def test_cpusets_are_checked_against_what_is_online_at_each_create(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        pytest.skip("cgroup v2 takes any CPU list (the next test)")
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "node").mkdir()
+    (tmp_path / "cpu" / "online").write_text("0-1\n")
+    (tmp_path / "node" / "online").write_text("0-1\n")
+    (tmp_path / "node" / "has_memory").write_text("0\n")  # node 1 has CPUs only
+    monkeypatch.setattr(spec_context, "SYS_DEVICES", str(tmp_path))
+
+    def create(**wanted: str) -> dict[str, Any]:
+        node = specs.node_facts("cgroupfs", "runc", "/usr/sbin/runc")
+        return spec_resources.linux_resources(wanted, node)
+
+    assert create(cpuset_cpus="1", cpuset_mems="0")["cpu"] == {"cpus": "1", "mems": "0"}
+    with pytest.raises(InvalidArgument, match="cpuset_mems 1 names memory nodes"):
+        create(cpuset_mems="1")
+    # CPU 1 goes offline while the daemon runs; the next create knows.
+    (tmp_path / "cpu" / "online").write_text("0\n")
+    with pytest.raises(InvalidArgument, match="cpuset_cpus 1 names CPUs"):
+        create(cpuset_cpus="1")
+    # No has_memory (an older kernel): the online nodes are what there is.
+    (tmp_path / "node" / "has_memory").unlink()
+    assert create(cpuset_mems="1")["cpu"] == {"mems": "1"}
+
+
+def test_cgroup_v2_takes_offline_cpus_but_not_bad_syntax() -> None:
+    node = spec_context.with_cpusets(spec_context.NodeFacts(cgroup_v2=True, cpus=frozenset({0})))
+    assert (node.cpus, node.mems) == (None, None)
+    wanted = {"cpuset_cpus": "4000", "cpuset_mems": "0-63"}
+    assert spec_resources.linux_resources(wanted, node)["cpu"] == {"cpus": "4000",
+                                                                   "mems": "0-63"}
+    with pytest.raises(InvalidArgument, match="N <= M"):
+        spec_resources.linux_resources({"cpuset_cpus": "1-0"}, node)
+
+
 @pytest.fixture
 def runc() -> Iterator[Runtime]:
     runtime = runtime_or_skip("runc")
@@ -444,23 +501,36 @@ def runc() -> Iterator[Runtime]:
     shutil.rmtree(runtime.root.parent)
 
 
+@dataclass(frozen=True)
+class GivenUp(monitor.Handler):
+    """A handler whose deadline has passed, but whose monitor start and
+    create are given all the time they need (``time_left``), as when a slow
+    create outlasts the caller: so that the create succeeds and the monitor
+    finds nobody to tell, however loaded the node is."""
+
+    def time_left(self) -> float:
+        return 60.0
+
+
 def test_a_monitor_given_up_on_deletes_its_container(runc: Runtime) -> None:
     container = Container(runc, short_tmpdir())
     try:
         container.make_bundle(["sleep", "1000"])
-        handler = monitor.Handler("runc", runc.path, str(runc.root), time.monotonic())
-        # The deadline has passed when the monitor starts: its start gets
-        # the floor, then the worker stops waiting for the created
-        # container and closes the sync pipe.
+        handler = GivenUp("runc", runc.path, str(runc.root), time.monotonic())
+        # The monitor has started (spawn waited for it), and the worker
+        # stops waiting for the created container: it closes the sync pipe.
         with pytest.raises(DeadlineExceeded):
             monitor.spawn(handler, container.id, str(container.bundle),
                           str(container.state_dir), str(container.exit_dir),
                           str(container.log_path), terminal=False, stdin=False,
                           stdin_once=False)
         running = monitor_pids(str(container.state_dir))
-        container.conmon_pid = min(running, default=0)  # for cleanup, should this fail
-        poll_until(lambda: not monitor_pids(str(container.state_dir)), 20,
-                   what="the monitor gone")
+        assert running, "the detached monitor is running"
+        container.conmon_pid = min(running)  # for cleanup, should this fail
+        # Its create, then its delete (which has a bound of its own).
+        poll_until(lambda: not monitor_pids(str(container.state_dir)),
+                   conmon_monitor.DELETE_TIMEOUT + 30, what="the monitor gone")
+        assert "nobody read the sync line" in (container.state_dir / "conmon.log").read_text()
         assert runc.state(container.id) is None
         assert not (container.state_dir / "conmon.pid").exists()
         assert not (container.exit_dir / container.id).exists()
@@ -469,6 +539,34 @@ def test_a_monitor_given_up_on_deletes_its_container(runc: Runtime) -> None:
             container.cleanup()
         finally:
             shutil.rmtree(container.base)
+
+
+def test_the_delete_after_a_failed_create_is_not_cut_short(tmp_path: Path) -> None:
+    # A runtime whose create outlives --create-timeout (what is left of the
+    # spawner's deadline, here half a second) and whose delete then takes
+    # longer than that: the delete still runs to its end.
+    deleted = tmp_path / "deleted"
+    fake = tmp_path / "slow-runtime"
+    # argv: --root R --log L --log-format json <command> ...
+    fake.write_text(f"#!/bin/sh\ncase \"$7\" in\n  create) exec sleep 60 ;;\n"
+                    f"  delete) sleep 2; touch {deleted} ;;\nesac\n")
+    fake.chmod(0o755)
+    state_dir = short_tmpdir()
+    try:
+        started = subprocess.run(
+            [monitor.conmon_binary(), "monitor", "--id", "slow-delete", "--bundle",
+             str(tmp_path), "--runtime", str(fake), "--runtime-root", str(tmp_path / "root"),
+             "--state-dir", str(state_dir), "--exit-dir", str(tmp_path / "exits"),
+             "--log-path", str(tmp_path / "ctr.log"), "--create-timeout", "0.5"],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert started.returncode == 0, started.stderr
+        poll_until(deleted.exists, 30, what="the runtime's delete finished")
+        poll_until(lambda: not monitor_pids(str(state_dir)), 30, what="the monitor gone")
+        logged = (state_dir / "conmon.log").read_text()
+        assert "create timed out after 0.5s" in logged
+        assert "Traceback" not in logged, logged
+    finally:
+        shutil.rmtree(state_dir)
 
 
 def test_a_runtime_command_past_its_deadline_is_deadline_exceeded(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from podvisor.workers import locks
 from podvisor.workers.image.errors import DataLoss
-from podvisor.workers.image.locks import FileLock
 from podvisor.workers.image.records import BlobRecord, NewImage
 from podvisor.workers.image.store import ImageStore
 
@@ -131,7 +131,7 @@ def test_removal_keeps_blobs_shared_with_another_image(store: ImageStore) -> Non
 def test_collect_spares_blobs_named_by_a_live_lease(store: ImageStore) -> None:
     put_all(store, b"in use by a pull", b"garbage")
     lease = store.lease()
-    assert store.reserve(lease, digest(b"in use by a pull"), nowait)
+    assert store.reserve(lease, digest(b"in use by a pull"), time.monotonic() + 5, nowait)
     deleted = store.collect([digest(b"in use by a pull"), digest(b"garbage")], nowait)
     assert deleted == [digest(b"garbage")]
     store.release_lease(lease, failed=True, wait=nowait)
@@ -147,7 +147,7 @@ import os, sys, time
 from podvisor.workers.image.store import ImageStore
 s = ImageStore({str(tmp_path / 'root')!r}, {str(tmp_path / 'run')!r})
 lease = s.lease()
-s.reserve(lease, {digest(b'leased by the dead')!r}, time.sleep)
+s.reserve(lease, {digest(b'leased by the dead')!r}, time.monotonic() + 5, time.sleep)
 ingest = s.blobs.ingest("sha256:" + "0" * 64, None, "test")
 ingest.write(b"half")
 print("ready", flush=True)
@@ -174,7 +174,6 @@ time.sleep(600)
 
 def test_gc_waits_for_a_reserving_pull_through_the_lock(store: ImageStore) -> None:
     lease = store.lease()
-    lock_path = os.path.join(store.locks_dir, "gc.lock")
     waited: list[float] = []
 
     def wait(seconds: float) -> None:
@@ -183,12 +182,12 @@ def test_gc_waits_for_a_reserving_pull_through_the_lock(store: ImageStore) -> No
             raise TimeoutError("still locked")
         time.sleep(seconds)
 
-    holder = FileLock(lock_path)
-    assert holder.try_acquire()
+    holder = locks.try_acquire(store.locks_dir, "gc")
+    assert holder is not None
     try:
         with pytest.raises(TimeoutError):
-            store.reserve(lease, digest(b"x"), wait)
+            store.reserve(lease, digest(b"x"), time.monotonic() + 60, wait)
     finally:
         holder.release()
-    assert store.reserve(lease, digest(b"x"), nowait) is False
+    assert store.reserve(lease, digest(b"x"), time.monotonic() + 5, nowait) is False
     lease.release()

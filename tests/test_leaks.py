@@ -1,13 +1,15 @@
 """Nothing piles up: once its pods are gone, a daemon holds no pod cgroup,
 lock file, name reservation or record, whatever ran beside their removal
 (creates of other pods under the same cgroup parent); the start-up
-reconcile removes a pod cgroup that belongs to no pod; and a RunPodSandbox
-whose runtime worker is killed fails at once.
+reconcile removes a pod cgroup that belongs to no pod, and the ledger an
+earlier version kept; and a RunPodSandbox whose runtime worker is killed
+fails at once. Nor does cleaning up reach too far: removing a pod's old
+sandbox leaves its new one running, and the kubelet's cgroups stay.
 
 Every test puts its pods under a cgroup parent of its own
 (``/pvleak-<random>/pod<uid>``), so what it counts is its own, and removes
-whatever is left there at the end, fixed or not. ``leftovers`` and the
-cgroup helpers are shared with the kill -9 tests of other modules.
+whatever is left there at the end, fixed or not (``podfixtures``, which
+the kill -9 tests of other modules share).
 """
 
 from __future__ import annotations
@@ -18,100 +20,34 @@ import os
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 from daemonlib import Daemon, poll_until
-from podfixtures import Node, cgroup_exists, node
+from podfixtures import (
+    CGROUP_ROOT,
+    Node,
+    cgroup_dirs,
+    cgroup_exists,
+    hierarchies,
+    in_prefix,
+    leftovers,
+)
+from podfixtures import n as n
+from podfixtures import prefix as prefix
 
 from podvisor.proto import api_pb2 as api
+from podvisor.workers.runtime import cgroups
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 ROUNDS = 5
 PODS = 20
 # Generous: without a process to wait for, the cleanup is a few runtime
 # and net ops, plus a worker's restart when the pool had only that one.
 KILLED_CREATE_FAILS_WITHIN = 8.0
-
-
-def hierarchies() -> list[Path]:
-    """Every mounted cgroup hierarchy (not the cpu,cpuacct aliases)."""
-    return sorted(h for h in CGROUP_ROOT.iterdir() if h.is_dir() and not h.is_symlink())
-
-
-def cgroup_dirs(prefix: str) -> list[str]:
-    """Every cgroup directory at or below ``prefix``, in every hierarchy."""
-    found = []
-    for hierarchy in hierarchies():
-        for dirpath, _dirs, _files in os.walk(hierarchy / prefix.lstrip("/")):
-            found.append(dirpath)
-    return sorted(found)
-
-
-def remove_cgroups(prefix: str) -> None:
-    """rmdir what a test left under ``prefix``, deepest first."""
-    for hierarchy in hierarchies():
-        for dirpath, _dirs, _files in os.walk(hierarchy / prefix.lstrip("/"), topdown=False):
-            with contextlib.suppress(OSError):
-                os.rmdir(dirpath)
-
-
-@contextlib.contextmanager
-def cgroup_prefix() -> Iterator[str]:
-    prefix = f"/pvleak-{uuid.uuid4().hex[:10]}"
-    try:
-        yield prefix
-    finally:
-        remove_cgroups(prefix)
-
-
-def leftovers(daemon: Daemon, prefix: str) -> list[str]:
-    """What a daemon whose pods are all removed must not hold any more: pod
-    cgroups under ``prefix``, lock files, name reservations, records and
-    the per-pod and per-container files of the runtime, net and storage
-    pools. Lock files of the image's layers stay: the image does."""
-    root, run = daemon.base / "root", daemon.runroot
-    found = [f"cgroup {d}" for d in cgroup_dirs(prefix)]
-    for state in (root / "runtime/sandboxes", root / "runtime/containers",
-                  root / "runtime/names", run / "runtime/locks", run / "runtime/cgroups",
-                  run / "runtime/pods", run / "runtime/bundles", run / "runtime/exits",
-                  run / "c", root / "net/pods", run / "net/locks", run / "netns",
-                  root / "storage/containers", run / "storage/mounts"):
-        if state.is_dir():
-            found += [str(p) for p in sorted(state.iterdir())]
-    layers_dir = root / "storage/layers"
-    layers = {p.name for p in layers_dir.iterdir()} if layers_dir.is_dir() else set()
-    locks_dir = run / "storage/locks"
-    for lock in sorted(locks_dir.iterdir()) if locks_dir.is_dir() else []:
-        if lock.name.removeprefix("layer-").removesuffix(".lock") not in layers:
-            found.append(str(lock))
-    return found
-
-
-def in_prefix(n: Node, name: str, prefix: str, *, share_pid: bool = True
-              ) -> api.PodSandboxConfig:
-    """A pod of ``n`` whose cgroup parent is ``<prefix>/pod<uid>``."""
-    config = n.pod_config(name, share_pid=share_pid)
-    config.linux.cgroup_parent = f"{prefix}/pod{config.metadata.uid}"
-    return config
-
-
-@pytest.fixture
-def n() -> Iterator[Node]:
-    with node(workers={"runtime": 2, "storage": 2}) as here:
-        yield here
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    with cgroup_prefix() as made:
-        yield made
 
 
 def test_pods_created_and_removed_concurrently_leave_nothing(prefix: str, n: Node) -> None:
@@ -161,6 +97,101 @@ def test_reconcile_removes_a_pod_cgroup_that_belongs_to_no_pod(prefix: str, n: N
     assert [d for d in ghost if d.exists()] == []
     assert cgroup_exists(pod.linux.cgroup_parent)
     assert n.pod_status(pod_id).status.state == api.SANDBOX_READY
+    n.remove_pod(pod_id)
+    assert leftovers(n.daemon, prefix) == []
+
+
+def test_removing_an_old_sandbox_leaves_the_pods_new_one_running(prefix: str, n: Node) -> None:
+    # The kubelet's retry of a pod: attempt 1 with the same cgroup parent as
+    # attempt 0, which its garbage collection removes while attempt 1 runs.
+    old = in_prefix(n, "retried", prefix)
+    old_id = n.run_pod(old)
+    n.run(old_id, old, n.container_config("first", "sleep 3600"))
+    n.daemon.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=old_id),
+                                    timeout=60)
+    new = api.PodSandboxConfig()
+    new.CopyFrom(old)
+    new.metadata.attempt = 1
+    new_id = n.run_pod(new)
+    box = n.run(new_id, new, n.container_config("second", "sleep 3600"))
+    n.wait_state(box, api.CONTAINER_RUNNING)
+    n.daemon.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=old_id),
+                                      timeout=60)
+    assert n.status(box).state == api.CONTAINER_RUNNING
+    assert n.exec(box, "echo", "alive").stdout == b"alive\n"
+    assert n.pod_status(new_id).status.state == api.SANDBOX_READY
+    n.remove_pod(new_id)
+    assert leftovers(n.daemon, prefix) == []
+
+
+def test_reconcile_keeps_the_kubelets_cgroups_beside_a_directory_podvisor_made(
+        prefix: str, n: Node) -> None:
+    # The kubelet made the pod's grandparent in every hierarchy but one,
+    # where podvisor makes it; a QoS cgroup of the kubelet's sits beside the
+    # pod's in another hierarchy.
+    hs = hierarchies()
+    ours = next((h for h in hs if h.name == "freezer"), hs[-1])
+    theirs = next(h for h in hs if h != ours)
+    for hierarchy in hs:
+        if hierarchy != ours:
+            (hierarchy / prefix.lstrip("/")).mkdir()
+    pod = in_prefix(n, "mixed", prefix)
+    pod_id = n.run_pod(pod)
+    assert (ours / prefix.lstrip("/")).is_dir()
+    kubelets = theirs / prefix.lstrip("/") / "burstable"
+    kubelets.mkdir()
+    n.daemon.stop()
+    n.daemon.start()
+    assert kubelets.is_dir()
+    assert n.pod_status(pod_id).status.state == api.SANDBOX_READY
+    n.remove_pod(pod_id)
+    assert kubelets.is_dir()
+    assert not (ours / prefix.lstrip("/")).exists()  # podvisor's part goes with its pod
+
+
+def test_a_cgroup_parent_is_one_directory_however_it_is_spelled(prefix: str, n: Node) -> None:
+    assert cgroups.pod_parent("//a//b/./c/", "0" * 64, "cgroupfs") == "/a/b/c"
+    assert cgroups.pod_parent("/", "0" * 64, "cgroupfs") == ""
+    pod = in_prefix(n, "spelled", prefix)
+    normal = pod.linux.cgroup_parent
+    pod.linux.cgroup_parent = normal.replace("/", "//") + "/"
+    pod_id = n.run_pod(pod)
+    info = json.loads(n.pod_status(pod_id, verbose=True).info["info"])
+    assert info["cgroup_parent"] == normal
+    box = n.run(pod_id, pod, n.container_config("box", "sleep 3600"))
+    pids = CGROUP_ROOT / "pids" / normal.lstrip("/")
+    assert (pids / f"podvisor-{box}").is_dir()
+    # What runc may leave below the pod's own cgroup goes with it.
+    (pids / "podvisor-left-by-runc").mkdir()
+    n.remove_pod(pod_id)
+    assert leftovers(n.daemon, prefix) == []
+
+
+def test_the_ledger_of_earlier_versions_is_imported_once(prefix: str, n: Node) -> None:
+    # As an earlier podvisor left it: the directories of a pod still running
+    # and of one long gone, in every hierarchy, listed in its ledger.
+    pod = in_prefix(n, "upgraded", prefix)
+    parent = pod.linux.cgroup_parent
+    gone = f"{prefix}/podgone"
+    listed = []
+    for hierarchy in hierarchies():
+        for path in (prefix, parent, gone):
+            (hierarchy / path.lstrip("/")).mkdir(exist_ok=True)
+            listed.append(str(hierarchy / path.lstrip("/")))
+        listed.append(str(hierarchy / prefix.lstrip("/") / "podnever"))  # gone since
+    listed += ["/etc", "/sys/fs/cgroup/pids/../../../etc", 7]
+    pod_id = n.run_pod(pod)
+    ledger = n.daemon.base / "root/runtime/cgroups-created.json"
+    n.daemon.stop()
+    ledger.write_text(json.dumps(listed))
+    Path(f"{ledger}.lock").touch()
+    n.daemon.start()
+    assert not ledger.exists() and not Path(f"{ledger}.lock").exists()
+    assert [h for h in hierarchies() if (h / gone.lstrip("/")).exists()] == []
+    assert cgroup_exists(parent)
+    assert n.pod_status(pod_id).status.state == api.SANDBOX_READY
+    assert Path("/etc").is_dir()
+    # The running pod's directories are podvisor's now: they go with it.
     n.remove_pod(pod_id)
     assert leftovers(n.daemon, prefix) == []
 

@@ -1,7 +1,7 @@
 """Nothing is lost or leaked when podvisor processes die: a runtime worker
 killed during parallel creates, the supervisor killed while containers
 run. Once the pods are removed, no cgroup, lock file, name reservation or
-record of theirs is left (test_leaks.leftovers)."""
+record of theirs is left (podfixtures.leftovers)."""
 
 from __future__ import annotations
 
@@ -10,31 +10,19 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 from daemonlib import poll_until
-from podfixtures import Node, log_lines, node
-from test_leaks import cgroup_prefix, in_prefix, leftovers
+from podfixtures import Node, in_prefix, leftovers, log_lines
+from podfixtures import n as n
+from podfixtures import prefix as prefix
 
 from podvisor.proto import api_pb2 as api
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-@pytest.fixture
-def n() -> Iterator[Node]:
-    with node(workers={"runtime": 2, "storage": 2}) as here:
-        yield here
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    with cgroup_prefix() as made:
-        yield made
 
 
 def test_kill_9_runtime_worker_during_parallel_creates(prefix: str, n: Node) -> None:

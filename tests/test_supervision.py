@@ -2,7 +2,7 @@
 and a killed supervisor. The kill -9 tests run pods through the kills too
 (host-network ones: these daemons have no CNI config, and need no image),
 and once the pods are removed nothing of theirs may be left: no cgroup,
-lock file, name reservation or record (test_leaks.leftovers)."""
+lock file, name reservation or record (podfixtures.leftovers)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import grpc
 import pytest
 import zmq
 from daemonlib import Daemon, poll_until
-from test_leaks import cgroup_prefix, leftovers
+from podfixtures import cgroup_prefix, leftovers
 
 from podvisor.proto import api_pb2 as api
 
@@ -123,19 +123,21 @@ def _kill_one_worker_per_pool(daemon: Daemon, prefix: str) -> None:
             pool.submit(caller)
         for i in range(2):
             pool.submit(churn, i)
-        poll_until(lambda: len(results) >= 100, 20, what="calls under way")
-        killed_at = time.monotonic()
-        for pid in victims.values():
-            os.kill(pid, signal.SIGKILL)
+        try:
+            poll_until(lambda: len(results) >= 100, 20, what="calls under way")
+            killed_at = time.monotonic()
+            for pid in victims.values():
+                os.kill(pid, signal.SIGKILL)
 
-        def back_to_full_strength() -> bool:
-            now = daemon.workers()
-            return all(now[(p, 1)]["pid"] not in (None, victims[p])
-                       and now[(p, 1)]["state"] == "READY" for p in POOLS)
-        poll_until(back_to_full_strength, 2.0, interval=0.02, what="every pool restored")
-        recovered = time.monotonic() - killed_at
-        time.sleep(0.5)  # keep the load on across the restart
-        stop.set()
+            def back_to_full_strength() -> bool:
+                now = daemon.workers()
+                return all(now[(p, 1)]["pid"] not in (None, victims[p])
+                           and now[(p, 1)]["state"] == "READY" for p in POOLS)
+            poll_until(back_to_full_strength, 2.0, interval=0.02, what="every pool restored")
+            recovered = time.monotonic() - killed_at
+            time.sleep(0.5)  # keep the load on across the restart
+        finally:
+            stop.set()  # a failed wait must not leave the callers looping
 
     assert recovered < 2.0
     codes = {code for code, _ in results}
@@ -251,3 +253,32 @@ def test_sigterm_stops_supervisor_and_workers(make_daemon: Callable[..., Daemon]
     assert daemon.stop() == 0
     assert not any(pid_alive(p) for p in workers)
     assert not daemon.socket.exists()
+
+
+def test_kill_9_supervisor_mid_creates_no_old_worker_acts_after_restart(
+        make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    with pod_cgroups(daemon) as prefix:
+        old = [w["pid"] for w in daemon.status()["workers"]]
+
+        def attempt(i: int) -> None:
+            with contextlib.suppress(grpc.RpcError):
+                run_pod(daemon, f"mid{i}", prefix)
+
+        with ThreadPoolExecutor(20) as pool:
+            for i in range(20):
+                pool.submit(attempt, i)
+            time.sleep(0.3)  # creates in flight in the workers
+            os.kill(daemon.pid, signal.SIGKILL)
+        assert daemon.proc is not None and daemon.channel is not None
+        daemon.proc.wait()
+        # Restarted at once, without killing the old process group (which
+        # Daemon.stop would do): the new daemon must fence off the old workers.
+        daemon.channel.close()
+        daemon.start()
+        assert [p for p in old if pid_alive(p)] == []
+        unknown = [line for line in daemon.metrics().splitlines()
+                   if 'kind="unknown_peer"' in line and not line.startswith("#")]
+        assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in unknown), unknown
+        remove_all_pods(daemon)
+        assert leftovers(daemon, prefix) == []

@@ -16,9 +16,12 @@ Heartbeat and Liveness
     The worker sends HEARTBEAT every ``heartbeat_interval`` from the same
     loop that sends replies, so a wedged loop stops heartbeating and gets
     killed. Any frame from the supervisor counts as a sign of life; after
-    ``heartbeat_liveness`` silent intervals, or once its parent pid changes
-    (PR_SET_PDEATHSIG backs this up), the worker exits on its own: that is
-    what makes ``kill -9`` of the supervisor leave no orphans.
+    ``heartbeat_liveness`` silent intervals, or once its parent pid changes,
+    the worker exits on its own. The kernel goes first: PR_SET_PDEATHSIG
+    kills the worker with SIGKILL the moment its supervisor dies, so after
+    ``kill -9`` of the supervisor no worker finishes an op that nobody
+    will read, and the fence file (proto/envelope.py) lets the next
+    supervisor wait until none is left.
 
 Deadlines and Cancellation
     Every request carries an absolute CLOCK_MONOTONIC deadline. Expired work
@@ -36,8 +39,9 @@ Size
 Shutdown
     SIGTERM stops intake (new requests get UNAVAILABLE), lets in-flight ones
     finish for up to ``stop_grace`` seconds, sends DISCONNECT and exits 0.
-    A worker whose supervisor is gone cancels its in-flight ops instead
-    (they stop at their next ``check()``): nobody would read their replies.
+    A worker that notices its supervisor gone before the kernel's SIGKILL
+    lands cancels its in-flight ops instead (they stop at their next
+    ``check()``): nobody would read their replies.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import asyncio
 import contextlib
 import contextvars
 import ctypes
+import fcntl
 import functools
 import inspect
 import logging
@@ -122,6 +127,7 @@ class WorkerOptions:
     heartbeat_liveness: int = 3
     stop_grace: float = 10.0
     max_payload: int = envelope.MAX_PAYLOAD
+    fence: str = ""  # the run dir's fence file (proto/envelope.py); "" for none
 
 
 class WorkerProcess:
@@ -144,16 +150,25 @@ class WorkerProcess:
 
     def run(self) -> int:
         """Run until stopped; return the process exit status."""
-        set_parent_death_signal(signal.SIGTERM)
+        # SIGKILL, not SIGTERM: once the supervisor is gone nobody reads a
+        # reply, and an op finished after a new supervisor took over would
+        # act beside its workers. What a kill leaves half-done, the next
+        # start's reconcile removes.
+        set_parent_death_signal(signal.SIGKILL)
         # The parent may have died before prctl took effect.
         if os.getppid() != self.options.parent_pid:
             log.error("Supervisor %d is gone before start; exiting", self.options.parent_pid)
             return 1
+        fence = hold_fence(self.options.fence)
+        if os.getppid() != self.options.parent_pid:
+            return 1  # a new supervisor may have passed the fence already
         try:
             return asyncio.run(self._main())
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._ctx.destroy(linger=0)
+            if fence >= 0:
+                os.close(fence)
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
@@ -291,6 +306,21 @@ class WorkerProcess:
                 log.error("Supervisor %d is gone; exiting", opts.parent_pid)
                 self._stopping.set()
                 return
+
+
+def hold_fence(path: str) -> int:
+    """Hold ``path`` shared for this process's life; return the fd, or -1.
+
+    Not an object lock (workers/locks.py): it says "a worker of this run
+    dir lives" to the next supervisor, which waits for it exclusively
+    (proto/envelope.py, "Fence"). The fd is close-on-exec, so runc or a
+    plugin started by an op never holds it.
+    """
+    if not path:
+        return -1
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
 
 
 def set_parent_death_signal(sig: int) -> None:

@@ -5,10 +5,8 @@ as a JSON file it wrote atomically under the run dir (the pool's section of
 the effective configuration plus the paths every worker needs), so a worker
 never parses TOML and never disagrees with the supervisor about a default.
 
-Log lines are escaped here, in the formatters, for every record: messages
-and their arguments carry CRI input (names, paths, annotations), whose
-newlines and terminal escapes must not forge lines or colour a terminal.
-Tracebacks keep their line breaks, but not those of exception messages.
+Log lines are escaped by the shared formatters (proto/logfmt.py): messages
+carry CRI input.
 """
 
 from __future__ import annotations
@@ -16,13 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import setproctitle
 
-from ..proto.errors import escape, escape_traceback
+from ..proto import envelope
+from ..proto.logfmt import JsonFormatter, TextFormatter
 from .base import OpTable, WorkerOptions, WorkerProcess, request_id_var
 
 
@@ -36,44 +36,14 @@ def configure_logging(pool: str, index: int, level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter(pool, index))
+        handler.setFormatter(JsonFormatter(("request_id",), {"pool": pool, "worker": index}))
     else:
-        handler.setFormatter(_TextFormatter(
+        handler.setFormatter(TextFormatter(
             f"%(asctime)s %(levelname)s [{pool} worker {index}] [req=%(request_id)s] "
             "%(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-
-
-class _TextFormatter(logging.Formatter):
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        # format() has just set record.message from msg % args, afresh for
-        # every handler, so escaping it here escapes each line exactly once.
-        record.message = escape(record.message)
-        return super().formatMessage(record)
-
-    def formatException(self, ei: Any) -> str:
-        return escape_traceback(ei[1], super().formatException(ei))
-
-
-class _JsonFormatter(logging.Formatter):
-    def __init__(self, pool: str, index: int) -> None:
-        super().__init__()
-        self._fixed = {"pool": pool, "worker": index}
-
-    def format(self, record: logging.LogRecord) -> str:
-        # Escaped before JSON encoding too, so `jq -r .msg` prints no raw
-        # control characters.
-        entry = {
-            "time": self.formatTime(record), "level": record.levelname,
-            "logger": record.name, "msg": escape(record.getMessage()),
-            "request_id": getattr(record, "request_id", "-"), **self._fixed,
-        }
-        if record.exc_info:
-            entry["exc"] = escape_traceback(record.exc_info[1],
-                                            self.formatException(record.exc_info))
-        return json.dumps(entry)
 
 
 def load_settings(path: str) -> dict[str, Any]:
@@ -104,5 +74,6 @@ def main(pool: str, ops: OpTable, argv: list[str] | None = None) -> int:
         heartbeat_liveness=int(bus["heartbeat_liveness"]),
         stop_grace=float(bus["stop_timeout"]),
         max_payload=int(settings["bus_max_payload"]),
+        fence=os.path.join(settings["runroot"], envelope.FENCE_FILE),
     )
     return WorkerProcess(options, ops, settings).run()

@@ -11,8 +11,8 @@ Modules, from names to bytes on disk:
 - ``policy``, ``identity``, ``sigstore``, ``trust``: containers-policy.json(5),
   its signedIdentity rules, cosign-style signatures and their keys, and the
   policy applied to one pull;
-- ``blobs``, ``leases``, ``locks``, ``records``, ``store``: the content store,
-  its GC protection, flocks and the SQLite image records;
+- ``blobs``, ``leases``, ``records``, ``store``: the content store, its GC
+  protection (flocks from workers/locks.py) and the SQLite image records;
 - ``pull``, ``coalesce``: one pull, and sharing it between identical callers;
 - ``lookup``, ``cri``, ``settings``, ``ops``: what CRI callers write, what they
   get back, and the op table.

@@ -8,8 +8,9 @@ Invariants:
   A crash leaves either no blob or the whole verified blob.
 - A digest mismatch deletes the temp file and raises ``DataLoss``: nothing
   of a corrupt download stays in the store.
-- Every temp file is held under an ``flock`` while its writer lives, so a
-  sweep can tell a live download from debris of a killed worker.
+- Every temp file is held under an ``flock`` while its writer lives
+  (workers/locks.py, ``claim``), so a sweep can tell a live download from
+  debris of a killed worker.
 
 Which blobs may be deleted is decided by store.py (references and leases);
 this module only stores, reads and deletes files.
@@ -18,14 +19,16 @@ this module only stores, reads and deletes files.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import secrets
 from collections.abc import Iterator
 from types import TracebackType
 
+from ..locks import claim, sweep
 from .errors import DataLoss
+
+_PARTIAL = ".partial"
 
 
 def _fsync_dir(path: str) -> None:
@@ -46,11 +49,11 @@ class Ingest:
         self.source = source
         algorithm, encoded = digest.split(":", 1)
         self._algorithm = algorithm
-        name = f"{algorithm}-{encoded}.{secrets.token_hex(6)}.partial"
+        name = f"{algorithm}-{encoded}.{secrets.token_hex(6)}{_PARTIAL}"
         self.temp_path = os.path.join(store.ingest_dir, name)
-        self._fd = os.open(self.temp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                           0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        # 0o644: the file becomes the blob, which the storage pool reads.
+        self._lock = claim(self.temp_path, mode=0o644)
+        self._fd = self._lock.fd
         self._hasher = hashlib.new(algorithm)
         self._offset = 0
         self._done = False
@@ -93,15 +96,13 @@ class Ingest:
         os.rename(self.temp_path, final)
         _fsync_dir(os.path.dirname(final))
         self._done = True
-        os.close(self._fd)
+        self._lock.release()
 
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temp_path)
-        os.close(self._fd)
+        self._lock.release(unlink=True)
 
     def __enter__(self) -> Ingest:
         return self
@@ -155,21 +156,4 @@ class BlobStore:
 
     def sweep_ingest(self) -> int:
         """Delete temp files whose writer is gone; return how many."""
-        removed = 0
-        for name in os.listdir(self.ingest_dir):
-            path = os.path.join(self.ingest_dir, name)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live download holds it
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                removed += 1
-            finally:
-                os.close(fd)
-        return removed
+        return len(sweep(self.ingest_dir, _PARTIAL))

@@ -146,9 +146,7 @@ class Puller:
                 return present
         sources = registries_conf.pull_sources(self._conf, ref)
         started = time.time()
-        lock = self._store.ref_lock(str(ref))
-        lock.acquire(self._wait)
-        try:
+        with self._store.ref_lock(str(ref), self._ctx.deadline, self._wait):
             done = self._pulled_meanwhile(ref, started, check)
             if done is not None:
                 return done
@@ -163,8 +161,6 @@ class Puller:
                     log.warning("Pulling %s from %s failed: %s", ref, source.reference.domain,
                                 exc.message)
             raise _combine(ref, failures)
-        finally:
-            lock.release()
 
     def _pulled_meanwhile(self, ref: Reference, started: float,
                           check: TrustCheck) -> str | None:
@@ -265,7 +261,7 @@ class Puller:
         failed = True
         try:
             for digest, _, body in resolved.documents:
-                if not store.reserve(lease, digest, self._wait):
+                if not store.reserve(lease, digest, self._ctx.deadline, self._wait):
                     store.blobs.put(digest, body, client.host)
             config_desc = resolved.manifest.config
             config_body = self._config(client, physical, config_desc, lease)
@@ -300,7 +296,7 @@ class Puller:
 
     def _config(self, client: RegistryClient, physical: Reference, desc: Descriptor,
                 lease: Lease) -> bytes:
-        if self._store.reserve(lease, desc.digest, self._wait):
+        if self._store.reserve(lease, desc.digest, self._ctx.deadline, self._wait):
             return self._store.blobs.read(desc.digest)
         if desc.size > manifest.MAX_CONFIG_BYTES:
             raise InvalidArgument(f"image config {desc.digest} of {physical} is {desc.size} "
@@ -334,7 +330,7 @@ class Puller:
     def _fetch_layer(self, client: RegistryClient, repo: str, layer: Descriptor, lease: Lease,
                      watchdog: Watchdog) -> None:
         store = self._store
-        if store.reserve(lease, layer.digest, self._wait):
+        if store.reserve(lease, layer.digest, self._ctx.deadline, self._wait):
             return
 
         def wait_for_other(seconds: float) -> None:
@@ -343,20 +339,17 @@ class Puller:
             watchdog.progress(0)
             watchdog.sleep(seconds)
 
-        lock = store.blob_lock(layer.digest)
-        lock.acquire(wait_for_other)
-        try:
-            if store.blobs.exists(layer.digest):
-                return
-            with store.blobs.ingest(layer.digest, layer.size, client.host) as ingest:
-                client.fetch_blob(repo, layer.digest, ingest)
-                ingest.commit()
-        except OSError as exc:
-            # Network errors were mapped by the client; this is local disk.
-            raise Internal(f"storing layer {layer.digest} in {store.blobs.blobs_dir} failed: "
-                           f"{exc.strerror or exc}") from None
-        finally:
-            lock.release()
+        with store.blob_lock(layer.digest, self._ctx.deadline, wait_for_other):
+            try:
+                if store.blobs.exists(layer.digest):
+                    return
+                with store.blobs.ingest(layer.digest, layer.size, client.host) as ingest:
+                    client.fetch_blob(repo, layer.digest, ingest)
+                    ingest.commit()
+            except OSError as exc:
+                # Network errors were mapped by the client; this is local disk.
+                raise Internal(f"storing layer {layer.digest} in {store.blobs.blobs_dir} "
+                               f"failed: {exc.strerror or exc}") from None
 
 
 def _verify(body: bytes, expected: str | None, what: str, host: str) -> str:

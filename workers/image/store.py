@@ -6,7 +6,7 @@ Layout::
     <root>/image/ingest/               downloads in progress
     <root>/image/images.db             records (records.py)
     <runroot>/image/leases/            blobs pulls in progress rely on
-    <runroot>/image/locks/             flock files: gc, ref-*, blob-*
+    <runroot>/image/locks/             flock files: gc, ref-*, blob-* (workers/locks.py)
 
 Garbage collection
     A blob file may be deleted only when no image record references it and
@@ -23,21 +23,29 @@ Garbage collection
     startup sweep deletes everything unreferenced and unleased (debris of a
     worker killed mid-pull) and unlocked temp files.
 
+    A pull waits for the lock until its deadline, or until its caller
+    cancels (through ``wait``). Collection and the sweep wait with no
+    deadline: they are cleanup that must finish, and every holder of the
+    lock holds it for one scan of the store at most.
+
 Coalescing across workers
     ``ref_lock`` serialises pulls of one reference, ``blob_lock`` downloads
-    of one blob; both are flocks (locks.py) that vanish with a dead holder.
+    of one blob; both are flocks (workers/locks.py) that vanish with a dead
+    holder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 
+from ..locks import ObjectLock, Wait, locked, sweep
 from .blobs import BlobStore
 from .leases import Lease, LeaseDir
-from .locks import FileLock, Waiter, lock_file
 from .records import Records
 
 log = logging.getLogger(__name__)
@@ -53,7 +61,7 @@ class ImageStore:
         self.locks_dir = os.path.join(run, "locks")
         self.leases = LeaseDir(os.path.join(run, "leases"))
 
-    def open(self, wait: Waiter) -> None:
+    def open(self, wait: Wait) -> None:
         """Create what is missing and clean what a killed worker left."""
         os.makedirs(self.image_root, mode=0o700, exist_ok=True)
         self.blobs.create_dirs()
@@ -64,38 +72,41 @@ class ImageStore:
 
     # ---- locks ------------------------------------------------------------
 
-    def ref_lock(self, name: str) -> FileLock:
-        return FileLock(lock_file(self.locks_dir, "ref", name))
+    def ref_lock(self, name: str, deadline: float,
+                 wait: Wait) -> AbstractContextManager[ObjectLock]:
+        # These locks only keep two pulls from downloading one thing twice;
+        # nothing lives in their files, so each goes with its holder.
+        return locked(self.locks_dir, f"ref-{name}", deadline, f"image {name}",
+                      holder="another pull of it", gone=_always, wait=wait)
 
-    def blob_lock(self, digest: str) -> FileLock:
-        return FileLock(lock_file(self.locks_dir, "blob", digest))
+    def blob_lock(self, digest: str, deadline: float,
+                  wait: Wait) -> AbstractContextManager[ObjectLock]:
+        return locked(self.locks_dir, f"blob-{digest}", deadline, f"blob {digest}",
+                      holder="another download of it", gone=_always, wait=wait)
 
     @contextlib.contextmanager
-    def _gc_lock(self, wait: Waiter, *, shared: bool) -> Iterator[None]:
-        lock = FileLock(os.path.join(self.locks_dir, "gc.lock"), shared=shared)
-        lock.acquire(wait)
-        try:
+    def _gc_lock(self, deadline: float, wait: Wait, *, shared: bool) -> Iterator[None]:
+        with locked(self.locks_dir, "gc", deadline, f"image store {self.image_root}",
+                    shared=shared, holder="a pull or garbage collection", wait=wait):
             yield
-        finally:
-            lock.release()
 
     # ---- leases and collection -------------------------------------------
 
     def lease(self) -> Lease:
         return self.leases.create()
 
-    def reserve(self, lease: Lease, digest: str, wait: Waiter) -> bool:
+    def reserve(self, lease: Lease, digest: str, deadline: float, wait: Wait) -> bool:
         """Protect ``digest`` for this pull; True when the blob is already here."""
-        with self._gc_lock(wait, shared=True):
+        with self._gc_lock(deadline, wait, shared=True):
             lease.add(digest)
             return self.blobs.exists(digest)
 
-    def collect(self, digests: Iterable[str], wait: Waiter) -> list[str]:
+    def collect(self, digests: Iterable[str], wait: Wait) -> list[str]:
         """Delete those of ``digests`` no image and no live lease uses."""
         candidates = set(digests)
         if not candidates:
             return []
-        with self._gc_lock(wait, shared=False):
+        with self._gc_lock(math.inf, wait, shared=False):
             keep = self.records.referenced(candidates) | self.leases.live_digests()
             deleted = sorted(candidates - keep)
             for digest in deleted:
@@ -104,23 +115,28 @@ class ImageStore:
             log.info("Deleted %d unreferenced blobs", len(deleted))
         return deleted
 
-    def release_lease(self, lease: Lease, *, failed: bool, wait: Waiter) -> None:
+    def release_lease(self, lease: Lease, *, failed: bool, wait: Wait) -> None:
         """End a pull's lease; after a failure, collect what it brought in."""
         lease.release()
         if failed:
             self.collect(lease.digests, wait)
 
-    def remove_image(self, image_id: str, wait: Waiter) -> None:
+    def remove_image(self, image_id: str, wait: Wait) -> None:
         digests = self.records.delete(image_id)
         self.collect(digests, wait)
 
-    def sweep(self, wait: Waiter) -> None:
-        with self._gc_lock(wait, shared=False):
+    def sweep(self, wait: Wait) -> None:
+        with self._gc_lock(math.inf, wait, shared=False):
             stale = self.blobs.sweep_ingest()
             keep = self.records.all_referenced() | self.leases.live_digests()
             orphans = [d for d in self.blobs.digests() if d not in keep]
             for digest in orphans:
                 self.blobs.delete(digest)
+        sweep(self.locks_dir)  # lock files a killed worker left
         if stale or orphans:
             log.info("Store sweep removed %d partial downloads and %d orphan blobs",
                      stale, len(orphans))
+
+
+def _always() -> bool:
+    return True

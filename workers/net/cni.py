@@ -27,9 +27,11 @@ the deadline is killed and the call raises DeadlineExceeded. Descriptors in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -260,11 +262,8 @@ def _exec(runner: Runner, net: NetworkList, plugin: str, command: str,
         raise DeadlineExceeded(f"no time left to run CNI plugin {plugin} {command}")
     started = time.monotonic()
     try:
-        proc = subprocess.run(
-            [binary], input=json.dumps(conf).encode(), env=env, capture_output=True,
-            timeout=timeout, pass_fds=runner.pass_fds, cwd="/", check=False)
+        proc = _run_plugin(binary, json.dumps(conf).encode(), env, timeout, runner.pass_fds)
     except subprocess.TimeoutExpired:
-        # subprocess.run has already killed and reaped the plugin.
         raise DeadlineExceeded(
             f"CNI plugin {plugin} {command} did not finish before the deadline") from None
     except OSError as exc:
@@ -282,6 +281,27 @@ def _exec(runner: Runner, net: NetworkList, plugin: str, command: str,
         raise PluginError(plugin, command, ERR_PODVISOR_BAD_OUTPUT,
                           f"output is not JSON: {_snippet(proc.stdout)}",
                           config_path=net.path) from None
+
+
+def _run_plugin(binary: str, stdin: bytes, env: dict[str, str], timeout: float,
+                pass_fds: tuple[int, ...]) -> subprocess.CompletedProcess[bytes]:
+    """Run one plugin in a process group of its own.
+
+    On a timeout the whole group is killed, not just the plugin: a child it
+    started (portmap's iptables) inherits the pod lock's fd, and one that
+    outlived the kill would hold the lock on a file the caller then unlinks.
+    """
+    with subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, pass_fds=pass_fds, cwd="/",
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess([binary], proc.returncode, out, err)
 
 
 def _error_from(plugin: str, command: str, proc: subprocess.CompletedProcess[bytes],

@@ -13,7 +13,17 @@ Ownership
     in and the pods using it. A pod joins each podvisor-made directory on
     its path, ancestors included, and leaves them when it is removed; the
     last to leave removes the directory. A directory that was there before
-    (the kubelet's) has no record and is never removed.
+    (the kubelet's) has no record and is never removed, nor is anything
+    below it in a controller where it was there before: a directory may
+    be the kubelet's in some controllers and podvisor's in others, which is
+    why a record names its controllers. The node-wide ledger of
+    earlier versions is imported into records once (``import_ledger``).
+
+Processes
+    Every sandbox of one pod (each kubelet attempt) has the same parent, so
+    the processes in it are told apart by the object they belong to: the
+    container or infra whose cgroup (``<prefix>-<id>``) they are in, or
+    whose monitor they are. A removal waits for and kills only its own.
 
 Invariants
     - The pod and the controllers are recorded *before* mkdir, and the
@@ -32,8 +42,12 @@ Invariants
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import posixpath
+import re
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,6 +58,7 @@ from ...proto.limits import check_path
 from ..fsnames import component
 from ..locks import ObjectLock, locked
 from ..records import RecordDir
+from . import monitor
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +91,11 @@ def pod_parent(cgroup_parent: str, sandbox_id: str, manager: str) -> str:
         raise InvalidArgument(f"cgroup_parent {shorten(cgroup_parent)} must be an absolute "
                               "cgroupfs path (the kubelet's cgroupfs driver)")
     check_path("cgroup_parent", cgroup_parent)
-    return cgroup_parent.rstrip("/")
+    # One spelling per directory: "/a//b/" must share "/a/b"'s records and
+    # locks. normpath keeps a leading "//" (POSIX leaves it open), and the
+    # root alone stays "" as before: no pod's parent, nothing to drain.
+    normal = posixpath.normpath(cgroup_parent).lstrip("/")
+    return f"/{normal}" if normal else ""
 
 
 @dataclass(frozen=True)
@@ -122,10 +141,9 @@ def _dir(controller: str, path: str) -> str:
     return os.path.join(CGROUP_ROOT, controller, path.lstrip("/"))
 
 
-def ensure(parent: str, pod_id: str, owned: Owned, deadline: float) -> list[str]:
+def ensure(parent: str, pod_id: str, owned: Owned, deadline: float) -> None:
     """Join or make every directory of ``parent`` for ``pod_id`` in every
-    controller; return the directories made."""
-    made = []
+    controller."""
     names = controllers()
     for path in chain(parent):
         with owned.locked(path, deadline):
@@ -141,26 +159,24 @@ def ensure(parent: str, pod_id: str, owned: Owned, deadline: float) -> list[str]
             # directory nobody knows podvisor made.
             owned.save(path, record)
             for controller in missing:
-                try:
+                with contextlib.suppress(FileExistsError):
                     os.mkdir(_dir(controller, path))
-                except FileExistsError:
-                    continue
-                made.append(_dir(controller, path))
-    return made
 
 
 def release(parent: str, pod_id: str, owned: Owned, deadline: float) -> list[str]:
     """Leave every directory of ``parent``; remove those ``pod_id`` was the
     last to use. Return the directories that could not go (still busy)."""
     left: list[str] = []
-    for path in reversed(chain(parent)):
+    paths = chain(parent)
+    for path in reversed(paths):
         with owned.locked(path, deadline):
             record = owned.load(path)
             if record is None:
                 continue
             # The pod's own directory goes with what runc left below it;
             # an ancestor only ever goes alone (others' pods may be below).
-            left += _leave(owned, record, lambda user: user != pod_id, subtree=path == parent)
+            left += _leave(owned, record, lambda user: user != pod_id,
+                           subtree=path == paths[-1])
     return left
 
 
@@ -182,7 +198,7 @@ def reconcile(owned: Owned, live: Mapping[str, str], deadline: float) -> list[st
             if record is None:
                 continue
             if path not in leaves:
-                removed += _orphans(owned, path, on_path)
+                removed += _orphans(owned, record, on_path)
             before = [_dir(c, path) for c in record["controllers"]]
             _leave(owned, record, lambda user: user in live, subtree=False)
             removed += [d for d in before if not os.path.isdir(d)]
@@ -216,11 +232,16 @@ def _leave(owned: Owned, record: dict[str, Any], stays: Callable[[str], bool], *
     return left
 
 
-def _orphans(owned: Owned, path: str, on_path: set[str]) -> list[str]:
-    """Remove the directories below ``path`` that no live pod's path goes
-    through and that are no podvisor-made directory of their own."""
+def _orphans(owned: Owned, record: dict[str, Any], on_path: set[str]) -> list[str]:
+    """Remove the directories below the recorded one that no live pod's path
+    goes through and that are no podvisor-made directory of their own.
+
+    Only in the controllers podvisor made it in: where the directory was
+    there before, what is below it is the kubelet's (a QoS or pod cgroup).
+    """
+    path = str(record["path"])
     removed = []
-    for controller in controllers():
+    for controller in record["controllers"]:
         base = _dir(controller, path)
         try:
             children = [e.name for e in os.scandir(base) if e.is_dir(follow_symlinks=False)]
@@ -235,6 +256,53 @@ def _orphans(owned: Owned, path: str, on_path: set[str]) -> list[str]:
                 log.warning("Removed cgroup %s, which belongs to no pod", target)
                 removed.append(target)
     return removed
+
+
+def import_ledger(ledger: str, owned: Owned, live: Mapping[str, str], deadline: float) -> None:
+    """Turn the node-wide ledger of podvisor before per-directory records
+    (a JSON list of ``/sys/fs/cgroup/<controller>/<path>`` it made) into
+    records, once, then delete it.
+
+    A listed directory on a live pod's path gets that pod (and every other
+    whose path goes through it) as users, so it goes when they do; one on
+    no live path gets none, and the reconcile that follows removes it
+    unless a process is still there. A directory gone since is skipped.
+    """
+    try:
+        with open(ledger, encoding="utf-8") as f:
+            listed = json.load(f)
+    except FileNotFoundError:
+        return
+    except ValueError:
+        listed = []  # torn by a crash of the old version: nothing to learn from it
+    found: dict[str, set[str]] = {}
+    for entry in listed if isinstance(listed, list) else []:
+        made = _ledger_entry(entry)
+        if made is not None and os.path.isdir(_dir(*made)):
+            found.setdefault(made[1], set()).add(made[0])
+    for path, made_in in sorted(found.items()):
+        users = sorted(pod for pod, parent in live.items() if path in chain(parent))
+        with owned.locked(path, deadline):
+            record = owned.load(path) or {"path": path, "controllers": [], "users": []}
+            record["controllers"] = sorted({*record["controllers"], *made_in})
+            record["users"] = [*record["users"], *(u for u in users if u not in record["users"])]
+            owned.save(path, record)
+    # Deleted last: a crash before this point imports the same list again,
+    # which changes nothing.
+    for stale in (ledger, f"{ledger}.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
+
+
+def _ledger_entry(entry: object) -> tuple[str, str] | None:
+    """(controller, cgroup path) of one ledger entry, or None if it names
+    no cgroup below a controller's root."""
+    if not isinstance(entry, str) or not entry.startswith(f"{CGROUP_ROOT}/"):
+        return None
+    parts = entry[len(CGROUP_ROOT) + 1:].split("/")
+    if len(parts) < 2 or any(p in ("", ".", "..") for p in parts):
+        return None
+    return parts[0], "/" + "/".join(parts[1:])
 
 
 def _rmdir(path: str) -> list[str]:
@@ -256,41 +324,52 @@ def _rmtree(path: str) -> list[str]:
     return left
 
 
-def _procs_files(parent: str) -> Iterator[str]:
-    base = os.path.join(CGROUP_ROOT, "pids", parent.lstrip("/"))
+# A container's or infra's own cgroup below the pod's: runc names it
+# ``<prefix>-<id>`` (cgroupfs) or ``<prefix>-<id>.scope`` (systemd).
+_OBJECT_CGROUP = re.compile(r"(?:.*-)?([0-9a-f]{64})(?:\.scope)?")
+
+
+def processes(parent: str) -> list[tuple[int, str | None]]:
+    """Every process in the pod's cgroups, with the id of the object it
+    belongs to: the container (or infra) whose cgroup it is in, or whose
+    monitor it is; None when neither tells."""
+    if not chain(parent):
+        return []  # the root holds every process of the node: never a pod's
+    base = _dir("pids", parent)
+    found: list[tuple[int, str | None]] = []
     for dirpath, _dirs, files in os.walk(base):
-        if "cgroup.procs" in files:
-            yield os.path.join(dirpath, "cgroup.procs")
-
-
-def busy(parent: str) -> bool:
-    """Does any process still live in the pod's cgroups?"""
-    for procs in _procs_files(parent):
-        with contextlib.suppress(OSError), open(procs) as f:
-            if f.read().strip():
-                return True
-    return False
-
-
-def kill_all(parent: str) -> None:
-    """SIGKILL every process left in the pod's cgroups (a last resort)."""
-    for procs in _procs_files(parent):
-        with contextlib.suppress(OSError), open(procs) as f:
+        if "cgroup.procs" not in files:
+            continue
+        below = os.path.relpath(dirpath, base).split(os.sep)[0]
+        match = _OBJECT_CGROUP.fullmatch(below) if below != "." else None
+        with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
             for line in f:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(line), 9)
+                with contextlib.suppress(ValueError):
+                    pid = int(line)
+                    # Outside an object's cgroup, a process of podvisor's
+                    # is a monitor (move() puts them in the pod's cgroup).
+                    found.append((pid, match[1] if match else monitor.monitored_id(pid)))
+    return found
 
 
-def drain(parent: str, deadline: float, grace: float = 1.0) -> bool:
-    """Wait for the pod's cgroups to empty (monitors exiting after their
-    containers), SIGKILLing what is left after ``grace``; True once empty."""
+def drain(parent: str, deadline: float, ours: Callable[[str | None], bool],
+          grace: float = 1.0) -> bool:
+    """Wait for the processes of the pod's cgroups that are ``ours`` (by the
+    object they belong to) to go: monitors exiting after their containers;
+    SIGKILL what is left of them after ``grace``. True once none is left.
+
+    Only ``ours``: the kubelet gives every sandbox of one pod the same
+    parent, and removing an old sandbox must not touch the new one.
+    """
     started = time.monotonic()
-    while busy(parent):
+    while left := [pid for pid, owner in processes(parent) if ours(owner)]:
         now = time.monotonic()
         if now >= deadline:
             return False
         if now - started >= grace:
-            kill_all(parent)
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         time.sleep(0.02)
     return True
 

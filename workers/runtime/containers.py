@@ -34,7 +34,6 @@ from ...proto.errors import (
     NotFound,
     shorten,
 )
-from ...proto.limits import check_path
 from ...proto.naming import container_name
 from ..base import OpContext
 from . import cgroups, ids, monitor, names, sandbox, specs, teardown
@@ -176,10 +175,8 @@ def log_path_of(layout: Layout, pod: Mapping[str, Any], record: Mapping[str, Any
     """
     relative: str = record["config"].get("log_path", "")
     directory: str = pod["config"].get("log_directory", "")
-    for field, value in (("config.log_path", relative), ("log_directory", directory)):
-        if ".." in value.split("/"):
-            raise InvalidArgument(f"{field} {shorten(value)} must not contain '..'")
-        check_path(field, value)
+    sandbox.check_log_path("config.log_path", relative)
+    sandbox.check_log_path("log_directory", directory, absolute=True)
     if not relative:
         return layout.default_log(record["id"])
     if os.path.isabs(relative):

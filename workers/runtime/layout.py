@@ -78,6 +78,21 @@ class Layout:
         return locked(self.locks_dir, f"name-{name}", deadline, f"{kind} name {name}",
                       gone=lambda: names.holder(self.names_dir, name) is None)
 
+    def on_record(self, object_id: str) -> bool:
+        """Is ``object_id`` a pod or container on record? An unreadable
+        record counts, as does an id no record could have."""
+        try:
+            return (self.sandboxes.load(object_id) is not None
+                    or self.containers.load(object_id) is not None)
+        except ValueError:  # RecordCorrupt, or an id no record could have
+            return True
+
+    @property
+    def legacy_cgroup_ledger(self) -> str:
+        """Where podvisor before per-directory cgroup records listed every
+        cgroup directory it made (``cgroups.import_ledger``)."""
+        return os.path.join(self.root, "cgroups-created.json")
+
     @property
     def infra_rootfs(self) -> str:
         return os.path.join(self.root, "infra-rootfs")

@@ -217,20 +217,40 @@ def conmon_alive(state_dir: str) -> bool:
             pid = int(f.read().strip())
     except (FileNotFoundError, ValueError):
         return False
+    return is_monitor(pid, os.path.basename(state_dir))
+
+
+def is_monitor(pid: int, container_id: str) -> bool:
+    """Is ``pid`` a live podvisor-conmon monitor of ``container_id``?
+
+    Not any process that reused the pid: another container's monitor, an
+    exec in this container, or a zombie (a killed monitor its reaper has
+    not collected yet) included.
+    """
+    return monitored_id(pid) == container_id and process_alive(pid)
+
+
+def monitored_id(pid: int) -> str | None:
+    """The container (or infra) id whose monitor ``pid`` is, else None.
+
+    Once it runs, a monitor's title (conmon/proctitle.py) names the
+    container in place of its argv; before, the argv does, the interpreter
+    perhaps ahead of the script: ``[python] podvisor-conmon monitor --id
+    <id> ...``, as ``spawn`` builds it.
+    """
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-    except FileNotFoundError:
-        return False
-    # This container's monitor, not any process that reused the pid (another
-    # container's monitor, or an exec in this container, included): once it
-    # runs, its title (conmon/proctitle.py) names the container in place of
-    # the argv; before, the argv does.
-    container_id = os.path.basename(state_dir).encode()
-    if argv[0] == CONMON.encode() + b" " + container_id:
-        return True
-    return any(CONMON.encode() in a for a in argv[:2]) and b"monitor" in argv \
-        and container_id in argv
+    except OSError:
+        return None
+    title = CONMON.encode() + b" "
+    if argv[0].startswith(title):
+        return argv[0][len(title):].decode(errors="replace")
+    for index, arg in enumerate(argv[:2]):
+        if os.path.basename(arg) == CONMON.encode() \
+                and argv[index + 1:index + 3] == [b"monitor", b"--id"] and len(argv) > index + 3:
+            return argv[index + 3].decode(errors="replace")
+    return None
 
 
 def process_alive(pid: int | None) -> bool:

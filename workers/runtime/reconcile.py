@@ -70,8 +70,10 @@ def reconcile(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     layout.cgroups.records.remove_stale_temps(older_than=0)
     live = {sandbox_id: str((_load(layout, sandbox_id) or {}).get("cgroup_parent") or "")
             for sandbox_id in layout.sandboxes.ids()}
+    # Before the reconcile, which then treats what it imports as its own.
+    cgroups.import_ledger(layout.legacy_cgroup_ledger, layout.cgroups, live, ctx.deadline)
     removed_cgroups = cgroups.reconcile(layout.cgroups, live, ctx.deadline)
-    dropped_names = names.drop_dead(layout.names_dir, lambda owner: _on_record(layout, owner))
+    dropped_names = names.drop_dead(layout.names_dir, layout.on_record)
     swept = sweep(layout.locks_dir)
     if removed_cgroups or dropped_names or swept:
         log.warning("Removed cgroups of no pod %s, dead name reservations %s and %d stale "
@@ -90,15 +92,6 @@ def _load(layout: Layout, sandbox_id: str) -> dict[str, Any] | None:
         return layout.sandboxes.load(sandbox_id)
     except RecordCorrupt:
         return None
-
-
-def _on_record(layout: Layout, owner: str) -> bool:
-    """Is ``owner`` a pod or container on record? An unreadable record counts."""
-    try:
-        return (layout.sandboxes.load(owner) is not None
-                or layout.containers.load(owner) is not None)
-    except ValueError:  # RecordCorrupt, or an id no record could have
-        return True
 
 
 def _try(op: Any, ctx: OpContext, object_id: str) -> None:

@@ -21,7 +21,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...proto.errors import FailedPrecondition, InvalidArgument, NotFound, shorten
@@ -38,10 +38,13 @@ POD, CONTAINER, NODE, TARGET = "POD", "CONTAINER", "NODE", "TARGET"
 READY, NOTREADY, CREATING = "ready", "notready", "creating"
 # What a pod's hostname may be: an RFC 1123 host name (dot-separated
 # labels of letters, digits and '-', each starting and ending with a letter
-# or digit, which is also what hostname(1) accepts), of at most the 63
-# characters the kubelet caps it to.
-HOSTNAME_MAX = 63
-HOSTNAME = re.compile(r"(?=.{1,63}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+# or digit, which is also what hostname(1) accepts) of at most the kernel's
+# HOST_NAME_MAX, 64: with setHostnameAsFQDN the kubelet sends the pod's
+# FQDN, which it allows up to that. Each label has at most 63 (RFC 1123),
+# and so has a name the kubelet derives from the pod's (HOSTNAME_DERIVED).
+HOSTNAME_MAX = 64
+HOSTNAME_DERIVED = 63
+HOSTNAME = re.compile(r"(?=.{1,64}\Z)(?!.*[^.]{64})[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
 # How long a removed pod's monitors get to leave its cgroups.
 DRAIN_TIMEOUT = 5.0
@@ -80,7 +83,7 @@ def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     modes = namespace_options(config)
     # Both are refused before anything exists, so a refusal leaves nothing.
     pod_hostname(config, modes["network"] == NODE)
-    check_log_directory(config.get("log_directory", ""))
+    check_log_path("log_directory", config.get("log_directory", ""), absolute=True)
     if modes["network"] == TARGET or modes["ipc"] == TARGET:
         raise InvalidArgument("namespace mode TARGET applies to pid only")
     with layout.name_lock(name, "pod", ctx.deadline):
@@ -108,12 +111,13 @@ def pod_hostname(config: Mapping[str, Any], host_network: bool) -> str:
         if not HOSTNAME.fullmatch(given):
             raise InvalidArgument(f"hostname {shorten(given)} is not a valid host name: at most "
                                   f"{HOSTNAME_MAX} letters, digits, '-' and '.', each label "
-                                  "starting and ending with a letter or digit")
+                                  f"of at most {HOSTNAME_DERIVED}, starting and ending with a "
+                                  "letter or digit")
         return given
     if host_network:
         return socket.gethostname()[:HOSTNAME_MAX]
     name: str = config.get("metadata", {}).get("name", "")
-    derived = name[:HOSTNAME_MAX].rstrip("-.")
+    derived = name[:HOSTNAME_DERIVED].rstrip("-.")
     if not HOSTNAME.fullmatch(derived):
         raise InvalidArgument(f"hostname is empty and the pod name {shorten(name)} does not make "
                               "a valid host name (letters, digits, '-' and '.', each label "
@@ -121,16 +125,16 @@ def pod_hostname(config: Mapping[str, Any], host_network: bool) -> str:
     return derived
 
 
-def check_log_directory(value: str) -> None:
-    """Refuse a log_directory that could lead conmon's writes elsewhere; the
-    kubelet always sends an absolute one (/var/log/pods/<ns>_<name>_<uid>)."""
-    if not value:
-        return
-    check_path("log_directory", value)
-    if not value.startswith("/"):
-        raise InvalidArgument(f"log_directory {shorten(value)} is not an absolute path")
+def check_log_path(field: str, value: str, *, absolute: bool = False) -> None:
+    """Refuse a log path (``log_directory``, a container's ``log_path``)
+    that could lead conmon's writes, as root, out of where it names, or that
+    the kernel could not open. ``absolute``: it must be absolute when set,
+    as the kubelet's log_directory always is (/var/log/pods/<ns>_<name>_<uid>)."""
+    check_path(field, value)
+    if absolute and value and not value.startswith("/"):
+        raise InvalidArgument(f"{field} {shorten(value)} is not an absolute path")
     if ".." in value.split("/"):
-        raise InvalidArgument(f"log_directory {shorten(value)} must not contain '..'")
+        raise InvalidArgument(f"{field} {shorten(value)} must not contain '..'")
 
 
 def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -159,9 +163,7 @@ def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         # Named before any directory is made: remove() releases the
         # parent's cgroups whatever instant a crash cuts ensure() short.
         layout.sandboxes.save(sandbox_id, record)
-        record["cgroups_created"] = cgroups.ensure(record["cgroup_parent"], sandbox_id,
-                                                   layout.cgroups, ctx.deadline)
-        layout.sandboxes.save(sandbox_id, record)
+        cgroups.ensure(record["cgroup_parent"], sandbox_id, layout.cgroups, ctx.deadline)
         ctx.check()
         record["ns"] = podns.pin(f"{pod_dir}/ns", hostname, ipc=modes["ipc"] != NODE,
                                  uts=not host_network)
@@ -230,7 +232,8 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         podns.unpin(f"{pod_dir}/ns")
         parent = record.get("cgroup_parent")
         if parent:
-            if not cgroups.drain(parent, min(ctx.deadline, time.monotonic() + DRAIN_TIMEOUT)):
+            if not cgroups.drain(parent, min(ctx.deadline, time.monotonic() + DRAIN_TIMEOUT),
+                                 _own_processes(layout, sandbox_id, parent)):
                 log.warning("Pod sandbox %s: processes left in %s", sandbox_id, parent)
             cgroups.release(parent, sandbox_id, layout.cgroups, ctx.deadline)
         shutil.rmtree(pod_dir, ignore_errors=True)
@@ -240,6 +243,52 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         log.info("Pod sandbox %s removed", sandbox_id)
         held.release(unlink=True)  # the lock file goes with its pod
     return {"found": True, "id": sandbox_id, "netns_path": record.get("netns_path")}
+
+
+def _own_processes(layout: Layout, sandbox_id: str,
+                   parent: str) -> Callable[[str | None], bool]:
+    """Which processes of the pod's cgroups, by the object they belong to,
+    the removal of ``sandbox_id`` waits for and kills.
+
+    The kubelet gives every sandbox of one pod the same cgroup_parent and
+    removes an old one while the newest runs, so only these: the sandbox's
+    own (its infra's), and those of objects on no record any more (its
+    removed containers' monitors on their way out). A process no object
+    claims is the sandbox's only while no other sandbox has its parent.
+    """
+    shared = _parent_shared(layout, sandbox_id, parent)
+    decided: dict[str, bool] = {}
+
+    def ours(owner: str | None) -> bool:
+        if owner is None:
+            return not shared
+        if owner not in decided:
+            # Asked once per drain: an object on record now has its own
+            # removal to end its processes should it go meanwhile.
+            decided[owner] = owner == sandbox_id or not layout.on_record(owner)
+        return decided[owner]
+    return ours
+
+
+def _parent_shared(layout: Layout, sandbox_id: str, parent: str) -> bool:
+    """Does another sandbox on record (being created ones included) have
+    ``parent`` as its cgroup parent?"""
+    target = cgroups.chain(parent)
+    for other in layout.sandboxes.ids():
+        if other == sandbox_id:
+            continue
+        try:
+            record = layout.sandboxes.load(other)
+        except ValueError:
+            return True  # unreadable: it may well be this pod's
+        if record is None:
+            continue
+        # Started ones have it resolved; being created ones still as asked.
+        theirs = record.get("cgroup_parent") or \
+            record["config"].get("linux", {}).get("cgroup_parent", "")
+        if cgroups.chain(str(theirs)) == target:
+            return True
+    return False
 
 
 def status(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ of concurrent builds.
 
 The detection helpers at the bottom read the host (``/proc/self``,
 ``/sys/fs/cgroup``) once; callers cache their results for the worker's
-life, since none of these facts change while the daemon runs.
+life, since none of these facts change while the daemon runs. The
+exception is what a cpuset may name (``with_cpusets``): CPUs and memory
+nodes go on- and offline under a running daemon, so it is read per create.
 
 Why the daemon's own limits matter: this runtime may run without
 CAP_SYS_RESOURCE (a nested sandbox), and then the OCI runtime cannot ask
@@ -24,7 +26,7 @@ import glob
 import os
 import re
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .spec_security import CAPABILITIES
 
@@ -39,6 +41,9 @@ DEFAULT_NOFILE = 1048576
 # init inside the cgroup.
 MIN_MEMORY_RUNC = 12 * 1024 * 1024
 MIN_MEMORY_CRUN = 500 * 1024
+
+# Where the kernel lists online CPUs and memory nodes.
+SYS_DEVICES = "/sys/devices/system"
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,10 @@ class NodeFacts:
     nofile: int = DEFAULT_NOFILE               # RLIMIT_NOFILE soft and hard for containers
     pids_limit: int = 0                        # per-container pids.max; <= 0 leaves it unset
     # What cpuset.cpus, cpuset.mems and hugetlb.<size>.* may name on this
-    # node; None where it is unknown, and then nothing is checked.
+    # node; None where it is unknown or unchecked, and then only the syntax
+    # is checked. The cpusets are current only as ``with_cpusets`` made them.
     cpus: frozenset[int] | None = None         # online CPUs
-    mems: frozenset[int] | None = None         # online memory (NUMA) nodes
+    mems: frozenset[int] | None = None         # memory (NUMA) nodes with memory
     hugepage_sizes: frozenset[str] | None = None  # "2MB", "1GB", as runc names them
 
 
@@ -143,12 +149,27 @@ def detect_node(cgroup_manager: str = "cgroupfs", mount_options: frozenset[str] 
                                                   "devices", "freezer", "blkio")
                                 if os.path.isdir(os.path.join(cgroup_root, name)))
         swap = os.path.exists(os.path.join(cgroup_root, "memory", "memory.memsw.limit_in_bytes"))
-    return NodeFacts(cgroup_manager=cgroup_manager, cgroup_v2=v2, controllers=controllers,
-                     swap_accounting=swap, mount_options=mount_options, min_memory=min_memory,
-                     nofile=nofile_ceiling(), pids_limit=pids_limit,
-                     cpus=_online("/sys/devices/system/cpu/online"),
-                     mems=_online("/sys/devices/system/node/online"),
-                     hugepage_sizes=hugepage_sizes())
+    return with_cpusets(NodeFacts(
+        cgroup_manager=cgroup_manager, cgroup_v2=v2, controllers=controllers,
+        swap_accounting=swap, mount_options=mount_options, min_memory=min_memory,
+        nofile=nofile_ceiling(), pids_limit=pids_limit, hugepage_sizes=hugepage_sizes()))
+
+
+def with_cpusets(node: NodeFacts) -> NodeFacts:
+    """``node`` with the CPUs and memory nodes a cpuset may name now.
+
+    On cgroup v1 a cpuset must lie within its parent's, at the top the
+    online CPUs and the nodes that have memory (``has_memory``; ``online``
+    lists memory-less nodes too, and serves only where that file is
+    missing); runc would fail the create otherwise. On v2 the kernel takes
+    any list and applies what is online, so nothing is checked there.
+    """
+    if node.cgroup_v2:
+        return replace(node, cpus=None, mems=None)
+    mems = _online(f"{SYS_DEVICES}/node/has_memory")
+    if mems is None:
+        mems = _online(f"{SYS_DEVICES}/node/online")
+    return replace(node, cpus=_online(f"{SYS_DEVICES}/cpu/online"), mems=mems)
 
 
 def cpu_ranges(text: str) -> list[tuple[int, int]] | None:

@@ -26,8 +26,9 @@ Values runc would write into cgroup files unchecked are checked here, so
 a bad one is INVALID_ARGUMENT naming the field instead of a runc error:
 cpu_shares, cpu_period and cpu_quota within the kernel's bounds, a swap
 limit no lower than -1 (no limit), cpuset lists in the kernel's form
-naming only online CPUs and memory nodes, hugepage page sizes in runc's
-form ("2MB") and, where they are applied, offered by this node.
+naming, on cgroup v1, only online CPUs and memory nodes with memory (as
+they are at this create: ``NodeFacts.cpus``/``mems``), hugepage page sizes
+in runc's form ("2MB") and, where they are applied, offered by this node.
 
 ``oom_score_adj`` is a process field, not a cgroup one; it is clamped to
 the daemon's own value (see spec_context).

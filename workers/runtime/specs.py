@@ -3,7 +3,8 @@ and what the spec builder (spec.py) needs.
 
 Node facts (cgroup layout, the handler's mount options, the daemon's own
 limits) are read once per worker process and handler: they do not change
-while the daemon runs.
+while the daemon runs. What a cpuset may name does (CPU and memory
+hotplug), so it is read again for every spec.
 """
 
 from __future__ import annotations
@@ -22,12 +23,18 @@ from .spec_context import (
     bounding_caps,
     detect_node,
     own_oom_score_adj,
+    with_cpusets,
 )
 from .spec_mounts import ensure_mount_sources
 
 
-@functools.cache
 def node_facts(cgroup_manager: str, handler: str, handler_path: str) -> NodeFacts:
+    """The facts of this node and handler as they are now."""
+    return with_cpusets(_detected(cgroup_manager, handler, handler_path))
+
+
+@functools.cache
+def _detected(cgroup_manager: str, handler: str, handler_path: str) -> NodeFacts:
     probe = handlers.probe(handler, handler_path)
     return detect_node(cgroup_manager, probe.mount_options,
                        MIN_MEMORY_CRUN if "crun" in handler_path else MIN_MEMORY_RUNC)

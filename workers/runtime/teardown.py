@@ -58,28 +58,10 @@ def force_kill(handler: monitor.Handler, layout: Layout, object_id: str,
 
 def _monitor_running(layout: Layout, object_id: str) -> bool:
     """Is a podvisor-conmon monitor of ``object_id`` alive, created container or not?"""
-    pid_file = os.path.join(layout.state_dir(object_id), "conmon.pid")
-    with contextlib.suppress(FileNotFoundError, ValueError), open(pid_file,
-                                                                  encoding="utf-8") as f:
-        if _is_monitor(int(f.read().strip()), object_id):
-            return True
-    return any(_is_monitor(int(entry.name), object_id) for entry in os.scandir("/proc")
+    if monitor.conmon_alive(layout.state_dir(object_id)):
+        return True
+    return any(monitor.is_monitor(int(entry.name), object_id) for entry in os.scandir("/proc")
                if entry.name.isdigit())
-
-
-def _is_monitor(pid: int, object_id: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
-    wanted = object_id.encode()
-    # Detached, a monitor titles itself "podvisor-conmon <id>"; until then
-    # its argv is the spawn's, naming the container after --id.
-    titled = argv[0] == monitor.CONMON.encode() + b" " + wanted
-    spawned = any(monitor.CONMON.encode() in a for a in argv[:2]) and b"monitor" in argv \
-        and wanted in argv
-    return (titled or spawned) and monitor.process_alive(pid)
 
 
 def _runtime_has(handler: monitor.Handler, object_id: str) -> bool:
