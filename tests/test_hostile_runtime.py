@@ -592,3 +592,23 @@ def test_a_silent_monitor_is_deadline_exceeded() -> None:
             assert time.monotonic() - started < monitor.RUN_FLOOR + 5
     finally:
         shutil.rmtree(state_dir)
+
+
+def test_a_reopen_the_monitor_cannot_do_is_failed_precondition(
+        n: Node, pods: dict[str, Pod]) -> None:
+    pod_id, config = pods["runc"]
+    name = f"reopen-{uuid.uuid4().hex[:6]}"
+    container = n.container_config(name, "while :; do echo x; sleep 0.2; done")
+    container.log_path = f"{name}/0.log"
+    container_id = n.run(pod_id, config, container)
+    log_dir = Path(config.log_directory) / name
+    poll_until(lambda: (log_dir / "0.log").exists(), 10, what="the container's log")
+    # The kubelet rotated the log and its directory went: conmon cannot open
+    # a new file there, says so, and keeps writing the old one.
+    shutil.rmtree(log_dir)
+    refused(lambda: n.daemon.runtime.ReopenContainerLog(
+        api.ReopenContainerLogRequest(container_id=container_id), timeout=10),
+        PRECONDITION, "reopen")
+    assert n.status(container_id).state == api.CONTAINER_RUNNING
+    n.daemon.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=container_id),
+                                     timeout=30)

@@ -107,6 +107,11 @@ class Handler:
         except subprocess.TimeoutExpired:
             raise DeadlineExceeded(f"{self.name} {args[0]} did not finish before the "
                                    "deadline") from None
+        except OSError as exc:
+            # The handler's binary was removed or broken after start; Status
+            # already reports the runtime not ready for the same reason.
+            raise FailedPrecondition(f"runtime handler {self.name} cannot run "
+                                     f"{self.path}: {exc.strerror}") from None
 
 
 def runtime_failure(what: str, message: str) -> BusError:
@@ -297,8 +302,12 @@ def ctl(state_dir: str, command: str, deadline: float) -> None:
             raise DeadlineExceeded(f"the container's monitor did not answer {verb} before "
                                    "the deadline") from None
     text = reply.decode(errors="replace").strip()
+    if not text:
+        raise Internal(f"the container's monitor gave no answer to {verb}")
     if text != "ok":
-        raise Internal(f"{verb} failed: {compact(text) or 'no reply'}")
+        # The monitor refused for a reason of the container's (its log
+        # directory removed, say): the kubelet may act on it and retry.
+        raise FailedPrecondition(f"{verb} failed: {compact(text)}")
 
 
 def exec_sync(handler: Handler, container_id: str, cmd: list[str],
