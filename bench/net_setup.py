@@ -63,7 +63,7 @@ from podvisor.supervisor.bus import BusTiming, PoolBus
 from podvisor.supervisor.daemon import worker_settings
 from podvisor.supervisor.pool import RestartPolicy, WorkerCommand, WorkerPool, write_settings
 from podvisor.supervisor.supervision import Supervision
-from podvisor.workers.net import cni, cniconf, ops
+from podvisor.workers.net import cni, cniconf
 
 DEADLINE = 120.0       # per bus call; a round of 50 takes about a second
 READY_TIMEOUT = 20.0   # the pool's own start_timeout is 15 s
@@ -226,10 +226,10 @@ def inprocess_round(world: CniWorld, pods: int, parallel: int, tag: str) -> tupl
     ids = [f"pv{tag}{i:03d}" for i in range(pods)]
 
     def up(pod_id: str) -> Any:
-        return ops.setup(world.ctx(), setup_args(pod_id))
+        return world.net.setup(world.ctx(), setup_args(pod_id))
 
     def down(pod_id: str) -> Any:
-        return ops.teardown(world.ctx(), {"pod_id": pod_id})
+        return world.net.teardown(world.ctx(), {"pod_id": pod_id})
 
     with ThreadPoolExecutor(parallel) as pool:
         started = time.perf_counter()

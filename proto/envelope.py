@@ -15,17 +15,25 @@ so heartbeats are handled without decoding msgpack (Majordomo, RFC 7/MDP).
 Payloads by command:
 
     READY       {pool, index, pid, proto, ops, max_inflight}
-    REQUEST     {id, op, args, deadline, attempt, key}
+    REQUEST     {id, op, args, deadline, call_id}
     REPLY       {id, result} or {id, error: {code, message, details}}
     HEARTBEAT   empty
     DISCONNECT  {} (a worker leaving on purpose) or empty
     CANCEL      {id}  (the caller has gone; stop working on it)
 
-``id`` is 16 random bytes. ``deadline`` is an absolute CLOCK_MONOTONIC
-value in seconds: that clock is shared by every process of one Linux host and
-no wall-clock jump moves it. ``decode`` trusts nothing: it checks the frame
-count, tag, command byte, size, map keys and value types, and raises
-``ProtocolError`` on anything else.
+``id`` is 16 random bytes, new for every send: replies are matched by it.
+``call_id`` is the id the logs show for the call the request serves (the
+supervisor's CRI request id, or ``NO_CALL_ID``), at most ``CALL_ID_MAX``
+letters, digits and dashes; the worker logs its work under it, so one grep
+follows a CRI call into every worker it reaches. ``deadline`` is an absolute
+CLOCK_MONOTONIC value in seconds: that clock is shared by every process of
+one Linux host and no wall-clock jump moves it. ``decode`` trusts nothing:
+it checks the frame count, tag, command byte, size, map keys and value
+types, and raises ``ProtocolError`` on anything else.
+
+``ops`` in READY is the worker's op table; the supervisor admits a worker
+only when it is exactly the catalogue's list for its pool (proto/ops.py),
+so a worker of another build never gets an op it does not know.
 
 Size: a payload may have ``payload_limit(m)`` bytes, where ``m`` is the
 largest CRI message the gRPC front receives or sends, so whatever gRPC
@@ -46,6 +54,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +64,7 @@ from .errors import ProtocolError, ResourceExhausted
 
 TAG = b"PV1"
 FENCE_FILE = "workers.fence"
-PROTO_VERSION = 1
+PROTO_VERSION = 2
 MAX_PAYLOAD = 64 * 1024 * 1024
 """The least payload limit: bus-internal answers (whole records) may be
 bigger than any CRI message, even under a small gRPC limit."""
@@ -63,6 +72,10 @@ ENVELOPE_OVERHEAD = 64 * 1024
 """Room for the envelope's own fields and the keys an op adds around the
 CRI message it carries."""
 ID_SIZE = 16
+NO_CALL_ID = "-"
+CALL_ID_MAX = 32
+# It lands verbatim in log lines: no spaces, quotes or control characters.
+_CALL_ID = re.compile(rf"[-0-9A-Za-z]{{1,{CALL_ID_MAX}}}")
 
 
 class Command(enum.IntEnum):
@@ -87,7 +100,7 @@ _SCHEMA: dict[Command, dict[str, tuple[type, ...]]] = {
     Command.READY: {"pool": (str,), "index": (int,), "pid": (int,), "proto": (int,),
                     "ops": (list,), "max_inflight": (int,)},
     Command.REQUEST: {"id": (bytes,), "op": (str,), "args": (dict,),
-                      "deadline": (float, int), "attempt": (int,), "key": (str, type(None))},
+                      "deadline": (float, int), "call_id": (str,)},
     Command.REPLY: {"id": (bytes,)},
     Command.HEARTBEAT: {},
     Command.DISCONNECT: {},
@@ -120,12 +133,13 @@ def encode(command: Command, payload: dict[str, Any] | None = None) -> list[byte
     return [b"", TAG, bytes([command]), body]
 
 
-def request(op: str, args: dict[str, Any], *, deadline: float, key: str | None = None,
-            attempt: int = 1, request_id: bytes | None = None) -> list[bytes]:
-    """Return the frames of a REQUEST."""
+def request(op: str, args: dict[str, Any], *, deadline: float,
+            call_id: str = NO_CALL_ID, request_id: bytes | None = None) -> list[bytes]:
+    """Return the frames of a REQUEST; ``call_id`` must be valid (see
+    ``CALL_ID_MAX``) or the receiver refuses the message."""
     return encode(Command.REQUEST, {
         "id": request_id or new_id(), "op": op, "args": args,
-        "deadline": float(deadline), "attempt": attempt, "key": key,
+        "deadline": float(deadline), "call_id": call_id,
     })
 
 
@@ -180,6 +194,9 @@ def _check_schema(command: Command, payload: dict[str, Any]) -> None:
             raise ProtocolError(f"{command.name}.{key} has type {type(value).__name__}")
     if "id" in payload and len(payload["id"]) != ID_SIZE:
         raise ProtocolError(f"{command.name}.id is {len(payload['id'])} bytes")
+    if command is Command.REQUEST and not _CALL_ID.fullmatch(payload["call_id"]):
+        raise ProtocolError(f"REQUEST.call_id {payload['call_id'][:CALL_ID_MAX + 1]!r} is "
+                            "not a log id")
     if command is Command.REPLY and ("result" in payload) == ("error" in payload):
         raise ProtocolError("REPLY needs exactly one of result and error")
     if command is Command.REPLY and "error" in payload and not isinstance(payload["error"], dict):

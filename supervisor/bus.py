@@ -9,6 +9,15 @@ Dispatch
     that still has room under the ``max_inflight`` it announced. With no
     room anywhere the caller waits, never past its deadline.
 
+Request Ids
+    Each send has a fresh bus id (``id``), which matches the reply; a retry
+    is a new send with a new id, so a late reply of the first try can never
+    answer the second. Apart from it travels ``call_id``, the id the logs
+    show: the CRI call's request id (callvars.py), so the worker logs the
+    op under the id the supervisor logs the call under. Ops that no CRI
+    call sent (the reconcile at start, the event feed) get a ``bg-`` id of
+    their own for the whole ``call``, retries included.
+
 Deadlines
     The caller's deadline (absolute CLOCK_MONOTONIC) travels with the
     request. When it passes, the caller gets DEADLINE_EXCEEDED at once, the
@@ -26,9 +35,9 @@ Heartbeat and Liveness
 Worker Death
     Requests held by a dead worker fail with UNAVAILABLE straight away,
     except reads and idempotent create stages (proto/ops.py), which are
-    retried once (``attempt=2``) on another live worker. A request whose
-    send failed (its worker died before the pool noticed) never reached
-    anyone, so it goes to another worker whatever it is.
+    retried once on another live worker. A request whose send failed
+    (its worker died before the pool noticed) never reached anyone, so it
+    goes to another worker whatever it is.
 
 Size
     A payload may have ``max_payload`` bytes (proto/envelope.py says how it
@@ -38,9 +47,12 @@ Size
 
 Hostile Input
     Anything that does not decode is counted and logged (rate-limited); a
-    READY from a process the pool did not start, or from another protocol
-    version, is refused with DISCONNECT. Nothing a peer sends can stop the
-    receive loop.
+    READY from a process the pool did not start, from another protocol
+    version, or with another op list than the catalogue's for the pool
+    (proto/ops.py: a worker of another build), is refused with DISCONNECT.
+    The refused worker exits before it was ever READY, which the pool
+    counts as a failure to start (pool.py). Nothing a peer sends can stop
+    the receive loop.
 """
 
 from __future__ import annotations
@@ -49,6 +61,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -60,7 +73,16 @@ import zmq.asyncio
 
 from ..proto import envelope
 from ..proto.envelope import Command
-from ..proto.errors import DeadlineExceeded, Internal, ProtocolError, Unavailable, from_wire
+from ..proto.errors import (
+    DeadlineExceeded,
+    Internal,
+    ProtocolError,
+    Unavailable,
+    from_wire,
+    shorten,
+)
+from ..proto.ops import pool_ops
+from .callvars import NO_CALL, request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +91,8 @@ WARN_EVERY = 10.0
 FATAL_POLL = 0.25
 # Sends to workers that turn out dead before one takes the request.
 UNDELIVERED_RETRIES = 3
+# How much of a refused worker's op lists the log line quotes.
+OPS_ECHO_MAX = 300
 
 
 @dataclass
@@ -197,7 +221,7 @@ class PoolBus:
     # -- the caller's side ----------------------------------------------------
 
     async def call(self, op: str, args: dict[str, Any], *, deadline: float,
-                   key: str | None = None, retryable: bool = False) -> Any:
+                   retryable: bool = False) -> Any:
         """Run ``op`` on some worker of this pool and return its result.
 
         Raises the op's ``BusError``, ``DeadlineExceeded`` once ``deadline``
@@ -207,14 +231,29 @@ class PoolBus:
         op (a read, or a stage idempotent by its id) is retried once even
         when the worker died holding it.
         """
-        attempt = 1
+        call_id = request_id_var.get()
+        if call_id != NO_CALL:
+            return await self._call(op, args, deadline, retryable, call_id)
+        # Set here too, not only sent: the bus's own lines about this op
+        # (retries, a dead worker) then carry the id the worker logs.
+        call_id = f"bg-{secrets.token_hex(4)}"
+        token = request_id_var.set(call_id)
+        try:
+            return await self._call(op, args, deadline, retryable, call_id)
+        finally:
+            request_id_var.reset(token)
+
+    async def _call(self, op: str, args: dict[str, Any], deadline: float, retryable: bool,
+                    call_id: str) -> Any:
+        retried = False
         undelivered = 0
         while True:
             request_id = envelope.new_id()
-            frames = envelope.request(op, args, deadline=deadline, key=key, attempt=attempt,
+            frames = envelope.request(op, args, deadline=deadline, call_id=call_id,
                                       request_id=request_id)
             envelope.check_size(frames, self.max_payload, f"the {op} request")
             link = await self._acquire(deadline, op)
+            log.debug("Sending %s to %s (pid %d)", op, self._name(link), link.pid)
             pending = _Pending(op, link, deadline, asyncio.get_running_loop().create_future())
             self._pending[request_id] = pending
             link.inflight.add(request_id)
@@ -228,10 +267,10 @@ class PoolBus:
                         log.warning("Sending %s elsewhere: %s", op, lost.why)
                         self.stats["retries"] += 1
                         continue
-                    if retryable and attempt == 1:
+                    if retryable and not retried:
                         log.warning("Retrying %s once: %s", op, lost.why)
                         self.stats["retries"] += 1
-                        attempt = 2
+                        retried = True
                         continue
                 raise Unavailable(f"{op} failed: {lost.why}") from None
 
@@ -327,6 +366,9 @@ class PoolBus:
             problem = f"identity {identity[:64]!r} does not match {expected!r}"
         elif identity in self._links:
             problem = "sent READY twice"
+        elif ops_problem := self._ops_problem(info["ops"]):
+            problem = ops_problem
+        # Last: admitting moves the slot to READY, so nothing may refuse after.
         elif not self._admit(info["index"], info["pid"]):
             problem = "is not a process this pool started"
         if problem:
@@ -341,6 +383,27 @@ class PoolBus:
             ops=frozenset(o for o in info["ops"] if isinstance(o, str)),
             last_seen=time.monotonic())
         self._notify()
+
+    def _ops_problem(self, advertised: list[Any]) -> str:
+        """Why a worker serving ``advertised`` may not join, or "".
+
+        A worker must serve exactly the catalogue's ops for its pool: one
+        of another build would be sent ops it does not know, and one with
+        extra ops serves what this supervisor never sends.
+        """
+        names = {op for op in advertised if isinstance(op, str)}
+        if len(names) != len(advertised):
+            return "its op list holds duplicates or non-strings"
+        expected = pool_ops(self.pool)
+        unknown, missing = sorted(names - expected), sorted(expected - names)
+        if not unknown and not missing:
+            return ""
+        parts = []
+        if unknown:
+            parts.append(f"serves ops the catalogue does not list: {', '.join(unknown)}")
+        if missing:
+            parts.append(f"lacks catalogue ops: {', '.join(missing)}")
+        return shorten("; ".join(parts), OPS_ECHO_MAX)
 
     def _on_reply(self, link: Link, payload: dict[str, Any]) -> None:
         request_id = payload["id"]
@@ -435,11 +498,10 @@ class Bus:
         self.pools = pools
         self._catalogue = catalogue
 
-    async def call(self, op: str, args: dict[str, Any], *, deadline: float,
-                   key: str | None = None) -> Any:
+    async def call(self, op: str, args: dict[str, Any], *, deadline: float) -> Any:
+        """Run ``op`` on its pool."""
         entry = self._catalogue.get(op)
         if entry is None:
             raise Internal(f"unknown op {op}")
         return await self.pools[entry.pool].call(
-            op, args, deadline=deadline, key=key,
-            retryable=entry.read_only or entry.idempotent)
+            op, args, deadline=deadline, retryable=entry.read_only or entry.idempotent)

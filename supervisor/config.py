@@ -288,6 +288,9 @@ class ImageConfig:
         (), _str_list(_text(nonempty=True), "a list of non-empty strings")
     )
     """Images never garbage-collected by the kubelet. Default: none."""
+    max_parallel_downloads: int = _key(3, _int_range(1, 64))
+    """Layers one pull downloads at once. Default 3, as containerd's
+    max_concurrent_downloads (CRI-O has no key for it)."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from google.protobuf import json_format
 
 from ..proto import api_pb2 as api
 from ..proto.errors import BusError, NotFound, Unavailable
-from .bus import Bus
+from .opclient import Sender
 from .rpc.messages import sandbox_status
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ STOPPED_MEMORY = 10000
 
 
 class EventHub:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Sender) -> None:
         self._bus = bus
         self._subscribers: set[asyncio.Queue[api.ContainerEventResponse | None]] = set()
         self._pending: asyncio.Queue[tuple[str, int, str | None]] = asyncio.Queue()
@@ -79,7 +79,14 @@ class EventHub:
             stopped = kind == api.CONTAINER_STOPPED_EVENT
             if stopped and container_id in self._stopped:
                 continue
-            if await self.publish(container_id, kind, sandbox_id) and stopped:
+            try:
+                published = await self.publish(container_id, kind, sandbox_id)
+            except Exception:
+                # Delivery must outlive a bug in one event (a status this
+                # build cannot parse): without it every subscriber stalls.
+                log.exception("No event for %s", container_id)
+                continue
+            if published and stopped:
                 self._stopped[container_id] = None
                 while len(self._stopped) > STOPPED_MEMORY:
                     self._stopped.popitem(last=False)

@@ -41,7 +41,13 @@ from .grpc_server import Front, serve
 from .health import HealthServer
 from .lifecycle import EventPublisher
 from .metrics import Metrics
+from .opclient import OpClient
 from .pool import RestartPolicy, WorkerCommand, WorkerPool, write_settings
+from .rpc.container import ContainerService
+from .rpc.image import ImageService
+from .rpc.routes import routes
+from .rpc.runtime_info import RuntimeInfoService
+from .rpc.sandbox import SandboxService
 from .supervision import Supervision
 
 log = logging.getLogger(__name__)
@@ -147,8 +153,13 @@ class Daemon:
         await recovery.reconcile(bus)
         hub = EventHub(bus)
         hub.start()
-        front = Front(bus, pools, metrics, config.api.request_timeout, CreateTable(), hub)
-        server = await serve(front, config.api.listen, config.api.grpc_max_send_msg_size,
+        # Each RPC group's service is built once and holds only what it uses.
+        client, creates = OpClient(bus), CreateTable()
+        table = routes(RuntimeInfoService(client, pools), SandboxService(client, creates, hub),
+                       ContainerService(client, creates, hub), ImageService(client, metrics),
+                       hub)
+        front = Front(metrics, config.api.request_timeout)
+        server = await serve(front, table, config.api.listen, config.api.grpc_max_send_msg_size,
                              config.api.grpc_max_recv_msg_size)
         log.info("podvisor serving CRI v1 on %s (pid %d)", config.api.listen, os.getpid())
 

@@ -1,7 +1,9 @@
 """The CRI front: a grpc.aio server on the unix socket.
 
-The servicers' methods are one-line delegations to ``rpc/<group>.py``;
-``Front`` wraps every call the same way: a request id and the RPC name in
+Every RPC of the CRI API is registered, from the API's own descriptor:
+routed ones to their service's method (rpc/routes.py), the rest answered
+UNIMPLEMENTED here, without a trip to a worker. ``Front`` wraps every call
+the same way: a request id and the RPC name in
 the logging context, the deadline taken from the caller (or the configured
 default when it set none), metrics by method and status code, and the one
 mapping from ``BusError`` to a gRPC status (rpc/status.py). An error
@@ -23,7 +25,6 @@ then handed back to the kernel (``MemoryTrim``).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ctypes
 import gc
 import logging
@@ -36,21 +37,16 @@ from typing import Any
 import grpc
 import psutil
 
-from ..proto import api_pb2_grpc as api_grpc
-from ..proto.errors import BusError, shorten
-from .bus import Bus
-from .container_events import EventHub
-from .creates import CreateTable
+from ..proto import api_pb2 as api
+from ..proto.errors import BusError, Unimplemented, shorten
+from ..proto.ops import unserved_message
+from . import opclient
+from .callvars import request_id_var, rpc_var
 from .metrics import Metrics
-from .pool import WorkerPool
-from .rpc import container, events, image, runtime_info, sandbox, stats, streaming
-from .rpc.call import Call
+from .rpc.routes import Handler
 from .rpc.status import grpc_code
 
 log = logging.getLogger(__name__)
-
-rpc_var: contextvars.ContextVar[str] = contextvars.ContextVar("rpc", default="-")
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # The kubelet sets no deadline on PullImage; the image pool's progress
 # watchdog (pull_progress_timeout) is what bounds a stuck pull, so the bus
@@ -69,40 +65,34 @@ STATUS_MESSAGE_MAX = 1000
 # What shorten() appends to a cut text ("…(+N chars)") fits in this.
 _CUT_MARK = 32
 
-Unary = Callable[[Call, Any], Awaitable[Any]]
-Streaming = Callable[[Call, Any], AsyncIterator[Any]]
+Unary = Callable[[Any], Awaitable[Any]]
+Streaming = Callable[[Any], AsyncIterator[Any]]
 
 
 class Front:
     """The wrapper every RPC goes through (see module docstring)."""
 
-    def __init__(self, bus: Bus, pools: Mapping[str, WorkerPool], metrics: Metrics,
-                 request_timeout: float, creates: CreateTable, events: EventHub) -> None:
-        self._bus = bus
-        self._creates = creates
-        self._events = events
-        self._pools = pools
+    def __init__(self, metrics: Metrics, request_timeout: float) -> None:
         self._metrics = metrics
         self._request_timeout = request_timeout
         self._trim = MemoryTrim()
 
-    def _begin(self, rpc: str, context: grpc.aio.ServicerContext) -> Call:
+    def _begin(self, rpc: str, context: grpc.aio.ServicerContext) -> None:
         rpc_var.set(rpc)
         request_id_var.set(secrets.token_hex(6))
         remaining = context.time_remaining()
         if remaining is None:
             remaining = UNBOUNDED_RPCS.get(rpc, self._request_timeout)
-        return Call(self._bus, time.monotonic() + remaining, self._pools, self._creates,
-                    self._events, self._metrics)
+        opclient.begin(time.monotonic() + remaining)
 
     async def unary(
         self, rpc: str, handler: Unary, request: Any, context: grpc.aio.ServicerContext
     ) -> Any:
-        call = self._begin(rpc, context)
+        self._begin(rpc, context)
         started = time.monotonic()
         code = grpc.StatusCode.OK
         try:
-            return await handler(call, request)
+            return await handler(request)
         except BusError as exc:
             code, message = _failed(rpc, exc)
         except Exception:
@@ -122,11 +112,11 @@ class Front:
     async def stream(
         self, rpc: str, handler: Streaming, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        call = self._begin(rpc, context)
+        self._begin(rpc, context)
         started = time.monotonic()
         code = grpc.StatusCode.OK
         try:
-            async for item in handler(call, request):
+            async for item in handler(request):
                 yield item
         except BusError as exc:
             code, message = _failed(rpc, exc)
@@ -208,7 +198,8 @@ def status_message(message: str) -> str:
     return raw[:STATUS_MESSAGE_MAX - len("…".encode())].decode(errors="ignore") + "…"
 
 
-async def serve(front: Front, listen: str, max_send: int, max_recv: int) -> grpc.aio.Server:
+async def serve(front: Front, routes: Mapping[str, Handler], listen: str, max_send: int,
+                max_recv: int) -> grpc.aio.Server:
     """Start the CRI server on unix socket ``listen`` (mode 0660)."""
     server = grpc.aio.server(
         options=[
@@ -217,10 +208,7 @@ async def serve(front: Front, listen: str, max_send: int, max_recv: int) -> grpc
             ("grpc.so_reuseport", 0),
         ]
     )
-    api_grpc.add_RuntimeServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        RuntimeServiceServicer(front), server)
-    api_grpc.add_ImageServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        ImageServiceServicer(front), server)
+    server.add_generic_rpc_handlers(_cri_handlers(front, routes))
     if os.path.exists(listen):
         os.unlink(listen)  # left by a killed daemon; we hold the run dir lock
     # No umask games: the umask is process-wide and this awaits. With the
@@ -232,197 +220,53 @@ async def serve(front: Front, listen: str, max_send: int, max_recv: int) -> grpc
     return server
 
 
-class RuntimeServiceServicer(api_grpc.RuntimeServiceServicer):
-    """runtime.v1.RuntimeService: each method delegates to its rpc/ module."""
+def _cri_handlers(front: Front, routes: Mapping[str, Handler]
+                  ) -> list[grpc.GenericRpcHandler]:
+    """One generic handler per CRI service, covering each of its methods."""
+    services = []
+    for service in api.DESCRIPTOR.services_by_name.values():
+        methods = {}
+        for method in service.methods:
+            request_type = getattr(api, method.input_type.name)
+            response_type = getattr(api, method.output_type.name)
+            handler = routes.get(method.name) or _unserved(method.name,
+                                                           method.server_streaming)
+            make = (_stream_behaviour if method.server_streaming else _unary_behaviour)
+            methods[method.name] = make(front, method.name, handler, request_type,
+                                        response_type)
+        services.append(grpc.method_handlers_generic_handler(service.full_name, methods))
+    return services
 
-    def __init__(self, front: Front) -> None:
-        self._front = front
 
-    async def Version(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("Version", runtime_info.version, request, context)
+def _unserved(rpc: str, streaming: bool) -> Handler:
+    async def refuse(request: Any) -> Any:
+        raise Unimplemented(unserved_message(rpc))
 
-    async def RunPodSandbox(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("RunPodSandbox", sandbox.run_pod_sandbox, request, context)
+    async def refuse_stream(request: Any) -> AsyncIterator[Any]:
+        raise Unimplemented(unserved_message(rpc))
+        yield  # an async generator, as a streaming handler must be
 
-    async def StopPodSandbox(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("StopPodSandbox", sandbox.stop_pod_sandbox, request, context)
+    return refuse_stream if streaming else refuse
 
-    async def RemovePodSandbox(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "RemovePodSandbox", sandbox.remove_pod_sandbox, request, context
-        )
 
-    async def PodSandboxStatus(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "PodSandboxStatus", sandbox.pod_sandbox_status, request, context
-        )
+def _unary_behaviour(front: Front, rpc: str, handler: Handler, request_type: Any,
+                     response_type: Any) -> grpc.RpcMethodHandler:
+    unary: Unary = handler  # type: ignore[assignment]
 
-    async def ListPodSandbox(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("ListPodSandbox", sandbox.list_pod_sandbox, request, context)
+    async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await front.unary(rpc, unary, request, context)
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour, request_deserializer=request_type.FromString,
+        response_serializer=response_type.SerializeToString)
 
-    async def StreamPodSandboxes(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self._front.stream(
-            "StreamPodSandboxes", sandbox.stream_pod_sandboxes, request, context
-        ):
+
+def _stream_behaviour(front: Front, rpc: str, handler: Handler, request_type: Any,
+                      response_type: Any) -> grpc.RpcMethodHandler:
+    streaming: Streaming = handler  # type: ignore[assignment]
+
+    async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for item in front.stream(rpc, streaming, request, context):
             yield item
-
-    async def CreateContainer(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "CreateContainer", container.create_container, request, context
-        )
-
-    async def StartContainer(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "StartContainer", container.start_container, request, context
-        )
-
-    async def StopContainer(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("StopContainer", container.stop_container, request, context)
-
-    async def RemoveContainer(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "RemoveContainer", container.remove_container, request, context
-        )
-
-    async def ListContainers(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "ListContainers", container.list_containers, request, context
-        )
-
-    async def StreamContainers(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self._front.stream(
-            "StreamContainers", container.stream_containers, request, context
-        ):
-            yield item
-
-    async def ContainerStatus(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "ContainerStatus", container.container_status, request, context
-        )
-
-    async def UpdateContainerResources(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "UpdateContainerResources", container.update_container_resources, request, context
-        )
-
-    async def ReopenContainerLog(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "ReopenContainerLog", container.reopen_container_log, request, context
-        )
-
-    async def ExecSync(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("ExecSync", streaming.exec_sync, request, context)
-
-    async def Exec(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("Exec", streaming.exec, request, context)
-
-    async def Attach(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("Attach", streaming.attach, request, context)
-
-    async def PortForward(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("PortForward", streaming.port_forward, request, context)
-
-    async def ContainerStats(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("ContainerStats", stats.container_stats, request, context)
-
-    async def ListContainerStats(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "ListContainerStats", stats.list_container_stats, request, context
-        )
-
-    async def StreamContainerStats(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self._front.stream(
-            "StreamContainerStats", stats.stream_container_stats, request, context
-        ):
-            yield item
-
-    async def PodSandboxStats(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("PodSandboxStats", stats.pod_sandbox_stats, request, context)
-
-    async def ListPodSandboxStats(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "ListPodSandboxStats", stats.list_pod_sandbox_stats, request, context
-        )
-
-    async def StreamPodSandboxStats(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self._front.stream(
-            "StreamPodSandboxStats", stats.stream_pod_sandbox_stats, request, context
-        ):
-            yield item
-
-    async def UpdateRuntimeConfig(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "UpdateRuntimeConfig", runtime_info.update_runtime_config, request, context
-        )
-
-    async def Status(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("Status", runtime_info.status, request, context)
-
-    async def CheckpointContainer(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "CheckpointContainer", container.checkpoint_container, request, context
-        )
-
-    async def CheckpointPod(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("CheckpointPod", sandbox.checkpoint_pod, request, context)
-
-    async def RestorePod(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("RestorePod", sandbox.restore_pod, request, context)
-
-    async def GetContainerEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self._front.stream(
-            "GetContainerEvents", events.get_container_events, request, context
-        ):
-            yield item
-
-    async def ListMetricDescriptors(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "ListMetricDescriptors", stats.list_metric_descriptors, request, context
-        )
-
-    async def ListPodSandboxMetrics(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "ListPodSandboxMetrics", stats.list_pod_sandbox_metrics, request, context
-        )
-
-    async def StreamPodSandboxMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self._front.stream(
-            "StreamPodSandboxMetrics", stats.stream_pod_sandbox_metrics, request, context
-        ):
-            yield item
-
-    async def RuntimeConfig(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "RuntimeConfig", runtime_info.runtime_config, request, context
-        )
-
-    async def UpdatePodSandboxResources(self, request: Any, context: Any) -> Any:
-        return await self._front.unary(
-            "UpdatePodSandboxResources", sandbox.update_pod_sandbox_resources, request, context
-        )
-
-
-class ImageServiceServicer(api_grpc.ImageServiceServicer):
-    """runtime.v1.ImageService: each method delegates to its rpc/ module."""
-
-    def __init__(self, front: Front) -> None:
-        self._front = front
-
-    async def ListImages(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("ListImages", image.list_images, request, context)
-
-    async def StreamImages(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self._front.stream("StreamImages", image.stream_images, request, context):
-            yield item
-
-    async def ImageStatus(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("ImageStatus", image.image_status, request, context)
-
-    async def PullImage(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("PullImage", image.pull_image, request, context)
-
-    async def RemoveImage(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("RemoveImage", image.remove_image, request, context)
-
-    async def ImageFsInfo(self, request: Any, context: Any) -> Any:
-        return await self._front.unary("ImageFsInfo", image.image_fs_info, request, context)
+    return grpc.unary_stream_rpc_method_handler(
+        behaviour, request_deserializer=request_type.FromString,
+        response_serializer=response_type.SerializeToString)

@@ -1,5 +1,5 @@
 """Logging for the supervisor: every record carries the RPC and request id
-of the call it belongs to (contextvars set by the gRPC front), as CRI-O's
+of the call it belongs to (callvars.py; set by the gRPC front), as CRI-O's
 ``log.Infof(ctx, …)`` does. Text for people, JSON for log shippers.
 
 The formatters (proto/logfmt.py, shared with the workers) escape every
@@ -12,7 +12,7 @@ import logging
 import sys
 
 from ..proto.logfmt import JsonFormatter, TextFormatter
-from .grpc_server import request_id_var, rpc_var
+from .callvars import request_id_var, rpc_var
 
 
 class _ContextFilter(logging.Filter):

@@ -13,9 +13,12 @@ State machine (supervisord's names)::
     any live state ──shutdown──▶ STOPPING ──reaped──▶ EXITED
 
 Restarts use capped exponential backoff: the first restart after a worker
-that ran at least ``startsecs`` is immediate; each further consecutive fast
-failure doubles the delay from ``backoff_base`` up to ``backoff_cap``, and
-``fatal_after`` of them in a row leave the slot FATAL.
+that was READY and ran at least ``startsecs`` is immediate; each further
+consecutive fast failure doubles the delay from ``backoff_base`` up to
+``backoff_cap``, and ``fatal_after`` of them in a row leave the slot FATAL.
+A worker that exits before READY, whenever that is, failed fast: it died on
+start, was killed after ``start_timeout``, or was refused by the bus
+(another protocol version or op list: a worker of another build).
 
 Concurrency: everything here runs on the supervisor's asyncio loop, in the
 main thread (PR_SET_PDEATHSIG ties workers to the thread that forked them).
@@ -135,7 +138,10 @@ class WorkerSlot:
             # STOPPING -> EXITED: we asked it to go.
             self.move(SlotState.EXITED)
             return
-        fast = now - self.started_at < policy.startsecs
+        # A worker that never said READY failed to start however long it
+        # took (a refused or hung one too), else a slow start would restart
+        # at once, forever; one that did failed fast only within startsecs.
+        fast = self.state is SlotState.STARTING or now - self.started_at < policy.startsecs
         self.fast_failures = self.fast_failures + 1 if fast else 0
         # STARTING|READY -> BACKOFF, even for an immediate restart, so that
         # one code path spawns.

@@ -1,5 +1,5 @@
 """Helpers for the storage tests: layer tars built in Python, and a storage
-root under a test's tmp_path with real OpContexts for the ops.
+root under a test's tmp_path with the pool's service and real OpContexts.
 
 Layers are OCI layer tars as a registry would serve them: PAX format (so
 xattrs travel as ``SCHILY.xattr.*``), whiteouts as empty ``.wh.`` files.
@@ -22,7 +22,7 @@ from typing import Any
 import zstandard
 
 from podvisor.workers.base import OpContext
-from podvisor.workers.storage import ops
+from podvisor.workers.storage.ops import StorageService
 
 MEDIA_TYPES = {
     "none": "application/vnd.oci.image.layer.v1.tar",
@@ -136,14 +136,16 @@ class Storage:
         for d in (self.root, self.runroot, self.blobs):
             d.mkdir(parents=True, exist_ok=True)
         self.settings = {"root": str(self.root), "runroot": str(self.runroot)}
+        # Built from the settings as a worker builds it.
+        self.service = StorageService.from_settings(self.settings)
+        self.ops = self.service.ops()
 
     def ctx(self, op: str = "storage.test", timeout: float = 60.0) -> OpContext:
-        return OpContext(request_id=os.urandom(8), op=op, key=None,
-                         deadline=time.monotonic() + timeout, attempt=0,
-                         settings=self.settings)
+        return OpContext(request_id=os.urandom(8), op=op,
+                         deadline=time.monotonic() + timeout)
 
     def call(self, op: str, args: dict[str, Any], timeout: float = 60.0) -> Any:
-        return ops.OPS[f"storage.{op}"](self.ctx(f"storage.{op}", timeout), args)
+        return self.ops[f"storage.{op}"](self.ctx(f"storage.{op}", timeout), args)
 
     def blob(self, tar: bytes | LayerTar, kind: str = "gzip") -> Blob:
         raw = tar.bytes() if isinstance(tar, LayerTar) else tar

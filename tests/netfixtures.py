@@ -35,6 +35,7 @@ from pyroute2 import IPRoute
 
 from podvisor.workers.base import OpContext
 from podvisor.workers.net import netns, podnet
+from podvisor.workers.net.ops import NetService
 
 T = TypeVar("T")
 
@@ -46,10 +47,8 @@ SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding",
            "net/ipv4/conf/all/route_localnet")
 
 
-def make_ctx(settings: dict[str, Any], timeout: float = 60.0,
-             op: str = "net.setup") -> OpContext:
-    return OpContext(request_id=os.urandom(8), op=op, key=None,
-                     deadline=time.monotonic() + timeout, attempt=0, settings=settings)
+def make_ctx(timeout: float = 60.0, op: str = "net.setup") -> OpContext:
+    return OpContext(request_id=os.urandom(8), op=op, deadline=time.monotonic() + timeout)
 
 
 def _host_routes() -> list[ipaddress.IPv4Network]:
@@ -80,6 +79,7 @@ class CniWorld:
     subnet: ipaddress.IPv4Network
     net_name: str = "pvtest"
     settings: dict[str, Any] = field(init=False)
+    net: NetService = field(init=False)
 
     def __post_init__(self) -> None:
         self.network_dir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +87,7 @@ class CniWorld:
             "root": str(self.base / "root"), "runroot": str(self.base / "run"),
             "network": {"network_dir": str(self.network_dir), "plugin_dirs": PLUGIN_DIRS},
         }
+        self.net = self.service()
 
     @property
     def network_dir(self) -> Path:
@@ -106,14 +107,16 @@ class CniWorld:
 
     @property
     def layout(self) -> podnet.Layout:
-        return podnet.Layout.from_settings(self.settings)
+        return self.net.layout
 
-    def ctx(self, timeout: float = 60.0, op: str = "net.setup", **network: Any) -> OpContext:
-        """An OpContext; keyword args override keys of ``settings["network"]``."""
-        settings = self.settings
-        if network:
-            settings = {**settings, "network": {**settings["network"], **network}}
-        return make_ctx(settings, timeout, op)
+    def service(self, **network: Any) -> NetService:
+        """The net pool's service as a worker builds it from the world's
+        settings; keyword args override keys of ``settings["network"]``."""
+        settings = {**self.settings, "network": {**self.settings["network"], **network}}
+        return NetService.from_settings(settings)
+
+    def ctx(self, timeout: float = 60.0, op: str = "net.setup") -> OpContext:
+        return make_ctx(timeout, op)
 
     def bridge_plugin(self, ranges: list[list[dict[str, str]]] | None = None) -> dict[str, Any]:
         return {

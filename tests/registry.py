@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from podvisor.supervisor import config as cfg
 from podvisor.workers.base import OpContext
-from podvisor.workers.image.ops import make_ops
+from podvisor.workers.image.ops import ImageService
+from podvisor.workers.image.settings import ImageSettings
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 T = TypeVar("T")
@@ -439,22 +441,26 @@ class FaultProxy:
 @dataclass
 class ImageNode:
     """An image pool's own dirs and settings, with its ops called directly
-    (a real OpContext, no bus): a fresh op table, so no state is shared
-    with another test."""
+    (a real OpContext, no bus) on a service built from the settings as a
+    worker builds it: a fresh service, so no state is shared with another
+    test. ``image`` overrides keys of the config's ``[podvisor.image]``
+    defaults; the certs.d root is the node's own."""
 
     base: Path
     image: dict[str, Any] = field(default_factory=dict)
-    ops: Any = None
+    service: ImageService = field(init=False)
+    ops: Any = field(init=False)
 
     def __post_init__(self) -> None:
-        self.ops = make_ops()
         self.base.mkdir(parents=True, exist_ok=True)
         self.image.setdefault("registries_conf", str(self.base / "registries.conf"))
-        self.image.setdefault("certs_dirs", [str(self.base / "certs.d")])
         self.image.setdefault("pull_progress_timeout", 30.0)
         # Never the host's /etc/containers/policy.json: absent unless a test
         # writes one with ``policy``.
         self.image.setdefault("signature_policy", str(self.base / "policy.json"))
+        self.service = ImageService(ImageSettings.from_settings(self.settings()),
+                                    certs_dirs=(str(self.base / "certs.d"),))
+        self.ops = self.service.ops()
 
     @property
     def root(self) -> Path:
@@ -474,13 +480,15 @@ class ImageNode:
         return sorted(p.name for p in ingest.iterdir()) if ingest.exists() else []
 
     def settings(self) -> dict[str, Any]:
+        """The worker settings as the supervisor would write them."""
+        defaults = cfg.to_dict(cfg.from_dict({}))["image"]
+        assert isinstance(defaults, dict)
         return {"root": str(self.root), "runroot": str(self.base / "run"),
-                "image": dict(self.image)}
+                "image": {**defaults, **self.image}}
 
     def context(self, op: str, timeout: float = 60.0) -> OpContext:
-        return OpContext(request_id=secrets.token_bytes(16), op=op, key=None,
-                         deadline=time.monotonic() + timeout, attempt=1,
-                         settings=self.settings())
+        return OpContext(request_id=secrets.token_bytes(16), op=op,
+                         deadline=time.monotonic() + timeout)
 
     def call(self, op: str, args: dict[str, Any], timeout: float = 60.0,
              ctx: OpContext | None = None) -> Any:

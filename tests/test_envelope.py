@@ -26,17 +26,48 @@ json_like = st.recursive(
     max_leaves=20)
 
 
+call_ids = st.text("0123456789abcdefABCDEF-", min_size=1, max_size=envelope.CALL_ID_MAX)
+
+
 @given(op=st.text(min_size=1), args=st.dictionaries(st.text(), json_like, max_size=5),
-       deadline=st.floats(0, 1e9, allow_nan=False), key=st.none() | st.text(),
-       attempt=st.integers(1, 2))
+       deadline=st.floats(0, 1e9, allow_nan=False), call_id=call_ids)
 def test_request_round_trip(op: str, args: dict[str, object], deadline: float,
-                            key: str | None, attempt: int) -> None:
-    message = envelope.decode(envelope.request(op, args, deadline=deadline, key=key,
-                                               attempt=attempt))
+                            call_id: str) -> None:
+    message = envelope.decode(envelope.request(op, args, deadline=deadline, call_id=call_id))
+    assert message.payload.keys() == {"id", "op", "args", "deadline", "call_id"}
     assert message.command is Command.REQUEST
     assert message.payload["op"] == op and message.payload["args"] == args
-    assert message.payload["deadline"] == deadline and message.payload["key"] == key
+    assert message.payload["deadline"] == deadline and message.payload["call_id"] == call_id
     assert len(message.payload["id"]) == envelope.ID_SIZE
+
+
+def test_a_request_outside_any_call_carries_the_no_call_id() -> None:
+    message = envelope.decode(envelope.request("runtime.version", {}, deadline=1.0))
+    assert message.payload["call_id"] == envelope.NO_CALL_ID == "-"
+
+
+def request_with(**fields: object) -> list[bytes]:
+    payload = {"id": b"x" * 16, "op": "x", "args": {}, "deadline": 1.0, "call_id": "a1", **fields}
+    return [b"", b"PV1", b"\x02", msgpack.packb(payload)]
+
+
+@pytest.mark.parametrize("call_id", [
+    "", " ", "a b", "abc\n", "ab\x1b[31m", "req=1", "\u00e9t\u00e9",
+    "a" * (envelope.CALL_ID_MAX + 1), 5, None, b"abc",
+], ids=repr)
+def test_a_call_id_that_is_not_a_log_id_is_refused(call_id: object) -> None:
+    # It lands in every log line of the op: nothing there may forge a line
+    # or a field, and it has a size.
+    with pytest.raises(ProtocolError, match="call_id"):
+        envelope.decode(request_with(call_id=call_id))
+
+
+def test_a_request_of_protocol_1_is_refused() -> None:
+    # Version 1 carried key and attempt, and no call id.
+    old = {"id": b"x" * 16, "op": "x", "args": {}, "deadline": 1.0, "attempt": 1, "key": None}
+    with pytest.raises(ProtocolError, match="lacks 'call_id'"):
+        envelope.decode([b"", b"PV1", b"\x02", msgpack.packb(old)])
+    assert envelope.PROTO_VERSION == 2
 
 
 @given(result=json_like)
@@ -78,12 +109,10 @@ def good_request() -> list[bytes]:
     [b"", b"PV1", b"\x02", b"\xc1"],
     [b"", b"PV1", b"\x02", msgpack.packb([1, 2])],
     [b"", b"PV1", b"\x02", msgpack.packb({"op": "x"})],
-    [b"", b"PV1", b"\x02", msgpack.packb({"id": b"short", "op": "x", "args": {}, "deadline": 1.0,
-                                          "attempt": 1, "key": None})],
-    [b"", b"PV1", b"\x02", msgpack.packb({"id": b"x" * 16, "op": 5, "args": {}, "deadline": 1.0,
-                                          "attempt": 1, "key": None})],
-    [b"", b"PV1", b"\x02", msgpack.packb({"id": b"x" * 16, "op": "x", "args": {},
-                                          "deadline": 1.0, "attempt": True, "key": None})],
+    request_with(id=b"short"),
+    request_with(op=5),
+    request_with(deadline=True),
+    request_with(args=[]),
     [b"", b"PV1", b"\x03", msgpack.packb({"id": b"x" * 16})],
     [b"", b"PV1", b"\x03", msgpack.packb({"id": b"x" * 16, "result": 1, "error": {}})],
     [b"", b"PV1", b"\x03", msgpack.packb({"id": b"x" * 16, "error": "boom"})],

@@ -503,12 +503,12 @@ def runc() -> Iterator[Runtime]:
 
 @dataclass(frozen=True)
 class GivenUp(monitor.Handler):
-    """A handler whose deadline has passed, but whose monitor start and
-    create are given all the time they need (``time_left``), as when a slow
-    create outlasts the caller: so that the create succeeds and the monitor
-    finds nobody to tell, however loaded the node is."""
+    """A handler whose monitor start and create are given all the time they
+    need (``time_left``) whatever the deadline, as when a slow create
+    outlasts the caller: spawned past its deadline, the create succeeds and
+    the monitor finds nobody to tell, however loaded the node is."""
 
-    def time_left(self) -> float:
+    def time_left(self, deadline: float) -> float:
         return 60.0
 
 
@@ -516,14 +516,14 @@ def test_a_monitor_given_up_on_deletes_its_container(runc: Runtime) -> None:
     container = Container(runc, short_tmpdir())
     try:
         container.make_bundle(["sleep", "1000"])
-        handler = GivenUp("runc", runc.path, str(runc.root), time.monotonic())
+        handler = GivenUp("runc", runc.path, str(runc.root))
         # The monitor has started (spawn waited for it), and the worker
         # stops waiting for the created container: it closes the sync pipe.
         with pytest.raises(DeadlineExceeded):
             monitor.spawn(handler, container.id, str(container.bundle),
                           str(container.state_dir), str(container.exit_dir),
-                          str(container.log_path), terminal=False, stdin=False,
-                          stdin_once=False)
+                          str(container.log_path), deadline=time.monotonic(),
+                          terminal=False, stdin=False, stdin_once=False)
         running = monitor_pids(str(container.state_dir))
         assert running, "the detached monitor is running"
         container.conmon_pid = min(running)  # for cleanup, should this fail
@@ -573,10 +573,10 @@ def test_a_runtime_command_past_its_deadline_is_deadline_exceeded(tmp_path: Path
     slow = tmp_path / "slow-runtime"
     slow.write_text("#!/bin/sh\nexec sleep 30\n")
     slow.chmod(0o755)
-    handler = monitor.Handler("slow", str(slow), str(tmp_path), time.monotonic() + 0.2)
+    handler = monitor.Handler("slow", str(slow), str(tmp_path))
     started = time.monotonic()
     with pytest.raises(DeadlineExceeded, match="slow start did not finish"):
-        handler.run("start", "some-id")
+        handler.run("start", "some-id", deadline=time.monotonic() + 0.2)
     assert time.monotonic() - started < monitor.RUN_FLOOR + 5
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -149,16 +150,40 @@ def test_duplicate_keys_are_refused_at_any_depth() -> None:
 def test_loader_warns_once_per_missing_file(tmp_path: Path,
                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="podvisor.workers.image.policy")
-    loader = PolicyLoader()
     missing = str(tmp_path / "policy.json")
+    loader = PolicyLoader(missing)
     for _ in range(3):
-        p = loader.load(missing)
+        p = loader.load()
         assert not p.exists and p.default == (InsecureAcceptAnything(),)
     assert len([r for r in caplog.records if missing in r.getMessage()]) == 1
     (tmp_path / "policy.json").write_text('{"default": [{"type": "reject"}]}')
-    assert loader.load(missing).default == (Reject(),)
+    assert loader.load().default == (Reject(),)
     with pytest.raises(FailedPrecondition, match="cannot be read"):
-        loader.load(str(tmp_path))
+        PolicyLoader(str(tmp_path)).load()
+
+
+def settle(path: Path) -> None:
+    """Date ``path`` an hour back, so its parse may be kept (filecache.py)."""
+    old = path.stat().st_mtime - 3600
+    os.utime(path, (old, old))
+
+
+def test_an_unchanged_policy_is_parsed_once_and_an_edit_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text('{"default": [{"type": "reject"}]}')
+    settle(path)
+    loader = PolicyLoader(str(path))
+    first = loader.load()
+    assert loader.load() is first
+    path.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    assert loader.load().default == (InsecureAcceptAnything(),)
+    path.unlink()
+    assert not loader.load().exists
+    path.write_text("{")
+    with pytest.raises(FailedPrecondition, match="not valid JSON"):
+        loader.load()
+    with pytest.raises(FailedPrecondition, match="not valid JSON"):
+        loader.load()
 
 
 # ---- signedIdentity ------------------------------------------------------------

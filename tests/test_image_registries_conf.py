@@ -1,11 +1,19 @@
-"""containers-registries.conf(5) v2 parsing and resolution."""
+"""containers-registries.conf(5) v2 parsing and resolution, and a worker
+reading the file again only once it changed (in-process, then through a
+real daemon)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
+from daemonlib import Daemon
+from registry import ImageNode
 
+from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import FailedPrecondition, InvalidArgument
 from podvisor.workers.image import reference, registries_conf
 from podvisor.workers.image.registries_conf import PullFromMirror, ShortNameMode
@@ -230,3 +238,156 @@ insecure = true
     assert sources(conf, "r.io/x:1") == [("r.io/x:1", True, False)]
     assert dict(conf.aliases) == {"keep": "quay.io/keep"}
     assert len(conf.sources) == 2
+
+
+# ---- a worker's copy: parsed once, parsed again on change -----------------------
+
+
+def search(*hosts: str) -> str:
+    """A file that makes ``busybox`` ambiguous between ``hosts``: a pull of
+    it fails naming them, before any registry is contacted."""
+    return f"unqualified-search-registries = {list(hosts)!r}\n".replace("'", '"')
+
+
+def settle(path: Path, mtime: float | None = None) -> float:
+    """Date ``path`` back (an hour, or to ``mtime``), so a worker may keep
+    its parse: one younger than filecache.SETTLE_NS is parsed every time."""
+    when = path.stat().st_mtime - 3600 if mtime is None else mtime
+    os.utime(path, (when, when))
+    return when
+
+
+def ambiguity(node: ImageNode) -> str:
+    with pytest.raises(InvalidArgument, match="ambiguous") as info:
+        node.pull("busybox")
+    return info.value.message
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every path registries_conf.load parses, in order."""
+    seen: list[str] = []
+    real: Callable[[str], registries_conf.RegistriesConf] = registries_conf.load
+
+    def counted(path: str) -> registries_conf.RegistriesConf:
+        seen.append(path)
+        return real(path)
+
+    monkeypatch.setattr(registries_conf, "load", counted)
+    return seen
+
+
+def test_an_unchanged_file_is_parsed_once(tmp_path: Path, parses: list[str]) -> None:
+    node = ImageNode(tmp_path / "node")
+    conf = Path(node.image["registries_conf"])
+    conf.write_text(search("a.example", "b.example"))
+    settle(conf)
+    assert "a.example, b.example" in ambiguity(node)
+    assert node.status("busybox") == {"image": None, "info": {}}
+    assert node.list("busybox") == []
+    assert node.remove("busybox") == {}
+    assert "a.example, b.example" in ambiguity(node)
+    assert len(parses) == 1
+
+
+def test_a_same_size_rewrite_with_the_old_mtime_is_read(tmp_path: Path,
+                                                        parses: list[str]) -> None:
+    node = ImageNode(tmp_path / "node")
+    conf = Path(node.image["registries_conf"])
+    conf.write_text(search("a.example", "b.example"))
+    mtime = settle(conf)
+    assert "a.example, b.example" in ambiguity(node)
+    # What `cp -p` or an unpacked archive does: only the ctime tells.
+    conf.write_text(search("c.example", "d.example"))
+    settle(conf, mtime)
+    assert "c.example, d.example" in ambiguity(node)
+    assert "c.example, d.example" in ambiguity(node)
+    assert len(parses) == 2
+
+
+def test_dropins_and_the_file_appearing_and_going_are_noticed(
+        tmp_path: Path, parses: list[str]) -> None:
+    node = ImageNode(tmp_path / "node")
+    conf = Path(node.image["registries_conf"])
+    assert node.status("busybox") == {"image": None, "info": {}}  # absent: the defaults
+    conf.write_text(search("a.example", "b.example"))
+    settle(conf)
+    assert "a.example, b.example" in ambiguity(node)
+    dropin = conf.parent / "registries.conf.d" / "50-search.conf"
+    dropin.parent.mkdir()
+    dropin.write_text(search("e.example", "f.example"))
+    settle(dropin)
+    assert "e.example, f.example" in ambiguity(node)
+    conf.unlink()
+    message = ambiguity(node)
+    assert "e.example, f.example" in message and str(conf) + "," not in message
+    dropin.unlink()
+    assert node.status("busybox") == {"image": None, "info": {}}
+    assert len(parses) == 5
+    assert node.status("busybox") == {"image": None, "info": {}}
+    assert len(parses) == 5
+
+
+def test_a_file_written_just_now_is_parsed_until_it_settles(tmp_path: Path,
+                                                            parses: list[str]) -> None:
+    # Its mtime may not move on a second write within the same clock tick,
+    # so a parse of it is never kept.
+    node = ImageNode(tmp_path / "node")
+    conf = Path(node.image["registries_conf"])
+    conf.write_text(search("a.example", "b.example"))
+    ambiguity(node)
+    ambiguity(node)
+    assert len(parses) == 2
+    settle(conf)
+    ambiguity(node)
+    ambiguity(node)
+    assert len(parses) == 3
+
+
+def test_a_broken_file_fails_every_op_until_fixed(tmp_path: Path) -> None:
+    node = ImageNode(tmp_path / "node")
+    conf = Path(node.image["registries_conf"])
+    conf.write_text("unqualified-search-registries = [")
+    settle(conf)
+    for _ in range(2):
+        with pytest.raises(FailedPrecondition, match="cannot read registries configuration"):
+            node.status("busybox")
+    conf.write_text(search("a.example", "b.example"))
+    assert "a.example, b.example" in ambiguity(node)
+
+
+def cri_ambiguity(daemon: Daemon) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.images.PullImage(api.PullImageRequest(image=api.ImageSpec(image="busybox")),
+                                timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    details: str = info.value.details()
+    return details
+
+
+@pytest.mark.slow
+def test_the_daemon_reads_an_edited_file_without_a_restart(
+        tmp_path: Path, make_daemon: Callable[..., Daemon]) -> None:
+    conf = tmp_path / "registries.conf"
+    conf.write_text(search("a.example", "b.example"))
+    mtime = settle(conf)
+    daemon = make_daemon(workers={"image": 2}, extra=(
+        f'[podvisor.image]\nregistries_conf = "{conf}"\n'
+        f'signature_policy = "{tmp_path / "policy.json"}"\n'))
+    pids = {key: w["pid"] for key, w in daemon.workers().items() if key[0] == "image"}
+    # Several calls each time, so both workers' copies are seen.
+    for _ in range(4):
+        assert "a.example, b.example" in cri_ambiguity(daemon)
+    conf.write_text(search("c.example", "d.example"))
+    settle(conf, mtime)
+    for _ in range(4):
+        assert "c.example, d.example" in cri_ambiguity(daemon)
+    dropin = tmp_path / "registries.conf.d" / "50-search.conf"
+    dropin.parent.mkdir()
+    dropin.write_text(search("e.example", "f.example"))
+    for _ in range(4):
+        assert "e.example, f.example" in cri_ambiguity(daemon)
+    dropin.unlink()
+    for _ in range(4):
+        assert "c.example, d.example" in cri_ambiguity(daemon)
+    assert {key: w["pid"] for key, w in daemon.workers().items() if key[0] == "image"} == pids

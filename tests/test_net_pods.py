@@ -1,8 +1,9 @@
 """Pod networks with the real Debian CNI plugins: setup, traffic, teardown.
 
 Each test gets a private bridge, 10.x/24, host-local data dir and run dirs
-(netfixtures.CniWorld); ops are called directly with a real OpContext, the
-way a worker thread calls them.
+(netfixtures.CniWorld); ops are called directly on the pool's service
+(``world.net``, built once as a worker builds it) with a real OpContext,
+the way a worker thread calls them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from netfixtures import CniWorld, HostGuard, in_netns, ping, private_cni_world
 from pyroute2 import IPRoute
 
 from podvisor.proto.errors import BusError, Internal, NotFound
-from podvisor.workers.net import cni, cniconf, netns, nodeip, ops, store
+from podvisor.workers.net import cni, cniconf, netns, nodeip, store
 
 N_PODS = 20
 
@@ -72,7 +73,7 @@ def test_twenty_pods_in_parallel_get_ips_traffic_and_a_host_port(world: CniWorld
                                 {"container_port": 9, "host_port": 0, "protocol": "UDP"}]
 
     with ThreadPoolExecutor(N_PODS) as pool:
-        results = list(pool.map(lambda a: ops.setup(world.ctx(), a), pods))
+        results = list(pool.map(lambda a: world.net.setup(world.ctx(), a), pods))
 
     ips = [r["ips"][0] for r in results]
     assert len(set(ips)) == N_PODS
@@ -113,8 +114,8 @@ def test_twenty_pods_in_parallel_get_ips_traffic_and_a_host_port(world: CniWorld
     assert answer == b"hello from pod0:ping"
 
     with ThreadPoolExecutor(N_PODS) as pool:
-        torn = list(pool.map(lambda a: ops.teardown(world.ctx(), {"pod_id": a["pod_id"]}),
-                             pods))
+        torn = list(pool.map(
+            lambda a: world.net.teardown(world.ctx(), {"pod_id": a["pod_id"]}), pods))
     assert all(t["found"] for t in torn)
     assert world.leases() == []
     assert world.namespaces() == []
@@ -125,58 +126,58 @@ def test_twenty_pods_in_parallel_get_ips_traffic_and_a_host_port(world: CniWorld
     assert not any("CNI-DN-" in line for line in HostGuard().cni_lines())
 
     # Teardown is idempotent (CRI: StopPodSandbox may be called again).
-    again = [ops.teardown(world.ctx(), {"pod_id": a["pod_id"]}) for a in pods]
+    again = [world.net.teardown(world.ctx(), {"pod_id": a["pod_id"]}) for a in pods]
     assert [t["found"] for t in again] == [False] * N_PODS
 
 
 def test_setup_is_idempotent_and_status_reports_the_pod(world: CniWorld) -> None:
     world.write_conflist()
     args = pod_args(1)
-    first = ops.setup(world.ctx(), args)
-    second = ops.setup(world.ctx(), args)
+    first = world.net.setup(world.ctx(), args)
+    second = world.net.setup(world.ctx(), args)
     assert second["ips"] == first["ips"]
     assert second["netns_path"] == first["netns_path"]
     assert world.leases() == first["ips"]
 
-    status = ops.pod_status(world.ctx(), {"pod_id": args["pod_id"], "check": True})
+    status = world.net.pod_status(world.ctx(), {"pod_id": args["pod_id"], "check": True})
     assert status["ready"] and status["checked"] is True
     assert status["ips"] == first["ips"]
     assert status["network_name"] == world.net_name
 
-    ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})
+    world.net.teardown(world.ctx(), {"pod_id": args["pod_id"]})
     with pytest.raises(NotFound):
-        ops.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
-    assert ops.teardown(world.ctx(), {"pod_id": "never-seen"}) == {
+        world.net.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
+    assert world.net.teardown(world.ctx(), {"pod_id": "never-seen"}) == {
         "pod_id": "never-seen", "found": False}
 
 
 def test_vanished_namespace_is_reported_then_rebuilt(world: CniWorld) -> None:
     world.write_conflist()
     args = pod_args(2)
-    first = ops.setup(world.ctx(), args)
+    first = world.net.setup(world.ctx(), args)
     netns.remove(first["netns_path"])
 
-    status = ops.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
+    status = world.net.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
     assert (status["ready"], status["reason"]) == (False, "NetnsMissing")
-    report = ops.reconcile(world.ctx(), {"live_pod_ids": [args["pod_id"]]})
+    report = world.net.reconcile(world.ctx(), {"live_pod_ids": [args["pod_id"]]})
     assert report["not_ready"] == [args["pod_id"]]
     assert report["torn_down"] == []
 
     # A new setup releases the old lease (DEL) and builds a fresh namespace.
-    again = ops.setup(world.ctx(), args)
+    again = world.net.setup(world.ctx(), args)
     assert netns.exists(again["netns_path"])
     assert world.leases() == again["ips"]
-    ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})
+    world.net.teardown(world.ctx(), {"pod_id": args["pod_id"]})
     assert world.leases() == []
 
 
 def test_reconcile_tears_down_pods_that_are_not_live(world: CniWorld) -> None:
     world.write_conflist()
     pods = [pod_args(i) for i in range(3)]
-    results = [ops.setup(world.ctx(), a) for a in pods]
+    results = [world.net.setup(world.ctx(), a) for a in pods]
     live = pods[0]["pod_id"]
 
-    report = ops.reconcile(world.ctx(), {"live_pod_ids": [live]})
+    report = world.net.reconcile(world.ctx(), {"live_pod_ids": [live]})
     assert sorted(report["torn_down"]) == sorted(a["pod_id"] for a in pods[1:])
     assert report["failed"] == {} and report["not_ready"] == []
     assert world.namespaces() == [live]
@@ -201,9 +202,9 @@ def test_teardown_releases_a_pod_whose_setup_died_half_way(world: CniWorld) -> N
     cni.add(runner, net, cni.Invocation(args["pod_id"], ns_path, "eth0"))
     assert len(world.leases()) == 1
 
-    status = ops.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
+    status = world.net.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
     assert (status["ready"], status["reason"]) == (False, "SettingUp")
-    assert ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
+    assert world.net.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
     assert world.leases() == []
     assert world.namespaces() == []
     assert world.bridge_ports() == []
@@ -212,7 +213,7 @@ def test_teardown_releases_a_pod_whose_setup_died_half_way(world: CniWorld) -> N
 def test_teardown_survives_a_failing_plugin_and_retries_it(world: CniWorld) -> None:
     world.write_conflist()
     args = pod_args(4, port_mappings=[{"container_port": 80, "host_port": free_port()}])
-    ops.setup(world.ctx(), args)
+    world.net.setup(world.ctx(), args)
 
     # portmap disappears: its DEL fails, but bridge/host-local still run.
     partial = world.base / "plugins-without-portmap"
@@ -220,7 +221,7 @@ def test_teardown_survives_a_failing_plugin_and_retries_it(world: CniWorld) -> N
     for plugin in ("bridge", "host-local", "loopback"):
         os.symlink(f"/usr/lib/cni/{plugin}", partial / plugin)
     with pytest.raises(BusError) as info:
-        ops.teardown(world.ctx(plugin_dirs=[str(partial)]), {"pod_id": args["pod_id"]})
+        world.service(plugin_dirs=[str(partial)]).teardown(world.ctx(), {"pod_id": args["pod_id"]})
     assert "'portmap'" in info.value.message
     assert info.value.details["failures"][0]["plugin"] == "portmap"
     assert world.leases() == []
@@ -230,7 +231,7 @@ def test_teardown_survives_a_failing_plugin_and_retries_it(world: CniWorld) -> N
     assert any("CNI-DN-" in line for line in HostGuard().cni_lines())
 
     # With portmap back the retry finishes the job.
-    assert ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
+    assert world.net.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
     assert world.layout.records.ids() == []
     assert not any("CNI-DN-" in line for line in HostGuard().cni_lines())
 
@@ -241,7 +242,7 @@ def test_ips_capability_and_a_plugin_error_that_reaches_the_caller(
     bridge["capabilities"] = {"ips": True}
     world.write_conflist([bridge, {"type": "loopback"}])
     wanted = str(world.subnet.network_address + 77)
-    result = ops.setup(world.ctx(), pod_args(5, ips=[f"{wanted}/24"]))
+    result = world.net.setup(world.ctx(), pod_args(5, ips=[f"{wanted}/24"]))
     assert result["ips"] == [wanted]
 
     # Outside the range: host-local refuses, and its words reach the caller.
@@ -249,7 +250,7 @@ def test_ips_capability_and_a_plugin_error_that_reaches_the_caller(
     # first ADD failed, since it never pinned the bridge's MAC.)
     args = pod_args(6, ips=["192.0.2.250/24"])
     with pytest.raises(Internal) as info:
-        ops.setup(world.ctx(), args)
+        world.net.setup(world.ctx(), args)
     details = info.value.details
     assert details["plugin"] == "bridge" and details["command"] == "ADD"
     assert details["cni_msg"]
@@ -265,17 +266,17 @@ def test_dual_stack_lists_ipv4_first(world: CniWorld) -> None:
     bridge = world.bridge_plugin(ranges=[[{"subnet": v6}],
                                   [{"subnet": str(world.subnet)}]])
     world.write_conflist([bridge, {"type": "loopback"}])
-    result = ops.setup(world.ctx(), pod_args(7))
+    result = world.net.setup(world.ctx(), pod_args(7))
     assert len(result["ips"]) == 2
     assert "." in result["ips"][0] and ":" in result["ips"][1]
-    ops.teardown(world.ctx(), {"pod_id": result["pod_id"]})
+    world.net.teardown(world.ctx(), {"pod_id": result["pod_id"]})
     assert world.leases() == []
 
 
 def test_bandwidth_capability_shapes_the_pod(world: CniWorld) -> None:
     world.write_conflist([*world.standard_plugins(),
                               {"type": "bandwidth", "capabilities": {"bandwidth": True}}])
-    result = ops.setup(world.ctx(), pod_args(
+    result = world.net.setup(world.ctx(), pod_args(
         8, bandwidth={"ingress_rate": 1_000_000, "egress_rate": 2_000_000}))
     host_veth = next(i["name"] for i in result["interfaces"]
                      if i["name"].startswith("veth"))
@@ -283,7 +284,7 @@ def test_bandwidth_capability_shapes_the_pod(world: CniWorld) -> None:
         index = ipr.link_lookup(ifname=host_veth)[0]
         kinds = {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index)}
     assert "tbf" in kinds
-    ops.teardown(world.ctx(), {"pod_id": result["pod_id"]})
+    world.net.teardown(world.ctx(), {"pod_id": result["pod_id"]})
     with IPRoute() as ipr:
         assert not [link for link in ipr.get_links()
                     if link.get_attr("IFLA_IFNAME", "").startswith("bwp")]
@@ -291,9 +292,9 @@ def test_bandwidth_capability_shapes_the_pod(world: CniWorld) -> None:
 
 def test_host_network_pods_get_the_node_ips(world: CniWorld) -> None:
     args = pod_args(9, host_network=True)
-    result = ops.setup(world.ctx(), args)  # no network config needed
+    result = world.net.setup(world.ctx(), args)  # no network config needed
     assert result["host_network"] and result["netns_path"] == ""
     assert result["ips"] == nodeip.node_ips() and result["ips"]
-    assert ops.pod_status(world.ctx(), {"pod_id": args["pod_id"]})["ready"]
-    assert ops.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
+    assert world.net.pod_status(world.ctx(), {"pod_id": args["pod_id"]})["ready"]
+    assert world.net.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
     assert world.namespaces() == []

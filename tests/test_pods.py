@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -113,60 +114,126 @@ def test_exec_sync(n: Node) -> None:
         n.remove_pod(pod_id)
 
 
-def test_cri_edge_cases(n: Node) -> None:
-    pod = n.pod_config("edges")
-    pod_id = n.run_pod(pod)
-    rt = n.daemon.runtime
-    config = n.container_config("dup", "sleep 3600")
-    first = n.create(pod_id, pod, config)
-    with pytest.raises(grpc.RpcError) as err:
-        n.create(pod_id, pod, config)
-    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert first in (err.value.details() or "")
+@dataclass(frozen=True)
+class Pod:
+    id: str
+    config: api.PodSandboxConfig
 
+
+@dataclass(frozen=True)
+class EdgePod(Pod):
+    first: str  # the one container the refused creates must leave alone
+
+
+@pytest.fixture(scope="module")
+def edges(n: Node) -> Iterator[EdgePod]:
+    """A pod holding one created container, "dup", for the refused creates;
+    nothing else may succeed in creating a container in it."""
+    config = n.pod_config("edges")
+    pod_id = n.run_pod(config)
+    try:
+        yield EdgePod(pod_id, config, n.create(pod_id, config,
+                                                n.container_config("dup", "sleep 3600")))
+    finally:
+        n.remove_pod(pod_id)
+
+
+@pytest.fixture
+def pod(n: Node) -> Iterator[Pod]:
+    """A running pod of the test's own, stopped and removed at the end."""
+    config = n.pod_config("edges")
+    pod_id = n.run_pod(config)
+    try:
+        yield Pod(pod_id, config)
+    finally:
+        n.remove_pod(pod_id)  # idempotent: the test may have removed it
+
+
+def container_names(n: Node, pod_id: str) -> list[str]:
+    return [c.metadata.name for c in n.daemon.runtime.ListContainers(api.ListContainersRequest(
+        filter=api.ContainerFilter(pod_sandbox_id=pod_id)), timeout=10).containers]
+
+
+def test_a_second_create_of_a_name_is_already_exists_naming_the_first(
+        n: Node, edges: EdgePod) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        n.create(edges.id, edges.config, n.container_config("dup", "sleep 3600"))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert edges.first in (err.value.details() or "")
+    # Nothing half-done is left by the failure.
+    assert container_names(n, edges.id) == ["dup"]
+
+
+def test_a_create_from_a_missing_image_is_not_found(n: Node, edges: EdgePod) -> None:
     bad_image = n.container_config("noimg", "true")
     bad_image.image.image = "127.0.0.1:1/nope/missing:1"
     with pytest.raises(grpc.RpcError) as err:
-        n.create(pod_id, pod, bad_image)
+        n.create(edges.id, edges.config, bad_image)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert container_names(n, edges.id) == ["dup"]
 
+
+def test_a_relative_mount_source_is_invalid_argument(n: Node, edges: EdgePod) -> None:
     # A relative source is invalid (a missing absolute one is created as a
     # directory, as CRI-O does).
     bad_mount = n.container_config("nomount", "true", mounts=[api.Mount(
         container_path="/data", host_path="relative/source")])
     with pytest.raises(grpc.RpcError) as err:
-        n.create(pod_id, pod, bad_mount)
+        n.create(edges.id, edges.config, bad_mount)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "relative/source" in (err.value.details() or "")
+    assert container_names(n, edges.id) == ["dup"]
 
-    # Nothing half-done is left by the failures.
-    names = [c.metadata.name for c in rt.ListContainers(api.ListContainersRequest(
-        filter=api.ContainerFilter(pod_sandbox_id=pod_id)), timeout=10).containers]
-    assert names == ["dup"]
 
+def test_stopping_a_container_twice_succeeds(n: Node, pod: Pod) -> None:
+    created = n.create(pod.id, pod.config, n.container_config("stop2", "sleep 3600"))
     for _ in range(2):
-        rt.StopContainer(api.StopContainerRequest(container_id=first, timeout=0), timeout=30)
+        n.daemon.runtime.StopContainer(
+            api.StopContainerRequest(container_id=created, timeout=0), timeout=30)
+
+
+def test_removing_a_container_twice_succeeds_and_then_it_is_not_found(
+        n: Node, pod: Pod) -> None:
+    created = n.create(pod.id, pod.config, n.container_config("remove2", "sleep 3600"))
+    rt = n.daemon.runtime
+    rt.StopContainer(api.StopContainerRequest(container_id=created, timeout=0), timeout=30)
     for _ in range(2):
-        rt.RemoveContainer(api.RemoveContainerRequest(container_id=first), timeout=30)
+        rt.RemoveContainer(api.RemoveContainerRequest(container_id=created), timeout=30)
     with pytest.raises(grpc.RpcError) as err:
-        n.status(first)
+        n.status(created)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
-    rt.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+
+def test_a_create_in_a_stopped_pod_is_failed_precondition(n: Node, pod: Pod) -> None:
+    n.daemon.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id),
+                                    timeout=30)
     with pytest.raises(grpc.RpcError) as err:
-        n.create(pod_id, pod, n.container_config("late", "true"))
+        n.create(pod.id, pod.config, n.container_config("late", "true"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_stopping_and_removing_a_pod_twice_succeeds(n: Node, pod: Pod) -> None:
+    rt = n.daemon.runtime
     for _ in range(2):
-        rt.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
-        rt.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+        rt.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=30)
+        rt.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=30)
+
+
+def test_a_create_in_a_removed_pod_is_not_found(n: Node, pod: Pod) -> None:
+    n.remove_pod(pod.id)
     with pytest.raises(grpc.RpcError) as err:
-        n.create(pod_id, pod, n.container_config("gone", "true"))
+        n.create(pod.id, pod.config, n.container_config("gone", "true"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
+
+def test_an_unknown_runtime_handler_is_invalid_argument(n: Node) -> None:
     with pytest.raises(grpc.RpcError) as err:
         n.run_pod(n.pod_config("nohandler"), handler="kata")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "kata" in (err.value.details() or "")
+
+
+def test_a_pod_without_a_name_is_invalid_argument(n: Node) -> None:
     nameless = n.pod_config("x")
     nameless.metadata.name = ""
     with pytest.raises(grpc.RpcError) as err:

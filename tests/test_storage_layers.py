@@ -18,7 +18,6 @@ from layers import MTIME, LayerTar, Storage, chain_of, sha256, storage_in
 
 from podvisor.proto.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound
 from podvisor.workers import locks
-from podvisor.workers.storage import ops
 
 NS = 1_000_000_000
 
@@ -290,7 +289,7 @@ def test_a_cancelled_unpack_leaves_nothing(storage: Storage) -> None:
     ctx = storage.ctx("storage.unpack_layer")
     ctx.cancelled.set()
     with pytest.raises(Cancelled):
-        ops.unpack_layer(ctx, blob.args())
+        storage.service.unpack_layer(ctx, blob.args())
     assert storage.layer_entries() == []
 
 

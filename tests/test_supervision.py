@@ -6,10 +6,15 @@ lock file, name reservation or record (podfixtures.leftovers)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
+import re
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -20,10 +25,16 @@ from pathlib import Path
 import grpc
 import pytest
 import zmq
+import zmq.asyncio
 from daemonlib import Daemon, poll_until
 from podfixtures import cgroup_prefix, leftovers
 
 from podvisor.proto import api_pb2 as api
+from podvisor.proto import envelope
+from podvisor.proto.envelope import Command
+from podvisor.proto.ops import pool_ops
+from podvisor.supervisor.bus import BusTiming, PoolBus
+from podvisor.supervisor.pool import RestartPolicy, SlotState, WorkerSlot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -220,6 +231,113 @@ def test_crash_looping_pool_goes_fatal_and_status_says_so(
         ctx.term()
     assert events[-1] == "worker.net.fatal"
     assert "worker.net.backoff" in events and "worker.net.spawn" in events
+
+
+RUNTIME_OPS = sorted(pool_ops("runtime"))
+
+
+@pytest.mark.parametrize(("ops", "why"), [
+    ([*RUNTIME_OPS, "runtime.frobnicate"],
+     "serves ops the catalogue does not list: runtime.frobnicate"),
+    (RUNTIME_OPS[1:], f"lacks catalogue ops: {RUNTIME_OPS[0]}"),
+    ([*RUNTIME_OPS, 7], "its op list holds duplicates or non-strings"),
+    ([*RUNTIME_OPS, RUNTIME_OPS[0]], "its op list holds duplicates or non-strings"),
+], ids=["extra", "missing", "non-string", "duplicate"])
+def test_a_ready_with_another_op_list_is_refused(
+        ops: list[object], why: str, caplog: pytest.LogCaptureFixture) -> None:
+    admitted: list[int] = []
+
+    def admit(index: int, pid: int) -> bool:
+        admitted.append(pid)
+        return True
+
+    async def scenario(endpoint: str) -> None:
+        ctx = zmq.asyncio.Context()
+        bus = PoolBus("runtime", endpoint, BusTiming(heartbeat_interval=30.0), admit=admit,
+                      on_unresponsive=lambda pid, why: None, is_fatal=lambda: False)
+        peers = []
+        try:
+            bus.bind(ctx)
+            bus.start()
+            for index, pid, advertised in ((1, 1001, ops), (2, 1002, RUNTIME_OPS)):
+                peer = ctx.socket(zmq.DEALER)
+                peers.append(peer)
+                peer.setsockopt(zmq.LINGER, 0)
+                peer.setsockopt(zmq.IDENTITY, f"runtime/{index}/{pid}".encode())
+                peer.connect(endpoint)
+                await peer.send_multipart(envelope.encode(Command.READY, {
+                    "pool": "runtime", "index": index, "pid": pid,
+                    "proto": envelope.PROTO_VERSION, "ops": advertised, "max_inflight": 4}))
+            # The other build's worker is told to leave, before the pool
+            # hears of it; the one with the catalogue's list joins.
+            refused = await asyncio.wait_for(peers[0].recv_multipart(), 5)
+            assert refused[2] == bytes([Command.DISCONNECT])
+            while not bus.inflight_by_pid():
+                await asyncio.sleep(0.01)
+            assert admitted == [1002] and list(bus.inflight_by_pid()) == [1002]
+            assert bus.stats["refused"] == 1
+        finally:
+            for peer in peers:
+                peer.close()
+            await bus.stop()
+            ctx.destroy(linger=0)
+
+    base = tempfile.mkdtemp(prefix="pv-")
+    try:
+        with caplog.at_level(logging.ERROR, logger="podvisor.supervisor.bus"):
+            asyncio.run(asyncio.wait_for(scenario(f"ipc://{base}/runtime.sock"), 20))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Refusing worker b'runtime/1/1001' on the runtime bus: {why}"]
+
+
+def test_a_worker_of_another_build_is_refused_and_its_pool_goes_fatal(
+        make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    # Every image worker advertises, and would serve, an op this
+    # supervisor's catalogue does not have.
+    (tmp_path / "sitecustomize.py").write_text(
+        "if b'podvisor.workers.image' in open('/proc/self/cmdline', 'rb').read():\n"
+        "    from podvisor.workers import base\n"
+        "    init = base.WorkerProcess.__init__\n"
+        "    def patched(self, options, ops):\n"
+        "        init(self, options, {**ops, 'image.frobnicate': lambda c, a: None})\n"
+        "    base.WorkerProcess.__init__ = patched\n")
+    daemon = make_daemon(env={"PYTHONPATH": str(tmp_path)}, start=False,
+                         extra="backoff_base = 0.1\nfatal_after = 3")
+    daemon.start(wait_ready=False)
+
+    def fatal() -> bool:
+        return daemon.workers()[("image", 1)]["state"] == "FATAL"
+    poll_until(fatal, 15, what="image worker FATAL")
+    log = daemon.log_path.read_text()
+    refusals = re.findall(r"ERROR \[supervisor\] .*Refusing worker b'image/1/\d+' on the image "
+                          r"bus: serves ops the catalogue does not list: image\.frobnicate$",
+                          log, re.MULTILINE)
+    # Each start was refused, never once given work.
+    assert len(refusals) == 3
+    assert not re.search(r"\[image worker 1\] \[req=[^-]", log)
+    assert 'podvisor_bus_events_total{kind="refused",pool="image"} 3.0' in daemon.metrics()
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.images.ImageStatus(api.ImageStatusRequest(image=api.ImageSpec(image="x:1")),
+                                  timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "FATAL" in (err.value.details() or "")
+    # The other pools, of this build, serve.
+    poll_until(lambda: all(w["state"] == "READY" for (pool, _), w in daemon.workers().items()
+                           if pool != "image"), 15, what="the other pools READY")
+    assert daemon.runtime.Version(api.VersionRequest(), timeout=10).runtime_name == "podvisor"
+
+
+def test_starting_to_backoff_counts_as_a_failed_start_however_late() -> None:
+    # A refused or hung worker may take longer than startsecs to go; it never
+    # was READY, so it did not start, and restarting it at once would loop.
+    policy = RestartPolicy(backoff_base=0.5, startsecs=1.0, fatal_after=2)
+    slot = WorkerSlot("image", 1)
+    for pid, now in ((100, 0.0), (101, 10.0)):
+        slot.spawned(pid, now=now)
+        slot.exited(now=now + 5.0, how="exit status 0", policy=policy)
+    assert slot.state is SlotState.FATAL and slot.fast_failures == 2
 
 
 def test_kill_9_supervisor_leaves_no_orphans_and_a_new_one_starts(

@@ -30,6 +30,12 @@ Deadlines and Cancellation
     interrupted, so an op stuck in a syscall is the supervisor's to kill
     (deadline + overrun grace).
 
+Logging
+    Every log line of an op carries the ``call_id`` its request brought
+    (``request_id_var``): the supervisor's id for the CRI call, so one grep
+    follows the call through the supervisor's log and every worker's. The
+    bus's own message id only matches the reply and is never logged.
+
 Size
     Frames in both directions are bounded by ``max_payload``, the limit the
     supervisor computed and wrote into the worker settings. A result too big
@@ -61,12 +67,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import zmq
 import zmq.asyncio
 
 from ..proto import envelope
+from ..proto.contract import Op, Record, from_wire, to_wire
 from ..proto.envelope import Command
 from ..proto.errors import (
     BusError,
@@ -84,7 +91,8 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 ORPHAN_POLL = 0.1
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "request_id", default=envelope.NO_CALL_ID)
 
 
 @dataclass
@@ -93,10 +101,7 @@ class OpContext:
 
     request_id: bytes
     op: str
-    key: str | None
     deadline: float
-    attempt: int
-    settings: Mapping[str, Any]
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def remaining(self) -> float:
@@ -113,7 +118,27 @@ class OpContext:
 
 SyncOp = Callable[[OpContext, dict[str, Any]], Any]
 AsyncOp = Callable[[OpContext, dict[str, Any]], Awaitable[Any]]
-OpTable = Mapping[str, SyncOp | AsyncOp]
+
+A = TypeVar("A", bound=Record)
+R = TypeVar("R", bound=Record)
+
+
+@dataclass(frozen=True)
+class Served(Generic[A, R]):
+    """An op bound to the method that serves it. Binding through ``Op``
+    lets mypy check the method against the op's declared contract; the
+    worker checks the argument map on arrival and the result on return."""
+
+    op: Op[A, R]
+    fn: Callable[[OpContext, A], R] | Callable[[OpContext, A], Awaitable[R]]
+
+
+def serve(*bindings: Served[Any, Any]) -> dict[str, Served[Any, Any]]:
+    """A pool's op table from its bindings."""
+    return {binding.op.name: binding for binding in bindings}
+
+
+OpTable = Mapping[str, SyncOp | AsyncOp | Served[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -133,11 +158,9 @@ class WorkerOptions:
 class WorkerProcess:
     """Serve one pool's ops over the bus until stopped (see module docstring)."""
 
-    def __init__(self, options: WorkerOptions, ops: OpTable,
-                 settings: Mapping[str, Any]) -> None:
+    def __init__(self, options: WorkerOptions, ops: OpTable) -> None:
         self.options = options
         self.ops = ops
-        self.settings = settings
         self._inflight: dict[bytes, OpContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -243,21 +266,23 @@ class WorkerProcess:
         # HEARTBEAT needs nothing beyond the _last_heard update.
 
     def _accept(self, payload: dict[str, Any]) -> None:
-        ctx = OpContext(
-            request_id=payload["id"], op=payload["op"], key=payload["key"],
-            deadline=float(payload["deadline"]), attempt=payload["attempt"],
-            settings=self.settings)
-        task = asyncio.create_task(self._serve(ctx, payload["args"]))
+        ctx = OpContext(request_id=payload["id"], op=payload["op"],
+                        deadline=float(payload["deadline"]))
+        task = asyncio.create_task(self._serve(ctx, payload["args"], payload["call_id"]))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, ctx: OpContext, args: dict[str, Any]) -> None:
-        request_id_var.set(ctx.request_id.hex()[:12])
+    async def _serve(self, ctx: OpContext, args: dict[str, Any], call_id: str) -> None:
+        # The task runs in a copy of the loop's context, so this stays with
+        # this op, and _run_op hands it on to the op's thread.
+        request_id_var.set(call_id)
         self._inflight[ctx.request_id] = ctx
+        started = time.monotonic()
         try:
             result = await self._run_op(ctx, args)
             frames = envelope.reply_ok(ctx.request_id, result)
             envelope.check_size(frames, self.options.max_payload, f"the {ctx.op} result")
+            log.debug("Op %s done in %.1f ms", ctx.op, (time.monotonic() - started) * 1000)
         except BusError as exc:
             log.debug("Op %s failed: %s: %s", ctx.op, exc.code.name, shorten(exc.message, 1000))
             frames = envelope.reply_error(ctx.request_id, exc.to_wire())
@@ -281,10 +306,17 @@ class WorkerProcess:
         if self._stopping.is_set():
             raise Unavailable(f"{self.options.pool} worker is stopping")
         ctx.check()
-        fn = self.ops.get(ctx.op)
-        if fn is None:
+        entry = self.ops.get(ctx.op)
+        if entry is None:
             raise Unimplemented(
                 f"{ctx.op} is not implemented by the {self.options.pool} pool yet")
+        if isinstance(entry, Served):
+            typed = from_wire(args, entry.op.args, f"{ctx.op} arguments")
+            return to_wire(await self._call(entry.fn, ctx, typed), entry.op.result)
+        return await self._call(entry, ctx, args)
+
+    async def _call(self, fn: Callable[[OpContext, Any], Any], ctx: OpContext,
+                    args: Any) -> Any:
         if inspect.iscoroutinefunction(fn):
             return await fn(ctx, args)
         loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import setproctitle
@@ -54,7 +54,12 @@ def load_settings(path: str) -> dict[str, Any]:
     return settings
 
 
-def main(pool: str, ops: OpTable, argv: list[str] | None = None) -> int:
+# Builds a pool's op table once, at worker start, from its settings: ops are
+# bound methods of the pool's service, which holds what it parsed.
+ServiceFactory = Callable[[Mapping[str, Any]], OpTable]
+
+
+def main(pool: str, build: ServiceFactory, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"podvisor {pool} worker")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--endpoint", required=True)
@@ -76,4 +81,4 @@ def main(pool: str, ops: OpTable, argv: list[str] | None = None) -> int:
         max_payload=int(settings["bus_max_payload"]),
         fence=os.path.join(settings["runroot"], envelope.FENCE_FILE),
     )
-    return WorkerProcess(options, ops, settings).run()
+    return WorkerProcess(options, build(settings)).run()

@@ -14,33 +14,32 @@ from typing import Any
 
 from ...proto.errors import FailedPrecondition
 from ...proto.layers import chain_ids
-from .call import Call
+from ..opclient import Deadline, OpClient
 
 log = logging.getLogger(__name__)
 
 
-async def ensure_unpacked(call: Call, layers: list[dict[str, Any]],
-                          deadline: float | None = None) -> list[str]:
+async def ensure_unpacked(ops: OpClient, layers: list[dict[str, Any]],
+                          policy: Deadline = Deadline.CALL) -> list[str]:
     """Unpack every layer (bottom up) unless done already; return chain ids."""
     chain: list[str] = []
     parent = None
     for layer in layers:
-        done = await call.op("storage.unpack_layer", {
+        done = await ops("storage.unpack_layer", {
             "blob": layer["path"], "media_type": layer["media_type"],
-            "diff_id": layer["diff_id"], "parent": parent}, key=layer["diff_id"],
-            deadline=deadline)
+            "diff_id": layer["diff_id"], "parent": parent}, policy)
         parent = done["chain_id"]
         chain.append(parent)
     return chain
 
 
-async def remove_unused(call: Call, layers: list[dict[str, Any]]) -> None:
+async def remove_unused(ops: OpClient, layers: list[dict[str, Any]]) -> None:
     """Remove the unpacked layers of a removed image that no image uses now."""
-    live = set((await call.op("image.layer_chains", {}))["chain_ids"])
+    live = set((await ops("image.layer_chains", {}))["chain_ids"])
     for chain in reversed(chain_ids(layer["diff_id"] for layer in layers)):
         if chain in live:
             continue
         try:
-            await call.op("storage.remove_layer", {"chain_id": chain})
+            await ops("storage.remove_layer", {"chain_id": chain})
         except FailedPrecondition as exc:
             log.info("Keeping layer %s: %s", chain, exc.message)

@@ -3,10 +3,15 @@ handlers and the container event stream."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from ...proto import api_pb2 as api
+
+M = TypeVar("M", bound=Message)
 
 STATES = {"ready": api.SANDBOX_READY, "notready": api.SANDBOX_NOTREADY}
 
@@ -34,3 +39,13 @@ def fill_metadata(target: api.PodSandboxMetadata, meta: Mapping[str, Any]) -> No
     target.uid = meta.get("uid", "")
     target.namespace = meta.get("namespace", "")
     target.attempt = int(meta.get("attempt", 0))
+
+
+def to_args(request: Message) -> dict[str, Any]:
+    """A CRI message as the plain dict the bus carries (proto field names)."""
+    return json_format.MessageToDict(request, preserving_proto_field_name=True)
+
+
+def from_result(result: dict[str, Any], response_type: Callable[[], M]) -> M:
+    """Build a CRI message from the dict a worker returned (proto field names)."""
+    return json_format.ParseDict(result, response_type(), ignore_unknown_fields=False)

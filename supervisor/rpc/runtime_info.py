@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from ...proto import api_pb2 as api
 from ...proto.errors import BusError, shorten
-from .call import Call
+from ..opclient import OpClient
+from ..pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -18,51 +20,77 @@ log = logging.getLogger(__name__)
 ESSENTIAL_POOLS = ("image", "storage", "runtime")
 
 
-async def version(call: Call, request: api.VersionRequest) -> api.VersionResponse:
-    result = await call.op("runtime.version", {"version": request.version})
-    return api.VersionResponse(**result)
+class RuntimeInfoService:
+    """Version, Status and RuntimeConfig; holds the op client and the pools,
+    whose health Status reports."""
+
+    def __init__(self, ops: OpClient, pools: Mapping[str, WorkerPool]) -> None:
+        self.ops = ops
+        self.pools = pools
+
+    async def version(self, request: api.VersionRequest) -> api.VersionResponse:
+        result = await self.ops("runtime.version", {"version": request.version})
+        return api.VersionResponse(**result)
+
+    async def status(self, request: api.StatusRequest) -> api.StatusResponse:
+        # Both halves are asked at once; a dead pool turns its condition false
+        # with a reason instead of failing the whole call, because the kubelet
+        # reads Status to decide whether the node is ready.
+        runtime: Any
+        network: Any
+        runtime, network = await asyncio.gather(
+            self.ops("runtime.status", {}), self.ops("net.status", {}), return_exceptions=True)
+        response = api.StatusResponse(status=api.RuntimeStatus(conditions=[
+            _runtime_condition(self.pools, runtime), _network_condition(network)]))
+        if isinstance(runtime, dict):
+            for handler in runtime["handlers"]:
+                response.runtime_handlers.add(
+                    name=handler["name"],
+                    features=api.RuntimeHandlerFeatures(
+                        recursive_read_only_mounts=handler["recursive_read_only_mounts"],
+                        user_namespaces=False))
+            # The default handler is also listed under the empty name, as the
+            # kubelet looks it up by "" when a pod names no runtime class.
+            default = next((h for h in runtime["handlers"]
+                            if h["name"] == runtime["default_runtime"]), None)
+            if default is not None:
+                response.runtime_handlers.add(name="", features=api.RuntimeHandlerFeatures(
+                    recursive_read_only_mounts=default["recursive_read_only_mounts"]))
+        # Advertised: what the spec builder applies (spec_user.py resolves the
+        # Merge and Strict supplemental groups policies). Not advertised:
+        # Mount.mount_options, which is ignored, and user namespaces.
+        response.features.CopyFrom(api.RuntimeFeatures(supplemental_groups_policy=True))
+        if request.verbose:
+            response.info["runtime"] = json.dumps(_plain(runtime))
+            response.info["network"] = json.dumps(_plain(network))
+            response.info["pools"] = json.dumps({
+                name: {"size": len(p.slots), "ready": p.ready_count(), "fatal": p.is_fatal()}
+                for name, p in self.pools.items()})
+        return response
+
+    async def runtime_config(self, request: api.RuntimeConfigRequest
+                             ) -> api.RuntimeConfigResponse:
+        result = await self.ops("runtime.runtime_config", {})
+        driver = api.SYSTEMD if result["cgroup_driver"] == "systemd" else api.CGROUPFS
+        return api.RuntimeConfigResponse(
+            linux=api.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+    async def update_runtime_config(self, request: api.UpdateRuntimeConfigRequest
+                                    ) -> api.UpdateRuntimeConfigResponse:
+        # The kubelet sends the node's pod CIDR here. Pod addresses come from the
+        # CNI config in network_dir (its IPAM ranges), so, as CRI-O does, the
+        # runtime takes note and has nothing to change.
+        cidr = request.runtime_config.network_config.pod_cidr
+        if cidr:
+            log.info("The kubelet reports pod CIDR %s; pod IPs follow the CNI config",
+                     shorten(cidr))
+        return api.UpdateRuntimeConfigResponse()
 
 
-async def status(call: Call, request: api.StatusRequest) -> api.StatusResponse:
-    # Both halves are asked at once; a dead pool turns its condition false
-    # with a reason instead of failing the whole call, because the kubelet
-    # reads Status to decide whether the node is ready.
-    runtime: Any
-    network: Any
-    runtime, network = await asyncio.gather(
-        call.op("runtime.status", {}), call.op("net.status", {}), return_exceptions=True)
-    response = api.StatusResponse(status=api.RuntimeStatus(conditions=[
-        _runtime_condition(call, runtime), _network_condition(network)]))
-    if isinstance(runtime, dict):
-        for handler in runtime["handlers"]:
-            response.runtime_handlers.add(
-                name=handler["name"],
-                features=api.RuntimeHandlerFeatures(
-                    recursive_read_only_mounts=handler["recursive_read_only_mounts"],
-                    user_namespaces=False))
-        # The default handler is also listed under the empty name, as the
-        # kubelet looks it up by "" when a pod names no runtime class.
-        default = next((h for h in runtime["handlers"]
-                        if h["name"] == runtime["default_runtime"]), None)
-        if default is not None:
-            response.runtime_handlers.add(name="", features=api.RuntimeHandlerFeatures(
-                recursive_read_only_mounts=default["recursive_read_only_mounts"]))
-    # Advertised: what the spec builder applies (spec_user.py resolves the
-    # Merge and Strict supplemental groups policies). Not advertised:
-    # Mount.mount_options, which is ignored, and user namespaces.
-    response.features.CopyFrom(api.RuntimeFeatures(supplemental_groups_policy=True))
-    if request.verbose:
-        response.info["runtime"] = json.dumps(_plain(runtime))
-        response.info["network"] = json.dumps(_plain(network))
-        response.info["pools"] = json.dumps({
-            name: {"size": len(p.slots), "ready": p.ready_count(), "fatal": p.is_fatal()}
-            for name, p in call.pools.items()})
-    return response
-
-
-def _runtime_condition(call: Call, runtime: Any) -> api.RuntimeCondition:
+def _runtime_condition(pools: Mapping[str, WorkerPool],
+                       runtime: Any) -> api.RuntimeCondition:
     for name in ESSENTIAL_POOLS:
-        if call.pools[name].is_fatal():
+        if pools[name].is_fatal():
             return api.RuntimeCondition(
                 type="RuntimeReady", status=False, reason=f"{name.capitalize()}PoolFatal",
                 message=f"every {name} worker failed to start; see `podvisor status`")
@@ -87,23 +115,3 @@ def _message(exc: BaseException) -> str:
 
 def _plain(value: Any) -> Any:
     return {"error": _message(value)} if isinstance(value, BaseException) else value
-
-
-async def runtime_config(call: Call,
-                         request: api.RuntimeConfigRequest) -> api.RuntimeConfigResponse:
-    result = await call.op("runtime.runtime_config", {})
-    driver = api.SYSTEMD if result["cgroup_driver"] == "systemd" else api.CGROUPFS
-    return api.RuntimeConfigResponse(
-        linux=api.LinuxRuntimeConfiguration(cgroup_driver=driver))
-
-
-async def update_runtime_config(
-        call: Call, request: api.UpdateRuntimeConfigRequest) -> api.UpdateRuntimeConfigResponse:
-    # The kubelet sends the node's pod CIDR here. Pod addresses come from the
-    # CNI config in network_dir (its IPAM ranges), so, as CRI-O does, the
-    # runtime takes note and has nothing to change.
-    cidr = request.runtime_config.network_config.pod_cidr
-    if cidr:
-        log.info("The kubelet reports pod CIDR %s; pod IPs follow the CNI config",
-                 shorten(cidr))
-    return api.UpdateRuntimeConfigResponse()

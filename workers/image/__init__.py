@@ -15,5 +15,6 @@ Modules, from names to bytes on disk:
   protection (flocks from workers/locks.py) and the SQLite image records;
 - ``pull``, ``coalesce``: one pull, and sharing it between identical callers;
 - ``lookup``, ``cri``, ``settings``, ``ops``: what CRI callers write, what they
-  get back, and the op table.
+  get back, and the pool's service, built once per worker;
+- ``filecache``: registries.conf and the policy, parsed again only on change.
 """

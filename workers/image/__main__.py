@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..cli import main
-from .ops import OPS
+from .ops import build
 
 if __name__ == "__main__":
-    raise SystemExit(main("image", OPS))
+    raise SystemExit(main("image", build))

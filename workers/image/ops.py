@@ -30,10 +30,13 @@ and returns the CRI response the same way, ready for ``ParseDict``:
     "diff_id", "path"}]}``; NOT_FOUND when absent. For CreateContainer and
     the storage pool's unpack.
 
-Process state lives in one ``ImageService`` built when the table is: the
-open stores (one per root, swept once per process), the HTTP transports
-(kept-alive connections shared by pulls), the pull coalescer and the
-policy loader (which warns once per process about a missing policy file).
+``ImageService`` is built once per worker, from the ``image`` section
+(settings.py), and each op is one of its methods, named after the op's
+verb. It holds what lives as long as the process: the store (opened and
+swept by the first op that needs it), the HTTP transport (kept-alive
+connections shared by pulls), the pull coalescer, and registries.conf and
+the signature policy as parsed, each parsed again only when its files
+change (filecache.py).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from .pull import Puller, PullOptions
 from .records import ImageRecord
 from .settings import ImageSettings
 from .store import ImageStore
-from .tls import TlsPolicy
+from .tls import DEFAULT_CERTS_DIRS, TlsPolicy
 from .transport import Transport
 
 # Connect timeout for registries: long enough for a slow TLS handshake,
@@ -74,53 +77,58 @@ def _image_name(args: Mapping[str, Any], *, required: bool = True) -> str:
 
 
 class ImageService:
-    def __init__(self) -> None:
+    """The image pool's settings, what it parsed from them, and its ops."""
+
+    def __init__(self, settings: ImageSettings,
+                 certs_dirs: tuple[str, ...] = DEFAULT_CERTS_DIRS) -> None:
+        self.settings = settings
         self._lock = threading.Lock()
-        self._stores: dict[tuple[str, str], ImageStore] = {}
-        self._transports: dict[tuple[tuple[str, ...], float], Transport] = {}
-        self._pulls: Coalescer[str] = Coalescer()
-        self._policies = PolicyLoader()
-
-    # ---- per-process resources ------------------------------------------
-
-    def _store(self, settings: ImageSettings) -> ImageStore:
-        key = (settings.root, settings.runroot)
-        with self._lock:
-            store = self._stores.get(key)
-            if store is not None:
-                return store
-            store = ImageStore(settings.root, settings.runroot)
-            store.open(time.sleep)
-            self._stores[key] = store
-            return store
-
-    def _transport(self, settings: ImageSettings) -> Transport:
+        self._store: ImageStore | None = None
         # The read timeout only backs up the watchdog (which owns stalls).
         stall = settings.pull_progress_timeout
-        read_timeout = stall + 30.0 if stall > 0 else 600.0
-        key = (settings.certs_dirs, read_timeout)
+        self._transport = Transport(TlsPolicy(certs_dirs), CONNECT_TIMEOUT,
+                                    stall + 30.0 if stall > 0 else 600.0)
+        self._pulls: Coalescer[str] = Coalescer()
+        self._registries = registries_conf.cached(settings.registries_conf)
+        self._policy = PolicyLoader(settings.signature_policy)
+        self._pinned = cri.pinned_patterns(settings.pinned_images, settings.pause_image)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> ImageService:
+        return cls(ImageSettings.from_settings(settings))
+
+    def ops(self) -> OpTable:
+        return {
+            "image.pull_image": self.pull_image,
+            "image.list_images": self.list_images,
+            "image.image_status": self.image_status,
+            "image.remove_image": self.remove_image,
+            "image.resolve_image": self.resolve_image,
+            "image.layer_chains": self.layer_chains,
+        }
+
+    def store(self) -> ImageStore:
+        """The store, opened by the first op: opening sweeps what a killed
+        worker left, which may wait on its locks, so not before READY."""
         with self._lock:
-            transport = self._transports.get(key)
-            if transport is None:
-                transport = self._transports[key] = Transport(
-                    TlsPolicy(settings.certs_dirs), CONNECT_TIMEOUT, read_timeout)
-            return transport
+            if self._store is None:
+                store = ImageStore(self.settings.root, self.settings.runroot)
+                store.open(time.sleep)
+                self._store = store
+            return self._store
 
     # ---- ops ------------------------------------------------------------
 
     def pull_image(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        settings = ImageSettings.from_settings(ctx.settings)
         name = _image_name(args)
         raw_auth = args.get("auth")
         creds = auth.credentials_from_cri(raw_auth if isinstance(raw_auth, Mapping) else None)
-        store = self._store(settings)
-        conf = registries_conf.load(settings.registries_conf)
-        # Read for every pull, so an edited policy applies to the next one.
-        policy = self._policies.load(settings.signature_policy)
-        puller = Puller(ctx, store, conf, policy, self._transport(settings), creds, PullOptions(
-            stall_timeout=settings.pull_progress_timeout,
-            max_parallel=settings.max_parallel_downloads,
-            platform=manifest.this_platform()))
+        store = self.store()
+        puller = Puller(ctx, store, self._registries.get(), self._policy.load(),
+                        self._transport, creds, PullOptions(
+                            stall_timeout=self.settings.pull_progress_timeout,
+                            max_parallel=self.settings.max_parallel_downloads,
+                            platform=manifest.this_platform()))
         # Credentials are part of the key (hashed, never kept in clear): a
         # pull with other credentials must not inherit an auth failure.
         key = (name, hashlib.sha256(repr(creds).encode()).hexdigest())
@@ -131,45 +139,36 @@ class ImageService:
 
     def layer_chains(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         """The chain ids of every stored image's layers: what must stay unpacked."""
-        store = self._store(ImageSettings.from_settings(ctx.settings))
         live: set[str] = set()
-        for record in store.records.all():
+        for record in self.store().records.all():
             live.update(chain_ids(b.diff_id for b in record.layers if b.diff_id))
         return {"chain_ids": sorted(live)}
 
     def list_images(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        settings = ImageSettings.from_settings(ctx.settings)
-        store = self._store(settings)
-        patterns = cri.pinned_patterns(settings.pinned_images, settings.pause_image)
+        store = self.store()
         wanted = ""
         flt = args.get("filter")
         if isinstance(flt, Mapping):
             wanted = _image_name(flt, required=False)
         if wanted:
-            conf = registries_conf.load(settings.registries_conf)
-            match = lookup.find(store.records, conf, wanted)
+            match = lookup.find(store.records, self._registries.get(), wanted)
             records = [match.record] if match is not None else []
         else:
             records = store.records.all()
-        return {"images": [cri.image_message(r, patterns) for r in records]}
+        return {"images": [cri.image_message(r, self._pinned) for r in records]}
 
     def image_status(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        settings = ImageSettings.from_settings(ctx.settings)
-        store = self._store(settings)
-        conf = registries_conf.load(settings.registries_conf)
-        match = lookup.find(store.records, conf, _image_name(args))
+        store = self.store()
+        match = lookup.find(store.records, self._registries.get(), _image_name(args))
         if match is None:
             return {"image": None, "info": {}}
         record = match.record
-        patterns = cri.pinned_patterns(settings.pinned_images, settings.pause_image)
         info = cri.verbose_info(record, _config(store, record)) if args.get("verbose") else {}
-        return {"image": cri.image_message(record, patterns), "info": info}
+        return {"image": cri.image_message(record, self._pinned), "info": info}
 
     def remove_image(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        settings = ImageSettings.from_settings(ctx.settings)
-        store = self._store(settings)
-        conf = registries_conf.load(settings.registries_conf)
-        match = lookup.find(store.records, conf, _image_name(args))
+        store = self.store()
+        match = lookup.find(store.records, self._registries.get(), _image_name(args))
         if match is None:
             return {}  # CRI: removing an absent image is not an error
         if match.tag is not None and store.records.untag(match.tag, match.record.id):
@@ -178,9 +177,8 @@ class ImageService:
         return {}
 
     def resolve_image(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        settings = ImageSettings.from_settings(ctx.settings)
-        store = self._store(settings)
-        conf = registries_conf.load(settings.registries_conf)
+        store = self.store()
+        conf = self._registries.get()
         name = args.get("image")
         if not isinstance(name, str) or not name:
             raise InvalidArgument("image is required")
@@ -208,17 +206,6 @@ def _config(store: ImageStore, record: ImageRecord) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def make_ops() -> OpTable:
-    """Build the op table around a fresh ImageService."""
-    service = ImageService()
-    return {
-        "image.pull_image": service.pull_image,
-        "image.list_images": service.list_images,
-        "image.image_status": service.image_status,
-        "image.remove_image": service.remove_image,
-        "image.resolve_image": service.resolve_image,
-        "image.layer_chains": service.layer_chains,
-    }
-
-
-OPS: OpTable = make_ops()
+def build(settings: Mapping[str, Any]) -> OpTable:
+    """The op table of one image worker (workers/cli.py calls it once)."""
+    return ImageService.from_settings(settings).ops()

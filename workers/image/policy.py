@@ -7,7 +7,8 @@ File
     type, a malformed field anywhere (other transports included) make the
     whole file invalid. An invalid file fails every pull with
     FAILED_PRECONDITION naming the file and the spot; it is never read as
-    "accept". The file is read again for each pull, so edits apply at once.
+    "accept". A worker parses it once and again whenever it changes
+    (filecache.py), so an edit applies to the next pull without a restart.
 
 Requirements
     ``insecureAcceptAnything``, ``reject`` and ``sigstoreSigned`` with public
@@ -26,7 +27,8 @@ Scopes (docker transport)
 
 No file
     Every image is accepted, and the loader warns once per process (one
-    ``PolicyLoader`` lives in each worker's ImageService).
+    ``PolicyLoader`` lives in each worker's ImageService). A file that
+    appears later is read by the next pull.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any
 
 from ...proto.errors import FailedPrecondition
 from . import identity
+from .filecache import FileCache
 from .identity import IdentityMatch
 from .reference import Reference
 
@@ -165,27 +168,31 @@ def docker_scopes(ref: Reference) -> list[str]:
 
 
 class PolicyLoader:
-    """Reads policy files; remembers which missing ones it has warned about."""
+    """The policy file at ``path``, parsed once per change; warns once if missing."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str) -> None:
+        self.path = path
         self._lock = threading.Lock()
-        self._warned: set[str] = set()
+        self._warned = False
+        self._cache = FileCache(lambda: (path,), self._parse)
 
-    def load(self, path: str) -> Policy:
+    def load(self) -> Policy:
+        return self._cache.get()
+
+    def _parse(self) -> Policy:
         try:
-            data = _read(path)
+            data = _read(self.path)
         except FileNotFoundError:
             with self._lock:
-                first = path not in self._warned
-                self._warned.add(path)
+                first, self._warned = not self._warned, True
             if first:
                 log.warning("Signature policy %s does not exist: every image is accepted "
-                            "without signature checks", path)
-            return Policy.accept_all(path)
+                            "without signature checks", self.path)
+            return Policy.accept_all(self.path)
         except OSError as exc:
-            raise FailedPrecondition(f"signature policy {path} cannot be read: "
+            raise FailedPrecondition(f"signature policy {self.path} cannot be read: "
                                      f"{exc.strerror or exc}") from None
-        return parse(data, path)
+        return parse(data, self.path)
 
 
 def _read(path: str) -> bytes:

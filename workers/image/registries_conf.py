@@ -23,6 +23,9 @@ Invariants:
 - A missing file means the defaults: Docker Hub as the only search registry,
   so ``busybox`` is ``docker.io/library/busybox`` as the kubelet expects. A
   file that exists but cannot be used is an error naming it.
+- A worker parses the files once (``cached``) and again only when one of
+  them, or the list of drop-ins, changes (filecache.py): an edit applies to
+  the next op, with no restart and no SIGHUP (CRI-O needs one).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 
 from ...proto.errors import FailedPrecondition, InvalidArgument
 from . import reference
+from .filecache import FileCache
 from .reference import Reference
 
 log = logging.getLogger(__name__)
@@ -95,13 +99,19 @@ class PullSource:
     mirror: bool
 
 
+def dropins(path: str) -> list[str]:
+    """The drop-in files of ``path``, in the order they apply."""
+    dropin_dir = f"{path}.d"
+    if not os.path.isdir(dropin_dir):
+        return []
+    return [os.path.join(dropin_dir, name) for name in sorted(os.listdir(dropin_dir))
+            if name.endswith(".conf")]
+
+
 def load(path: str) -> RegistriesConf:
     """Read ``path`` and its drop-ins; a missing file gives the defaults."""
     files = [path] if os.path.exists(path) else []
-    dropin_dir = f"{path}.d"
-    if os.path.isdir(dropin_dir):
-        files += [os.path.join(dropin_dir, name) for name in sorted(os.listdir(dropin_dir))
-                  if name.endswith(".conf")]
+    files += dropins(path)
     if not files:
         return RegistriesConf()
     merged: dict[str, Any] = {}
@@ -135,6 +145,11 @@ def load(path: str) -> RegistriesConf:
             f"{', '.join(m.value for m in ShortNameMode)}") from None
     return RegistriesConf(search=tuple(search), short_name_mode=mode, aliases=aliases,
                           registries=tuple(registries.values()), sources=tuple(files))
+
+
+def cached(path: str) -> FileCache[RegistriesConf]:
+    """``load(path)``, parsed again only once the file or a drop-in changed."""
+    return FileCache(lambda: [path, *dropins(path)], lambda: load(path))
 
 
 def _read_toml(file: str) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""The image pool's view of the daemon settings.
+"""The image pool's typed section of the worker settings.
 
-Read from ``ctx.settings`` (the daemon's effective configuration as a
-dict): ``root``, ``runroot`` and the ``image`` section. Keys this pool
-reads beyond the documented ones have defaults here, so an older
-supervisor config still works:
+Read once, at worker start, from the settings the supervisor wrote
+(daemon.worker_settings): ``root``, ``runroot`` and the ``image`` section.
+The supervisor writes every key with its effective value, and
+supervisor/config.py owns every default and every check, so a key missing
+here is a bug and raises KeyError; nothing is defaulted twice.
 
 - ``image.registries_conf``: containers-registries.conf(5) path.
 - ``image.signature_policy``: containers-policy.json(5) path (policy.py).
@@ -11,8 +12,10 @@ supervisor config still works:
   a pull attempt is cancelled and the next source tried (0: never).
 - ``image.pinned_images``: names (exact, or ending in ``*``) never to be
   garbage-collected by the kubelet; ``image.pause_image`` is always pinned.
-- ``image.certs_dirs``: certs.d roots (tls.py).
 - ``image.max_parallel_downloads``: layer downloads at once per pull.
+
+The certs.d roots are not settings: containers-certs.d(5) fixes them, as
+CRI-O and podman do (tls.DEFAULT_CERTS_DIRS).
 """
 
 from __future__ import annotations
@@ -20,13 +23,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from .policy import DEFAULT_POLICY
-from .tls import DEFAULT_CERTS_DIRS
-
-DEFAULT_REGISTRIES_CONF = "/etc/containers/registries.conf"
-DEFAULT_PULL_PROGRESS_TIMEOUT = 300.0
-DEFAULT_PARALLEL_DOWNLOADS = 3
 
 
 @dataclass(frozen=True)
@@ -38,22 +34,18 @@ class ImageSettings:
     pull_progress_timeout: float
     pinned_images: tuple[str, ...]
     pause_image: str
-    certs_dirs: tuple[str, ...]
     max_parallel_downloads: int
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ImageSettings:
-        image = settings.get("image") or {}
+        image = settings["image"]
         return cls(
-            root=str(settings.get("root", "/var/lib/podvisor")),
-            runroot=str(settings.get("runroot", "/run/podvisor")),
-            registries_conf=str(image.get("registries_conf") or DEFAULT_REGISTRIES_CONF),
-            signature_policy=str(image.get("signature_policy") or DEFAULT_POLICY),
-            pull_progress_timeout=float(image.get("pull_progress_timeout",
-                                                  DEFAULT_PULL_PROGRESS_TIMEOUT)),
-            pinned_images=tuple(str(p) for p in image.get("pinned_images") or ()),
-            pause_image=str(image.get("pause_image") or ""),
-            certs_dirs=tuple(str(d) for d in image.get("certs_dirs") or DEFAULT_CERTS_DIRS),
-            max_parallel_downloads=max(1, int(image.get("max_parallel_downloads",
-                                                        DEFAULT_PARALLEL_DOWNLOADS))),
+            root=str(settings["root"]),
+            runroot=str(settings["runroot"]),
+            registries_conf=str(image["registries_conf"]),
+            signature_policy=str(image["signature_policy"]),
+            pull_progress_timeout=float(image["pull_progress_timeout"]),
+            pinned_images=tuple(str(p) for p in image["pinned_images"]),
+            pause_image=str(image["pause_image"]),
+            max_parallel_downloads=int(image["max_parallel_downloads"]),
         )

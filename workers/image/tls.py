@@ -7,8 +7,9 @@ containers-certs.d(5) / Docker convention: for a registry ``host[:port]``,
   system store);
 - ``<name>.cert`` + ``<name>.key``: a client certificate for mutual TLS.
 
-Several certs.d roots may be configured (``/etc/containers/certs.d`` and
-``/etc/docker/certs.d`` by default); every matching directory is used.
+The roots are ``/etc/containers/certs.d`` and ``/etc/docker/certs.d``, fixed
+as containers-certs.d(5) fixes them for CRI-O and podman (tests hand
+``TlsPolicy`` others); every matching directory is used.
 
 Invariants: verification is on (hostname and chain) unless the registry is
 configured ``insecure`` in registries.conf, and then only for that host.

@@ -17,6 +17,10 @@ hostNetwork pod they are the node's and ``netns_path`` is "". ``reason`` is
 field names in snake_case) are in podargs.py. setup and teardown are
 idempotent; pod_status raises NOT_FOUND for a pod with no network.
 
+``NetService`` is built once per worker: it holds the pool's dirs and the
+``[network]`` section (``podnet.Layout``), and each op is one of its
+methods, named after the op's verb.
+
 This module is the error boundary of the pool: CNI, namespace and record
 failures become typed bus errors here and nowhere else. A plugin's own
 code, msg and details ride in the error's details and its message, so the
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ...proto.errors import FailedPrecondition, Internal, Unavailable
@@ -43,53 +47,74 @@ _PRECONDITION_CODES = {cni.ERR_INCOMPATIBLE_VERSION, cni.ERR_INVALID_CONFIG,
                        cni.ERR_PODVISOR_NOT_FOUND, cni.ERR_PODVISOR_EXEC}
 
 
-def status(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    layout = podnet.Layout.from_settings(ctx.settings)
-    found = cniconf.find_default(layout.network_dir, layout.plugin_dirs)
-    if found.config is None:
-        return {"network_ready": False, "reason": "NetworkPluginNotReady",
-                "message": found.problem, "config_file": "", "network_name": "",
-                "invalid_configs": found.invalid}
-    net = found.config
-    try:
-        runner = cni.Runner(plugin_dirs=layout.plugin_dirs,
-                            deadline=min(ctx.deadline, time.monotonic() + _STATUS_PROBE_TIMEOUT))
-        cni.status(runner, net)
-    except cni.PluginError as exc:
-        # CNI 1.1 STATUS: a plugin that is not ready makes the network not ready.
-        return {"network_ready": False, "reason": "NetworkPluginNotReady",
-                "message": str(exc), "config_file": net.path, "network_name": net.name,
-                "invalid_configs": found.invalid}
-    return {"network_ready": True, "reason": "", "message": "", "config_file": net.path,
-            "network_name": net.name, "invalid_configs": found.invalid}
+class NetService:
+    """The net pool's settings (``podnet.Layout``: its dirs and the
+    ``[network]`` section), parsed once at worker start, and its ops."""
+
+    def __init__(self, layout: podnet.Layout) -> None:
+        self.layout = layout
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> NetService:
+        return cls(podnet.Layout.from_settings(settings))
+
+    def ops(self) -> OpTable:
+        return {
+            "net.status": self.status,
+            "net.setup": self.setup,
+            "net.teardown": self.teardown,
+            "net.pod_status": self.pod_status,
+            "net.reconcile": self.reconcile,
+        }
+
+    def status(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        # The network dir is read on every call: the admin or a CNI
+        # daemonset may write the config after the daemon started.
+        layout = self.layout
+        found = cniconf.find_default(layout.network_dir, layout.plugin_dirs)
+        if found.config is None:
+            return {"network_ready": False, "reason": "NetworkPluginNotReady",
+                    "message": found.problem, "config_file": "", "network_name": "",
+                    "invalid_configs": found.invalid}
+        net = found.config
+        try:
+            runner = cni.Runner(plugin_dirs=layout.plugin_dirs,
+                                deadline=min(ctx.deadline,
+                                             time.monotonic() + _STATUS_PROBE_TIMEOUT))
+            cni.status(runner, net)
+        except cni.PluginError as exc:
+            # CNI 1.1 STATUS: a plugin that is not ready makes the network not ready.
+            return {"network_ready": False, "reason": "NetworkPluginNotReady",
+                    "message": str(exc), "config_file": net.path, "network_name": net.name,
+                    "invalid_configs": found.invalid}
+        return {"network_ready": True, "reason": "", "message": "", "config_file": net.path,
+                "network_name": net.name, "invalid_configs": found.invalid}
+
+    def setup(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        req = podargs.setup_request(args)
+        with _bus_errors():
+            return podnet.setup(self.layout, req, ctx.deadline, ctx.check)
+
+    def teardown(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        pod_id = podargs.pod_id(args)
+        with _bus_errors():
+            return podnet.teardown(self.layout, pod_id, ctx.deadline)
+
+    def pod_status(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        pod_id = podargs.pod_id(args)
+        with _bus_errors():
+            return podnet.pod_status(self.layout, pod_id, ctx.deadline,
+                                     run_check=bool(args.get("check", False)))
+
+    def reconcile(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        live = podargs.live_pod_ids(args)
+        with _bus_errors():
+            return podnet.reconcile(self.layout, live, ctx.deadline)
 
 
-def setup(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    req = podargs.setup_request(args)
-    with _bus_errors():
-        return podnet.setup(podnet.Layout.from_settings(ctx.settings), req,
-                            ctx.deadline, ctx.check)
-
-
-def teardown(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    pod_id = podargs.pod_id(args)
-    with _bus_errors():
-        return podnet.teardown(podnet.Layout.from_settings(ctx.settings), pod_id,
-                               ctx.deadline)
-
-
-def pod_status(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    pod_id = podargs.pod_id(args)
-    with _bus_errors():
-        return podnet.pod_status(podnet.Layout.from_settings(ctx.settings), pod_id,
-                                 ctx.deadline, run_check=bool(args.get("check", False)))
-
-
-def reconcile(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    live = podargs.live_pod_ids(args)
-    with _bus_errors():
-        return podnet.reconcile(podnet.Layout.from_settings(ctx.settings), live,
-                                ctx.deadline)
+def build(settings: Mapping[str, Any]) -> OpTable:
+    """The op table of one net worker (workers/cli.py calls it once)."""
+    return NetService.from_settings(settings).ops()
 
 
 @contextlib.contextmanager
@@ -114,11 +139,3 @@ def _bus_errors() -> Iterator[None]:
     except netns.NamespaceError as exc:
         raise Internal(str(exc)) from exc
 
-
-OPS: OpTable = {
-    "net.status": status,
-    "net.setup": setup,
-    "net.teardown": teardown,
-    "net.pod_status": pod_status,
-    "net.reconcile": reconcile,
-}

@@ -37,6 +37,7 @@ from ...proto.errors import (
 from ...proto.naming import container_name
 from ..base import OpContext
 from . import cgroups, ids, monitor, names, sandbox, specs, teardown
+from .handlers import Runtimes
 from .layout import Layout
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,7 @@ def current(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    layout = Layout.from_settings(ctx.settings)
+def reserve(layout: Layout, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     container_id = args["id"]
     pod = sandbox.load(layout, args["sandbox_id"])
     if pod["state"] != sandbox.READY:
@@ -103,9 +103,9 @@ def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"id": container_id, "name": name}
 
 
-def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+def create(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+           args: dict[str, Any]) -> dict[str, Any]:
     """Write the OCI bundle and have conmon run ``<runtime> create``."""
-    layout = Layout.from_settings(ctx.settings)
     container_id = args["id"]
     with layout.container_lock(container_id, ctx.deadline):
         record = load(layout, container_id)
@@ -115,11 +115,11 @@ def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         if pod["state"] != sandbox.READY:
             raise FailedPrecondition(f"pod sandbox {pod['id']} stopped while the container "
                                      "was being created")
-        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"],
-                                                ctx.deadline)
+        handler = runtimes.handlers[record["runtime_handler"]]
         bundle = layout.bundle_dir(container_id)
         os.makedirs(bundle, mode=0o700, exist_ok=True)
-        document = specs.container_spec(ctx.settings, pod, record, args["rootfs"],
+        node = specs.node_facts(runtimes.cgroup_manager, handler.name, handler.path)
+        document = specs.container_spec(node, pod, record, args["rootfs"],
                                         args.get("image_config") or {},
                                         _target_pid_ns(layout, record))
         with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
@@ -136,8 +136,8 @@ def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         config = record["config"]
         started = monitor.spawn(
             handler, container_id, bundle, layout.state_dir(container_id), layout.exits_dir,
-            log_path, terminal=bool(config.get("tty")), stdin=bool(config.get("stdin")),
-            stdin_once=bool(config.get("stdin_once")))
+            log_path, deadline=ctx.deadline, terminal=bool(config.get("tty")),
+            stdin=bool(config.get("stdin")), stdin_once=bool(config.get("stdin_once")))
         cgroups.move(started.conmon_pid, pod["cgroup_parent"])
         record.update(state=CREATED, pid=started.pid, conmon_pid=started.conmon_pid)
         layout.containers.save(container_id, record)
@@ -188,8 +188,8 @@ def log_path_of(layout: Layout, pod: Mapping[str, Any], record: Mapping[str, Any
     return os.path.join(directory, os.path.normpath(relative))
 
 
-def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    layout = Layout.from_settings(ctx.settings)
+def start(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+          args: dict[str, Any]) -> dict[str, Any]:
     container_id = resolve_id(layout, args["id"])
     with layout.container_lock(container_id, ctx.deadline):
         record = current(layout, load(layout, container_id))
@@ -198,12 +198,11 @@ def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         if record["state"] != CREATED:
             raise FailedPrecondition(f"container {container_id} is {record['state']}; only a "
                                      "created container can be started")
-        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"],
-                                                ctx.deadline)
+        handler = runtimes.handlers[record["runtime_handler"]]
         # Taken before the start: a quick container can exit (and conmon stamp
         # its exit) before `runtime start` returns.
         started_at = time.time_ns()
-        done = handler.run("start", container_id)
+        done = handler.run("start", container_id, deadline=ctx.deadline)
         if done.returncode != 0:
             raise monitor.runtime_failure(f"starting container {container_id}", done.stderr)
         record.update(state=RUNNING, started_at=started_at)
@@ -212,9 +211,9 @@ def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         return {"id": container_id, "state": RUNNING}
 
 
-def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+def stop(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+         args: dict[str, Any]) -> dict[str, Any]:
     """Stop signal, then SIGKILL at the timeout (0: at once)."""
-    layout = Layout.from_settings(ctx.settings)
     try:
         container_id = resolve_id(layout, args["id"])
     except NotFound:
@@ -224,21 +223,20 @@ def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         running = record["state"] in (RUNNING, CREATED) or (monitor.process_alive(
             record.get("pid")) and not monitor.read_exit(layout.exits_dir, container_id))
         if running:
-            _kill_and_wait(ctx, layout, record, float(args.get("timeout", 0)))
+            _kill_and_wait(ctx, layout, runtimes.handlers[record["runtime_handler"]], record,
+                           float(args.get("timeout", 0)))
         return {"found": True, "id": container_id, "sandbox_id": record["sandbox_id"],
                 "stopped": running}
 
 
-def _kill_and_wait(ctx: OpContext, layout: Layout, record: dict[str, Any],
-                   timeout: float) -> None:
+def _kill_and_wait(ctx: OpContext, layout: Layout, handler: monitor.Handler,
+                   record: dict[str, Any], timeout: float) -> None:
     container_id = record["id"]
-    handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"],
-                                            ctx.deadline)
     if timeout > 0:
         sig = stop_signal(record)
         log.info("Stopping container %s with %s, %.0fs before SIGKILL", container_id,
                  sig.name, timeout)
-        handler.run("kill", container_id, str(int(sig)))
+        handler.run("kill", container_id, str(int(sig)), deadline=ctx.deadline)
         if monitor.wait_exit(layout.exits_dir, container_id,
                              min(ctx.deadline, time.monotonic() + timeout)):
             return
@@ -264,20 +262,19 @@ def stop_signal(record: Mapping[str, Any]) -> signal.Signals:
     return signal.SIGTERM
 
 
-def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+def remove(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+           args: dict[str, Any]) -> dict[str, Any]:
     """Kill if running, delete from the runtime, drop every file and the name."""
-    layout = Layout.from_settings(ctx.settings)
     try:
         container_id = resolve_id(layout, args["id"])
     except NotFound:
         return {"found": False}
     with layout.container_lock(container_id, ctx.deadline) as held:
         record = current(layout, load(layout, container_id))
+        handler = runtimes.handlers[record["runtime_handler"]]
         if record["state"] in (RUNNING, CREATED) or monitor.process_alive(record.get("pid")):
-            _kill_and_wait(ctx, layout, record, 0)
-        handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"],
-                                                ctx.deadline)
-        teardown.discard(handler, layout, container_id)
+            _kill_and_wait(ctx, layout, handler, record, 0)
+        teardown.discard(handler, layout, container_id, ctx.deadline)
         # A log under the kubelet's pod log dir is the kubelet's; one podvisor
         # placed itself goes with the container.
         if record.get("log_path", "").startswith(layout.logs_dir + "/"):
@@ -291,8 +288,7 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         return {"found": True, "id": container_id, "sandbox_id": record["sandbox_id"]}
 
 
-def status(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    layout = Layout.from_settings(ctx.settings)
+def status(layout: Layout, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     record = current(layout, load(layout, resolve_id(layout, args["id"])))
     result: dict[str, Any] = {"status": cri_status(record)}
     if args.get("verbose"):
@@ -335,8 +331,8 @@ def cri_status(record: Mapping[str, Any]) -> dict[str, Any]:
     return status
 
 
-def list_containers(ctx: OpContext, args: dict[str, Any]) -> list[dict[str, Any]]:
-    layout = Layout.from_settings(ctx.settings)
+def list_containers(layout: Layout, ctx: OpContext,
+                    args: dict[str, Any]) -> list[dict[str, Any]]:
     flt = args.get("filter") or {}
     out = []
     for container_id in layout.containers.ids():
@@ -375,8 +371,8 @@ def _matches(record: Mapping[str, Any], flt: Mapping[str, Any]) -> bool:
     return all(labels.get(k) == v for k, v in flt.get("label_selector", {}).items())
 
 
-def exec_sync(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    layout = Layout.from_settings(ctx.settings)
+def exec_sync(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+              args: dict[str, Any]) -> dict[str, Any]:
     container_id = resolve_id(layout, args["id"])
     cmd = exec_command(args.get("cmd"))
     timeout = float(args.get("timeout") or 0)
@@ -385,10 +381,9 @@ def exec_sync(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     record = current(layout, load(layout, container_id))
     if record["state"] != RUNNING:
         raise FailedPrecondition(f"container {container_id} is not running")
-    handler = monitor.Handler.from_settings(dict(ctx.settings), record["runtime_handler"],
-                                            ctx.deadline)
+    handler = runtimes.handlers[record["runtime_handler"]]
     ctx.check()
-    result = monitor.exec_sync(handler, container_id, cmd, timeout)
+    result = monitor.exec_sync(handler, container_id, cmd, timeout, ctx.deadline)
     if result["deadline_hit"]:
         raise DeadlineExceeded(f"command {shorten(cmd[0])} was still running at the call's "
                                "deadline and was killed")
@@ -418,8 +413,7 @@ def exec_command(value: object) -> list[str]:
     return cmd
 
 
-def reopen_log(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    layout = Layout.from_settings(ctx.settings)
+def reopen_log(layout: Layout, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     container_id = resolve_id(layout, args["id"])
     record = current(layout, load(layout, container_id))
     if record["state"] != RUNNING:
@@ -428,14 +422,14 @@ def reopen_log(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def stop_pod_containers(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+def stop_pod_containers(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+                        args: dict[str, Any]) -> dict[str, Any]:
     """Forcibly stop every container of a pod (CRI StopPodSandbox)."""
-    layout = Layout.from_settings(ctx.settings)
     try:
         sandbox_id = sandbox.resolve_id(layout, args["id"])
     except NotFound:
         return {"found": False}
     pod = sandbox.load(layout, sandbox_id)
     for container_id in ids.members(layout.containers, sandbox_id):
-        stop(ctx, {"id": container_id, "timeout": 0})
+        stop(layout, runtimes, ctx, {"id": container_id, "timeout": 0})
     return {"found": True, "id": sandbox_id, "host_network": pod["host_network"]}

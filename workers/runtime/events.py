@@ -17,21 +17,19 @@ import time
 from typing import Any
 
 from ..base import OpContext
-from .layout import Layout
 
 POLL_INTERVAL = 0.1
 LOOKBACK_NS = 5_000_000_000
 
 
-def exits_since(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    layout = Layout.from_settings(ctx.settings)
+def exits_since(exits_dir: str, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     cursor = int(args.get("cursor", 0))
     recent = set(args.get("recent", ()))
     until = min(ctx.deadline - 1.0, time.monotonic() + float(args.get("wait", 10.0)))
     while True:
         # Look back a little: conmon stamps its temp file, then renames it,
         # so an exit can appear with an mtime older than one already seen.
-        found = [(stamp, name) for stamp, name in _newer(layout.exits_dir, cursor - LOOKBACK_NS)
+        found = [(stamp, name) for stamp, name in _newer(exits_dir, cursor - LOOKBACK_NS)
                  if name not in recent]
         if found or time.monotonic() >= until:
             break

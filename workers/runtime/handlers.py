@@ -1,5 +1,8 @@
-"""OCI runtime handlers (runc, crun): is the binary there, does it work, and
-what does it support.
+"""OCI runtime handlers (runc, crun): which ones this node has, is the
+binary there, does it work, and what does it support.
+
+``Runtimes`` is the ``[runtime]`` section as the pool uses it, read once at
+worker start: the config cannot change while the daemon runs.
 
 Probing a handler runs ``<binary> --version`` and ``<binary> features``;
 the answer is cached for a few seconds so a burst of Status calls costs one
@@ -12,11 +15,42 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ...proto.errors import InvalidArgument
+from .monitor import Handler
+
 PROBE_TTL = 5.0
 PROBE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Runtimes:
+    """The handler table, the handler of pods that name none, and the
+    cgroup manager (cgroupfs|systemd) every cgroup path is written for."""
+
+    handlers: Mapping[str, Handler]
+    default_runtime: str
+    cgroup_manager: str
+
+    @classmethod
+    def from_settings(cls, runtime: Mapping[str, Any]) -> Runtimes:
+        """From the ``runtime`` section of the worker settings. The
+        supervisor validated it and writes every key, so none has a default
+        here: a missing one is a bug that stops the worker at start."""
+        table = {name: Handler(name, spec["runtime_path"], spec["runtime_root"])
+                 for name, spec in runtime["runtimes"].items()}
+        return cls(table, runtime["default_runtime"], runtime["cgroup_manager"])
+
+    def resolve(self, requested: str) -> str:
+        """The handler a new pod runs with: the one it names, else the default."""
+        name = requested or self.default_runtime
+        if name not in self.handlers:
+            raise InvalidArgument(f"unknown runtime handler {name!r}; this node has "
+                                  f"{', '.join(sorted(self.handlers))}")
+        return name
 
 
 @dataclass(frozen=True)

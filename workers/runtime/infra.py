@@ -45,45 +45,40 @@ def ensure_rootfs(layout: Layout) -> str:
     return rootfs
 
 
-def start(ctx: OpContext, layout: Layout, pod: Mapping[str, Any],
-          image: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def start(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroup_manager: str,
+          pod: Mapping[str, Any], image: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run the infra process: catatonit from the built-in rootfs, or the
     configured pause image's command from the rootfs the supervisor had the
     storage pool mount (``image``: {"rootfs", "args"})."""
     infra_id = pod["id"]
     bundle = layout.bundle_dir(infra_id)
     os.makedirs(bundle, mode=0o700, exist_ok=True)
+    node = specs.node_facts(cgroup_manager, handler.name, handler.path)
     if image:
-        document = specs.infra_spec(ctx.settings, pod, image["rootfs"], tuple(image["args"]))
+        document = specs.infra_spec(node, pod, image["rootfs"], tuple(image["args"]))
     else:
-        document = specs.infra_spec(ctx.settings, pod, ensure_rootfs(layout))
+        document = specs.infra_spec(node, pod, ensure_rootfs(layout))
     with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
         json.dump(document, f)
-    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"],
-                                            ctx.deadline)
     started = monitor.spawn(handler, infra_id, bundle, layout.state_dir(infra_id),
-                            layout.exits_dir, os.devnull, terminal=False, stdin=False,
-                            stdin_once=False)
+                            layout.exits_dir, os.devnull, deadline=ctx.deadline,
+                            terminal=False, stdin=False, stdin_once=False)
     cgroups.move(started.conmon_pid, pod["cgroup_parent"])
-    done = handler.run("start", infra_id)
+    done = handler.run("start", infra_id, deadline=ctx.deadline)
     if done.returncode != 0:
         raise monitor.runtime_failure(f"starting the infra process of pod {infra_id}",
                                       done.stderr)
     return {"id": infra_id, "pid": started.pid, "conmon_pid": started.conmon_pid}
 
 
-def stop(ctx: OpContext, layout: Layout, pod: Mapping[str, Any]) -> None:
+def stop(ctx: OpContext, layout: Layout, handler: monitor.Handler,
+         pod: Mapping[str, Any]) -> None:
     infra_id = pod["id"]
     if monitor.read_exit(layout.exits_dir, infra_id) is not None:
         return
-    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"],
-                                            ctx.deadline)
     teardown.force_kill(handler, layout, infra_id, ctx.deadline)
 
 
-def remove(ctx: OpContext, layout: Layout, pod: Mapping[str, Any]) -> None:
-    infra_id = pod["id"]
-    handler = monitor.Handler.from_settings(dict(ctx.settings), pod["runtime_handler"],
-                                            ctx.deadline)
-    teardown.discard(handler, layout, infra_id)
-
+def remove(ctx: OpContext, layout: Layout, handler: monitor.Handler,
+           pod: Mapping[str, Any]) -> None:
+    teardown.discard(handler, layout, pod["id"], ctx.deadline)

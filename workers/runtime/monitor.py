@@ -14,8 +14,8 @@ error naming the container.
 
 Time: every wait here (the runtime's subcommands, the monitor's start,
 its create, an exec, a control command) is bounded by the deadline of the
-op it serves, which a ``Handler`` carries, never by a fixed timeout: a
-monitor can take many seconds to start on a loaded 2-core node. A wait that
+op it serves, passed with each call, never by a fixed timeout: a monitor
+can take many seconds to start on a loaded 2-core node. A wait that
 runs out is DEADLINE_EXCEEDED. A runtime failure caused by the container's
 own configuration (a command or working directory its image cannot
 provide) is FAILED_PRECONDITION carrying the runtime's reason; any other
@@ -82,28 +82,25 @@ def conmon_binary() -> str:
 
 @dataclass(frozen=True)
 class Handler:
-    """One OCI runtime handler from the config, bound to the deadline
-    (``time.monotonic()``) of the op that uses it."""
+    """One OCI runtime handler of the config (``[podvisor.runtime.runtimes.NAME]``).
+
+    Fixed for the worker's life; each call takes the deadline
+    (``time.monotonic()``) of the op it serves.
+    """
 
     name: str
     path: str
     root: str
-    deadline: float
 
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any], name: str, deadline: float) -> Handler:
-        spec = settings["runtime"]["runtimes"][name]
-        return cls(name, spec["runtime_path"], spec["runtime_root"], deadline)
-
-    def time_left(self) -> float:
-        """Seconds a wait may take now: what is left before the deadline,
+    def time_left(self, deadline: float) -> float:
+        """Seconds a wait may take now: what is left before ``deadline``,
         never less than ``RUN_FLOOR``."""
-        return max(RUN_FLOOR, self.deadline - time.monotonic())
+        return max(RUN_FLOOR, deadline - time.monotonic())
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, deadline: float) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run([self.path, "--root", self.root, *args], capture_output=True,
-                                  text=True, timeout=self.time_left(), check=False)
+                                  text=True, timeout=self.time_left(deadline), check=False)
         except subprocess.TimeoutExpired:
             raise DeadlineExceeded(f"{self.name} {args[0]} did not finish before the "
                                    "deadline") from None
@@ -137,7 +134,8 @@ class Started:
 
 
 def spawn(handler: Handler, container_id: str, bundle: str, state_dir: str, exit_dir: str,
-          log_path: str, *, terminal: bool, stdin: bool, stdin_once: bool) -> Started:
+          log_path: str, *, deadline: float, terminal: bool, stdin: bool,
+          stdin_once: bool) -> Started:
     """Start a monitor that runs ``<runtime> create``; wait for its sync line.
 
     Should the deadline pass first, our end of the sync pipe is closed on
@@ -148,7 +146,8 @@ def spawn(handler: Handler, container_id: str, bundle: str, state_dir: str, exit
     argv = [conmon_binary(), "monitor", "--id", container_id, "--bundle", bundle,
             "--runtime", handler.path, "--runtime-root", handler.root,
             "--state-dir", state_dir, "--exit-dir", exit_dir, "--log-path", log_path,
-            "--sync-fd", str(write_fd), "--create-timeout", f"{handler.time_left():.3f}"]
+            "--sync-fd", str(write_fd),
+            "--create-timeout", f"{handler.time_left(deadline):.3f}"]
     if terminal:
         argv.append("--terminal")
     if stdin:
@@ -162,7 +161,7 @@ def spawn(handler: Handler, container_id: str, bundle: str, state_dir: str, exit
         os.close(write_fd)
         write_fd = -1
         try:
-            _, err = proc.communicate(timeout=handler.time_left())
+            _, err = proc.communicate(timeout=handler.time_left(deadline))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -171,7 +170,7 @@ def spawn(handler: Handler, container_id: str, bundle: str, state_dir: str, exit
         if proc.returncode != 0:
             raise Internal(f"podvisor-conmon for {container_id} failed: "
                            f"{compact(err.decode(errors='replace'))}")
-        line = _read_line(read_fd, handler.deadline, container_id)
+        line = _read_line(read_fd, deadline, container_id)
     finally:
         if write_fd >= 0:
             os.close(write_fd)
@@ -310,8 +309,8 @@ def ctl(state_dir: str, command: str, deadline: float) -> None:
         raise FailedPrecondition(f"{verb} failed: {compact(text)}")
 
 
-def exec_sync(handler: Handler, container_id: str, cmd: list[str],
-              timeout: float) -> dict[str, Any]:
+def exec_sync(handler: Handler, container_id: str, cmd: list[str], timeout: float,
+              deadline: float) -> dict[str, Any]:
     """Run ``cmd`` in the container through ``podvisor-conmon exec``.
 
     conmon kills and reaps the command at its timeout, or at the deadline
@@ -320,7 +319,7 @@ def exec_sync(handler: Handler, container_id: str, cmd: list[str],
     ``deadline_hit`` says which of the two stopped it.
     """
     # Never 0, which conmon reads as "no timeout".
-    left = max(0.1, handler.deadline - time.monotonic())
+    left = max(0.1, deadline - time.monotonic())
     limit = min(timeout, left) if timeout > 0 else left
     argv = [conmon_binary(), "exec", "--id", container_id, "--runtime", handler.path,
             "--runtime-root", handler.root, "--timeout", f"{limit:.3f}", "--", *cmd]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ...proto.errors import BusError
@@ -31,13 +32,14 @@ from ..base import OpContext
 from ..locks import sweep
 from ..records import RecordCorrupt
 from . import cgroups, containers, ids, names, sandbox
+from .handlers import Runtimes
 from .layout import Layout
 
 log = logging.getLogger(__name__)
 
 
-def reconcile(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    layout = Layout.from_settings(ctx.settings)
+def reconcile(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+              args: dict[str, Any]) -> dict[str, Any]:
     for records in (layout.sandboxes, layout.containers):
         records.remove_stale_temps(older_than=0)
     removed_containers = []
@@ -45,7 +47,7 @@ def reconcile(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         record = layout.containers.load(container_id)
         if record is not None and record["state"] == containers.CREATING:
             log.warning("Removing container %s left half-created", container_id)
-            _try(containers.remove, ctx, container_id)
+            _try(containers.remove, layout, runtimes, ctx, container_id)
             removed_containers.append(container_id)
     removed_sandboxes = []
     for sandbox_id in layout.sandboxes.ids():
@@ -55,10 +57,10 @@ def reconcile(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         if record["state"] == sandbox.CREATING:
             log.warning("Removing pod sandbox %s left half-created", sandbox_id)
             for container_id in ids.members(layout.containers, sandbox_id):
-                _try(containers.remove, ctx, container_id)
+                _try(containers.remove, layout, runtimes, ctx, container_id)
                 removed_containers.append(container_id)
-            _try(sandbox.stop, ctx, sandbox_id)
-            _try(sandbox.remove, ctx, sandbox_id)
+            _try(sandbox.stop, layout, runtimes, ctx, sandbox_id)
+            _try(sandbox.remove, layout, runtimes, ctx, sandbox_id)
             removed_sandboxes.append(sandbox_id)
         elif record["state"] == sandbox.READY and not os.path.isdir(
                 layout.pod_dir(sandbox_id)):
@@ -94,8 +96,9 @@ def _load(layout: Layout, sandbox_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _try(op: Any, ctx: OpContext, object_id: str) -> None:
+def _try(op: Callable[[Layout, Runtimes, OpContext, dict[str, Any]], object],
+         layout: Layout, runtimes: Runtimes, ctx: OpContext, object_id: str) -> None:
     try:
-        op(ctx, {"id": object_id})
+        op(layout, runtimes, ctx, {"id": object_id})
     except BusError as exc:
         log.error("Reconcile could not clean %s: %s", object_id, exc.message)

@@ -29,6 +29,7 @@ from ...proto.limits import check_path
 from ...proto.naming import sandbox_name
 from ..base import OpContext
 from . import cgroups, ids, infra, names, podfiles, podns
+from .handlers import Runtimes
 from .layout import Layout
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,6 @@ def namespace_options(config: Mapping[str, Any]) -> dict[str, str]:
     return {kind: opts.get(kind, POD) for kind in ("network", "pid", "ipc")}
 
 
-def handler_of(settings: Mapping[str, Any], requested: str) -> str:
-    runtimes = settings["runtime"]["runtimes"]
-    name = requested or settings["runtime"]["default_runtime"]
-    if name not in runtimes:
-        raise InvalidArgument(f"unknown runtime handler {name!r}; this node has "
-                              f"{', '.join(sorted(runtimes))}")
-    return name
-
-
 def load(layout: Layout, sandbox_id: str) -> dict[str, Any]:
     return ids.load(layout.sandboxes, sandbox_id, "pod sandbox")
 
@@ -73,12 +65,12 @@ def resolve_id(layout: Layout, prefix: str) -> str:
     return ids.resolve(layout.sandboxes, prefix, "pod sandbox", "pod_sandbox_id")
 
 
-def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+def reserve(layout: Layout, runtimes: Runtimes, pause_image: str, ctx: OpContext,
+            args: dict[str, Any]) -> dict[str, Any]:
     """Reserve the pod's name and write its ``creating`` record."""
-    layout = Layout.from_settings(ctx.settings)
     config = args["config"]
     sandbox_id = args["id"]
-    handler = handler_of(ctx.settings, args.get("runtime_handler", ""))
+    handler = runtimes.resolve(args.get("runtime_handler", ""))
     name = sandbox_name(config.get("metadata", {}))
     modes = namespace_options(config)
     # Both are refused before anything exists, so a refusal leaves nothing.
@@ -97,7 +89,7 @@ def reserve(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
             })
     # A configured pause image serves pods that need an infra process; the
     # supervisor pulls it and has the storage pool mount its rootfs.
-    pause = ctx.settings["image"]["pause_image"] if modes["pid"] == POD else ""
+    pause = pause_image if modes["pid"] == POD else ""
     return {"id": sandbox_id, "name": name, "runtime_handler": handler, "pause_image": pause}
 
 
@@ -137,11 +129,11 @@ def check_log_path(field: str, value: str, *, absolute: bool = False) -> None:
         raise InvalidArgument(f"{field} {shorten(value)} must not contain '..'")
 
 
-def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+def start(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+          args: dict[str, Any]) -> dict[str, Any]:
     """Set up everything of the pod that is the runtime's: namespaces, files,
     cgroup, infra; mark it ready. ``netns_path`` and ``ips`` come from the
     net pool (absent for host-network pods)."""
-    layout = Layout.from_settings(ctx.settings)
     sandbox_id = args["id"]
     with layout.pod_lock(sandbox_id, ctx.deadline):
         record = load(layout, sandbox_id)
@@ -159,7 +151,7 @@ def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         # step leaves a record that names everything to undo.
         record["cgroup_parent"] = cgroups.pod_parent(
             config.get("linux", {}).get("cgroup_parent", ""), sandbox_id,
-            ctx.settings["runtime"]["cgroup_manager"])
+            runtimes.cgroup_manager)
         # Named before any directory is made: remove() releases the
         # parent's cgroups whatever instant a crash cuts ensure() short.
         layout.sandboxes.save(sandbox_id, record)
@@ -177,19 +169,21 @@ def start(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
             # leaves a record whose stop/remove also delete the infra.
             record["infra"] = {"id": sandbox_id}
             layout.sandboxes.save(sandbox_id, record)
-            record["infra"] = infra.start(ctx, layout, record, args.get("infra_image"))
+            record["infra"] = infra.start(
+                ctx, layout, runtimes.handlers[record["runtime_handler"]],
+                runtimes.cgroup_manager, record, args.get("infra_image"))
         record["state"] = READY
         layout.sandboxes.save(sandbox_id, record)
         log.info("Pod sandbox %s (%s) is ready", sandbox_id, record["name"])
         return status_of(record)
 
 
-def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+def stop(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+         args: dict[str, Any]) -> dict[str, Any]:
     """Stop the pod's infra and release what a stopped pod no longer needs.
 
     The supervisor stops the containers (and the network) around this op.
     """
-    layout = Layout.from_settings(ctx.settings)
     try:
         sandbox_id = resolve_id(layout, args["id"])
     except NotFound:
@@ -197,7 +191,7 @@ def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     with layout.pod_lock(sandbox_id, ctx.deadline):
         record = load(layout, sandbox_id)
         if record.get("infra"):
-            infra.stop(ctx, layout, record)
+            infra.stop(ctx, layout, runtimes.handlers[record["runtime_handler"]], record)
         pod_dir = layout.pod_dir(sandbox_id)
         podfiles.unmount_shm(pod_dir)
         stopped = record["state"] != NOTREADY
@@ -211,9 +205,9 @@ def stop(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"found": True, "id": sandbox_id, "stopped": stopped}
 
 
-def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+def remove(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+           args: dict[str, Any]) -> dict[str, Any]:
     """Remove a stopped pod's namespaces, files, cgroups, record and name."""
-    layout = Layout.from_settings(ctx.settings)
     try:
         sandbox_id = resolve_id(layout, args["id"])
     except NotFound:
@@ -225,8 +219,9 @@ def remove(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
             raise FailedPrecondition(f"pod sandbox {sandbox_id} still has containers "
                                      f"{', '.join(left)}")
         if record.get("infra"):
-            infra.stop(ctx, layout, record)
-            infra.remove(ctx, layout, record)
+            handler = runtimes.handlers[record["runtime_handler"]]
+            infra.stop(ctx, layout, handler, record)
+            infra.remove(ctx, layout, handler, record)
         pod_dir = layout.pod_dir(sandbox_id)
         podfiles.unmount_shm(pod_dir)
         podns.unpin(f"{pod_dir}/ns")
@@ -291,13 +286,12 @@ def _parent_shared(layout: Layout, sandbox_id: str, parent: str) -> bool:
     return False
 
 
-def status(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    layout = Layout.from_settings(ctx.settings)
+def status(layout: Layout, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     return status_of(load(layout, resolve_id(layout, args["id"])))
 
 
-def list_sandboxes(ctx: OpContext, args: dict[str, Any]) -> list[dict[str, Any]]:
-    layout = Layout.from_settings(ctx.settings)
+def list_sandboxes(layout: Layout, ctx: OpContext,
+                   args: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for sandbox_id in layout.sandboxes.ids():
         record = layout.sandboxes.load(sandbox_id)

@@ -61,27 +61,19 @@ def pod_context(pod: Mapping[str, Any]) -> PodContext:
         privileged_caps=caps, oom_score_adj_floor=floor)
 
 
-def _node(settings: Mapping[str, Any], handler: str) -> NodeFacts:
-    runtime = settings["runtime"]
-    return node_facts(runtime["cgroup_manager"], handler,
-                      runtime["runtimes"][handler]["runtime_path"])
-
-
-def container_spec(settings: Mapping[str, Any], pod: Mapping[str, Any],
-                   record: Mapping[str, Any], rootfs: str,
-                   image_config: Mapping[str, Any],
+def container_spec(node: NodeFacts, pod: Mapping[str, Any], record: Mapping[str, Any],
+                   rootfs: str, image_config: Mapping[str, Any],
                    target_pid_ns: str | None = None) -> dict[str, Any]:
     # CRI-O creates a missing bind-mount source as a directory (its
     # absent_mount_sources_to_reject list is empty by default); so do we,
     # before the builder checks that every source exists.
     ensure_mount_sources(record["config"])
     return build_container_spec(record["config"], pod["config"], image_config, rootfs,
-                                pod_context(pod), container_id=record["id"],
-                                node=_node(settings, record["runtime_handler"]),
+                                pod_context(pod), container_id=record["id"], node=node,
                                 target_pid_ns=target_pid_ns)
 
 
-def infra_spec(settings: Mapping[str, Any], pod: Mapping[str, Any], rootfs: str,
+def infra_spec(node: NodeFacts, pod: Mapping[str, Any], rootfs: str,
                args: tuple[str, ...] = INFRA_ARGS) -> dict[str, Any]:
     return build_infra_spec(pod["config"], pod_context({**pod, "infra": None}), rootfs,
-                            node=_node(settings, pod["runtime_handler"]), args=args)
+                            node=node, args=args)

@@ -46,9 +46,10 @@ def force_kill(handler: monitor.Handler, layout: Layout, object_id: str,
             return True
         now = time.monotonic()
         if now >= next_kill:
-            handler.run("kill", "--all", object_id, "KILL")
+            handler.run("kill", "--all", object_id, "KILL", deadline=deadline)
             next_kill = now + KILL_REPEAT
-        if not _monitor_running(layout, object_id) and not _runtime_has(handler, object_id):
+        if not _monitor_running(layout, object_id) \
+                and not _runtime_has(handler, object_id, deadline):
             return True
         if time.monotonic() >= until:
             return False
@@ -64,9 +65,9 @@ def _monitor_running(layout: Layout, object_id: str) -> bool:
                if entry.name.isdigit())
 
 
-def _runtime_has(handler: monitor.Handler, object_id: str) -> bool:
+def _runtime_has(handler: monitor.Handler, object_id: str, deadline: float) -> bool:
     """Does the runtime still report a live process for ``object_id``?"""
-    done = handler.run("state", object_id)
+    done = handler.run("state", object_id, deadline=deadline)
     if done.returncode != 0:
         return False  # no such container (never created, or deleted)
     try:
@@ -76,9 +77,10 @@ def _runtime_has(handler: monitor.Handler, object_id: str) -> bool:
     return isinstance(state, dict) and state.get("status") != "stopped"
 
 
-def discard(handler: monitor.Handler, layout: Layout, object_id: str) -> None:
+def discard(handler: monitor.Handler, layout: Layout, object_id: str,
+            deadline: float) -> None:
     """Delete the runtime state and every file of a stopped ``object_id``."""
-    done = handler.run("delete", "--force", object_id)
+    done = handler.run("delete", "--force", object_id, deadline=deadline)
     if done.returncode != 0 and "not exist" not in done.stderr:
         raise Internal(f"deleting {object_id} from {handler.name}: "
                        f"{done.stderr.strip()[:500]}")

@@ -1,7 +1,7 @@
 """The storage worker pool: image layers unpacked once each, container root
 filesystems as overlay mounts over them, and their disk usage.
 
-    ops.py          the bus face: argument checks, error mapping, the OPS table
+    ops.py          the bus face: argument checks, error mapping, StorageService
     layers.py       unpack (once, atomically) and removal of layers
     extract.py      tar entries -> files, refusing escapes; OCI -> overlay whiteouts
     compression.py  gzip / zstd / plain layer streams

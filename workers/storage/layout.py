@@ -37,9 +37,6 @@ from typing import Any
 
 from ...proto.errors import InvalidArgument
 
-DEFAULT_ROOT = "/var/lib/podvisor"
-DEFAULT_RUNROOT = "/run/podvisor"
-
 TMP_PREFIX = ".tmp-"
 RM_PREFIX = ".rm-"
 
@@ -59,8 +56,9 @@ class Layout:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Layout:
-        return cls(root=str(settings.get("root") or DEFAULT_ROOT),
-                   runroot=str(settings.get("runroot") or DEFAULT_RUNROOT))
+        # The supervisor writes both (daemon.worker_settings) and owns their
+        # defaults (supervisor/config.py): a missing one is a KeyError.
+        return cls(root=str(settings["root"]), runroot=str(settings["runroot"]))
 
     @property
     def storage_dir(self) -> str:

@@ -27,13 +27,17 @@ CRI's ImageFsInfoResponse field names.
 This module checks arguments (InvalidArgument naming the field) and is the
 error boundary: an OSError from the filesystem becomes Internal here, with
 the path and the reason, so the kubelet reads what failed.
+
+``StorageService`` is built once per worker: it holds the pool's paths
+(``Layout``, from ``root`` and ``runroot``), and each op is one of its
+methods, named after the op's verb.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ...proto.errors import Internal, InvalidArgument
@@ -95,65 +99,73 @@ def _string_list(args: dict[str, Any], key: str) -> list[str]:
     return list(value)
 
 
-def unpack_layer(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    req = unpack_request(args)
-    with _bus_errors(f"unpacking layer {req.chain_id}"):
-        return layers.unpack(Layout.from_settings(ctx.settings), req, ctx.deadline, ctx.check)
+class StorageService:
+    """The storage pool's paths, read once at worker start, and its ops."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> StorageService:
+        return cls(Layout.from_settings(settings))
+
+    def ops(self) -> OpTable:
+        return {
+            "storage.unpack_layer": self.unpack_layer,
+            "storage.remove_layer": self.remove_layer,
+            "storage.create_rootfs": self.create_rootfs,
+            "storage.mount_rootfs": self.mount_rootfs,
+            "storage.remove_rootfs": self.remove_rootfs,
+            "storage.image_fs_info": self.image_fs_info,
+            "storage.reconcile": self.reconcile,
+        }
+
+    def unpack_layer(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        req = unpack_request(args)
+        with _bus_errors(f"unpacking layer {req.chain_id}"):
+            return layers.unpack(self.layout, req, ctx.deadline, ctx.check)
+
+    def remove_layer(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        chain_id = args.get("chain_id")
+        digest_hex(chain_id, "chain_id")
+        with _bus_errors(f"removing layer {chain_id}"):
+            return layers.remove(self.layout, str(chain_id), ctx.deadline)
+
+    def create_rootfs(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        cid = check_container_id(args.get("container_id"))
+        chain_ids = _chain_ids(args.get("layers"))
+        label = args.get("mount_label")
+        if label is not None and not isinstance(label, str):
+            raise InvalidArgument(f"mount_label must be a string, got {label!r}")
+        with _bus_errors(f"creating the rootfs of container {cid}"):
+            return rootfs.create(self.layout, cid, chain_ids, label or None, ctx.deadline)
+
+    def mount_rootfs(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        cid = check_container_id(args.get("container_id"))
+        with _bus_errors(f"mounting the rootfs of container {cid}"):
+            return rootfs.mount(self.layout, cid, ctx.deadline)
+
+    def remove_rootfs(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        cid = check_container_id(args.get("container_id"))
+        with _bus_errors(f"removing the rootfs of container {cid}"):
+            return rootfs.remove(self.layout, cid, ctx.deadline)
+
+    def image_fs_info(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        with _bus_errors("measuring the image filesystem"):
+            return fsinfo.image_fs_info(self.layout, ctx.check)
+
+    def reconcile(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+        live_containers = [check_container_id(c) for c in _string_list(args, "live_containers")]
+        live_layers = None
+        if args.get("live_layers") is not None:
+            live_layers = _string_list(args, "live_layers")
+            for chain_id in live_layers:
+                digest_hex(chain_id, "each of live_layers")
+        with _bus_errors("reconciling storage"):
+            return reconcile.reconcile(self.layout, live_containers, live_layers,
+                                       ctx.deadline, ctx.check)
 
 
-def remove_layer(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    chain_id = args.get("chain_id")
-    digest_hex(chain_id, "chain_id")
-    with _bus_errors(f"removing layer {chain_id}"):
-        return layers.remove(Layout.from_settings(ctx.settings), str(chain_id), ctx.deadline)
-
-
-def create_rootfs(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    cid = check_container_id(args.get("container_id"))
-    chain_ids = _chain_ids(args.get("layers"))
-    label = args.get("mount_label")
-    if label is not None and not isinstance(label, str):
-        raise InvalidArgument(f"mount_label must be a string, got {label!r}")
-    with _bus_errors(f"creating the rootfs of container {cid}"):
-        return rootfs.create(Layout.from_settings(ctx.settings), cid, chain_ids, label or None,
-                             ctx.deadline)
-
-
-def mount_rootfs(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    cid = check_container_id(args.get("container_id"))
-    with _bus_errors(f"mounting the rootfs of container {cid}"):
-        return rootfs.mount(Layout.from_settings(ctx.settings), cid, ctx.deadline)
-
-
-def remove_rootfs(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    cid = check_container_id(args.get("container_id"))
-    with _bus_errors(f"removing the rootfs of container {cid}"):
-        return rootfs.remove(Layout.from_settings(ctx.settings), cid, ctx.deadline)
-
-
-def image_fs_info(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    with _bus_errors("measuring the image filesystem"):
-        return fsinfo.image_fs_info(Layout.from_settings(ctx.settings), ctx.check)
-
-
-def reconcile_storage(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    live_containers = [check_container_id(c) for c in _string_list(args, "live_containers")]
-    live_layers = None
-    if args.get("live_layers") is not None:
-        live_layers = _string_list(args, "live_layers")
-        for chain_id in live_layers:
-            digest_hex(chain_id, "each of live_layers")
-    with _bus_errors("reconciling storage"):
-        return reconcile.reconcile(Layout.from_settings(ctx.settings), live_containers,
-                                   live_layers, ctx.deadline, ctx.check)
-
-
-OPS: OpTable = {
-    "storage.unpack_layer": unpack_layer,
-    "storage.remove_layer": remove_layer,
-    "storage.create_rootfs": create_rootfs,
-    "storage.mount_rootfs": mount_rootfs,
-    "storage.remove_rootfs": remove_rootfs,
-    "storage.image_fs_info": image_fs_info,
-    "storage.reconcile": reconcile_storage,
-}
+def build(settings: Mapping[str, Any]) -> OpTable:
+    """The op table of one storage worker (workers/cli.py calls it once)."""
+    return StorageService.from_settings(settings).ops()

@@ -1,0 +1,807 @@
+"""Orchestration in the supervisor, tested without processes (issue 10):
+the RPC services over a fake bus (fakebus.py), so each test runs in
+milliseconds and can state every op it expects, in order, with the deadline
+policy it was sent under.
+
+What is covered here: the op order of RunPodSandbox, CreateContainer and
+RemovePodSandbox; cleanup stacks (newest first, past a failing undo, the
+caller keeping the original error); the create table (joins, a create
+that outlives its caller, an unclaimed create removed); container events
+(types, order, statuses, STOPPED once); the deadline policies. What only
+real processes show (kills, hangs, the kernel) stays in the slow tests.
+
+The fake answers have the shapes the real workers answer with (their
+docstrings and return statements in workers/*/ops.py, workers/runtime/
+sandbox.py and containers.py), built by the ``*_answer`` helpers below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+from fakebus import FakeBus, Handler, Sent
+
+from podvisor.proto import api_pb2 as api
+from podvisor.proto.codes import Code
+from podvisor.proto.errors import (
+    BusError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    NotFound,
+    Unavailable,
+)
+from podvisor.proto.layers import chain_id
+from podvisor.proto.naming import sandbox_name
+from podvisor.supervisor import opclient
+from podvisor.supervisor.container_events import EventHub
+from podvisor.supervisor.creates import CreateTable
+from podvisor.supervisor.opclient import CLEANUP_TIMEOUT, CREATE_GRACE, Deadline, OpClient
+from podvisor.supervisor.rpc.container import ContainerService
+from podvisor.supervisor.rpc.sandbox import SandboxService
+
+pytestmark = pytest.mark.timeout(10)
+
+T = TypeVar("T")
+
+CALL_TIME = 5.0  # a CRI call's deadline, from its start
+EVENT_WAIT = 1.0
+POD_META = {"name": "web", "namespace": "default", "uid": "uid-1"}
+POD_NAME = sandbox_name(POD_META)
+# The create table keys pod creates by kind and name.
+POD_CREATE = f"pod sandbox {POD_NAME}"
+POD_IP = "10.88.0.5"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+SANDBOX_ID = "a" * 64
+CONTAINER_ID = "c" * 64
+
+
+# ---- the rig: services over one fake bus --------------------------------------
+
+
+@dataclass
+class Rig:
+    bus: FakeBus
+    creates: CreateTable
+    events: EventHub
+    sandboxes: SandboxService
+    containers: ContainerService
+
+
+def make_rig(claim_timeout: float = 60.0) -> Rig:
+    """The services as daemon.py builds them, each holding only what it uses."""
+    bus = FakeBus()
+    ops = OpClient(bus)
+    creates = CreateTable(claim_timeout)
+    events = EventHub(bus)
+    return Rig(bus, creates, events, SandboxService(ops, creates, events),
+               ContainerService(ops, creates, events))
+
+
+async def serve(deadline: float, rpc: Coroutine[Any, Any, T]) -> T:
+    """Serve ``rpc`` as the gRPC front does: in a task of its own (so its
+    context holds its call's deadline only), under ``deadline``."""
+    async def call() -> T:
+        opclient.begin(deadline)
+        return await rpc
+    return await asyncio.create_task(call())
+
+
+def policy(sent: Sent, call_deadline: float) -> Deadline | None:
+    """Which deadline policy ``sent`` carries, for a call due at ``call_deadline``."""
+    if sent.deadline == call_deadline:
+        return Deadline.CALL
+    if sent.deadline == call_deadline + CREATE_GRACE:
+        return Deadline.CREATE
+    # Taken by the op client just before the fake bus logged the request.
+    if 0 <= sent.at + CLEANUP_TIMEOUT - sent.deadline < 0.1:
+        return Deadline.CLEANUP
+    return None
+
+
+def fails_with(code: Code, coro: Coroutine[Any, Any, object]) -> BusError:
+    """Run ``coro``; it must raise a BusError with ``code``."""
+    with pytest.raises(BusError) as raised:
+        asyncio.run(coro)
+    assert raised.value.code == code, raised.value
+    return raised.value
+
+
+# ---- answers shaped as the real workers' --------------------------------------
+
+
+def reserve_answer(pause_image: str = "") -> Handler:
+    """runtime.sandbox_reserve (workers/runtime/sandbox.py reserve)."""
+    def reserve(args: dict[str, Any]) -> dict[str, Any]:
+        return {"id": args["id"], "name": sandbox_name(args["config"]["metadata"]),
+                "runtime_handler": "runc", "pause_image": pause_image}
+    return reserve
+
+
+def net_setup_answer(args: dict[str, Any]) -> dict[str, Any]:
+    """net.setup: the pod network (workers/net/ops.py)."""
+    return {"pod_id": args["pod_id"], "host_network": args["host_network"],
+            "netns_path": f"/var/run/netns/{args['pod_id']}", "ips": [POD_IP], "ready": True,
+            "reason": "", "message": "", "network_name": "podvisor",
+            "config_file": "/etc/cni/net.d/10-podvisor.conflist", "interfaces": [],
+            "cni_result": {}}
+
+
+def sandbox_record(sandbox_id: str, state: str = "ready") -> dict[str, Any]:
+    """runtime.sandbox_status / sandbox_start (sandbox.py status_of)."""
+    return {"id": sandbox_id, "name": POD_NAME, "state": state, "created_at": 1,
+            "config": {"metadata": POD_META, "labels": {"app": "web"}},
+            "runtime_handler": "runc", "host_network": False,
+            "modes": {"network": "POD", "pid": "POD", "ipc": "POD"},
+            "netns_path": f"/var/run/netns/{sandbox_id}", "ips": [POD_IP], "hostname": "web",
+            "cgroup_parent": "/kubepods", "infra": None, "ns": {}, "shm": None, "files": {}}
+
+
+def image_answer(image_id: str, diff_ids: list[str]) -> dict[str, Any]:
+    """image.resolve_image (workers/image/ops.py)."""
+    return {"id": image_id, "repo_tags": [PAUSE_IMAGE], "repo_digests": [], "user": "",
+            "config": {"config": {"Entrypoint": ["/pause"]}},
+            "layers": [{"digest": f"sha256:blob{n}", "media_type":
+                        "application/vnd.oci.image.layer.v1.tar+gzip", "size": 10,
+                        "diff_id": diff_id, "path": f"/var/lib/podvisor/blobs/{n}"}
+                       for n, diff_id in enumerate(diff_ids)]}
+
+
+def unpack_answer(args: dict[str, Any]) -> dict[str, Any]:
+    """storage.unpack_layer (workers/storage/ops.py)."""
+    chain = chain_id(args["parent"], args["diff_id"])
+    return {"chain_id": chain, "diff_id": args["diff_id"], "size": 10,
+            "path": f"/var/lib/podvisor/layers/{chain}", "unpacked": True}
+
+
+def rootfs_answer(args: dict[str, Any]) -> dict[str, Any]:
+    """storage.create_rootfs (workers/storage/ops.py)."""
+    return {"container_id": args["container_id"], "path": f"/run/rootfs/{args['container_id']}",
+            "upper_dir": f"/var/lib/podvisor/upper/{args['container_id']}",
+            "layers": args["layers"], "mount_label": "", "created": True}
+
+
+def removed_rootfs(args: dict[str, Any]) -> dict[str, Any]:
+    return {"container_id": args["container_id"], "removed": True}
+
+
+def sandbox_stopped(args: dict[str, Any]) -> dict[str, Any]:
+    return {"found": True, "id": args["id"], "stopped": True}
+
+
+def sandbox_removed(args: dict[str, Any]) -> dict[str, Any]:
+    return {"found": True, "id": args["id"], "netns_path": None}
+
+
+def net_torn_down(args: dict[str, Any]) -> dict[str, Any]:
+    return {"pod_id": args["pod_id"], "found": True}
+
+
+def wire_pod_create(bus: FakeBus, pause_image: str = "") -> None:
+    """Every op of a RunPodSandbox that succeeds, and of its undo."""
+    bus.on("runtime.sandbox_reserve", reserve_answer(pause_image))
+    bus.on("net.setup", net_setup_answer)
+    bus.on("runtime.sandbox_start", lambda args: sandbox_record(args["id"]))
+    bus.on("net.teardown", net_torn_down)
+    bus.on("runtime.sandbox_stop", sandbox_stopped)
+    bus.on("runtime.sandbox_remove", sandbox_removed)
+    bus.on("storage.remove_rootfs", removed_rootfs)
+
+
+def wire_pause_image(bus: FakeBus) -> None:
+    """A pause image absent until pulled, with two layers."""
+    pulled: list[bool] = []
+
+    def resolve(args: dict[str, Any]) -> dict[str, Any]:
+        if not pulled:
+            raise NotFound(f"image {args['image']} is not present on this node")
+        return image_answer("sha256:pause", ["sha256:d0", "sha256:d1"])
+
+    def pull(args: dict[str, Any]) -> dict[str, Any]:
+        pulled.append(True)
+        return {"image_ref": "sha256:pause"}
+
+    bus.on("image.resolve_image", resolve)
+    bus.on("image.pull_image", pull)
+    bus.on("storage.unpack_layer", unpack_answer)
+    bus.on("storage.create_rootfs", rootfs_answer)
+
+
+def run_request() -> api.RunPodSandboxRequest:
+    return api.RunPodSandboxRequest(config=api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=POD_META["name"], namespace=POD_META["namespace"],
+                                        uid=POD_META["uid"]), hostname="web"))
+
+
+async def run_pod(rig: Rig, deadline: float) -> str:
+    response = await serve(deadline, rig.sandboxes.run_pod_sandbox(run_request()))
+    return str(response.pod_sandbox_id)
+
+
+# ---- RunPodSandbox ---------------------------------------------------------------
+
+
+def test_run_pod_sandbox_sends_its_stages_in_order_under_the_create_deadline() -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        wire_pod_create(rig.bus)
+        deadline = time.monotonic() + CALL_TIME
+        sandbox_id = await run_pod(rig, deadline)
+        assert rig.bus.ops() == ["runtime.sandbox_reserve", "net.setup",
+                                 "runtime.sandbox_start"]
+        assert {policy(s, deadline) for s in rig.bus.sent} == {Deadline.CREATE}
+        reserve, setup, start = rig.bus.sent
+        assert reserve.args["id"] == setup.args["pod_id"] == start.args["id"] == sandbox_id
+        assert setup.args["host_network"] is False
+        # What the net pool answered reaches the runtime pool; no pause image.
+        assert start.args == {"id": sandbox_id, "netns_path": f"/var/run/netns/{sandbox_id}",
+                              "ips": [POD_IP], "infra_image": None}
+    asyncio.run(scenario())
+
+
+def test_run_pod_sandbox_pulls_and_mounts_the_pause_image_reserve_names() -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        wire_pod_create(rig.bus, pause_image=PAUSE_IMAGE)
+        wire_pause_image(rig.bus)
+        deadline = time.monotonic() + CALL_TIME
+        sandbox_id = await run_pod(rig, deadline)
+        assert rig.bus.ops() == [
+            "runtime.sandbox_reserve", "net.setup",
+            "image.resolve_image", "image.pull_image", "image.resolve_image",
+            "storage.unpack_layer", "storage.unpack_layer", "storage.create_rootfs",
+            "runtime.sandbox_start"]
+        assert {policy(s, deadline) for s in rig.bus.sent} == {Deadline.CREATE}
+        bottom, top = rig.bus.sent_to("storage.unpack_layer")
+        assert (bottom.args["parent"], top.args["parent"]) == (None, "sha256:d0")
+        rootfs = rig.bus.sent_to("storage.create_rootfs")[0].args
+        assert rootfs == {"container_id": sandbox_id,
+                          "layers": [chain_id(None, "sha256:d0"),
+                                     chain_id(chain_id(None, "sha256:d0"), "sha256:d1")]}
+        start = rig.bus.sent_to("runtime.sandbox_start")[0].args
+        assert start["infra_image"] == {"rootfs": f"/run/rootfs/{sandbox_id}",
+                                        "args": ["/pause"]}
+    asyncio.run(scenario())
+
+
+def test_run_pod_sandbox_undoes_newest_first_when_net_setup_fails() -> None:
+    rig = make_rig()
+    deadline = time.monotonic() + CALL_TIME
+
+    async def scenario() -> None:
+        wire_pod_create(rig.bus)
+        rig.bus.raises("net.setup", Unavailable("the net pool has no live worker"))
+        await run_pod(rig, deadline)
+
+    fails_with(Code.UNAVAILABLE, scenario())
+    assert rig.bus.ops() == ["runtime.sandbox_reserve", "net.setup",
+                             "net.teardown", "runtime.sandbox_stop", "runtime.sandbox_remove"]
+    sandbox_id = rig.bus.sent[0].args["id"]
+    undo = rig.bus.sent[2:]
+    assert [s.args for s in undo] == [{"pod_id": sandbox_id}, {"id": sandbox_id},
+                                      {"id": sandbox_id}]
+    assert {policy(s, deadline) for s in undo} == {Deadline.CLEANUP}
+
+
+def test_run_pod_sandbox_undoes_the_pause_rootfs_first_when_sandbox_start_fails() -> None:
+    rig = make_rig()
+    deadline = time.monotonic() + CALL_TIME
+
+    async def scenario() -> None:
+        wire_pod_create(rig.bus, pause_image=PAUSE_IMAGE)
+        wire_pause_image(rig.bus)
+        rig.bus.raises("runtime.sandbox_start", Internal("runc create failed"))
+        await run_pod(rig, deadline)
+
+    fails_with(Code.INTERNAL, scenario())
+    start = rig.bus.ops().index("runtime.sandbox_start")
+    undo = rig.bus.sent[start + 1:]
+    assert [s.op for s in undo] == ["storage.remove_rootfs", "net.teardown",
+                                    "runtime.sandbox_stop", "runtime.sandbox_remove"]
+    assert {policy(s, deadline) for s in undo} == {Deadline.CLEANUP}
+
+
+def test_a_failing_undo_does_not_stop_the_others_nor_change_the_callers_error() -> None:
+    rig = make_rig()
+
+    async def scenario() -> None:
+        wire_pod_create(rig.bus)
+        rig.bus.raises("net.setup", Unavailable("the net pool has no live worker"))
+        rig.bus.raises("net.teardown", Internal("netns busy"))
+        rig.bus.raises("runtime.sandbox_stop", DeadlineExceeded("infra did not stop"))
+        await run_pod(rig, time.monotonic() + CALL_TIME)
+
+    error = fails_with(Code.UNAVAILABLE, scenario())
+    assert error.message == "the net pool has no live worker"
+    assert rig.bus.ops()[2:] == ["net.teardown", "runtime.sandbox_stop",
+                                 "runtime.sandbox_remove"]
+
+
+def test_a_failed_create_leaves_nothing_to_join_so_a_retry_starts_afresh() -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        wire_pod_create(rig.bus)
+        rig.bus.raises("net.setup", Unavailable("the net pool has no live worker"))
+        with pytest.raises(Unavailable):
+            await run_pod(rig, time.monotonic() + CALL_TIME)
+        assert not rig.creates.pending(POD_CREATE)
+        rig.bus.on("net.setup", net_setup_answer)
+        sandbox_id = await run_pod(rig, time.monotonic() + CALL_TIME)
+        first, second = rig.bus.sent_to("runtime.sandbox_reserve")
+        assert first.args["id"] != second.args["id"] == sandbox_id
+    asyncio.run(scenario())
+
+
+# ---- the create table ---------------------------------------------------------------
+
+
+def test_concurrent_run_pod_sandbox_with_one_name_runs_one_create() -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        wire_pod_create(rig.bus)
+        release = asyncio.Event()
+
+        async def slow_reserve(args: dict[str, Any]) -> dict[str, Any]:
+            await release.wait()
+            return dict(reserve_answer()(args))
+
+        rig.bus.on("runtime.sandbox_reserve", slow_reserve)
+        deadline = time.monotonic() + CALL_TIME
+        first = asyncio.create_task(run_pod(rig, deadline))
+        second = asyncio.create_task(run_pod(rig, deadline))
+        await rig.bus.wait_sent("runtime.sandbox_reserve")
+        release.set()
+        ids = await asyncio.gather(first, second)
+        assert ids[0] == ids[1] == rig.bus.sent[0].args["id"]
+        assert rig.bus.ops() == ["runtime.sandbox_reserve", "net.setup",
+                                 "runtime.sandbox_start"]
+    asyncio.run(scenario())
+
+
+def test_a_create_outliving_its_caller_answers_deadline_exceeded_and_a_retry_joins_it(
+        ) -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        wire_pod_create(rig.bus)
+        release = asyncio.Event()
+
+        async def slow_setup(args: dict[str, Any]) -> dict[str, Any]:
+            await release.wait()
+            return net_setup_answer(args)
+
+        rig.bus.on("net.setup", slow_setup)
+        first_deadline = time.monotonic() + 0.05
+        with pytest.raises(DeadlineExceeded):
+            await run_pod(rig, first_deadline)
+        # The create goes on: nothing undone, still there to join.
+        assert rig.bus.ops() == ["runtime.sandbox_reserve", "net.setup"]
+        assert rig.creates.pending(POD_CREATE)
+        # The retry joins, whether the create is still running when it comes
+        # or has just finished unclaimed: either way it runs no create.
+        retry = asyncio.create_task(run_pod(rig, time.monotonic() + CALL_TIME))
+        release.set()
+        sandbox_id = await retry
+        assert sandbox_id == rig.bus.sent[0].args["id"]
+        assert rig.bus.ops() == ["runtime.sandbox_reserve", "net.setup",
+                                 "runtime.sandbox_start"]
+        # Every stage kept the first call's deadline plus the grace.
+        assert {policy(s, first_deadline) for s in rig.bus.sent} == {Deadline.CREATE}
+        assert not rig.creates.pending(POD_CREATE)
+    asyncio.run(scenario())
+
+
+def test_an_unclaimed_finished_create_is_removed_after_claim_timeout() -> None:
+    async def scenario() -> None:
+        rig = make_rig(claim_timeout=0.01)
+        wire_pod_create(rig.bus)
+        rig.bus.on("runtime.sandbox_stop_containers",
+                   lambda args: {"found": True, "id": args["id"], "host_network": False})
+        rig.bus.returns("runtime.container_list", [])
+        release = asyncio.Event()
+
+        async def slow_start(args: dict[str, Any]) -> dict[str, Any]:
+            await release.wait()
+            return sandbox_record(args["id"])
+
+        rig.bus.on("runtime.sandbox_start", slow_start)
+        deadline = time.monotonic() + 0.05
+        with pytest.raises(DeadlineExceeded):
+            await run_pod(rig, deadline)
+        release.set()
+        await rig.bus.wait_sent("runtime.sandbox_remove")
+        sandbox_id = rig.bus.sent[0].args["id"]
+        start = rig.bus.ops().index("runtime.sandbox_start")
+        reaped = rig.bus.sent[start + 1:]
+        assert [(s.op, s.args) for s in reaped] == [
+            ("runtime.sandbox_stop_containers", {"id": sandbox_id}),
+            ("runtime.sandbox_stop", {"id": sandbox_id}),
+            ("net.teardown", {"pod_id": sandbox_id}),
+            ("runtime.container_list", {"sandbox_id": sandbox_id, "all": True}),
+            ("storage.remove_rootfs", {"container_id": sandbox_id}),
+            ("runtime.sandbox_remove", {"id": sandbox_id})]
+        assert {policy(s, deadline) for s in reaped} == {Deadline.CLEANUP}
+        assert not rig.creates.pending(POD_CREATE)
+    asyncio.run(scenario())
+
+
+# ---- CreateContainer ------------------------------------------------------------------
+
+
+def create_container_request() -> api.CreateContainerRequest:
+    return api.CreateContainerRequest(pod_sandbox_id=SANDBOX_ID, config=api.ContainerConfig(
+        metadata=api.ContainerMetadata(name="app"), image=api.ImageSpec(image="nginx:1")))
+
+
+def test_create_container_refuses_a_sandbox_not_ready_and_sends_nothing_else() -> None:
+    rig = make_rig()
+    deadline = time.monotonic() + CALL_TIME
+
+    async def scenario() -> None:
+        rig.bus.returns("runtime.sandbox_status", sandbox_record(SANDBOX_ID, "notready"))
+        await serve(deadline, rig.containers.create_container(create_container_request()))
+
+    fails_with(Code.FAILED_PRECONDITION, scenario())
+    assert rig.bus.ops() == ["runtime.sandbox_status"]
+    assert policy(rig.bus.sent[0], deadline) is Deadline.CALL
+
+
+def test_create_container_failure_removes_the_rootfs_then_the_record() -> None:
+    rig = make_rig()
+    deadline = time.monotonic() + CALL_TIME
+
+    async def scenario() -> None:
+        rig.bus.returns("runtime.sandbox_status", sandbox_record(SANDBOX_ID))
+        rig.bus.returns("image.resolve_image", image_answer("sha256:nginx", ["sha256:d0"]))
+        rig.bus.on("runtime.container_reserve",
+                   lambda args: {"id": args["id"], "name": "k8s_app_web_default_uid-1_0"})
+        rig.bus.on("storage.unpack_layer", unpack_answer)
+        rig.bus.on("storage.create_rootfs", rootfs_answer)
+        rig.bus.raises("runtime.container_create",
+                       FailedPrecondition("runtime handler runc cannot run"))
+        rig.bus.on("storage.remove_rootfs", removed_rootfs)
+        rig.bus.on("runtime.container_remove",
+                   lambda args: {"found": True, "id": args["id"], "sandbox_id": SANDBOX_ID})
+        await serve(deadline, rig.containers.create_container(create_container_request()))
+
+    fails_with(Code.FAILED_PRECONDITION, scenario())
+    assert rig.bus.ops() == [
+        "runtime.sandbox_status", "image.resolve_image", "runtime.container_reserve",
+        "storage.unpack_layer", "storage.create_rootfs", "runtime.container_create",
+        "storage.remove_rootfs", "runtime.container_remove"]
+    container_id = rig.bus.sent_to("runtime.container_reserve")[0].args["id"]
+    rootfs_undo, record_undo = rig.bus.sent[-2:]
+    assert rootfs_undo.args == {"container_id": container_id}
+    assert record_undo.args == {"id": container_id}
+    assert [policy(s, deadline) for s in rig.bus.sent] == [
+        Deadline.CALL, *[Deadline.CREATE] * 5, Deadline.CLEANUP, Deadline.CLEANUP]
+
+
+def test_a_container_whose_name_equals_an_in_flight_pods_does_not_join_its_create() -> None:
+    # Pod "app_web" and container "app" of pod "web" are both named
+    # k8s_app_web_default_uid-1_0: the create table must keep them apart.
+    async def scenario() -> None:
+        rig = make_rig()
+        wire_pod_create(rig.bus)
+        release = asyncio.Event()
+
+        async def slow_reserve(args: dict[str, Any]) -> dict[str, Any]:
+            await release.wait()
+            return dict(reserve_answer()(args))
+
+        rig.bus.on("runtime.sandbox_reserve", slow_reserve)
+        rig.bus.returns("runtime.sandbox_status", sandbox_record(SANDBOX_ID))
+        rig.bus.returns("image.resolve_image", image_answer("sha256:nginx", []))
+        rig.bus.on("runtime.container_reserve", lambda args: {"id": args["id"]})
+        rig.bus.on("storage.create_rootfs", rootfs_answer)
+        rig.bus.on("runtime.container_create", lambda args: {"id": args["id"]})
+        deadline = time.monotonic() + CALL_TIME
+        pod = api.RunPodSandboxRequest(config=api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name="app_web", namespace="default",
+                                            uid="uid-1")))
+        pod_task = asyncio.create_task(serve(deadline, rig.sandboxes.run_pod_sandbox(pod)))
+        await rig.bus.wait_sent("runtime.sandbox_reserve")
+        created = await serve(deadline,
+                              rig.containers.create_container(create_container_request()))
+        release.set()
+        sandbox_id = (await pod_task).pod_sandbox_id
+        reserved = rig.bus.sent_to("runtime.container_reserve")
+        assert [s.args["id"] for s in reserved] == [created.container_id]
+        assert created.container_id != sandbox_id
+    asyncio.run(scenario())
+
+
+# ---- RemovePodSandbox ---------------------------------------------------------------
+
+
+def test_remove_pod_sandbox_of_an_absent_sandbox_succeeds_without_removals() -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        rig.bus.returns("runtime.sandbox_stop_containers", {"found": False})
+        await serve(time.monotonic() + CALL_TIME, rig.sandboxes.remove_pod_sandbox(
+            api.RemovePodSandboxRequest(pod_sandbox_id=SANDBOX_ID)))
+        assert rig.bus.ops() == ["runtime.sandbox_stop_containers"]
+    asyncio.run(scenario())
+
+
+def test_remove_pod_sandbox_removes_container_rootfs_before_records_then_the_pod() -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        rig.bus.returns("runtime.sandbox_stop_containers",
+                        {"found": True, "id": SANDBOX_ID, "host_network": False})
+        rig.bus.on("runtime.sandbox_stop", sandbox_stopped)
+        rig.bus.on("net.teardown", net_torn_down)
+        rig.bus.returns("runtime.container_list", [
+            list_entry("1" * 64, "CONTAINER_EXITED"), list_entry("2" * 64, "CONTAINER_UNKNOWN")])
+        rig.bus.on("storage.remove_rootfs", removed_rootfs)
+        rig.bus.on("runtime.container_remove",
+                   lambda args: {"found": True, "id": args["id"], "sandbox_id": SANDBOX_ID})
+        rig.bus.on("runtime.sandbox_remove", sandbox_removed)
+        deadline = time.monotonic() + CALL_TIME
+        # The kubelet may name the pod by a prefix of its id.
+        await serve(deadline, rig.sandboxes.remove_pod_sandbox(
+            api.RemovePodSandboxRequest(pod_sandbox_id=SANDBOX_ID[:12])))
+        assert [(s.op, s.args) for s in rig.bus.sent] == [
+            ("runtime.sandbox_stop_containers", {"id": SANDBOX_ID[:12]}),
+            ("runtime.sandbox_stop", {"id": SANDBOX_ID}),
+            ("net.teardown", {"pod_id": SANDBOX_ID}),
+            ("runtime.container_list", {"sandbox_id": SANDBOX_ID, "all": True}),
+            ("storage.remove_rootfs", {"container_id": "1" * 64}),
+            ("runtime.container_remove", {"id": "1" * 64}),
+            ("storage.remove_rootfs", {"container_id": "2" * 64}),
+            ("runtime.container_remove", {"id": "2" * 64}),
+            ("storage.remove_rootfs", {"container_id": SANDBOX_ID}),
+            ("runtime.sandbox_remove", {"id": SANDBOX_ID})]
+        assert {policy(s, deadline) for s in rig.bus.sent} == {Deadline.CALL}
+    asyncio.run(scenario())
+
+
+# ---- container events ------------------------------------------------------------------
+
+
+def list_entry(container_id: str, state: str) -> dict[str, Any]:
+    """One item of runtime.container_list (containers.py list_containers)."""
+    return {"id": container_id, "pod_sandbox_id": SANDBOX_ID, "metadata": {"name": "app"},
+            "image": {"image": "nginx:1"}, "image_ref": "sha256:nginx",
+            "image_id": "sha256:nginx", "state": state, "created_at": "1",
+            "labels": {}, "annotations": {}}
+
+
+@dataclass
+class FakeContainer:
+    """One container of the pod, as the runtime pool would report it."""
+
+    state: str = "CONTAINER_CREATED"
+    exit_code: int = 0
+    present: bool = True
+    statuses: list[str] = field(default_factory=list)  # each state reported
+
+
+def wire_container(bus: FakeBus, box: FakeContainer) -> None:
+    """The runtime ops of one container of the pod SANDBOX_ID, and its rootfs."""
+    cid = CONTAINER_ID
+
+    def start(args: dict[str, Any]) -> dict[str, Any]:
+        box.state = "CONTAINER_RUNNING"
+        return {"id": cid, "state": "running"}
+
+    def stop(args: dict[str, Any]) -> dict[str, Any]:
+        if not box.present:
+            return {"found": False}
+        running = box.state == "CONTAINER_RUNNING"
+        if running:
+            box.state, box.exit_code = "CONTAINER_EXITED", 137
+        return {"found": True, "id": cid, "sandbox_id": SANDBOX_ID, "stopped": running}
+
+    def remove(args: dict[str, Any]) -> dict[str, Any]:
+        box.present = False
+        return {"found": True, "id": cid, "sandbox_id": SANDBOX_ID}
+
+    def listing(args: dict[str, Any]) -> list[dict[str, Any]]:
+        wanted = args.get("filter", {}).get("id", cid)
+        return [list_entry(cid, box.state)] if box.present and cid.startswith(wanted) else []
+
+    def status(args: dict[str, Any]) -> dict[str, Any]:
+        if not box.present:
+            raise NotFound(f"container {args['id']} not found")
+        box.statuses.append(box.state)
+        return {"status": {
+            "id": cid, "metadata": {"name": "app"}, "state": box.state, "created_at": "1",
+            "started_at": "2", "finished_at": "3" if box.exit_code else "0",
+            "exit_code": box.exit_code, "image": {"image": "nginx:1"},
+            "image_ref": "sha256:nginx", "image_id": "sha256:nginx", "reason": "",
+            "message": "", "labels": {}, "annotations": {}, "mounts": [], "log_path": "",
+            "stop_signal": "SIGNAL_SIGTERM"}}
+
+    bus.on("runtime.container_start", start)
+    bus.on("runtime.container_stop", stop)
+    bus.on("runtime.container_remove", remove)
+    bus.on("runtime.container_list", listing)
+    bus.on("runtime.container_status", status)
+    bus.returns("runtime.sandbox_status", sandbox_record(SANDBOX_ID))
+    bus.on("storage.remove_rootfs", removed_rootfs)
+
+
+def wire_exits(bus: FakeBus, exited: asyncio.Event) -> None:
+    """runtime.exits_since (workers/runtime/events.py): its first poll
+    answers CONTAINER_ID's exit once ``exited`` is set; later polls find
+    nothing new (they wait until the watcher is stopped)."""
+    async def exits_since(args: dict[str, Any]) -> dict[str, Any]:
+        if len(bus.sent_to("runtime.exits_since")) > 1:
+            await asyncio.Event().wait()
+        await exited.wait()
+        return {"cursor": args["cursor"] + 1, "exits": [CONTAINER_ID]}
+    bus.on("runtime.exits_since", exits_since)
+
+
+class Subscriber:
+    """A GetContainerEvents client: reads the hub's stream into a queue."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self._queue: asyncio.Queue[api.ContainerEventResponse] = asyncio.Queue()
+        self._task = asyncio.create_task(self._read(hub))
+
+    @classmethod
+    async def of(cls, hub: EventHub) -> Subscriber:
+        subscriber = cls(hub)
+        await asyncio.sleep(0)  # one step of the reader: it is subscribed then
+        return subscriber
+
+    async def _read(self, hub: EventHub) -> None:
+        async for event in hub.subscribe():
+            self._queue.put_nowait(event)
+
+    async def next(self) -> api.ContainerEventResponse:
+        return await asyncio.wait_for(self._queue.get(), EVENT_WAIT)
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+STATUS_OPS = {"runtime.sandbox_status", "runtime.container_list", "runtime.container_status"}
+
+
+async def stop_container(rig: Rig) -> None:
+    await serve(time.monotonic() + CALL_TIME, rig.containers.stop_container(
+        api.StopContainerRequest(container_id=CONTAINER_ID, timeout=10)))
+
+
+async def remove_container(rig: Rig) -> None:
+    await serve(time.monotonic() + CALL_TIME, rig.containers.remove_container(
+        api.RemoveContainerRequest(container_id=CONTAINER_ID)))
+
+
+async def start_container(rig: Rig) -> None:
+    await serve(time.monotonic() + CALL_TIME, rig.containers.start_container(
+        api.StartContainerRequest(container_id=CONTAINER_ID)))
+
+
+def test_start_stop_remove_send_their_events_in_order_with_the_statuses_returned() -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        box = FakeContainer()
+        wire_container(rig.bus, box)
+        wire_exits(rig.bus, asyncio.Event())  # nothing exits on its own
+        rig.events.start()
+        events = await Subscriber.of(rig.events)
+        try:
+            await start_container(rig)
+            started = await events.next()
+            await stop_container(rig)
+            stopped = await events.next()
+            await remove_container(rig)
+            deleted = await events.next()
+        finally:
+            events.close()
+            await rig.events.stop()
+        assert [(e.container_id, e.container_event_type) for e in (started, stopped, deleted)] \
+            == [(CONTAINER_ID, api.CONTAINER_STARTED_EVENT),
+                (CONTAINER_ID, api.CONTAINER_STOPPED_EVENT),
+                (CONTAINER_ID, api.CONTAINER_DELETED_EVENT)]
+        assert box.statuses == ["CONTAINER_RUNNING", "CONTAINER_EXITED"]
+        assert [[(s.id, s.state, s.exit_code) for s in e.containers_statuses]
+                for e in (started, stopped, deleted)] == [
+            [(CONTAINER_ID, api.CONTAINER_RUNNING, 0)],
+            [(CONTAINER_ID, api.CONTAINER_EXITED, 137)],
+            []]  # removed: the pod has no container left to report
+        for event in (started, stopped, deleted):
+            assert event.pod_sandbox_status.id == SANDBOX_ID
+            assert event.pod_sandbox_status.state == api.SANDBOX_READY
+            assert event.pod_sandbox_status.network.ip == POD_IP
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("watcher_first", [False, True], ids=["handler-first", "watcher-first"])
+def test_stopped_is_sent_once_when_handler_and_exit_watcher_both_report_it(
+        watcher_first: bool) -> None:
+    async def scenario() -> list[int]:
+        rig = make_rig()
+        box = FakeContainer(state="CONTAINER_RUNNING")
+        wire_container(rig.bus, box)
+        exited = asyncio.Event()
+        wire_exits(rig.bus, exited)
+        rig.events.start()
+        events = await Subscriber.of(rig.events)
+        try:
+            if watcher_first:
+                box.state, box.exit_code = "CONTAINER_EXITED", 0
+                exited.set()
+                received = [await events.next()]
+                await stop_container(rig)
+            else:
+                await stop_container(rig)
+                received = [await events.next()]
+                exited.set()
+            # The watcher has handed its exit on once it polls again.
+            await rig.bus.wait_sent("runtime.exits_since", count=2)
+            await remove_container(rig)
+            # Delivery is in order: a second STOPPED would come before this.
+            received.append(await events.next())
+        finally:
+            events.close()
+            await rig.events.stop()
+        return [e.container_event_type for e in received]
+
+    assert asyncio.run(scenario()) == [api.CONTAINER_STOPPED_EVENT,
+                                       api.CONTAINER_DELETED_EVENT]
+
+
+def test_no_event_is_built_without_a_subscriber() -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        box = FakeContainer(state="CONTAINER_RUNNING")
+        wire_container(rig.bus, box)
+        wire_exits(rig.bus, asyncio.Event())
+        rig.events.start()
+        try:
+            await stop_container(rig)  # STOPPED, with nobody listening
+            events = await Subscriber.of(rig.events)
+            await start_container(rig)
+            first = await events.next()
+            events.close()
+        finally:
+            await rig.events.stop()
+        # The first event a subscriber sees is the one after it came, and
+        # only that one was built (one status query of the pod).
+        assert first.container_event_type == api.CONTAINER_STARTED_EVENT
+        built = [op for op in rig.bus.ops() if op in STATUS_OPS]
+        assert built == ["runtime.container_list", "runtime.sandbox_status",
+                         "runtime.container_list", "runtime.container_status"]
+    asyncio.run(scenario())
+
+
+# ---- the deadline policies ------------------------------------------------------------
+
+
+def test_call_policy_outside_a_cri_call_is_internal_and_sends_nothing() -> None:
+    bus = FakeBus()
+    bus.returns("runtime.version", {})
+    ops = OpClient(bus)
+    # A fresh context: no call has begun in it.
+    with pytest.raises(Internal):
+        contextvars.Context().run(ops.deadline, Deadline.CALL)
+    with pytest.raises(Internal):
+        contextvars.Context().run(asyncio.run, ops("runtime.version", {}))
+    assert bus.sent == []
+
+
+def test_cleanup_policy_is_independent_of_the_call_deadline() -> None:
+    async def scenario() -> None:
+        bus = FakeBus()
+        bus.on("runtime.sandbox_remove", sandbox_removed)
+        ops = OpClient(bus)
+        # The call's deadline is long past, as it is when a create failed by it.
+        opclient.begin(time.monotonic() - 100)
+        with pytest.raises(DeadlineExceeded):
+            await ops("runtime.sandbox_remove", {"id": SANDBOX_ID})
+        before = time.monotonic()
+        assert await ops("runtime.sandbox_remove", {"id": SANDBOX_ID}, Deadline.CLEANUP) \
+            == {"found": True, "id": SANDBOX_ID, "netns_path": None}
+        after = time.monotonic()
+        assert before + CLEANUP_TIMEOUT <= bus.sent[-1].deadline <= after + CLEANUP_TIMEOUT
+    asyncio.run(scenario())
