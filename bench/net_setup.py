@@ -98,7 +98,8 @@ fi
 
 
 def setup_args(pod_id: str) -> dict[str, Any]:
-    return {"pod_id": pod_id, "name": pod_id, "namespace": "bench", "uid": pod_id}
+    return {"pod_id": pod_id, "name": pod_id, "namespace": "bench", "uid": pod_id,
+            "port_mappings": [], "host_network": False, "cgroup_parent": ""}
 
 
 @contextlib.contextmanager
@@ -226,10 +227,10 @@ def inprocess_round(world: CniWorld, pods: int, parallel: int, tag: str) -> tupl
     ids = [f"pv{tag}{i:03d}" for i in range(pods)]
 
     def up(pod_id: str) -> Any:
-        return world.net.setup(world.ctx(), setup_args(pod_id))
+        return world.call("setup", setup_args(pod_id))
 
     def down(pod_id: str) -> Any:
-        return world.net.teardown(world.ctx(), {"pod_id": pod_id})
+        return world.call("teardown", {"pod_id": pod_id})
 
     with ThreadPoolExecutor(parallel) as pool:
         started = time.perf_counter()

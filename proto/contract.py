@@ -103,7 +103,3 @@ def result_from_wire(wire: Any, op: Op[Any, R]) -> R:
     except msgspec.ValidationError as exc:
         raise Internal(f"{op.name} returned a malformed result: {exc}") from None
 
-
-class Untyped(Record, frozen=True, kw_only=True):
-    """Marks an op whose contract is not declared yet: its maps pass the
-    bus unchecked. A step of the move to typed ops; none may remain."""

@@ -1,8 +1,8 @@
 """CRI object names, derived from metadata as CRI-O's naming scheme does.
 
-The kubelet retries a timed-out create with the same metadata, so the name
-is the key both the supervisor (joining an in-flight create) and the
-runtime pool (the on-disk reservation) use; one definition keeps them equal.
+The runtime pool reserves these names on disk (sandbox and container
+reserve) and answers them to the supervisor, so they are computed in that
+one place.
 
     pod:        k8s_<name>_<namespace>_<uid>_<attempt>
     container:  k8s_<name>_<pod name>_<pod namespace>_<pod uid>_<attempt>
@@ -10,37 +10,27 @@ runtime pool (the on-disk reservation) use; one definition keeps them equal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
+from . import api_pb2 as api
 from .errors import InvalidArgument
 
 
-def sandbox_name(metadata: Mapping[str, Any]) -> str:
-    return "_".join(("k8s", _part(metadata, "name", "metadata"),
-                     _part(metadata, "namespace", "metadata"),
-                     _part(metadata, "uid", "metadata"), _attempt(metadata)))
+def sandbox_name(metadata: api.PodSandboxMetadata) -> str:
+    return "_".join(("k8s", _part(metadata.name, "metadata.name"),
+                     _part(metadata.namespace, "metadata.namespace"),
+                     _part(metadata.uid, "metadata.uid"), str(metadata.attempt)))
 
 
-def container_name(metadata: Mapping[str, Any], pod_metadata: Mapping[str, Any]) -> str:
-    return "_".join(("k8s", _part(metadata, "name", "metadata"),
-                     _part(pod_metadata, "name", "pod metadata"),
-                     _part(pod_metadata, "namespace", "pod metadata"),
-                     _part(pod_metadata, "uid", "pod metadata"), _attempt(metadata)))
+def container_name(metadata: api.ContainerMetadata, pod_metadata: api.PodSandboxMetadata) -> str:
+    return "_".join(("k8s", _part(metadata.name, "metadata.name"),
+                     _part(pod_metadata.name, "pod metadata.name"),
+                     _part(pod_metadata.namespace, "pod metadata.namespace"),
+                     _part(pod_metadata.uid, "pod metadata.uid"), str(metadata.attempt)))
 
 
-def _attempt(metadata: Mapping[str, Any]) -> str:
-    try:
-        return str(int(metadata.get("attempt", 0)))
-    except (TypeError, ValueError):
-        raise InvalidArgument("metadata.attempt must be a number") from None
-
-
-def _part(metadata: Mapping[str, Any], key: str, where: str) -> str:
-    value = metadata.get(key, "")
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"{where}.{key} is required")
+def _part(value: str, where: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{where} is required")
     # The name becomes a file name in the runtime pool's reservations.
     if "/" in value or "\x00" in value or value in (".", ".."):
-        raise InvalidArgument(f"{where}.{key} {value!r} is not a valid name")
+        raise InvalidArgument(f"{where} {value!r} is not a valid name")
     return value

@@ -1,34 +1,334 @@
 """The ops of the runtime pool: node answers, pod sandboxes, containers.
 
 Each op is declared once, with its argument and result types
-(proto/contract.py).
+(proto/contract.py). The CRI messages travel whole, as serialized protobuf
+in ``bytes`` fields, both ways: a pod's or container's config into the
+reserve ops, and every CRI status and list item out of the status and list
+ops, built in the runtime pool and only parsed by the supervisor
+(``api.PodSandboxStatus.FromString(result.status)``).
+
+Ids: the create ops take the full 64-hex id the supervisor picked; every
+other op takes a sandbox's or container's id or a unique prefix of it, as
+the kubelet may send, and answers the full one. Stops and removals of an
+absent object succeed with ``found`` false (CRI idempotence).
 """
 
 from __future__ import annotations
 
-from .contract import Op, Untyped
+from typing import Any
 
-VERSION = Op("runtime.version", Untyped, Untyped, read_only=True)
-STATUS = Op("runtime.status", Untyped, Untyped, read_only=True)
-RUNTIME_CONFIG = Op("runtime.runtime_config", Untyped, Untyped, read_only=True)
-SANDBOX_RESERVE = Op("runtime.sandbox_reserve", Untyped, Untyped, idempotent=True)
-SANDBOX_START = Op("runtime.sandbox_start", Untyped, Untyped)
-SANDBOX_STOP_CONTAINERS = Op("runtime.sandbox_stop_containers", Untyped, Untyped)
-SANDBOX_STOP = Op("runtime.sandbox_stop", Untyped, Untyped, idempotent=True)
-SANDBOX_REMOVE = Op("runtime.sandbox_remove", Untyped, Untyped, idempotent=True)
-SANDBOX_STATUS = Op("runtime.sandbox_status", Untyped, Untyped, read_only=True)
-SANDBOX_LIST = Op("runtime.sandbox_list", Untyped, Untyped, read_only=True)
-CONTAINER_RESERVE = Op("runtime.container_reserve", Untyped, Untyped, idempotent=True)
-CONTAINER_CREATE = Op("runtime.container_create", Untyped, Untyped)
-CONTAINER_START = Op("runtime.container_start", Untyped, Untyped)
-CONTAINER_STOP = Op("runtime.container_stop", Untyped, Untyped)
-CONTAINER_REMOVE = Op("runtime.container_remove", Untyped, Untyped, idempotent=True)
-CONTAINER_STATUS = Op("runtime.container_status", Untyped, Untyped, read_only=True)
-CONTAINER_LIST = Op("runtime.container_list", Untyped, Untyped, read_only=True)
-CONTAINER_EXEC_SYNC = Op("runtime.container_exec_sync", Untyped, Untyped)
-CONTAINER_REOPEN_LOG = Op("runtime.container_reopen_log", Untyped, Untyped)
-RECONCILE = Op("runtime.reconcile", Untyped, Untyped)
-EXITS_SINCE = Op("runtime.exits_since", Untyped, Untyped, read_only=True)
+from .contract import Empty, Op, Record
+
+# ---- node answers ------------------------------------------------------------
+
+
+class VersionInfo(Record, frozen=True, kw_only=True):
+    """The CRI VersionResponse's fields."""
+
+    version: str
+    """The CRI version field: the version of the runtime API spoken."""
+    runtime_name: str
+    runtime_version: str
+    runtime_api_version: str
+
+
+class HandlerProbe(Record, frozen=True, kw_only=True):
+    """What probing one OCI runtime handler (runc, crun) found."""
+
+    name: str
+    path: str
+    ok: bool
+    """Its binary ran ``--version`` successfully."""
+    version: str
+    message: str
+    """Why it is not ok; "" when it is."""
+    recursive_read_only_mounts: bool
+
+
+class RuntimeStatus(Record, frozen=True, kw_only=True):
+    """The RuntimeReady condition and the handlers that work."""
+
+    runtime_ready: bool
+    """The default handler works."""
+    reason: str
+    message: str
+    default_runtime: str
+    handlers: list[HandlerProbe]
+    """The handlers that work, by name."""
+    probes: list[HandlerProbe]
+    """Every configured handler, working or not (for verbose Status)."""
+
+
+class RuntimeConfig(Record, frozen=True, kw_only=True):
+    cgroup_driver: str
+    """"systemd" or "cgroupfs", fixed for the daemon's life."""
+
+
+# ---- shared shapes ---------------------------------------------------------------
+
+
+class Ref(Record, frozen=True, kw_only=True):
+    """A pod sandbox or a container, by its id or a unique prefix of it."""
+
+    id: str
+
+
+class Found(Record, frozen=True, kw_only=True):
+    """The answer of an op that finds an absent object fine."""
+
+    found: bool
+    id: str = ""
+    """The full id; "" when not found."""
+
+
+class StatusQuery(Record, frozen=True, kw_only=True):
+    id: str
+    """The id or a unique prefix; NOT_FOUND when none matches."""
+    verbose: bool
+    """Also answer ``info``, the CRI's free-form verbose map."""
+
+
+# ---- pod sandboxes -----------------------------------------------------------------
+
+
+class SandboxReserve(Record, frozen=True, kw_only=True):
+    """Reserve the pod's name and write its ``creating`` record. Again with
+    the same id, the same answer; a name held by another pod is
+    ALREADY_EXISTS. What can be refused (hostname, log directory,
+    namespace modes, metadata) is refused here, before anything exists."""
+
+    id: str
+    config: bytes
+    """The CRI PodSandboxConfig, serialized."""
+    runtime_handler: str
+    """The CRI runtime handler; "" for the node's default."""
+
+
+class SandboxReserved(Record, frozen=True, kw_only=True):
+    id: str
+    name: str
+    """The pod's unique name (proto/naming.py)."""
+    runtime_handler: str
+    """The handler resolved: never ""."""
+    host_network: bool
+    """The pod shares the node's network namespace: no CNI."""
+    pause_image: str
+    """The image whose rootfs the pod's infra process runs from, for the
+    supervisor to pull and mount before ``sandbox_start``; "" when the pod
+    needs no infra (it does not share a PID namespace) or none is set."""
+
+
+class InfraImage(Record, frozen=True, kw_only=True):
+    """The pause image's mounted rootfs and the command to run in it."""
+
+    rootfs: str
+    args: list[str]
+
+
+class SandboxStart(Record, frozen=True, kw_only=True):
+    """Set up the pod's namespaces, files, cgroup and infra, and mark it
+    ready. A sandbox no longer ``creating`` is left as it is."""
+
+    id: str
+    netns_path: str | None = None
+    """The network namespace the net pool made; None for host network."""
+    ips: list[str]
+    """The pod's addresses, first the primary (for the hosts file and the
+    status)."""
+    infra_image: InfraImage | None = None
+    """None: the infra runs catatonit from the node (or there is none)."""
+
+
+class SandboxStopped(Record, frozen=True, kw_only=True):
+    found: bool
+    id: str = ""
+    stopped: bool = False
+    """This call moved it to not ready (false when it was already)."""
+
+
+class SandboxStatus(Record, frozen=True, kw_only=True):
+    status: bytes
+    """The CRI PodSandboxStatus, serialized."""
+    containers: list[bytes]
+    """The CRI ContainerStatus of each of its containers, serialized
+    (creating ones are not the kubelet's to see)."""
+    info: dict[str, str]
+    """The CRI verbose info; empty unless asked."""
+
+
+class SandboxListQuery(Record, frozen=True, kw_only=True):
+    filter: bytes = b""
+    """The CRI PodSandboxFilter, serialized; empty for all."""
+
+
+class SandboxList(Record, frozen=True, kw_only=True):
+    items: list[bytes]
+    """Each a CRI PodSandbox, serialized; pods being created are left out."""
+
+
+# ---- containers ------------------------------------------------------------------------
+
+
+class ImageRef(Record, frozen=True, kw_only=True):
+    """The image a container is created from, as the image pool resolved it."""
+
+    id: str
+    repo_tags: list[str]
+    repo_digests: list[str]
+
+
+class ContainerReserve(Record, frozen=True, kw_only=True):
+    """Reserve the container's name in a ready pod and write its
+    ``creating`` record (FAILED_PRECONDITION if the pod is not ready).
+    Again with the same id, the same answer. A bad log path or image is
+    refused here, before the supervisor unpacks and mounts anything."""
+
+    id: str
+    sandbox_id: str
+    """The pod's id or a unique prefix of it."""
+    config: bytes
+    """The CRI ContainerConfig, serialized."""
+    image: ImageRef
+
+
+class ContainerReserved(Record, frozen=True, kw_only=True):
+    id: str
+    name: str
+    """The container's unique name (proto/naming.py)."""
+    sandbox_id: str
+    """The pod's full id."""
+
+
+class ContainerCreate(Record, frozen=True, kw_only=True):
+    """Write the OCI bundle and have the monitor run ``<handler> create``.
+    A container no longer ``creating`` is left as it is."""
+
+    id: str
+    rootfs: str
+    """The mounted root filesystem the storage pool made."""
+    # Opaque JSON: the OCI image config document as the image pool stored
+    # it; an external format the spec builder reads a few keys of.
+    image_config: dict[str, Any]
+
+
+class ContainerStarted(Record, frozen=True, kw_only=True):
+    id: str
+    """The full id."""
+
+
+class ContainerStop(Record, frozen=True, kw_only=True):
+    """The stop signal, then SIGKILL after ``timeout`` seconds (0: at once).
+    Stopping a stopped or absent container succeeds."""
+
+    id: str
+    timeout: int
+
+
+class ContainerStopped(Record, frozen=True, kw_only=True):
+    found: bool
+    id: str = ""
+    sandbox_id: str = ""
+    stopped: bool = False
+    """It was running (or created) and this call stopped it."""
+
+
+class ContainerRemoved(Record, frozen=True, kw_only=True):
+    found: bool
+    id: str = ""
+    sandbox_id: str = ""
+
+
+class ContainerStatus(Record, frozen=True, kw_only=True):
+    status: bytes
+    """The CRI ContainerStatus, serialized."""
+    info: dict[str, str]
+    """The CRI verbose info; empty unless asked."""
+
+
+class ContainerListQuery(Record, frozen=True, kw_only=True):
+    filter: bytes = b""
+    """The CRI ContainerFilter, serialized; empty for all."""
+    sandbox_id: str = ""
+    """Only the containers of this pod (its full id); "" for all."""
+    all: bool = False
+    """Include those still being created (for a pod's removal)."""
+
+
+class ContainerList(Record, frozen=True, kw_only=True):
+    items: list[bytes]
+    """Each a CRI Container, serialized."""
+
+
+class ExecSync(Record, frozen=True, kw_only=True):
+    id: str
+    cmd: list[str]
+    """The program and its arguments; neither empty nor holding a NUL."""
+    timeout: int
+    """Seconds before the command is killed (DEADLINE_EXCEEDED); 0: none."""
+
+
+class ExecResult(Record, frozen=True, kw_only=True):
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+
+
+# ---- start-up and events -----------------------------------------------------------------
+
+
+class Reconciled(Record, frozen=True, kw_only=True):
+    """The ids that live on after the start-up reconcile, for the net and
+    storage pools to keep, and what it removed."""
+
+    sandboxes: list[str]
+    containers: list[str]
+    removed_sandboxes: list[str]
+    removed_containers: list[str]
+    removed_cgroups: list[str]
+
+
+class ExitsSince(Record, frozen=True, kw_only=True):
+    """Long poll of conmon's exit files newer than ``cursor``."""
+
+    cursor: int
+    """An exit file mtime in ns, as the last answer gave it."""
+    wait: float
+    """Seconds to wait for one, at most (bounded by the deadline too)."""
+    recent: list[str]
+    """Container ids already reported within the look-back."""
+
+
+class Exits(Record, frozen=True, kw_only=True):
+    cursor: int
+    exits: list[str]
+    """Ids of the containers that exited, oldest first."""
+
+
+VERSION = Op("runtime.version", Empty, VersionInfo, read_only=True)
+STATUS = Op("runtime.status", Empty, RuntimeStatus, read_only=True)
+RUNTIME_CONFIG = Op("runtime.runtime_config", Empty, RuntimeConfig, read_only=True)
+SANDBOX_RESERVE = Op("runtime.sandbox_reserve", SandboxReserve, SandboxReserved,
+                     idempotent=True)
+SANDBOX_START = Op("runtime.sandbox_start", SandboxStart, Empty)
+SANDBOX_STOP_CONTAINERS = Op("runtime.sandbox_stop_containers", Ref, Found)
+SANDBOX_STOP = Op("runtime.sandbox_stop", Ref, SandboxStopped, idempotent=True)
+SANDBOX_REMOVE = Op("runtime.sandbox_remove", Ref, Found, idempotent=True)
+SANDBOX_STATUS = Op("runtime.sandbox_status", StatusQuery, SandboxStatus, read_only=True)
+SANDBOX_LIST = Op("runtime.sandbox_list", SandboxListQuery, SandboxList, read_only=True)
+CONTAINER_RESERVE = Op("runtime.container_reserve", ContainerReserve, ContainerReserved,
+                       idempotent=True)
+CONTAINER_CREATE = Op("runtime.container_create", ContainerCreate, Empty)
+CONTAINER_START = Op("runtime.container_start", Ref, ContainerStarted)
+CONTAINER_STOP = Op("runtime.container_stop", ContainerStop, ContainerStopped)
+CONTAINER_REMOVE = Op("runtime.container_remove", Ref, ContainerRemoved, idempotent=True)
+CONTAINER_STATUS = Op("runtime.container_status", StatusQuery, ContainerStatus,
+                      read_only=True)
+CONTAINER_LIST = Op("runtime.container_list", ContainerListQuery, ContainerList,
+                    read_only=True)
+CONTAINER_EXEC_SYNC = Op("runtime.container_exec_sync", ExecSync, ExecResult)
+CONTAINER_REOPEN_LOG = Op("runtime.container_reopen_log", Ref, Empty)
+RECONCILE = Op("runtime.reconcile", Empty, Reconciled)
+EXITS_SINCE = Op("runtime.exits_since", ExitsSince, Exits, read_only=True)
 
 OPS = (
     VERSION, STATUS, RUNTIME_CONFIG, SANDBOX_RESERVE, SANDBOX_START, SANDBOX_STOP_CONTAINERS,

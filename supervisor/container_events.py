@@ -6,7 +6,8 @@ STOPPED and DELETED when a call changes a container, and a watcher task
 long-polls the runtime pool for exit files, so a container that exits on
 its own is reported STOPPED too. Each event carries the pod sandbox's status
 and the statuses of all its containers, as the kubelet's evented PLEG reads
-them.
+them: the runtime pool builds both (runtime.sandbox_status) and this module
+only parses them.
 
 Delivery: each subscriber has a bounded queue; one that falls
 ``QUEUE_SIZE`` events behind is dropped (its stream ends with an error)
@@ -23,12 +24,10 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
-from google.protobuf import json_format
-
 from ..proto import api_pb2 as api
+from ..proto import runtime_ops
 from ..proto.errors import BusError, NotFound, Unavailable
-from .opclient import Sender
-from .rpc.messages import sandbox_status
+from .opclient import Sender, send
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,7 @@ LOOKBACK_NS = 10_000_000_000  # longer than the runtime pool's look-back
 STATUS_TIMEOUT = 10.0
 # Containers whose STOPPED was sent, remembered to send it only once.
 STOPPED_MEMORY = 10000
+
 
 
 class EventHub:
@@ -124,30 +124,27 @@ class EventHub:
                 queue.put_nowait(None)
         return True
 
+
     async def _build(self, container_id: str, kind: int,
                      sandbox_id: str | None) -> api.ContainerEventResponse:
         deadline = time.monotonic() + STATUS_TIMEOUT
         if sandbox_id is None:
-            found = await self._bus.call("runtime.container_list",
-                                         {"filter": {"id": container_id}}, deadline=deadline)
-            if not found:
+            found = await send(
+                self._bus, runtime_ops.CONTAINER_LIST, runtime_ops.ContainerListQuery(
+                filter=api.ContainerFilter(id=container_id).SerializeToString()), deadline)
+            if not found.items:
                 raise NotFound(f"container {container_id} not found")
-            sandbox_id = str(found[0]["pod_sandbox_id"])
+            sandbox_id = api.Container.FromString(found.items[0]).pod_sandbox_id
         event = api.ContainerEventResponse(container_id=container_id,
                                            container_event_type=kind,  # type: ignore[arg-type]
                                            created_at=time.time_ns())
+        # A pod removed meanwhile has no status left, nor containers.
         with contextlib.suppress(NotFound):
-            record = await self._bus.call("runtime.sandbox_status", {"id": sandbox_id},
-                                          deadline=deadline)
-            event.pod_sandbox_status.CopyFrom(sandbox_status(record))
-        members = await self._bus.call("runtime.container_list", {"sandbox_id": sandbox_id},
-                                       deadline=deadline)
-        for member in members:
-            with contextlib.suppress(NotFound):
-                status = await self._bus.call("runtime.container_status",
-                                              {"id": member["id"]}, deadline=deadline)
-                event.containers_statuses.append(
-                    json_format.ParseDict(status["status"], api.ContainerStatus()))
+            pod = await send(self._bus, runtime_ops.SANDBOX_STATUS, runtime_ops.StatusQuery(
+                id=sandbox_id, verbose=False), deadline)
+            event.pod_sandbox_status.ParseFromString(pod.status)
+            event.containers_statuses.extend(
+                api.ContainerStatus.FromString(status) for status in pod.containers)
         return event
 
     async def _watch_exits(self) -> None:
@@ -155,10 +152,9 @@ class EventHub:
         recent: dict[str, int] = {}  # reported exits within the look-back
         while True:
             try:
-                found = await self._bus.call(
-                    "runtime.exits_since",
-                    {"cursor": cursor, "wait": WATCH_WAIT, "recent": sorted(recent)},
-                    deadline=time.monotonic() + WATCH_WAIT + 5)
+                found = await send(self._bus, runtime_ops.EXITS_SINCE, runtime_ops.ExitsSince(
+                    cursor=cursor, wait=WATCH_WAIT, recent=sorted(recent)),
+                    time.monotonic() + WATCH_WAIT + 5)
             except BusError as exc:
                 log.debug("Exit watcher: %s", exc.message)
                 await asyncio.sleep(WATCH_RETRY)
@@ -168,8 +164,8 @@ class EventHub:
                 log.exception("Exit watcher failed; retrying")
                 await asyncio.sleep(WATCH_RETRY)
                 continue
-            cursor = found["cursor"]
-            for container_id in found["exits"]:
+            cursor = found.cursor
+            for container_id in found.exits:
                 recent[container_id] = cursor
                 self.emit(container_id, api.CONTAINER_STOPPED_EVENT)
             for name, seen in list(recent.items()):

@@ -22,11 +22,10 @@ from __future__ import annotations
 import contextvars
 import enum
 import time
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Protocol, TypeVar
 
-from ..proto.contract import Op, Record, Untyped, from_wire, result_from_wire, to_wire
+from ..proto.contract import Op, Record, result_from_wire, to_wire
 from ..proto.errors import Internal
-from ..proto.ops import CATALOGUE
 
 CREATE_GRACE = 120.0
 CLEANUP_TIMEOUT = 60.0
@@ -71,25 +70,13 @@ class OpClient:
             raise Internal("an op was sent outside a CRI call") from None
         return call + CREATE_GRACE if policy is Deadline.CREATE else call
 
-    @overload
-    async def __call__(self, op: Op[A, R], args: A, policy: Deadline = ...) -> R: ...
+    async def __call__(self, op: Op[A, R], args: A, policy: Deadline = Deadline.CALL) -> R:
+        return await send(self._bus, op, args, self.deadline(policy))
 
-    @overload
-    async def __call__(self, op: str, args: dict[str, Any], policy: Deadline = ...) -> Any: ...
 
-    async def __call__(self, op: Op[Any, Any] | str, args: Any,
-                       policy: Deadline = Deadline.CALL) -> Any:
-        if isinstance(op, Op):
-            wire = to_wire(args, op.args)
-            return result_from_wire(
-                await self._bus.call(op.name, wire, deadline=self.deadline(policy)), op)
-        return await self._legacy(op, args, policy)
-
-    async def _legacy(self, name: str, args: dict[str, Any], policy: Deadline) -> Any:
-        # A caller not moved to typed ops yet: its map is still checked
-        # against the contract when the op has one.
-        op = CATALOGUE[name]
-        if op.args is Untyped:
-            return await self._bus.call(name, args, deadline=self.deadline(policy))
-        typed = await self(op, from_wire(args, op.args, f"{name} arguments"), policy)
-        return to_wire(typed, op.result)
+async def send(bus: Sender, op: Op[A, R], args: A, deadline: float) -> R:
+    """Send ``op`` with an explicit deadline: the op client's, or the own
+    deadline of work that serves no CRI call (start-up recovery, the event
+    watcher). Both ends check the contract (proto/contract.py)."""
+    return result_from_wire(await bus.call(op.name, to_wire(args, op.args), deadline=deadline),
+                            op)

@@ -1,5 +1,7 @@
 """Helpers for the storage tests: layer tars built in Python, and a storage
 root under a test's tmp_path with the pool's service and real OpContexts.
+Ops are called with the maps the bus carries, checked against their
+contracts as the worker checks them.
 
 Layers are OCI layer tars as a registry would serve them: PAX format (so
 xattrs travel as ``SCHILY.xattr.*``), whiteouts as empty ``.wh.`` files.
@@ -21,6 +23,7 @@ from typing import Any
 
 import zstandard
 
+from podvisor.proto.contract import from_wire, to_wire
 from podvisor.workers.base import OpContext
 from podvisor.workers.storage.ops import StorageService
 
@@ -144,8 +147,14 @@ class Storage:
         return OpContext(request_id=os.urandom(8), op=op,
                          deadline=time.monotonic() + timeout)
 
-    def call(self, op: str, args: dict[str, Any], timeout: float = 60.0) -> Any:
-        return self.ops[f"storage.{op}"](self.ctx(f"storage.{op}", timeout), args)
+    def call(self, op: str, args: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        """``storage.<op>`` as the worker runs it: the map rebuilt as the
+        op's arguments (InvalidArgument naming a wrong field), the result
+        checked and turned back into a map."""
+        served = self.ops[f"storage.{op}"]
+        typed = from_wire(args, served.op.args, f"storage.{op} arguments")
+        result = served.fn(self.ctx(f"storage.{op}", timeout), typed)
+        return to_wire(result, served.op.result)
 
     def blob(self, tar: bytes | LayerTar, kind: str = "gzip") -> Blob:
         raw = tar.bytes() if isinstance(tar, LayerTar) else tar

@@ -3,7 +3,9 @@
 ``CniWorld`` gives a test its own network_dir, root and run dirs, host-local
 data dir, bridge name and 10.x/24 (checked against the host's routes), and
 writes conflists using the real Debian plugins from /usr/lib/cni. Traffic
-only ever goes to namespaces the test created and to 127.0.0.1.
+only ever goes to namespaces the test created and to 127.0.0.1. Its
+``call`` runs an op with the map the bus carries, checked against the op's
+contract as the worker checks it.
 
 ``HostGuard`` snapshots what the plugins touch on the host (iptables and
 ip6tables rules and chains, nft tables, the forwarding and route_localnet
@@ -33,6 +35,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
+from podvisor.proto.contract import from_wire, to_wire
 from podvisor.workers.base import OpContext
 from podvisor.workers.net import netns, podnet
 from podvisor.workers.net.ops import NetService
@@ -117,6 +120,16 @@ class CniWorld:
 
     def ctx(self, timeout: float = 60.0, op: str = "net.setup") -> OpContext:
         return make_ctx(timeout, op)
+
+    def call(self, op: str, args: dict[str, Any], service: NetService | None = None,
+             timeout: float = 60.0) -> dict[str, Any]:
+        """``net.<op>`` as a worker runs it on ``service`` (the world's by
+        default): the map rebuilt as the op's arguments (InvalidArgument
+        naming a wrong field), the result checked and turned back into a map."""
+        served = (service or self.net).ops()[f"net.{op}"]
+        typed = from_wire(args, served.op.args, f"net.{op} arguments")
+        result = served.fn(self.ctx(timeout, f"net.{op}"), typed)
+        return to_wire(result, served.op.result)
 
     def bridge_plugin(self, ranges: list[list[dict[str, str]]] | None = None) -> dict[str, Any]:
         return {

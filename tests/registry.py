@@ -35,13 +35,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from podvisor.proto import api_pb2 as api
+from podvisor.proto import image_ops
+from podvisor.proto.contract import Op, Record, from_wire, to_wire
 from podvisor.supervisor import config as cfg
-from podvisor.workers.base import OpContext
+from podvisor.workers.base import OpContext, Served
 from podvisor.workers.image.ops import ImageService
 from podvisor.workers.image.settings import ImageSettings
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 T = TypeVar("T")
+A = TypeVar("A", bound=Record)
+R = TypeVar("R", bound=Record)
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str,
@@ -449,7 +454,7 @@ class ImageNode:
     base: Path
     image: dict[str, Any] = field(default_factory=dict)
     service: ImageService = field(init=False)
-    ops: Any = field(init=False)
+    ops: dict[str, Served[Any, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -490,27 +495,44 @@ class ImageNode:
         return OpContext(request_id=secrets.token_bytes(16), op=op,
                          deadline=time.monotonic() + timeout)
 
-    def call(self, op: str, args: dict[str, Any], timeout: float = 60.0,
-             ctx: OpContext | None = None) -> Any:
-        return self.ops[op](ctx or self.context(op, timeout), args)
+    def call(self, op: Op[A, R], args: A, timeout: float = 60.0,
+             ctx: OpContext | None = None) -> R:
+        """``op`` as a worker serves it: the arguments through their wire
+        form and checked on arrival, the result checked on return."""
+        typed = from_wire(to_wire(args, op.args), op.args, f"{op.name} arguments")
+        result = self.ops[op.name].fn(ctx or self.context(op.name, timeout), typed)
+        return from_wire(to_wire(result, op.result), op.result, f"{op.name} result")
 
     def pull(self, image: str, auth: dict[str, str] | None = None, **kw: Any) -> str:
-        args: dict[str, Any] = {"image": {"image": image}}
+        request = api.PullImageRequest(image=api.ImageSpec(image=image))
         if auth is not None:
-            args["auth"] = auth
-        ref: str = self.call("image.pull_image", args, **kw)["image_ref"]
-        return ref
+            request.auth.CopyFrom(api.AuthConfig(**auth))
+        pulled = self.call(image_ops.PULL_IMAGE,
+                           image_ops.PullImage(request=request.SerializeToString()), **kw)
+        return api.PullImageResponse.FromString(pulled.response).image_ref
 
-    def status(self, image: str, verbose: bool = False) -> Any:
-        return self.call("image.image_status", {"image": {"image": image}, "verbose": verbose})
+    def status(self, image: str, verbose: bool = False) -> api.ImageStatusResponse:
+        request = api.ImageStatusRequest(image=api.ImageSpec(image=image), verbose=verbose)
+        answer = self.call(image_ops.IMAGE_STATUS,
+                           image_ops.ImageStatus(request=request.SerializeToString()))
+        return api.ImageStatusResponse.FromString(answer.response)
 
-    def remove(self, image: str) -> Any:
-        return self.call("image.remove_image", {"image": {"image": image}})
+    def remove(self, image: str) -> api.RemoveImageResponse:
+        request = api.RemoveImageRequest(image=api.ImageSpec(image=image))
+        removed = self.call(image_ops.REMOVE_IMAGE,
+                            image_ops.RemoveImage(request=request.SerializeToString()))
+        return api.RemoveImageResponse.FromString(removed.response)
 
-    def list(self, image: str = "") -> list[dict[str, Any]]:
-        args = {"filter": {"image": {"image": image}}} if image else {}
-        images: list[dict[str, Any]] = self.call("image.list_images", args)["images"]
-        return images
+    def list(self, image: str = "") -> list[api.Image]:
+        request = api.ListImagesRequest()
+        if image:
+            request.filter.image.image = image
+        listed = self.call(image_ops.LIST_IMAGES,
+                           image_ops.ListImages(request=request.SerializeToString()))
+        return list(api.ListImagesResponse.FromString(listed.response).images)
+
+    def resolve(self, image: str) -> image_ops.ResolvedImage:
+        return self.call(image_ops.RESOLVE_IMAGE, image_ops.ResolveImage(image=image))
 
     def policy(self, doc: dict[str, Any] | str) -> Path:
         """Write the node's containers-policy.json (a dict as JSON, or raw text)."""

@@ -17,12 +17,14 @@ GENERATED = {"api_pb2.py", "api_pb2_grpc.py"}
 
 # room -> (allowed third-party top-level modules, allowed podvisor rooms)
 RULES: dict[str, tuple[set[str], set[str]]] = {
-    "proto": ({"msgpack", "google"}, {"proto"}),
+    "proto": ({"msgpack", "msgspec", "google"}, {"proto"}),
     "supervisor": ({"grpc", "zmq", "psutil", "prometheus_client", "setproctitle", "google",
                     "msgpack"}, {"proto", "supervisor"}),
-    "workers": ({"zmq", "setproctitle"}, {"proto", "workers"}),
+    # google: the protobuf runtime under the generated CRI stubs, with which
+    # a worker parses the CRI messages that travel serialized.
+    "workers": ({"zmq", "setproctitle", "google"}, {"proto", "workers"}),
     "workers/net": ({"zmq", "setproctitle", "pyroute2"}, {"proto", "workers", "workers/net"}),
-    "workers/image": ({"zmq", "setproctitle", "cryptography"},
+    "workers/image": ({"zmq", "setproctitle", "cryptography", "google"},
                       {"proto", "workers", "workers/image"}),
     "workers/storage": ({"zmq", "setproctitle", "zstandard"},
                         {"proto", "workers", "workers/storage"}),

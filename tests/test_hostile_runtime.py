@@ -470,7 +470,7 @@ def test_cpusets_are_checked_against_what_is_online_at_each_create(
 
     def create(**wanted: str) -> dict[str, Any]:
         node = specs.node_facts("cgroupfs", "runc", "/usr/sbin/runc")
-        return spec_resources.linux_resources(wanted, node)
+        return spec_resources.linux_resources(api.LinuxContainerResources(**wanted), node)
 
     assert create(cpuset_cpus="1", cpuset_mems="0")["cpu"] == {"cpus": "1", "mems": "0"}
     with pytest.raises(InvalidArgument, match="cpuset_mems 1 names memory nodes"):
@@ -487,11 +487,11 @@ def test_cpusets_are_checked_against_what_is_online_at_each_create(
 def test_cgroup_v2_takes_offline_cpus_but_not_bad_syntax() -> None:
     node = spec_context.with_cpusets(spec_context.NodeFacts(cgroup_v2=True, cpus=frozenset({0})))
     assert (node.cpus, node.mems) == (None, None)
-    wanted = {"cpuset_cpus": "4000", "cpuset_mems": "0-63"}
+    wanted = api.LinuxContainerResources(cpuset_cpus="4000", cpuset_mems="0-63")
     assert spec_resources.linux_resources(wanted, node)["cpu"] == {"cpus": "4000",
                                                                    "mems": "0-63"}
     with pytest.raises(InvalidArgument, match="N <= M"):
-        spec_resources.linux_resources({"cpuset_cpus": "1-0"}, node)
+        spec_resources.linux_resources(api.LinuxContainerResources(cpuset_cpus="1-0"), node)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import InvalidArgument
 from podvisor.workers.image import auth
 from podvisor.workers.image.auth import Challenge, Credentials
@@ -34,26 +35,26 @@ def test_parse_several_challenges_and_escapes() -> None:
 
 def test_cri_auth_field_is_base64_user_colon_password() -> None:
     encoded = base64.b64encode(b"alice:s3:cret").decode()
-    creds = auth.credentials_from_cri({"auth": encoded})
+    creds = auth.credentials_from_cri(api.AuthConfig(auth=encoded))
     assert creds == Credentials(username="alice", password="s3:cret")
 
 
 def test_cri_auth_explicit_fields_and_empty() -> None:
-    assert auth.credentials_from_cri({}) is None
-    assert auth.credentials_from_cri({"server_address": "r.io"}) is None
-    creds = auth.credentials_from_cri({"username": "u", "password": "p",
-                                       "server_address": "https://r.io/v1/"})
+    assert auth.credentials_from_cri(api.AuthConfig()) is None
+    assert auth.credentials_from_cri(api.AuthConfig(server_address="r.io")) is None
+    creds = auth.credentials_from_cri(api.AuthConfig(username="u", password="p",
+                                                     server_address="https://r.io/v1/"))
     assert creds is not None and creds.matches_host("r.io") and not creds.matches_host("m.io")
-    hub = auth.credentials_from_cri({"registry_token": "t",
-                                     "server_address": "https://index.docker.io/v1/"})
+    hub = auth.credentials_from_cri(api.AuthConfig(
+        registry_token="t", server_address="https://index.docker.io/v1/"))
     assert hub is not None and hub.matches_host("docker.io")
 
 
 def test_cri_auth_rejects_garbage() -> None:
     with pytest.raises(InvalidArgument, match="base64"):
-        auth.credentials_from_cri({"auth": "!!!"})
+        auth.credentials_from_cri(api.AuthConfig(auth="!!!"))
     with pytest.raises(InvalidArgument, match="username:password"):
-        auth.credentials_from_cri({"auth": base64.b64encode(b"nocolon").decode()})
+        auth.credentials_from_cri(api.AuthConfig(auth=base64.b64encode(b"nocolon").decode()))
 
 
 def test_describe_never_shows_secrets() -> None:

@@ -142,7 +142,7 @@ insecure = true
     assert node.pull(f"{registry.host}/app:1") == image.id
     assert proxy.stalled.is_set()
     [listed] = node.list()
-    assert listed["repo_tags"] == [f"{registry.host}/app:1"]
+    assert listed.repo_tags == [f"{registry.host}/app:1"]
 
 
 def test_cancelling_the_request_stops_a_stalled_pull(tmp_path: Path, proxy: FaultProxy,
@@ -155,7 +155,7 @@ def test_cancelling_the_request_stops_a_stalled_pull(tmp_path: Path, proxy: Faul
 
     def pull() -> None:
         try:
-            node.call("image.pull_image", {"image": {"image": f"{proxy.host}/app:1"}}, ctx=ctx)
+            node.pull(f"{proxy.host}/app:1", ctx=ctx)
         except BaseException as exc:
             errors.append(exc)
 
@@ -184,9 +184,9 @@ insecure = true
 """)
     name = f"{unreachable}/app:1"
     assert node.pull(name) == image.id
-    status = node.status(name)["image"]
-    assert status["repo_tags"] == [name]
-    assert status["repo_digests"] == [f"{unreachable}/app@{image.manifest.digest}"]
+    status = node.status(name).image
+    assert status.repo_tags == [name]
+    assert status.repo_digests == [f"{unreachable}/app@{image.manifest.digest}"]
 
 
 def test_unreachable_registry_without_mirror_fails_fast(tmp_path: Path) -> None:

@@ -283,9 +283,9 @@ def test_an_unchanged_file_is_parsed_once(tmp_path: Path, parses: list[str]) -> 
     conf.write_text(search("a.example", "b.example"))
     settle(conf)
     assert "a.example, b.example" in ambiguity(node)
-    assert node.status("busybox") == {"image": None, "info": {}}
+    assert node.status("busybox") == api.ImageStatusResponse()
     assert node.list("busybox") == []
-    assert node.remove("busybox") == {}
+    assert node.remove("busybox") == api.RemoveImageResponse()
     assert "a.example, b.example" in ambiguity(node)
     assert len(parses) == 1
 
@@ -309,7 +309,7 @@ def test_dropins_and_the_file_appearing_and_going_are_noticed(
         tmp_path: Path, parses: list[str]) -> None:
     node = ImageNode(tmp_path / "node")
     conf = Path(node.image["registries_conf"])
-    assert node.status("busybox") == {"image": None, "info": {}}  # absent: the defaults
+    assert node.status("busybox") == api.ImageStatusResponse()  # absent: the defaults
     conf.write_text(search("a.example", "b.example"))
     settle(conf)
     assert "a.example, b.example" in ambiguity(node)
@@ -322,9 +322,9 @@ def test_dropins_and_the_file_appearing_and_going_are_noticed(
     message = ambiguity(node)
     assert "e.example, f.example" in message and str(conf) + "," not in message
     dropin.unlink()
-    assert node.status("busybox") == {"image": None, "info": {}}
+    assert node.status("busybox") == api.ImageStatusResponse()
     assert len(parses) == 5
-    assert node.status("busybox") == {"image": None, "info": {}}
+    assert node.status("busybox") == api.ImageStatusResponse()
     assert len(parses) == 5
 
 

@@ -148,7 +148,7 @@ def test_signed_image_pulls(node: ImageNode, world: World,
     caplog.set_level(logging.INFO, logger="podvisor.workers.image.trust")
     name = world.ref("signed/app")
     assert node.pull(name) == world.image.id
-    assert node.status(name)["image"]["repo_tags"] == [name]
+    assert node.status(name).image.repo_tags == [name]
     assert f"verified with key {world.key_files['ecdsa']}" in caplog.text
     # The signature manifest and payload are not part of the image.
     assert set(node.blobs) == {world.image.id, world.image.manifest.digest,
@@ -275,7 +275,7 @@ def test_present_image_is_checked_again(node: ImageNode, world: World) -> None:
         with pytest.raises(SignatureRejected):
             node.pull(again)
     # Refusing a pull does not remove what an earlier pull stored.
-    assert [i["id"] for i in node.list()] == [world.image.id]
+    assert [i.id for i in node.list()] == [world.image.id]
 
 
 # ---- reject, insecureAcceptAnything, scopes ----------------------------------------

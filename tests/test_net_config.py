@@ -50,25 +50,26 @@ def world(tmp_path: Path) -> Iterator[CniWorld]:
 
 
 def pod(pod_id: str, **extra: Any) -> dict[str, Any]:
-    return {"pod_id": pod_id, "name": "web", "namespace": "team-a", "uid": "u-1", **extra}
+    return {"pod_id": pod_id, "name": "web", "namespace": "team-a", "uid": "u-1",
+            "port_mappings": [], "host_network": False, "cgroup_parent": "", **extra}
 
 
 def test_network_turns_ready_when_a_conflist_appears(world: CniWorld) -> None:
-    status = world.service(network_dir="/nonexistent/net.d").status(world.ctx(), {})
+    status = world.call("status", {}, world.service(network_dir="/nonexistent/net.d"))
     assert (status["network_ready"], status["reason"]) == (False, "NetworkPluginNotReady")
     assert "/nonexistent/net.d" in status["message"]
 
-    status = world.net.status(world.ctx(), {})
+    status = world.call("status", {})
     assert (status["network_ready"], status["reason"]) == (False, "NetworkPluginNotReady")
     assert "no CNI network config" in status["message"]
 
     path = world.write_conflist()
-    status = world.net.status(world.ctx(), {})
+    status = world.call("status", {})
     assert status["network_ready"] is True
     assert (status["config_file"], status["network_name"]) == (str(path), world.net_name)
 
     path.unlink()
-    assert world.net.status(world.ctx(), {})["network_ready"] is False
+    assert world.call("status", {})["network_ready"] is False
 
 
 def test_broken_conflists_are_named_with_file_and_plugin(world: CniWorld) -> None:
@@ -77,20 +78,20 @@ def test_broken_conflists_are_named_with_file_and_plugin(world: CniWorld) -> Non
     no_binary = world.write_conflist(
         [world.bridge_plugin(), {"type": "no-such-plugin"}], filename="07-nobin.conflist")
 
-    status = world.net.status(world.ctx(), {})
+    status = world.call("status", {})
     assert status["network_ready"] is False
     assert str(bad_json) in status["message"]
     assert str(no_binary) in status["message"] and "'no-such-plugin'" in status["message"]
     assert set(status["invalid_configs"]) == {str(bad_json), str(no_binary)}
 
     with pytest.raises(FailedPrecondition) as info:
-        world.net.setup(world.ctx(), pod("p-broken"))
+        world.call("setup", pod("p-broken"))
     assert "'no-such-plugin'" in info.value.message and str(no_binary) in info.value.message
     assert world.namespaces() == []
 
     # A valid file later in lexical order wins; the broken ones stay listed.
     good = world.write_conflist(filename="10-good.conflist")
-    status = world.net.status(world.ctx(), {})
+    status = world.call("status", {})
     assert status["network_ready"] and status["config_file"] == str(good)
     assert set(status["invalid_configs"]) == {str(bad_json), str(no_binary)}
 
@@ -98,17 +99,16 @@ def test_broken_conflists_are_named_with_file_and_plugin(world: CniWorld) -> Non
 def test_cni_0_4_0_single_plugin_conf(world: CniWorld) -> None:
     doc = {**world.bridge_plugin(), "cniVersion": "0.4.0", "name": world.net_name}
     (world.network_dir / "10-single.conf").write_text(json.dumps(doc))
-    result = world.net.setup(world.ctx(), pod("p-040"))
-    assert result["ips"] and result["cni_result"]["cniVersion"] == "0.4.0"
-    status = world.net.pod_status(world.ctx(), {"pod_id": "p-040", "check": True})
-    assert status["ready"] and status["checked"] is True
-    world.net.teardown(world.ctx(), {"pod_id": "p-040"})
+    result = world.call("setup", pod("p-040"))
+    record = world.layout.records.load("p-040")
+    assert result["ips"] and record is not None and record["result"]["cniVersion"] == "0.4.0"
+    assert world.call("teardown", {"pod_id": "p-040"})["found"]
     assert world.leases() == []
 
 
 def test_cni_1_1_0_config_with_plugins_that_stop_at_1_0_0(world: CniWorld) -> None:
     path = world.write_conflist(version="1.1.0")
-    status = world.net.status(world.ctx(), {})
+    status = world.call("status", {})
     assert status["network_ready"] is False
     assert str(path) in status["message"]
     assert "'bridge'" in status["message"] and "1.1.0" in status["message"]
@@ -129,23 +129,23 @@ def test_cni_1_1_0_status_chaining_and_capabilities(world: CniWorld, tmp_path: P
 
     net = world.service(plugin_dirs=[str(plugin_dir)])
 
-    def call(op: Any, args: dict[str, Any]) -> Any:
-        return op(world.ctx(), args)
+    def call(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        return world.call(op, args, net)
 
     def calls(cmd: str) -> list[dict[str, Any]]:
         return [c for c in map(json.loads, log.read_text().splitlines()) if c["cmd"] == cmd]
 
-    assert call(net.status, {})["network_ready"] is True
+    assert call("status", {})["network_ready"] is True
     assert [c["tag"] for c in calls("STATUS")] == ["first", "second"]
     Path(f"{log}.down").touch()
-    status = call(net.status, {})
+    status = call("status", {})
     assert status["network_ready"] is False
     assert "code 50" in status["message"] and "plugin not available" in status["message"]
     os.unlink(f"{log}.down")
 
     dns = {"servers": ["10.96.0.10"], "searches": ["team-a.svc.cluster.local"],
            "options": ["ndots:5"]}
-    result = call(net.setup, pod("p-110", dns=dns, port_mappings=[
+    result = call("setup", pod("p-110", dns=dns, port_mappings=[
         {"container_port": 80, "host_port": 8080, "protocol": "TCP"}]))
     assert result["ips"] == ["10.1.0.5", "fd00:1::5"]
     add1, add2 = calls("ADD")
@@ -164,30 +164,33 @@ def test_cni_1_1_0_status_chaining_and_capabilities(world: CniWorld, tmp_path: P
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web;"
         "K8S_POD_INFRA_CONTAINER_ID=p-110;K8S_POD_UID=u-1")
 
-    assert call(net.pod_status, {"pod_id": "p-110", "check": True})["checked"] is True
-    assert [c["conf"]["prevResult"] == result["cni_result"] for c in calls("CHECK")] == [
-        True, True]
-
-    call(net.teardown, {"pod_id": "p-110"})
+    record = world.layout.records.load("p-110")
+    assert record is not None
+    call("teardown", {"pod_id": "p-110"})
     dels = calls("DEL")
     assert [c["tag"] for c in dels] == ["second", "first"]
-    assert all(c["conf"]["prevResult"] == result["cni_result"] for c in dels)
+    assert all(c["conf"]["prevResult"] == record["result"] for c in dels)
 
 
 @pytest.mark.parametrize(("args", "field"), [
-    ({"pod_id": "../etc"}, "pod_id"),
-    ({"pod_id": "ok", "name": "a;b"}, "name"),
-    ({"pod_id": "ok", "port_mappings": [{"container_port": 0, "host_port": 80}]},
-     "container_port"),
-    ({"pod_id": "ok", "port_mappings": [{"container_port": 80, "protocol": "ICMP"}]},
-     "protocol"),
-    ({"pod_id": "ok", "dns": {"servers": ["not-an-ip"]}}, "dns.servers"),
-    ({"pod_id": "ok", "ips": ["10.0.0.300"]}, "ips"),
-    ({"pod_id": "ok", "bandwidth": {"ingress_rate": -1}}, "bandwidth.ingress_rate"),
+    # Values the worker checks.
+    (pod("../etc"), "pod_id"),
+    (pod("ok", name="a;b"), "name"),
+    (pod("ok", port_mappings=[{"container_port": 0, "host_port": 80}]), "container_port"),
+    (pod("ok", port_mappings=[{"container_port": 80, "protocol": "ICMP"}]), "protocol"),
+    (pod("ok", dns={"servers": ["not-an-ip"]}), "dns.servers"),
+    # Types, checked against the contract before the op runs.
+    (pod("ok", port_mappings=[{"container_port": 80, "host_port": "8080"}]),
+     "`$.port_mappings[0].host_port`"),
+    (pod("ok", port_mappings=[{"container_port": 80, "protocol": 1}]),
+     "`$.port_mappings[0].protocol`"),
+    (pod("ok", dns={"servers": "10.96.0.10"}), "`$.dns.servers`"),
+    ({k: v for k, v in pod("ok").items() if k != "uid"}, "`uid`"),
+    (pod("ok", bandwidth={"ingress_rate": 1}), "`bandwidth`"),
 ])
 def test_bad_arguments_are_invalid_and_named(world: CniWorld, args: dict[str, Any],
                                              field: str) -> None:
     with pytest.raises(InvalidArgument) as info:
-        world.net.setup(world.ctx(), args)
+        world.call("setup", args)
     assert field in info.value.message
     assert world.namespaces() == []

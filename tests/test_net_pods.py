@@ -2,8 +2,8 @@
 
 Each test gets a private bridge, 10.x/24, host-local data dir and run dirs
 (netfixtures.CniWorld); ops are called directly on the pool's service
-(``world.net``, built once as a worker builds it) with a real OpContext,
-the way a worker thread calls them.
+(``world.net``, built once as a worker builds it) with a real OpContext and
+the maps the bus carries (``world.call``), the way a worker thread calls them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from netfixtures import CniWorld, HostGuard, in_netns, ping, private_cni_world
 from pyroute2 import IPRoute
 
-from podvisor.proto.errors import BusError, Internal, NotFound
+from podvisor.proto.errors import BusError, Internal
 from podvisor.workers.net import cni, cniconf, netns, nodeip, store
 
 N_PODS = 20
@@ -37,7 +37,7 @@ def world(tmp_path: Path) -> Iterator[CniWorld]:
 def pod_args(i: int, **extra: Any) -> dict[str, Any]:
     return {"pod_id": f"pod{i:02d}{os.urandom(3).hex()}", "name": f"web-{i}",
             "namespace": "default", "uid": f"uid-{i}", "port_mappings": [], "dns": None,
-            "cgroup_parent": "", **extra}
+            "host_network": False, "cgroup_parent": "", **extra}
 
 
 def free_port() -> int:
@@ -73,7 +73,7 @@ def test_twenty_pods_in_parallel_get_ips_traffic_and_a_host_port(world: CniWorld
                                 {"container_port": 9, "host_port": 0, "protocol": "UDP"}]
 
     with ThreadPoolExecutor(N_PODS) as pool:
-        results = list(pool.map(lambda a: world.net.setup(world.ctx(), a), pods))
+        results = list(pool.map(lambda a: world.call("setup", a), pods))
 
     ips = [r["ips"][0] for r in results]
     assert len(set(ips)) == N_PODS
@@ -115,7 +115,7 @@ def test_twenty_pods_in_parallel_get_ips_traffic_and_a_host_port(world: CniWorld
 
     with ThreadPoolExecutor(N_PODS) as pool:
         torn = list(pool.map(
-            lambda a: world.net.teardown(world.ctx(), {"pod_id": a["pod_id"]}), pods))
+            lambda a: world.call("teardown", {"pod_id": a["pod_id"]}), pods))
     assert all(t["found"] for t in torn)
     assert world.leases() == []
     assert world.namespaces() == []
@@ -126,58 +126,50 @@ def test_twenty_pods_in_parallel_get_ips_traffic_and_a_host_port(world: CniWorld
     assert not any("CNI-DN-" in line for line in HostGuard().cni_lines())
 
     # Teardown is idempotent (CRI: StopPodSandbox may be called again).
-    again = [world.net.teardown(world.ctx(), {"pod_id": a["pod_id"]}) for a in pods]
+    again = [world.call("teardown", {"pod_id": a["pod_id"]}) for a in pods]
     assert [t["found"] for t in again] == [False] * N_PODS
 
 
-def test_setup_is_idempotent_and_status_reports_the_pod(world: CniWorld) -> None:
+def test_setup_is_idempotent(world: CniWorld) -> None:
     world.write_conflist()
     args = pod_args(1)
-    first = world.net.setup(world.ctx(), args)
-    second = world.net.setup(world.ctx(), args)
-    assert second["ips"] == first["ips"]
-    assert second["netns_path"] == first["netns_path"]
+    first = world.call("setup", args)
+    second = world.call("setup", args)
+    assert second == first
+    assert first["network_name"] == world.net_name
     assert world.leases() == first["ips"]
 
-    status = world.net.pod_status(world.ctx(), {"pod_id": args["pod_id"], "check": True})
-    assert status["ready"] and status["checked"] is True
-    assert status["ips"] == first["ips"]
-    assert status["network_name"] == world.net_name
-
-    world.net.teardown(world.ctx(), {"pod_id": args["pod_id"]})
-    with pytest.raises(NotFound):
-        world.net.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
-    assert world.net.teardown(world.ctx(), {"pod_id": "never-seen"}) == {
+    assert world.call("teardown", {"pod_id": args["pod_id"]})["found"]
+    assert world.layout.records.ids() == []
+    assert world.call("teardown", {"pod_id": "never-seen"}) == {
         "pod_id": "never-seen", "found": False}
 
 
 def test_vanished_namespace_is_reported_then_rebuilt(world: CniWorld) -> None:
     world.write_conflist()
     args = pod_args(2)
-    first = world.net.setup(world.ctx(), args)
+    first = world.call("setup", args)
     netns.remove(first["netns_path"])
 
-    status = world.net.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
-    assert (status["ready"], status["reason"]) == (False, "NetnsMissing")
-    report = world.net.reconcile(world.ctx(), {"live_pod_ids": [args["pod_id"]]})
+    report = world.call("reconcile", {"live_pod_ids": [args["pod_id"]]})
     assert report["not_ready"] == [args["pod_id"]]
     assert report["torn_down"] == []
 
     # A new setup releases the old lease (DEL) and builds a fresh namespace.
-    again = world.net.setup(world.ctx(), args)
+    again = world.call("setup", args)
     assert netns.exists(again["netns_path"])
     assert world.leases() == again["ips"]
-    world.net.teardown(world.ctx(), {"pod_id": args["pod_id"]})
+    world.call("teardown", {"pod_id": args["pod_id"]})
     assert world.leases() == []
 
 
 def test_reconcile_tears_down_pods_that_are_not_live(world: CniWorld) -> None:
     world.write_conflist()
     pods = [pod_args(i) for i in range(3)]
-    results = [world.net.setup(world.ctx(), a) for a in pods]
+    results = [world.call("setup", a) for a in pods]
     live = pods[0]["pod_id"]
 
-    report = world.net.reconcile(world.ctx(), {"live_pod_ids": [live]})
+    report = world.call("reconcile", {"live_pod_ids": [live]})
     assert sorted(report["torn_down"]) == sorted(a["pod_id"] for a in pods[1:])
     assert report["failed"] == {} and report["not_ready"] == []
     assert world.namespaces() == [live]
@@ -202,9 +194,9 @@ def test_teardown_releases_a_pod_whose_setup_died_half_way(world: CniWorld) -> N
     cni.add(runner, net, cni.Invocation(args["pod_id"], ns_path, "eth0"))
     assert len(world.leases()) == 1
 
-    status = world.net.pod_status(world.ctx(), {"pod_id": args["pod_id"]})
-    assert (status["ready"], status["reason"]) == (False, "SettingUp")
-    assert world.net.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
+    report = world.call("reconcile", {"live_pod_ids": [args["pod_id"]]})
+    assert (report["not_ready"], report["torn_down"]) == ([args["pod_id"]], [])
+    assert world.call("teardown", {"pod_id": args["pod_id"]})["found"]
     assert world.leases() == []
     assert world.namespaces() == []
     assert world.bridge_ports() == []
@@ -213,7 +205,7 @@ def test_teardown_releases_a_pod_whose_setup_died_half_way(world: CniWorld) -> N
 def test_teardown_survives_a_failing_plugin_and_retries_it(world: CniWorld) -> None:
     world.write_conflist()
     args = pod_args(4, port_mappings=[{"container_port": 80, "host_port": free_port()}])
-    world.net.setup(world.ctx(), args)
+    world.call("setup", args)
 
     # portmap disappears: its DEL fails, but bridge/host-local still run.
     partial = world.base / "plugins-without-portmap"
@@ -221,7 +213,8 @@ def test_teardown_survives_a_failing_plugin_and_retries_it(world: CniWorld) -> N
     for plugin in ("bridge", "host-local", "loopback"):
         os.symlink(f"/usr/lib/cni/{plugin}", partial / plugin)
     with pytest.raises(BusError) as info:
-        world.service(plugin_dirs=[str(partial)]).teardown(world.ctx(), {"pod_id": args["pod_id"]})
+        world.call("teardown", {"pod_id": args["pod_id"]},
+                   world.service(plugin_dirs=[str(partial)]))
     assert "'portmap'" in info.value.message
     assert info.value.details["failures"][0]["plugin"] == "portmap"
     assert world.leases() == []
@@ -231,30 +224,26 @@ def test_teardown_survives_a_failing_plugin_and_retries_it(world: CniWorld) -> N
     assert any("CNI-DN-" in line for line in HostGuard().cni_lines())
 
     # With portmap back the retry finishes the job.
-    assert world.net.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
+    assert world.call("teardown", {"pod_id": args["pod_id"]})["found"]
     assert world.layout.records.ids() == []
     assert not any("CNI-DN-" in line for line in HostGuard().cni_lines())
 
 
-def test_ips_capability_and_a_plugin_error_that_reaches_the_caller(
-        world: CniWorld) -> None:
-    bridge = world.bridge_plugin()
-    bridge["capabilities"] = {"ips": True}
-    world.write_conflist([bridge, {"type": "loopback"}])
+def test_a_plugin_error_reaches_the_caller(world: CniWorld) -> None:
     wanted = str(world.subnet.network_address + 77)
-    result = world.net.setup(world.ctx(), pod_args(5, ips=[f"{wanted}/24"]))
+    world.write_conflist([world.bridge_plugin(ranges=[[{
+        "subnet": str(world.subnet), "rangeStart": wanted, "rangeEnd": wanted}]]),
+        {"type": "loopback"}])
+    result = world.call("setup", pod_args(5))
     assert result["ips"] == [wanted]
 
-    # Outside the range: host-local refuses, and its words reach the caller.
-    # (Done second: bridge 1.1.1 cannot ADD again on a bridge whose very
-    # first ADD failed, since it never pinned the bridge's MAC.)
-    args = pod_args(6, ips=["192.0.2.250/24"])
+    # The range is spent: host-local refuses, and its words reach the caller.
     with pytest.raises(Internal) as info:
-        world.net.setup(world.ctx(), args)
+        world.call("setup", pod_args(6))
     details = info.value.details
     assert details["plugin"] == "bridge" and details["command"] == "ADD"
     assert details["cni_msg"]
-    assert "192.0.2.250" in info.value.message
+    assert wanted in info.value.message
     assert details["config_file"] in info.value.message
     assert world.leases() == [wanted]
     assert world.namespaces() == [result["pod_id"]]
@@ -266,35 +255,18 @@ def test_dual_stack_lists_ipv4_first(world: CniWorld) -> None:
     bridge = world.bridge_plugin(ranges=[[{"subnet": v6}],
                                   [{"subnet": str(world.subnet)}]])
     world.write_conflist([bridge, {"type": "loopback"}])
-    result = world.net.setup(world.ctx(), pod_args(7))
+    result = world.call("setup", pod_args(7))
     assert len(result["ips"]) == 2
     assert "." in result["ips"][0] and ":" in result["ips"][1]
-    world.net.teardown(world.ctx(), {"pod_id": result["pod_id"]})
+    world.call("teardown", {"pod_id": result["pod_id"]})
     assert world.leases() == []
-
-
-def test_bandwidth_capability_shapes_the_pod(world: CniWorld) -> None:
-    world.write_conflist([*world.standard_plugins(),
-                              {"type": "bandwidth", "capabilities": {"bandwidth": True}}])
-    result = world.net.setup(world.ctx(), pod_args(
-        8, bandwidth={"ingress_rate": 1_000_000, "egress_rate": 2_000_000}))
-    host_veth = next(i["name"] for i in result["interfaces"]
-                     if i["name"].startswith("veth"))
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=host_veth)[0]
-        kinds = {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index)}
-    assert "tbf" in kinds
-    world.net.teardown(world.ctx(), {"pod_id": result["pod_id"]})
-    with IPRoute() as ipr:
-        assert not [link for link in ipr.get_links()
-                    if link.get_attr("IFLA_IFNAME", "").startswith("bwp")]
 
 
 def test_host_network_pods_get_the_node_ips(world: CniWorld) -> None:
     args = pod_args(9, host_network=True)
-    result = world.net.setup(world.ctx(), args)  # no network config needed
+    result = world.call("setup", args)  # no network config needed
     assert result["host_network"] and result["netns_path"] == ""
     assert result["ips"] == nodeip.node_ips() and result["ips"]
-    assert world.net.pod_status(world.ctx(), {"pod_id": args["pod_id"]})["ready"]
-    assert world.net.teardown(world.ctx(), {"pod_id": args["pod_id"]})["found"]
+    assert world.call("setup", args) == result
+    assert world.call("teardown", {"pod_id": args["pod_id"]})["found"]
     assert world.namespaces() == []

@@ -28,6 +28,7 @@ import pytest
 from fakebus import FakeBus, Handler, Sent
 
 from podvisor.proto import api_pb2 as api
+from podvisor.proto import runtime_ops
 from podvisor.proto.codes import Code
 from podvisor.proto.errors import (
     BusError,
@@ -52,10 +53,9 @@ T = TypeVar("T")
 
 CALL_TIME = 5.0  # a CRI call's deadline, from its start
 EVENT_WAIT = 1.0
-POD_META = {"name": "web", "namespace": "default", "uid": "uid-1"}
-POD_NAME = sandbox_name(POD_META)
-# The create table keys pod creates by kind and name.
-POD_CREATE = f"pod sandbox {POD_NAME}"
+POD_META = api.PodSandboxMetadata(name="web", namespace="default", uid="uid-1")
+# The create table keys pod creates by kind and the CRI metadata.
+POD_CREATE = "pod sandbox default/web/uid-1/0"
 POD_IP = "10.88.0.5"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 SANDBOX_ID = "a" * 64
@@ -119,28 +119,30 @@ def fails_with(code: Code, coro: Coroutine[Any, Any, object]) -> BusError:
 def reserve_answer(pause_image: str = "") -> Handler:
     """runtime.sandbox_reserve (workers/runtime/sandbox.py reserve)."""
     def reserve(args: dict[str, Any]) -> dict[str, Any]:
-        return {"id": args["id"], "name": sandbox_name(args["config"]["metadata"]),
-                "runtime_handler": "runc", "pause_image": pause_image}
+        config = api.PodSandboxConfig.FromString(args["config"])
+        host_network = config.linux.security_context.namespace_options.network == api.NODE
+        return {"id": args["id"], "name": sandbox_name(config.metadata),
+                "runtime_handler": "runc", "host_network": host_network,
+                "pause_image": pause_image}
     return reserve
 
 
 def net_setup_answer(args: dict[str, Any]) -> dict[str, Any]:
     """net.setup: the pod network (workers/net/ops.py)."""
     return {"pod_id": args["pod_id"], "host_network": args["host_network"],
-            "netns_path": f"/var/run/netns/{args['pod_id']}", "ips": [POD_IP], "ready": True,
-            "reason": "", "message": "", "network_name": "podvisor",
-            "config_file": "/etc/cni/net.d/10-podvisor.conflist", "interfaces": [],
-            "cni_result": {}}
+            "netns_path": f"/var/run/netns/{args['pod_id']}", "ips": [POD_IP],
+            "network_name": "podvisor", "config_file": "/etc/cni/net.d/10-podvisor.conflist"}
 
 
-def sandbox_record(sandbox_id: str, state: str = "ready") -> dict[str, Any]:
-    """runtime.sandbox_status / sandbox_start (sandbox.py status_of)."""
-    return {"id": sandbox_id, "name": POD_NAME, "state": state, "created_at": 1,
-            "config": {"metadata": POD_META, "labels": {"app": "web"}},
-            "runtime_handler": "runc", "host_network": False,
-            "modes": {"network": "POD", "pid": "POD", "ipc": "POD"},
-            "netns_path": f"/var/run/netns/{sandbox_id}", "ips": [POD_IP], "hostname": "web",
-            "cgroup_parent": "/kubepods", "infra": None, "ns": {}, "shm": None, "files": {}}
+def sandbox_status_answer(sandbox_id: str, state: int = api.SANDBOX_READY,
+                          containers: list[api.ContainerStatus] | None = None
+                          ) -> dict[str, Any]:
+    """runtime.sandbox_status (workers/runtime/ops.py sandbox_status)."""
+    status = api.PodSandboxStatus(
+        id=sandbox_id, metadata=POD_META, state=state, created_at=1, labels={"app": "web"},
+        runtime_handler="runc", network=api.PodSandboxNetworkStatus(ip=POD_IP))
+    return {"status": status.SerializeToString(),
+            "containers": [c.SerializeToString() for c in containers or []], "info": {}}
 
 
 def image_answer(image_id: str, diff_ids: list[str]) -> dict[str, Any]:
@@ -176,7 +178,7 @@ def sandbox_stopped(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def sandbox_removed(args: dict[str, Any]) -> dict[str, Any]:
-    return {"found": True, "id": args["id"], "netns_path": None}
+    return {"found": True, "id": args["id"]}
 
 
 def net_torn_down(args: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +189,7 @@ def wire_pod_create(bus: FakeBus, pause_image: str = "") -> None:
     """Every op of a RunPodSandbox that succeeds, and of its undo."""
     bus.on("runtime.sandbox_reserve", reserve_answer(pause_image))
     bus.on("net.setup", net_setup_answer)
-    bus.on("runtime.sandbox_start", lambda args: sandbox_record(args["id"]))
+    bus.on("runtime.sandbox_start", lambda args: {})
     bus.on("net.teardown", net_torn_down)
     bus.on("runtime.sandbox_stop", sandbox_stopped)
     bus.on("runtime.sandbox_remove", sandbox_removed)
@@ -204,8 +206,10 @@ def wire_pause_image(bus: FakeBus) -> None:
         return image_answer("sha256:pause", ["sha256:d0", "sha256:d1"])
 
     def pull(args: dict[str, Any]) -> dict[str, Any]:
+        assert api.PullImageRequest.FromString(args["request"]).image.image == PAUSE_IMAGE
         pulled.append(True)
-        return {"image_ref": "sha256:pause"}
+        return {"response": api.PullImageResponse(image_ref="sha256:pause").SerializeToString(),
+                "bytes_received": 10, "layers_fetched": 2}
 
     bus.on("image.resolve_image", resolve)
     bus.on("image.pull_image", pull)
@@ -215,8 +219,7 @@ def wire_pause_image(bus: FakeBus) -> None:
 
 def run_request() -> api.RunPodSandboxRequest:
     return api.RunPodSandboxRequest(config=api.PodSandboxConfig(
-        metadata=api.PodSandboxMetadata(name=POD_META["name"], namespace=POD_META["namespace"],
-                                        uid=POD_META["uid"]), hostname="web"))
+        metadata=POD_META, hostname="web"))
 
 
 async def run_pod(rig: Rig, deadline: float) -> str:
@@ -263,7 +266,8 @@ def test_run_pod_sandbox_pulls_and_mounts_the_pause_image_reserve_names() -> Non
         rootfs = rig.bus.sent_to("storage.create_rootfs")[0].args
         assert rootfs == {"container_id": sandbox_id,
                           "layers": [chain_id(None, "sha256:d0"),
-                                     chain_id(chain_id(None, "sha256:d0"), "sha256:d1")]}
+                                     chain_id(chain_id(None, "sha256:d0"), "sha256:d1")],
+                          "mount_label": None}
         start = rig.bus.sent_to("runtime.sandbox_start")[0].args
         assert start["infra_image"] == {"rootfs": f"/run/rootfs/{sandbox_id}",
                                         "args": ["/pause"]}
@@ -401,13 +405,13 @@ def test_an_unclaimed_finished_create_is_removed_after_claim_timeout() -> None:
         rig = make_rig(claim_timeout=0.01)
         wire_pod_create(rig.bus)
         rig.bus.on("runtime.sandbox_stop_containers",
-                   lambda args: {"found": True, "id": args["id"], "host_network": False})
-        rig.bus.returns("runtime.container_list", [])
+                   lambda args: {"found": True, "id": args["id"]})
+        rig.bus.returns("runtime.container_list", {"items": []})
         release = asyncio.Event()
 
         async def slow_start(args: dict[str, Any]) -> dict[str, Any]:
             await release.wait()
-            return sandbox_record(args["id"])
+            return {}
 
         rig.bus.on("runtime.sandbox_start", slow_start)
         deadline = time.monotonic() + 0.05
@@ -422,7 +426,7 @@ def test_an_unclaimed_finished_create_is_removed_after_claim_timeout() -> None:
             ("runtime.sandbox_stop_containers", {"id": sandbox_id}),
             ("runtime.sandbox_stop", {"id": sandbox_id}),
             ("net.teardown", {"pod_id": sandbox_id}),
-            ("runtime.container_list", {"sandbox_id": sandbox_id, "all": True}),
+            ("runtime.container_list", {"filter": b"", "sandbox_id": sandbox_id, "all": True}),
             ("storage.remove_rootfs", {"container_id": sandbox_id}),
             ("runtime.sandbox_remove", {"id": sandbox_id})]
         assert {policy(s, deadline) for s in reaped} == {Deadline.CLEANUP}
@@ -433,22 +437,36 @@ def test_an_unclaimed_finished_create_is_removed_after_claim_timeout() -> None:
 # ---- CreateContainer ------------------------------------------------------------------
 
 
+def container_reserved(args: dict[str, Any]) -> dict[str, Any]:
+    """runtime.container_reserve (workers/runtime/containers.py reserve)."""
+    return {"id": args["id"], "name": "k8s_app_web_default_uid-1_0",
+            "sandbox_id": args["sandbox_id"]}
+
+
 def create_container_request() -> api.CreateContainerRequest:
     return api.CreateContainerRequest(pod_sandbox_id=SANDBOX_ID, config=api.ContainerConfig(
         metadata=api.ContainerMetadata(name="app"), image=api.ImageSpec(image="nginx:1")))
 
 
-def test_create_container_refuses_a_sandbox_not_ready_and_sends_nothing_else() -> None:
+def test_create_container_in_a_sandbox_not_ready_is_refused_at_reserve_making_nothing(
+        ) -> None:
     rig = make_rig()
     deadline = time.monotonic() + CALL_TIME
 
     async def scenario() -> None:
-        rig.bus.returns("runtime.sandbox_status", sandbox_record(SANDBOX_ID, "notready"))
+        # The runtime pool's reserve is the one check of the pod's readiness.
+        rig.bus.returns("image.resolve_image", image_answer("sha256:nginx", ["sha256:d0"]))
+        rig.bus.raises("runtime.container_reserve",
+                       FailedPrecondition(f"pod sandbox {SANDBOX_ID} is not ready"))
+        rig.bus.returns("runtime.container_remove", {"found": False})
         await serve(deadline, rig.containers.create_container(create_container_request()))
 
     fails_with(Code.FAILED_PRECONDITION, scenario())
-    assert rig.bus.ops() == ["runtime.sandbox_status"]
-    assert policy(rig.bus.sent[0], deadline) is Deadline.CALL
+    # No layer, rootfs or container is made; only the reserve is undone.
+    assert rig.bus.ops() == ["image.resolve_image", "runtime.container_reserve",
+                             "runtime.container_remove"]
+    assert [policy(s, deadline) for s in rig.bus.sent] == [
+        Deadline.CREATE, Deadline.CREATE, Deadline.CLEANUP]
 
 
 def test_create_container_failure_removes_the_rootfs_then_the_record() -> None:
@@ -456,10 +474,8 @@ def test_create_container_failure_removes_the_rootfs_then_the_record() -> None:
     deadline = time.monotonic() + CALL_TIME
 
     async def scenario() -> None:
-        rig.bus.returns("runtime.sandbox_status", sandbox_record(SANDBOX_ID))
         rig.bus.returns("image.resolve_image", image_answer("sha256:nginx", ["sha256:d0"]))
-        rig.bus.on("runtime.container_reserve",
-                   lambda args: {"id": args["id"], "name": "k8s_app_web_default_uid-1_0"})
+        rig.bus.on("runtime.container_reserve", container_reserved)
         rig.bus.on("storage.unpack_layer", unpack_answer)
         rig.bus.on("storage.create_rootfs", rootfs_answer)
         rig.bus.raises("runtime.container_create",
@@ -471,7 +487,7 @@ def test_create_container_failure_removes_the_rootfs_then_the_record() -> None:
 
     fails_with(Code.FAILED_PRECONDITION, scenario())
     assert rig.bus.ops() == [
-        "runtime.sandbox_status", "image.resolve_image", "runtime.container_reserve",
+        "image.resolve_image", "runtime.container_reserve",
         "storage.unpack_layer", "storage.create_rootfs", "runtime.container_create",
         "storage.remove_rootfs", "runtime.container_remove"]
     container_id = rig.bus.sent_to("runtime.container_reserve")[0].args["id"]
@@ -479,7 +495,7 @@ def test_create_container_failure_removes_the_rootfs_then_the_record() -> None:
     assert rootfs_undo.args == {"container_id": container_id}
     assert record_undo.args == {"id": container_id}
     assert [policy(s, deadline) for s in rig.bus.sent] == [
-        Deadline.CALL, *[Deadline.CREATE] * 5, Deadline.CLEANUP, Deadline.CLEANUP]
+        *[Deadline.CREATE] * 5, Deadline.CLEANUP, Deadline.CLEANUP]
 
 
 def test_a_container_whose_name_equals_an_in_flight_pods_does_not_join_its_create() -> None:
@@ -495,11 +511,10 @@ def test_a_container_whose_name_equals_an_in_flight_pods_does_not_join_its_creat
             return dict(reserve_answer()(args))
 
         rig.bus.on("runtime.sandbox_reserve", slow_reserve)
-        rig.bus.returns("runtime.sandbox_status", sandbox_record(SANDBOX_ID))
         rig.bus.returns("image.resolve_image", image_answer("sha256:nginx", []))
-        rig.bus.on("runtime.container_reserve", lambda args: {"id": args["id"]})
+        rig.bus.on("runtime.container_reserve", container_reserved)
         rig.bus.on("storage.create_rootfs", rootfs_answer)
-        rig.bus.on("runtime.container_create", lambda args: {"id": args["id"]})
+        rig.bus.on("runtime.container_create", lambda args: {})
         deadline = time.monotonic() + CALL_TIME
         pod = api.RunPodSandboxRequest(config=api.PodSandboxConfig(
             metadata=api.PodSandboxMetadata(name="app_web", namespace="default",
@@ -532,12 +547,12 @@ def test_remove_pod_sandbox_of_an_absent_sandbox_succeeds_without_removals() -> 
 def test_remove_pod_sandbox_removes_container_rootfs_before_records_then_the_pod() -> None:
     async def scenario() -> None:
         rig = make_rig()
-        rig.bus.returns("runtime.sandbox_stop_containers",
-                        {"found": True, "id": SANDBOX_ID, "host_network": False})
+        rig.bus.returns("runtime.sandbox_stop_containers", {"found": True, "id": SANDBOX_ID})
         rig.bus.on("runtime.sandbox_stop", sandbox_stopped)
         rig.bus.on("net.teardown", net_torn_down)
-        rig.bus.returns("runtime.container_list", [
-            list_entry("1" * 64, "CONTAINER_EXITED"), list_entry("2" * 64, "CONTAINER_UNKNOWN")])
+        rig.bus.returns("runtime.container_list", {"items": [
+            list_entry("1" * 64, api.CONTAINER_EXITED),
+            list_entry("2" * 64, api.CONTAINER_UNKNOWN)]})
         rig.bus.on("storage.remove_rootfs", removed_rootfs)
         rig.bus.on("runtime.container_remove",
                    lambda args: {"found": True, "id": args["id"], "sandbox_id": SANDBOX_ID})
@@ -550,7 +565,7 @@ def test_remove_pod_sandbox_removes_container_rootfs_before_records_then_the_pod
             ("runtime.sandbox_stop_containers", {"id": SANDBOX_ID[:12]}),
             ("runtime.sandbox_stop", {"id": SANDBOX_ID}),
             ("net.teardown", {"pod_id": SANDBOX_ID}),
-            ("runtime.container_list", {"sandbox_id": SANDBOX_ID, "all": True}),
+            ("runtime.container_list", {"filter": b"", "sandbox_id": SANDBOX_ID, "all": True}),
             ("storage.remove_rootfs", {"container_id": "1" * 64}),
             ("runtime.container_remove", {"id": "1" * 64}),
             ("storage.remove_rootfs", {"container_id": "2" * 64}),
@@ -564,12 +579,12 @@ def test_remove_pod_sandbox_removes_container_rootfs_before_records_then_the_pod
 # ---- container events ------------------------------------------------------------------
 
 
-def list_entry(container_id: str, state: str) -> dict[str, Any]:
+def list_entry(container_id: str, state: int) -> bytes:
     """One item of runtime.container_list (containers.py list_containers)."""
-    return {"id": container_id, "pod_sandbox_id": SANDBOX_ID, "metadata": {"name": "app"},
-            "image": {"image": "nginx:1"}, "image_ref": "sha256:nginx",
-            "image_id": "sha256:nginx", "state": state, "created_at": "1",
-            "labels": {}, "annotations": {}}
+    return api.Container(
+        id=container_id, pod_sandbox_id=SANDBOX_ID, metadata=api.ContainerMetadata(name="app"),
+        image=api.ImageSpec(image="nginx:1"), image_ref="sha256:nginx",
+        image_id="sha256:nginx", state=state, created_at=1).SerializeToString()
 
 
 @dataclass
@@ -588,7 +603,7 @@ def wire_container(bus: FakeBus, box: FakeContainer) -> None:
 
     def start(args: dict[str, Any]) -> dict[str, Any]:
         box.state = "CONTAINER_RUNNING"
-        return {"id": cid, "state": "running"}
+        return {"id": cid}
 
     def stop(args: dict[str, Any]) -> dict[str, Any]:
         if not box.present:
@@ -602,28 +617,28 @@ def wire_container(bus: FakeBus, box: FakeContainer) -> None:
         box.present = False
         return {"found": True, "id": cid, "sandbox_id": SANDBOX_ID}
 
-    def listing(args: dict[str, Any]) -> list[dict[str, Any]]:
-        wanted = args.get("filter", {}).get("id", cid)
-        return [list_entry(cid, box.state)] if box.present and cid.startswith(wanted) else []
+    def listing(args: dict[str, Any]) -> dict[str, Any]:
+        wanted = api.ContainerFilter.FromString(args["filter"]).id
+        found = box.present and cid.startswith(wanted)
+        return {"items": [list_entry(cid, api.ContainerState.Value(box.state))] if found else []}
 
-    def status(args: dict[str, Any]) -> dict[str, Any]:
+    def pod_status(args: dict[str, Any]) -> dict[str, Any]:
+        # The pod's answer carries its containers' statuses (ops.py sandbox_status).
         if not box.present:
-            raise NotFound(f"container {args['id']} not found")
+            return sandbox_status_answer(SANDBOX_ID)
         box.statuses.append(box.state)
-        return {"status": {
-            "id": cid, "metadata": {"name": "app"}, "state": box.state, "created_at": "1",
-            "started_at": "2", "finished_at": "3" if box.exit_code else "0",
-            "exit_code": box.exit_code, "image": {"image": "nginx:1"},
-            "image_ref": "sha256:nginx", "image_id": "sha256:nginx", "reason": "",
-            "message": "", "labels": {}, "annotations": {}, "mounts": [], "log_path": "",
-            "stop_signal": "SIGNAL_SIGTERM"}}
+        return sandbox_status_answer(SANDBOX_ID, containers=[api.ContainerStatus(
+            id=cid, metadata=api.ContainerMetadata(name="app"),
+            state=api.ContainerState.Value(box.state), created_at=1, started_at=2,
+            finished_at=3 if box.exit_code else 0, exit_code=box.exit_code,
+            image=api.ImageSpec(image="nginx:1"), image_ref="sha256:nginx",
+            image_id="sha256:nginx", stop_signal=api.SIGNAL_SIGTERM)])
 
     bus.on("runtime.container_start", start)
     bus.on("runtime.container_stop", stop)
     bus.on("runtime.container_remove", remove)
     bus.on("runtime.container_list", listing)
-    bus.on("runtime.container_status", status)
-    bus.returns("runtime.sandbox_status", sandbox_record(SANDBOX_ID))
+    bus.on("runtime.sandbox_status", pod_status)
     bus.on("storage.remove_rootfs", removed_rootfs)
 
 
@@ -663,7 +678,7 @@ class Subscriber:
         self._task.cancel()
 
 
-STATUS_OPS = {"runtime.sandbox_status", "runtime.container_list", "runtime.container_status"}
+STATUS_OPS = {"runtime.sandbox_status", "runtime.container_list"}
 
 
 async def stop_container(rig: Rig) -> None:
@@ -770,8 +785,7 @@ def test_no_event_is_built_without_a_subscriber() -> None:
         # only that one was built (one status query of the pod).
         assert first.container_event_type == api.CONTAINER_STARTED_EVENT
         built = [op for op in rig.bus.ops() if op in STATUS_OPS]
-        assert built == ["runtime.container_list", "runtime.sandbox_status",
-                         "runtime.container_list", "runtime.container_status"]
+        assert built == ["runtime.container_list", "runtime.sandbox_status"]
     asyncio.run(scenario())
 
 
@@ -798,10 +812,10 @@ def test_cleanup_policy_is_independent_of_the_call_deadline() -> None:
         # The call's deadline is long past, as it is when a create failed by it.
         opclient.begin(time.monotonic() - 100)
         with pytest.raises(DeadlineExceeded):
-            await ops("runtime.sandbox_remove", {"id": SANDBOX_ID})
+            await ops(runtime_ops.SANDBOX_REMOVE, runtime_ops.Ref(id=SANDBOX_ID))
         before = time.monotonic()
-        assert await ops("runtime.sandbox_remove", {"id": SANDBOX_ID}, Deadline.CLEANUP) \
-            == {"found": True, "id": SANDBOX_ID, "netns_path": None}
+        assert await ops(runtime_ops.SANDBOX_REMOVE, runtime_ops.Ref(id=SANDBOX_ID),
+                         Deadline.CLEANUP) == runtime_ops.Found(found=True, id=SANDBOX_ID)
         after = time.monotonic()
         assert before + CLEANUP_TIMEOUT <= bus.sent[-1].deadline <= after + CLEANUP_TIMEOUT
     asyncio.run(scenario())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import stat
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import FailedPrecondition, InvalidArgument
 from podvisor.workers.runtime.spec import (
     INFRA_ARGS,
@@ -24,12 +24,6 @@ from podvisor.workers.runtime.spec_security import CAPABILITIES, DEFAULT_MASKED_
 
 NODE = NodeFacts(controllers=frozenset({"cpu", "memory"}), swap_accounting=True, nofile=4096)
 CAPS = tuple(c for c in CAPABILITIES if c != "CAP_SYS_RESOURCE")
-SANDBOX = {"metadata": {"name": "web", "namespace": "prod", "uid": "pod-uid-1", "attempt": 1},
-           "log_directory": "/var/log/pods/prod_web_pod-uid-1",
-           "annotations": {"pod-note": "x"},
-           "linux": {"cgroup_parent": "/kubepods/pod-uid-1",
-                     "sysctls": {"net.ipv4.ip_unprivileged_port_start": "0"},
-                     "security_context": {"namespace_options": {"pid": "CONTAINER"}}}}
 POD_NAMESPACES = [
     {"type": "pid"}, {"type": "network", "path": "/run/pv/netns/sb1"},
     {"type": "ipc", "path": "/run/pv/ns/ipc/sb1"}, {"type": "uts", "path": "/run/pv/ns/uts/sb1"},
@@ -59,27 +53,44 @@ def pod_context(**changes: Any) -> PodContext:
     return PodContext(**fields)
 
 
-def container(**changes: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "metadata": {"name": "app", "attempt": 2},
-        "image": {"image": "sha256:abc", "user_specified_image": "registry.test/app:1"},
-        "envs": [{"key": "MODE", "value": base64.b64encode(b"prod").decode()}],
-        "labels": {"io.kubernetes.container.name": "app"},
-        "annotations": {"io.kubernetes.container.restartCount": "2"},
-        "linux": {"resources": {"cpu_shares": "256", "memory_limit_in_bytes": "134217728",
-                                "oom_score_adj": "-997"},
-                  "security_context": {"namespace_options": {"pid": "CONTAINER"},
-                                       "no_new_privs": True,
-                                       "masked_paths": ["/proc/kcore"],
-                                       "readonly_paths": ["/proc/sys", "/proc/bus"]}},
-    }
-    config.update(changes)
-    return config
+def pod_sandbox() -> api.PodSandboxConfig:
+    return api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name="web", namespace="prod", uid="pod-uid-1",
+                                        attempt=1),
+        log_directory="/var/log/pods/prod_web_pod-uid-1",
+        annotations={"pod-note": "x"},
+        linux=api.LinuxPodSandboxConfig(
+            cgroup_parent="/kubepods/pod-uid-1",
+            sysctls={"net.ipv4.ip_unprivileged_port_start": "0"},
+            security_context=api.LinuxSandboxSecurityContext(
+                namespace_options=api.NamespaceOption(pid=api.CONTAINER))))
 
 
-def build(rootfs: str, config: dict[str, Any] | None = None, pod: PodContext | None = None,
-          sandbox: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-    return build_container_spec(config or container(), sandbox or SANDBOX, IMAGE, rootfs,
+def container(**changes: Any) -> api.ContainerConfig:
+    fields: dict[str, Any] = dict(
+        metadata=api.ContainerMetadata(name="app", attempt=2),
+        image=api.ImageSpec(image="sha256:abc", user_specified_image="registry.test/app:1"),
+        envs=[api.KeyValue(key="MODE", value=b"prod")],
+        labels={"io.kubernetes.container.name": "app"},
+        annotations={"io.kubernetes.container.restartCount": "2"},
+        linux=api.LinuxContainerConfig(
+            resources=api.LinuxContainerResources(cpu_shares=256,
+                                                  memory_limit_in_bytes=134217728,
+                                                  oom_score_adj=-997),
+            security_context=api.LinuxContainerSecurityContext(
+                namespace_options=api.NamespaceOption(pid=api.CONTAINER),
+                no_new_privs=True,
+                masked_paths=["/proc/kcore"],
+                readonly_paths=["/proc/sys", "/proc/bus"])),
+    )
+    fields.update(changes)
+    return api.ContainerConfig(**fields)
+
+
+def build(rootfs: str, config: api.ContainerConfig | None = None,
+          pod: PodContext | None = None, sandbox: api.PodSandboxConfig | None = None,
+          **kwargs: Any) -> dict[str, Any]:
+    return build_container_spec(config or container(), sandbox or pod_sandbox(), IMAGE, rootfs,
                                 pod or pod_context(), container_id="c1", node=NODE, **kwargs)
 
 
@@ -134,14 +145,14 @@ def test_same_inputs_same_document(rootfs: str) -> None:
 
 
 def test_image_config_section_alone_is_accepted(rootfs: str) -> None:
-    spec = build_container_spec(container(), SANDBOX, IMAGE["config"], rootfs, pod_context(),
-                                container_id="c1", node=NODE)
+    spec = build_container_spec(container(), pod_sandbox(), IMAGE["config"], rootfs,
+                                pod_context(), container_id="c1", node=NODE)
     assert spec["process"]["args"] == ["/bin/app", "--serve"]
 
 
 def test_readonly_rootfs_makes_pod_files_read_only(rootfs: str) -> None:
     config = container()
-    config["linux"]["security_context"]["readonly_rootfs"] = True
+    config.linux.security_context.readonly_rootfs = True
     spec = build(rootfs, config)
     assert spec["root"]["readonly"] is True
     assert all(m["options"][0] == "ro" for m in spec["mounts"]
@@ -150,13 +161,14 @@ def test_readonly_rootfs_makes_pod_files_read_only(rootfs: str) -> None:
 
 def test_no_resources_no_oom_score_adj(rootfs: str) -> None:
     config = container()
-    del config["linux"]["resources"]
+    config.linux.ClearField("resources")
     assert "oomScoreAdj" not in build(rootfs, config)["process"]
 
 
 def test_host_namespaces_pod(rootfs: str) -> None:
     pod = pod_context(netns_path=None, ipc_ns_path=None, uts_ns_path=None, shm_path=None)
-    sandbox = {**SANDBOX, "linux": {**SANDBOX["linux"], "sysctls": {}}}
+    sandbox = pod_sandbox()
+    sandbox.linux.sysctls.clear()
     spec = build(rootfs, pod=pod, sandbox=sandbox)
     assert [ns["type"] for ns in spec["linux"]["namespaces"]] == ["pid", "mount"]
     assert "hostname" not in spec      # no private UTS namespace: the runtime would refuse it
@@ -176,38 +188,46 @@ def test_net_sysctl_in_a_host_network_pod_is_invalid(rootfs: str) -> None:
 def test_pid_namespace_modes(rootfs: str, mode: str, pid_ns: str | None,
                              expected: list[dict[str, str]]) -> None:
     config = container()
-    config["linux"]["security_context"]["namespace_options"] = {"pid": mode}
+    config.linux.security_context.namespace_options.CopyFrom(api.NamespaceOption(pid=mode))
     spec = build(rootfs, config, pod=pod_context(pid_ns_path=pid_ns))
     assert [ns for ns in spec["linux"]["namespaces"] if ns["type"] == "pid"] == expected
 
 
 def test_pod_pid_namespace_without_one_is_a_failed_precondition(rootfs: str) -> None:
     config = container()
-    config["linux"]["security_context"]["namespace_options"] = {}   # POD is the zero value
+    config.linux.security_context.ClearField("namespace_options")   # POD is the zero value
     with pytest.raises(FailedPrecondition, match="shared PID namespace"):
         build(rootfs, config)
 
 
 def test_target_pid_namespace(rootfs: str) -> None:
     config = container()
-    config["linux"]["security_context"]["namespace_options"] = {"pid": "TARGET",
-                                                                "target_id": "other"}
+    config.linux.security_context.namespace_options.CopyFrom(
+        api.NamespaceOption(pid=api.TARGET, target_id="other"))
     with pytest.raises(InvalidArgument, match="'other'"):
         build(rootfs, config)
     spec = build(rootfs, config, target_pid_ns="/proc/7/ns/pid")
     assert spec["linux"]["namespaces"][0] == {"type": "pid", "path": "/proc/7/ns/pid"}
 
 
+def test_unknown_namespace_mode_is_invalid(rootfs: str) -> None:
+    # proto3 enums are open: a number no cri-api we know defines parses.
+    config = container()
+    config.linux.security_context.namespace_options.network = 7  # type: ignore[assignment]
+    with pytest.raises(InvalidArgument, match=r"namespace_options\.network: unknown value 7"):
+        build(rootfs, config)
+
+
 def test_cgroup_namespace_on_v2_only_for_unprivileged(rootfs: str) -> None:
     v2 = NodeFacts(cgroup_v2=True)
-    spec = build_container_spec(container(), SANDBOX, IMAGE, rootfs, pod_context(),
+    spec = build_container_spec(container(), pod_sandbox(), IMAGE, rootfs, pod_context(),
                                 container_id="c1", node=v2)
     assert spec["linux"]["namespaces"][-1] == {"type": "cgroup"}
 
 
 def test_privileged_container_needs_a_privileged_pod(rootfs: str) -> None:
     config = container()
-    config["linux"]["security_context"]["privileged"] = True
+    config.linux.security_context.privileged = True
     with pytest.raises(InvalidArgument, match="privileged but its pod sandbox is not"):
         build(rootfs, config)
 
@@ -217,10 +237,11 @@ def test_privileged_container(rootfs: str, tmp_path: Path) -> None:
     dev.mkdir()
     os.mknod(dev / "loop0", stat.S_IFBLK | 0o660, os.makedev(7, 0))
     config = container()
-    config["linux"]["security_context"].update(
-        privileged=True, capabilities={"drop_capabilities": ["ALL"]})
-    sandbox = {**SANDBOX, "linux": {**SANDBOX["linux"],
-                                    "security_context": {"privileged": True}}}
+    config.linux.security_context.privileged = True
+    config.linux.security_context.capabilities.CopyFrom(
+        api.Capability(drop_capabilities=["ALL"]))
+    sandbox = pod_sandbox()
+    sandbox.linux.security_context.CopyFrom(api.LinuxSandboxSecurityContext(privileged=True))
     spec = build(rootfs, config, sandbox=sandbox, dev_root=str(dev))
     assert spec["process"]["capabilities"]["effective"] == list(CAPS)
     assert spec["linux"]["maskedPaths"] == spec["linux"]["readonlyPaths"] == []
@@ -233,10 +254,10 @@ def test_privileged_container(rootfs: str, tmp_path: Path) -> None:
 def test_cri_mount_and_device_reach_the_spec(rootfs: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    config = container(mounts=[{"container_path": "/data", "host_path": str(data),
-                                "readonly": True, "selinux_relabel": True}],
-                       devices=[{"container_path": "/dev/xnull", "host_path": "/dev/null",
-                                 "permissions": "rw"}])
+    config = container(mounts=[api.Mount(container_path="/data", host_path=str(data),
+                                         readonly=True, selinux_relabel=True)],
+                       devices=[api.Device(container_path="/dev/xnull", host_path="/dev/null",
+                                           permissions="rw")])
     spec = build(rootfs, config)
     assert {"destination": "/data", "type": "bind", "source": str(data),
             "options": ["rbind", "rprivate", "ro"]} in spec["mounts"]
@@ -245,19 +266,20 @@ def test_cri_mount_and_device_reach_the_spec(rootfs: str, tmp_path: Path) -> Non
 
 def test_missing_name_is_invalid(rootfs: str) -> None:
     with pytest.raises(InvalidArgument, match="name is empty"):
-        build(rootfs, container(metadata={}))
+        build(rootfs, container(metadata=api.ContainerMetadata()))
 
 
 def test_unknown_image_user_is_invalid(rootfs: str) -> None:
     image = {"config": {**IMAGE["config"], "User": "ghost"}}
     with pytest.raises(InvalidArgument, match="unable to find user ghost"):
-        build_container_spec(container(), SANDBOX, image, rootfs, pod_context(),
+        build_container_spec(container(), pod_sandbox(), image, rootfs, pod_context(),
                              container_id="c1", node=NODE)
 
 
 def test_infra_spec() -> None:
-    sandbox = {**SANDBOX, "linux": {**SANDBOX["linux"], "security_context": {
-        "run_as_user": {"value": "65535"}, "run_as_group": {"value": "65535"}}}}
+    sandbox = pod_sandbox()
+    sandbox.linux.security_context.CopyFrom(api.LinuxSandboxSecurityContext(
+        run_as_user=api.Int64Value(value=65535), run_as_group=api.Int64Value(value=65535)))
     pod = pod_context(oom_score_adj_floor=-500)
     spec = build_infra_spec(sandbox, pod, "/run/pv/infra-rootfs", node=NODE)
     process = spec["process"]

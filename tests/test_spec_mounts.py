@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from podvisor.workers.runtime.spec_context import NodeFacts, PodContext
 from podvisor.workers.runtime.spec_mounts import (
@@ -41,8 +42,8 @@ def pod(**changes: Any) -> PodContext:
     return PodContext(**base)
 
 
-def mount(container_path: str, host_path: str, **fields: Any) -> dict[str, Any]:
-    return {"container_path": container_path, "host_path": host_path, **fields}
+def mount(container_path: str, host_path: str, **fields: Any) -> api.Mount:
+    return api.Mount(container_path=container_path, host_path=host_path, **fields)
 
 
 def test_cri_mount_propagation_and_access(tmp_path: Path) -> None:
@@ -74,6 +75,12 @@ def test_bidirectional_wins_over_host_to_container_for_the_rootfs() -> None:
     assert rootfs_propagation == "rshared"
 
 
+def test_unknown_propagation_is_invalid() -> None:
+    # proto3 enums are open: a number no cri-api we know defines parses.
+    with pytest.raises(InvalidArgument, match="unknown propagation 9"):
+        cri_mounts([mount("/m", "/tmp", propagation=9)], NODE, MOUNTINFO)
+
+
 def test_mount_of_finds_the_closest_mount_point() -> None:
     assert mount_of("/shared/a/b", MOUNTINFO) == ("/shared", ["shared:5"])
     assert mount_of("/private", MOUNTINFO) == ("/private", [])
@@ -98,8 +105,8 @@ def test_recursive_read_only(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="conflicts with a read-write"):
         cri_mounts([mount("/rro", str(tmp_path), recursive_read_only=True)], RRO_NODE)
     with pytest.raises(InvalidArgument, match="needs private propagation"):
-        cri_mounts([{**wanted, "propagation": "PROPAGATION_HOST_TO_CONTAINER"}], RRO_NODE,
-                   MOUNTINFO)
+        cri_mounts([mount("/rro", str(tmp_path), readonly=True, recursive_read_only=True,
+                          propagation="PROPAGATION_HOST_TO_CONTAINER")], RRO_NODE, MOUNTINFO)
 
 
 @pytest.mark.parametrize(("container_path", "host_path", "error", "message"), [
@@ -129,9 +136,10 @@ def test_duplicates_image_and_idmapped_mounts_are_refused(tmp_path: Path) -> Non
     with pytest.raises(InvalidArgument, match="mounted twice"):
         cri_mounts([mount("/d", str(tmp_path)), mount("/d/", str(tmp_path))], NODE)
     with pytest.raises(Unimplemented, match="image volumes"):
-        cri_mounts([{"container_path": "/img", "image": {"image": "busybox"}}], NODE)
+        cri_mounts([api.Mount(container_path="/img", image=api.ImageSpec(image="busybox"))],
+                   NODE)
     with pytest.raises(Unimplemented, match="idmapped"):
-        cri_mounts([mount("/d", str(tmp_path), uidMappings=[{"length": 1}])], NODE)
+        cri_mounts([mount("/d", str(tmp_path), uidMappings=[api.IDMapping(length=1)])], NODE)
 
 
 def test_symlinked_source_is_resolved(tmp_path: Path) -> None:
@@ -190,7 +198,7 @@ def test_pod_files_follow_readonly_rootfs() -> None:
 
 def test_ensure_mount_sources_creates_dirs_like_cri_o(tmp_path: Path) -> None:
     missing = tmp_path / "a" / "b"
-    config = {"mounts": [mount("/x", str(missing)), mount("/y", str(tmp_path))]}
+    config = api.ContainerConfig(mounts=[mount("/x", str(missing)), mount("/y", str(tmp_path))])
     assert ensure_mount_sources(config) == [str(missing)]
     assert missing.is_dir()
     assert ensure_mount_sources(config) == []
@@ -199,6 +207,6 @@ def test_ensure_mount_sources_creates_dirs_like_cri_o(tmp_path: Path) -> None:
 def test_ensure_mount_sources_rejects_listed_paths(tmp_path: Path) -> None:
     missing = tmp_path / "hostname"
     with pytest.raises(InvalidArgument, match="does not exist"):
-        ensure_mount_sources({"mounts": [mount("/etc/hostname", str(missing))]},
+        ensure_mount_sources(api.ContainerConfig(mounts=[mount("/etc/hostname", str(missing))]),
                              absent_to_reject={str(missing)})
     assert not missing.exists()

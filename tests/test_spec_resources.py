@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import InvalidArgument
 from podvisor.workers.runtime.spec_context import NodeFacts, detect_node, nofile_ceiling
 from podvisor.workers.runtime.spec_devices import ALLOW_ALL, DEFAULT_RULES, devices, host_devices
@@ -36,10 +37,12 @@ def test_systemd_path() -> None:
         cgroups_path("/kubepods/pod1", "abc", SYSTEMD)
 
 
-def test_cpu_and_memory_from_int64_strings() -> None:
-    resources = {"cpu_period": "100000", "cpu_quota": "50000", "cpu_shares": "512",
-                 "cpuset_cpus": "0-1", "cpuset_mems": "0",
-                 "memory_limit_in_bytes": "268435456"}
+R = api.LinuxContainerResources
+
+
+def test_cpu_and_memory() -> None:
+    resources = R(cpu_period=100000, cpu_quota=50000, cpu_shares=512, cpuset_cpus="0-1",
+                  cpuset_mems="0", memory_limit_in_bytes=268435456)
     assert linux_resources(resources, V1) == {
         "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0-1", "mems": "0"},
         "memory": {"limit": 268435456, "swap": 268435456},   # no swap unless asked
@@ -47,64 +50,63 @@ def test_cpu_and_memory_from_int64_strings() -> None:
 
 
 def test_zero_means_unset() -> None:
-    assert linux_resources({}, V1) == {}
-    assert linux_resources({"cpu_shares": "0", "memory_limit_in_bytes": "0"}, V1) == {}
+    assert linux_resources(R(), V1) == {}
+    assert linux_resources(R(cpu_shares=0, memory_limit_in_bytes=0), V1) == {}
 
 
 def test_swap() -> None:
-    limit = str(64 << 20)
-    assert linux_resources({"memory_limit_in_bytes": limit,
-                            "memory_swap_limit_in_bytes": str(128 << 20)}, V1)["memory"] == \
+    limit = 64 << 20
+    assert linux_resources(R(memory_limit_in_bytes=limit,
+                             memory_swap_limit_in_bytes=128 << 20), V1)["memory"] == \
         {"limit": 64 << 20, "swap": 128 << 20}
-    assert linux_resources({"memory_limit_in_bytes": limit,
-                            "memory_swap_limit_in_bytes": "-1"}, V1)["memory"]["swap"] == -1
+    assert linux_resources(R(memory_limit_in_bytes=limit,
+                             memory_swap_limit_in_bytes=-1), V1)["memory"]["swap"] == -1
     # Without swap accounting runc would refuse the swap field.
-    assert linux_resources({"memory_limit_in_bytes": limit}, V2)["memory"] == {"limit": 64 << 20}
+    assert linux_resources(R(memory_limit_in_bytes=limit), V2)["memory"] == {"limit": 64 << 20}
     with pytest.raises(InvalidArgument, match="cannot be lower than the memory limit"):
-        linux_resources({"memory_limit_in_bytes": limit,
-                         "memory_swap_limit_in_bytes": str(1 << 20)}, V1)
+        linux_resources(R(memory_limit_in_bytes=limit, memory_swap_limit_in_bytes=1 << 20), V1)
 
 
 def test_memory_below_the_runtime_minimum_is_invalid() -> None:
     with pytest.raises(InvalidArgument, match="at least 12582912 bytes"):
-        linux_resources({"memory_limit_in_bytes": str(4 << 20)}, V1)
+        linux_resources(R(memory_limit_in_bytes=4 << 20), V1)
     small = NodeFacts(min_memory=500 * 1024)
-    assert linux_resources({"memory_limit_in_bytes": str(4 << 20)}, small)["memory"]["limit"] \
+    assert linux_resources(R(memory_limit_in_bytes=4 << 20), small)["memory"]["limit"] \
         == 4 << 20
 
 
 def test_hugepages_only_with_hugetlb() -> None:
-    resources = {"hugepage_limits": [{"page_size": "2MB", "limit": "1073741824"}]}
+    resources = R(hugepage_limits=[api.HugepageLimit(page_size="2MB", limit=1073741824)])
     assert linux_resources(resources, V1)["hugepageLimits"] == [
         {"pageSize": "2MB", "limit": 1073741824}]
     assert "hugepageLimits" not in linux_resources(resources, V2)
 
 
 def test_unified_only_on_cgroup_v2(caplog: pytest.LogCaptureFixture) -> None:
-    resources = {"unified": {"memory.high": "1000000"}}
+    resources = R(unified={"memory.high": "1000000"})
     assert linux_resources(resources, V2)["unified"] == {"memory.high": "1000000"}
     assert "unified" not in linux_resources(resources, V1)
     assert "cgroup v1" in caplog.text
 
 
 def test_pids_limit_from_node_config() -> None:
-    assert "pids" not in linux_resources({}, V1)
+    assert "pids" not in linux_resources(R(), V1)
     limited = NodeFacts(controllers=frozenset({"pids"}), pids_limit=1024)
-    assert linux_resources({}, limited)["pids"] == {"limit": 1024}
+    assert linux_resources(R(), limited)["pids"] == {"limit": 1024}
 
 
 def test_oom_score_adj_never_below_the_daemon_s() -> None:
-    assert oom_score_adj({"oom_score_adj": "1000"}, 0) == 1000
-    assert oom_score_adj({"oom_score_adj": "-997"}, 0) == 0
-    assert oom_score_adj({"oom_score_adj": "-997"}, -999) == -997
-    assert oom_score_adj({}, -500) == 0
+    assert oom_score_adj(R(oom_score_adj=1000), 0) == 1000
+    assert oom_score_adj(R(oom_score_adj=-997), 0) == 0
+    assert oom_score_adj(R(oom_score_adj=-997), -999) == -997
+    assert oom_score_adj(R(), -500) == 0
     with pytest.raises(InvalidArgument):
-        oom_score_adj({"oom_score_adj": "1001"}, 0)
+        oom_score_adj(R(oom_score_adj=1001), 0)
 
 
 def test_cri_device_is_stat_ed_on_the_host() -> None:
-    nodes, rules = devices([{"host_path": "/dev/null", "container_path": "/dev/mynull",
-                             "permissions": "rw"}], privileged=False)
+    nodes, rules = devices([api.Device(host_path="/dev/null", container_path="/dev/mynull",
+                                       permissions="rw")], privileged=False)
     assert nodes[0]["path"] == "/dev/mynull"
     assert (nodes[0]["type"], nodes[0]["major"], nodes[0]["minor"]) == ("c", 1, 3)
     assert rules[:len(DEFAULT_RULES)] == list(DEFAULT_RULES)
@@ -112,7 +114,7 @@ def test_cri_device_is_stat_ed_on_the_host() -> None:
 
 
 def test_cri_device_defaults_to_rwm_and_its_host_path() -> None:
-    nodes, rules = devices([{"host_path": "/dev/zero"}], privileged=False)
+    nodes, rules = devices([api.Device(host_path="/dev/zero")], privileged=False)
     assert nodes[0]["path"] == "/dev/zero"
     assert rules[-1]["access"] == "rwm"
 
@@ -125,7 +127,7 @@ def test_cri_device_defaults_to_rwm_and_its_host_path() -> None:
 ])
 def test_bad_devices_are_invalid(device: dict[str, str], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        devices([device], privileged=False)
+        devices([api.Device(**device)], privileged=False)
 
 
 @pytest.fixture
@@ -152,7 +154,7 @@ def test_host_devices_walk(fake_dev: Path) -> None:
 
 
 def test_privileged_gets_every_host_device_and_allow_all(fake_dev: Path) -> None:
-    nodes, rules = devices([{"host_path": "/dev/zero", "container_path": "/dev/null"}],
+    nodes, rules = devices([api.Device(host_path="/dev/zero", container_path="/dev/null")],
                            privileged=True, dev_root=str(fake_dev))
     by_path = {n["path"]: n for n in nodes}
     assert sorted(by_path) == ["/dev/disk/loop0", "/dev/null"]
@@ -161,8 +163,8 @@ def test_privileged_gets_every_host_device_and_allow_all(fake_dev: Path) -> None
 
 
 def test_a_directory_device_brings_its_nodes(fake_dev: Path) -> None:
-    nodes, _ = devices([{"host_path": str(fake_dev / "disk"), "container_path": "/dev/block"}],
-                       privileged=False)
+    nodes, _ = devices([api.Device(host_path=str(fake_dev / "disk"),
+                                   container_path="/dev/block")], privileged=False)
     assert [n["path"] for n in nodes] == ["/dev/block/loop0"]
 
 

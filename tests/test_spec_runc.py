@@ -9,7 +9,6 @@ and the runtime's list is checked empty.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 from bundle import RUNTIMES, Runtime, cgroup_dirs, make_rootfs
 
+from podvisor.proto import api_pb2 as api
 from podvisor.workers.runtime.spec import (
     bounding_caps,
     build_container_spec,
@@ -36,7 +36,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs containers: need
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n"
 GROUP = "root:x:0:\napp:x:1000:\nextra:x:2000:app\n"
-SANDBOX = {"metadata": {"name": "spec-pod", "namespace": "default", "uid": "u-1"}}
+SANDBOX = api.PodSandboxConfig(
+    metadata=api.PodSandboxMetadata(name="spec-pod", namespace="default", uid="u-1"))
 IMAGE = {"config": {"Env": ["BAZ=from-image", "FOO=image-loses"], "WorkingDir": "/"}}
 
 
@@ -88,18 +89,20 @@ def bundle(tmp_path: Path) -> Path:
     return tmp_path / "bundle"
 
 
-def config(script: str, **security: Any) -> dict[str, Any]:
-    sc = {"namespace_options": {"pid": "CONTAINER"}, **security}
-    return {"metadata": {"name": "c"}, "image": {"image": "busybox"},
-            "command": ["sh", "-c", script],
-            "envs": [{"key": "FOO", "value": base64.b64encode(b"from-cri").decode()}],
-            "linux": {"security_context": sc,
-                      "resources": {"memory_limit_in_bytes": str(128 << 20),
-                                    "cpu_shares": "512", "oom_score_adj": "500"}}}
+def config(script: str, **security: Any) -> api.ContainerConfig:
+    sc = api.LinuxContainerSecurityContext(namespace_options=api.NamespaceOption(
+        pid=api.CONTAINER), **security)
+    return api.ContainerConfig(
+        metadata=api.ContainerMetadata(name="c"), image=api.ImageSpec(image="busybox"),
+        command=["sh", "-c", script], envs=[api.KeyValue(key="FOO", value=b"from-cri")],
+        linux=api.LinuxContainerConfig(
+            security_context=sc,
+            resources=api.LinuxContainerResources(memory_limit_in_bytes=128 << 20,
+                                                  cpu_shares=512, oom_score_adj=500)))
 
 
-def build(bundle: Path, pod: PodContext, container: dict[str, Any],
-          sandbox: dict[str, Any] = SANDBOX) -> dict[str, Any]:
+def build(bundle: Path, pod: PodContext, container: api.ContainerConfig,
+          sandbox: api.PodSandboxConfig = SANDBOX) -> dict[str, Any]:
     spec = build_container_spec(container, sandbox, IMAGE, str(bundle / "rootfs"), pod,
                                 container_id=uuid.uuid4().hex[:16], node=detect_node())
     return spec
@@ -128,8 +131,8 @@ def test_user_env_cwd_readonly_masks_caps(runtime: Runtime, bundle: Path,
                                           tmp_path: Path) -> None:
     pod = host_pod(tmp_path)
     container = config(USER_SCRIPT, run_as_username="app", readonly_rootfs=True,
-                       supplemental_groups=["3000"])
-    container["working_dir"] = "/work"
+                       supplemental_groups=[3000])
+    container.working_dir = "/work"
     spec = build(bundle, pod, container)
     seen = run(runtime, bundle, spec)
     assert seen["ID"] == "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra),3000"
@@ -162,12 +165,13 @@ def test_root_caps_mounts_devices_resources(runc: Runtime, bundle: Path, tmp_pat
     data = tmp_path / "data"
     data.mkdir()
     (data / "hello").write_text("world\n")
-    container = config(ROOT_SCRIPT, run_as_user={},
-                       capabilities={"add_capabilities": ["NET_ADMIN"],
-                                     "drop_capabilities": ["CHOWN"]})
-    container["mounts"] = [{"container_path": "/data", "host_path": str(data), "readonly": True}]
-    container["devices"] = [{"container_path": "/dev/xnull", "host_path": "/dev/null",
-                             "permissions": "rw"}]
+    container = config(ROOT_SCRIPT, run_as_user=api.Int64Value(),
+                       capabilities=api.Capability(add_capabilities=["NET_ADMIN"],
+                                                   drop_capabilities=["CHOWN"]))
+    container.mounts.append(api.Mount(container_path="/data", host_path=str(data),
+                                      readonly=True))
+    container.devices.append(api.Device(container_path="/dev/xnull", host_path="/dev/null",
+                                        permissions="rw"))
     spec = build(bundle, host_pod(tmp_path), container)
     seen = run(runc, bundle, spec)
     wanted = (set(DEFAULT_CAPABILITIES) - {"CAP_CHOWN"}) | {"CAP_NET_ADMIN"}
@@ -195,7 +199,9 @@ echo "FIRMWARE=$(ls -A /sys/firmware | wc -l)"
 
 def test_privileged(runc: Runtime, bundle: Path, tmp_path: Path) -> None:
     pod = host_pod(tmp_path)
-    sandbox = {**SANDBOX, "linux": {"security_context": {"privileged": True}}}
+    sandbox = api.PodSandboxConfig()
+    sandbox.CopyFrom(SANDBOX)
+    sandbox.linux.security_context.privileged = True
     spec = build(bundle, pod, config(PRIVILEGED_SCRIPT, privileged=True), sandbox)
     host_nodes = [d["path"] for d in spec["linux"]["devices"]]
     seen = run(runc, bundle, spec)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
+from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import FailedPrecondition, InvalidArgument
 from podvisor.workers.runtime.spec_context import bounding_caps
 from podvisor.workers.runtime.spec_security import (
@@ -27,13 +26,8 @@ DEFAULTS_IN_ORDER = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID"
 
 def caps(add: list[str] | None = None, drop: list[str] | None = None,
          privileged: bool = False, ambient: list[str] | None = None) -> dict[str, list[str]]:
-    msg: dict[str, Any] = {}
-    if add:
-        msg["add_capabilities"] = add
-    if drop:
-        msg["drop_capabilities"] = drop
-    if ambient:
-        msg["add_ambient_capabilities"] = ambient
+    msg = api.Capability(add_capabilities=add, drop_capabilities=drop,
+                         add_ambient_capabilities=ambient)
     return capabilities(msg, privileged, AVAILABLE)
 
 
@@ -95,26 +89,29 @@ KUBELET_MASKED = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
 
 
 def test_masked_paths_are_cri_o_defaults_plus_the_kubelet_s() -> None:
-    assert masked_paths({}, False) == sorted(DEFAULT_MASKED_PATHS)
-    merged = masked_paths({"masked_paths": KUBELET_MASKED}, False)
+    assert masked_paths(api.LinuxContainerSecurityContext(), False) == sorted(DEFAULT_MASKED_PATHS)
+    merged = masked_paths(api.LinuxContainerSecurityContext(masked_paths=KUBELET_MASKED), False)
     assert merged == sorted(set(DEFAULT_MASKED_PATHS) | {"/proc/extra"})
     assert "/proc/interrupts" in merged
 
 
 def test_readonly_paths_from_the_cri_replace_the_defaults() -> None:
-    assert readonly_paths({}, False) == list(DEFAULT_READONLY_PATHS)
-    assert readonly_paths({"readonly_paths": ["/proc/sys"]}, False) == ["/proc/sys"]
+    assert readonly_paths(api.LinuxContainerSecurityContext(), False) == \
+        list(DEFAULT_READONLY_PATHS)
+    assert readonly_paths(api.LinuxContainerSecurityContext(readonly_paths=["/proc/sys"]),
+                          False) == ["/proc/sys"]
 
 
 def test_privileged_clears_masked_and_readonly_paths() -> None:
-    context = {"masked_paths": ["/proc/kcore"], "readonly_paths": ["/proc/sys"]}
+    context = api.LinuxContainerSecurityContext(masked_paths=["/proc/kcore"],
+                                                readonly_paths=["/proc/sys"])
     assert masked_paths(context, True) == []
     assert readonly_paths(context, True) == []
 
 
 def test_relative_masked_path_is_invalid() -> None:
     with pytest.raises(InvalidArgument, match="absolute"):
-        masked_paths({"masked_paths": ["proc/kcore"]}, False)
+        masked_paths(api.LinuxContainerSecurityContext(masked_paths=["proc/kcore"]), False)
 
 
 def test_sysctl_slash_form_is_normalised_like_the_kubelet() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import InvalidArgument
 from podvisor.workers.runtime.spec_user import (
     ExecUser,
@@ -104,23 +105,18 @@ def test_no_passwd_means_numeric_users_only(tmp_path: Path) -> None:
         resolve("app", empty)
 
 
-def sc(**fields: Any) -> dict[str, Any]:
-    """A LinuxContainerSecurityContext as MessageToDict writes it."""
-    out: dict[str, Any] = {}
-    for key, value in fields.items():
-        if key in ("run_as_user", "run_as_group"):
-            out[key] = {"value": str(value)} if value else {}
-        elif key == "supplemental_groups":
-            out[key] = [str(v) for v in value]
-        else:
-            out[key] = value
-    return out
+def sc(**fields: Any) -> api.LinuxContainerSecurityContext:
+    """A LinuxContainerSecurityContext; run_as_user/run_as_group are Int64Value wrappers."""
+    for key in ("run_as_user", "run_as_group"):
+        if key in fields:
+            fields[key] = api.Int64Value(value=fields[key])
+    return api.LinuxContainerSecurityContext(**fields)
 
 
 @pytest.mark.parametrize(("context", "image_user", "expected"), [
-    ({}, "", {"uid": 0, "gid": 0, "additionalGids": [0, 1, 10]}),
-    ({}, "app", {"uid": 1000, "gid": 1000, "additionalGids": [1000, 10, 2000]}),
-    ({}, "app:extra", {"uid": 1000, "gid": 2000, "additionalGids": [2000]}),
+    (sc(), "", {"uid": 0, "gid": 0, "additionalGids": [0, 1, 10]}),
+    (sc(), "app", {"uid": 1000, "gid": 1000, "additionalGids": [1000, 10, 2000]}),
+    (sc(), "app:extra", {"uid": 1000, "gid": 2000, "additionalGids": [2000]}),
     # run_as_user wins over the image, and keeps only the uid part
     (sc(run_as_user=1000), "daemon:bin", {"uid": 1000, "gid": 1000,
                                           "additionalGids": [1000, 10, 2000]}),
@@ -132,8 +128,8 @@ def sc(**fields: Any) -> dict[str, Any]:
     (sc(run_as_user=1000, supplemental_groups_policy="Strict", supplemental_groups=[4000]), "",
      {"uid": 1000, "gid": 1000, "additionalGids": [1000, 4000]}),
 ])
-def test_oci_user_follows_cri_o(rootfs: Path, context: dict[str, Any], image_user: str,
-                                expected: dict[str, Any]) -> None:
+def test_oci_user_follows_cri_o(rootfs: Path, context: api.LinuxContainerSecurityContext,
+                                image_user: str, expected: dict[str, Any]) -> None:
     assert oci_user(context, image_user, db(rootfs)) == expected
 
 
@@ -144,7 +140,14 @@ def test_run_as_group_without_a_user_is_invalid(rootfs: Path) -> None:
 
 def test_negative_ids_are_invalid(rootfs: Path) -> None:
     with pytest.raises(InvalidArgument, match="out of range"):
-        oci_user({"run_as_user": {"value": "-1"}}, "", db(rootfs))
+        oci_user(sc(run_as_user=-1), "", db(rootfs))
+
+
+def test_unknown_supplemental_groups_policy_is_invalid(rootfs: Path) -> None:
+    # proto3 enums are open: a number no cri-api we know defines parses.
+    context = sc(supplemental_groups_policy=7)
+    with pytest.raises(InvalidArgument, match="supplemental_groups_policy: unknown value 7"):
+        oci_user(context, "", db(rootfs))
 
 
 def test_absolute_symlink_out_of_the_rootfs_is_not_followed(rootfs: Path, outside: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 from layers import MTIME, LayerTar, Storage, chain_of, sha256, storage_in
 
 from podvisor.proto.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound
+from podvisor.proto.storage_ops import UnpackLayer
 from podvisor.workers import locks
 
 NS = 1_000_000_000
@@ -144,8 +145,13 @@ def test_a_mislabelled_blob_is_read_by_its_magic_bytes(storage: Storage) -> None
     ("blob", "relative/path", "absolute path"),
     ("chain_id", "sha256:" + "0" * 64, "does not match"),
     ("parent", "md5:abc", "parent"),
+    # Types and unknown fields are refused by the contract (msgspec's words).
+    ("blob", 7, r"Expected `str`, got `int` - at `\$\.blob`"),
+    ("parent", ["sha256:" + "0" * 64], r"`\$\.parent`"),
+    ("size", 1, "unknown field `size`"),
 ])
-def test_bad_arguments_are_named(storage: Storage, key: str, value: str, message: str) -> None:
+def test_bad_arguments_are_named(storage: Storage, key: str, value: object,
+                                 message: str) -> None:
     args = storage.blob(LayerTar().file("f")).args()
     args[key] = value
     with pytest.raises(InvalidArgument, match=message):
@@ -289,7 +295,7 @@ def test_a_cancelled_unpack_leaves_nothing(storage: Storage) -> None:
     ctx = storage.ctx("storage.unpack_layer")
     ctx.cancelled.set()
     with pytest.raises(Cancelled):
-        storage.service.unpack_layer(ctx, blob.args())
+        storage.service.unpack_layer(ctx, UnpackLayer(**blob.args()))
     assert storage.layer_entries() == []
 
 

@@ -1,5 +1,5 @@
-"""Container root filesystems (storage.create_rootfs, mount_rootfs,
-remove_rootfs), ImageFsInfo and start-up reconcile, on real overlay mounts.
+"""Container root filesystems (storage.create_rootfs, remove_rootfs),
+ImageFsInfo and start-up reconcile, on real overlay mounts.
 Every test unmounts what it mounted; the ``storage`` fixture fails a test
 that leaves a mount behind."""
 
@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from google.protobuf import json_format
 from layers import LayerTar, Storage, mounts_under, storage_in
 
 from podvisor.proto import api_pb2 as api
@@ -92,9 +91,11 @@ def test_missing_layer_is_not_found_and_leaves_nothing(storage: Storage) -> None
 
 @pytest.mark.parametrize(("args", "message"), [
     ({"container_id": "../x", "layers": []}, "container_id"),
-    ({"container_id": "c", "layers": "sha256:00"}, "layers must be a list"),
+    # Types are the contract's (msgspec names the field), values the pool's.
+    ({"container_id": "c", "layers": "sha256:00"}, r"Expected `array`.*`\$\.layers`"),
     ({"container_id": "c", "layers": ["sha256:" + "0" * 64] * 2}, "twice"),
-    ({"container_id": "c", "layers": [], "mount_label": 3}, "mount_label"),
+    ({"container_id": "c", "layers": [], "mount_label": 3}, r"`\$\.mount_label`"),
+    ({"container_id": "c"}, "missing required field `layers`"),
 ])
 def test_create_rootfs_checks_its_arguments(storage: Storage, args: dict[str, object],
                                             message: str) -> None:
@@ -113,19 +114,17 @@ def test_a_layer_in_use_is_not_removed(storage: Storage) -> None:
     assert storage.layer_entries() == []
 
 
-def test_mount_rootfs_brings_back_a_lost_mount(storage: Storage) -> None:
+def test_create_rootfs_again_brings_back_a_lost_mount(storage: Storage) -> None:
     chain = storage.stack(base_layer())
     created = storage.call("create_rootfs", {"container_id": "c4", "layers": chain})
     Path(created["path"], "written").write_bytes(b"before reboot")
     # What a reboot does to the volatile runroot's mounts.
     assert overlay.unmount(created["path"])
-    again = storage.call("mount_rootfs", {"container_id": "c4"})
-    assert again["mounted"] is True
+    again = storage.call("create_rootfs", {"container_id": "c4", "layers": chain})
+    assert again == {**created, "created": False}
+    assert overlay.mounted(again["path"])
     assert Path(again["path"], "written").read_bytes() == b"before reboot"
-    assert storage.call("mount_rootfs", {"container_id": "c4"})["mounted"] is False
     storage.call("remove_rootfs", {"container_id": "c4"})
-    with pytest.raises(NotFound, match="no rootfs"):
-        storage.call("mount_rootfs", {"container_id": "c4"})
 
 
 def test_an_image_of_no_layers_gets_an_empty_rootfs(storage: Storage) -> None:
@@ -181,18 +180,21 @@ def test_legacy_mount_works_and_names_its_limit(storage: Storage, tmp_path: Path
     assert "Linux 6.8" in str(err.value)
 
 
+def fs_info(storage: Storage) -> api.ImageFsInfoResponse:
+    """The CRI response the pool serializes, parsed as the supervisor does."""
+    return api.ImageFsInfoResponse.FromString(storage.call("image_fs_info", {})["response"])
+
+
 def test_image_fs_info_moves_with_layers_and_containers(storage: Storage) -> None:
     def used() -> tuple[int, int, int, int]:
-        info = storage.call("image_fs_info", {})
-        image, = info["image_filesystems"]
-        cont, = info["container_filesystems"]
-        assert image["fs_id"] == {"mountpoint": str(storage.layers_dir)}
-        assert cont["fs_id"] == {"mountpoint": str(storage.root / "storage/containers")}
-        assert image["timestamp"] > 0
-        # The supervisor builds the CRI response from this dict as it is.
-        json_format.ParseDict(info, api.ImageFsInfoResponse())
-        return (image["used_bytes"]["value"], image["inodes_used"]["value"],
-                cont["used_bytes"]["value"], cont["inodes_used"]["value"])
+        info = fs_info(storage)
+        image, = info.image_filesystems
+        cont, = info.container_filesystems
+        assert image.fs_id.mountpoint == str(storage.layers_dir)
+        assert cont.fs_id.mountpoint == str(storage.root / "storage/containers")
+        assert image.timestamp > 0
+        return (image.used_bytes.value, image.inodes_used.value,
+                cont.used_bytes.value, cont.inodes_used.value)
 
     empty = used()
     storage.unpack(LayerTar().file("big", os.urandom(256 * 1024)).file("b").file("c"))
@@ -216,11 +218,11 @@ def test_image_fs_info_moves_with_layers_and_containers(storage: Storage) -> Non
 
 def test_hard_links_count_once(storage: Storage) -> None:
     storage.unpack(LayerTar().file("a", os.urandom(64 * 1024)))
-    one = storage.call("image_fs_info", {})["image_filesystems"][0]
+    one = fs_info(storage).image_filesystems[0]
     storage.unpack(LayerTar().file("a", os.urandom(64 * 1024)).hardlink("b", "a")
                    .hardlink("c", "a"))
-    two = storage.call("image_fs_info", {})["image_filesystems"][0]
-    grown = two["used_bytes"]["value"] - one["used_bytes"]["value"]
+    two = fs_info(storage).image_filesystems[0]
+    grown = two.used_bytes.value - one.used_bytes.value
     assert 64 * 1024 <= grown < 2 * 64 * 1024
 
 

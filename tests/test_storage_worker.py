@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import zmq
 from daemonlib import poll_until
-from google.protobuf import json_format
 from layers import LayerTar, Storage, storage_in
 
 from podvisor.proto import api_pb2 as api
@@ -113,11 +112,13 @@ def test_the_worker_serves_the_storage_ops(bus: Bus, storage: Storage) -> None:
                                                "layers": [blob.diff_id]})
     assert Path(reply["result"]["path"], "hello").read_bytes() == b"world"
     info = bus.call("storage.image_fs_info", {})["result"]
-    json_format.ParseDict(info, api.ImageFsInfoResponse())
+    assert api.ImageFsInfoResponse.FromString(info["response"]).image_filesystems
     assert bus.call("storage.remove_rootfs", {"container_id": "bus-1"})["result"]["removed"]
 
     error = bus.call("storage.unpack_layer", {**blob.args(), "diff_id": "nope"})["error"]
     assert error["code"] == Code.INVALID_ARGUMENT and "diff_id" in error["message"]
+    error = bus.call("storage.remove_layer", {"chain_id": 7})["error"]
+    assert error["code"] == Code.INVALID_ARGUMENT and "$.chain_id" in error["message"]
     assert bus.call("storage.remove_layer", {"chain_id": blob.diff_id})["result"] == {
         "chain_id": blob.diff_id, "removed": True}
 

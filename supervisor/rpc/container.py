@@ -3,32 +3,29 @@ ReopenContainerLog and ExecSync.
 
 CreateContainer is orchestrated here across three pools:
 
-    runtime.sandbox_status     the pod exists and is ready
     image.resolve_image        image id, config and layers (NOT_FOUND if absent)
-    runtime.container_reserve  name + "creating" record
+    runtime.container_reserve  the pod is ready; name + "creating" record
     storage.unpack_layer       each layer, once per node (idempotent)
     storage.create_rootfs      overlay of the layers + a writable upper dir
     runtime.container_create   OCI bundle, conmon, runtime create; "created"
 
 with a cleanup stack for failures and the create table for kubelet retries
-(see sandbox.py). Everything the kubelet reads back (ContainerStatus,
-ListContainers) is shaped by the runtime pool as the CRI message's dict.
+(see sandbox.py). The config goes to the runtime pool whole, serialized;
+everything the kubelet reads back (ContainerStatus, ListContainers) the
+runtime pool builds as the CRI message, and this module only parses.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 from ...proto import api_pb2 as api
-from ...proto.errors import FailedPrecondition
-from ...proto.naming import container_name
+from ...proto import image_ops, runtime_ops, storage_ops
 from ..container_events import EventHub
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
-from .messages import from_result, to_args
 from .metadata import check_metadata
 
 
@@ -44,67 +41,67 @@ class ContainerService:
     async def create_container(self, request: api.CreateContainerRequest
                                ) -> api.CreateContainerResponse:
         check_metadata("container config", request.config)
-        sandbox = await self.ops("runtime.sandbox_status", {"id": request.pod_sandbox_id})
-        if sandbox["state"] != "ready":
-            raise FailedPrecondition(f"pod sandbox {sandbox['id']} is not ready; containers "
-                                     "can only be created in a running pod")
-        config = to_args(request.config)
-        name = container_name(config.get("metadata", {}), sandbox["config"].get("metadata", {}))
 
-        async def create() -> str:
-            return await self._create(sandbox, config)
+        async def create() -> runtime_ops.ContainerReserved:
+            return await self._create(request.pod_sandbox_id, request.config)
 
-        async def cleanup(container_id: str) -> None:
-            await self._remove(container_id, Deadline.CLEANUP)
+        async def cleanup(created: runtime_ops.ContainerReserved) -> None:
+            await self._remove(created.id, Deadline.CLEANUP)
 
-        # Keyed by kind too: a pod and a container may have equal names.
-        container_id = await self.creates.run(f"container {name}", self.ops.deadline(),
-                                                 create, cleanup)
-        self.events.emit(container_id, api.CONTAINER_CREATED_EVENT, sandbox["id"])
-        return api.CreateContainerResponse(container_id=container_id)
+        # Keyed on the pod and the metadata the kubelet's retry repeats (the
+        # container's name is the runtime pool's to derive, at reserve), and
+        # by kind: a pod and a container never share a key.
+        meta = request.config.metadata
+        key = f"container {request.pod_sandbox_id}/{meta.name}/{meta.attempt}"
+        created = await self.creates.run(key, self.ops.deadline(), create, cleanup)
+        self.events.emit(created.id, api.CONTAINER_CREATED_EVENT, created.sandbox_id)
+        return api.CreateContainerResponse(container_id=created.id)
 
-    async def _create(self, sandbox: dict[str, Any], config: dict[str, Any]) -> str:
+    async def _create(self, sandbox_id: str, config: api.ContainerConfig
+                      ) -> runtime_ops.ContainerReserved:
         ops, create, cleanup = self.ops, Deadline.CREATE, Deadline.CLEANUP
         container_id = secrets.token_hex(32)
-        image_name = config.get("image", {}).get("image", "")
-        image = await ops("image.resolve_image", {"image": image_name}, create)
+        image_name = config.image.image
+        image = await ops(image_ops.RESOLVE_IMAGE, image_ops.ResolveImage(image=image_name),
+                          create)
         undo = CleanupStack(f"container {container_id}")
         try:
             # Pushed first: a worker that dies inside the reserve may have
             # written the record already.
             undo.push("remove the container record", lambda: ops(
-                "runtime.container_remove", {"id": container_id}, cleanup))
-            await ops("runtime.container_reserve", {
-                "id": container_id, "sandbox_id": sandbox["id"], "config": config,
-                "image": {k: image[k] for k in ("id", "repo_tags", "repo_digests")},
-            }, create)
-            chain = await ensure_unpacked(ops, image["layers"], create)
+                runtime_ops.CONTAINER_REMOVE, runtime_ops.Ref(id=container_id), cleanup))
+            reserved = await ops(runtime_ops.CONTAINER_RESERVE, runtime_ops.ContainerReserve(
+                id=container_id, sandbox_id=sandbox_id, config=config.SerializeToString(),
+                image=runtime_ops.ImageRef(id=image.id, repo_tags=image.repo_tags,
+                                           repo_digests=image.repo_digests)), create)
+            chain = await ensure_unpacked(ops, image.layers, create)
             undo.push("remove the rootfs", lambda: ops(
-                "storage.remove_rootfs", {"container_id": container_id}, cleanup))
-            rootfs = await ops("storage.create_rootfs", {
-                "container_id": container_id, "layers": chain}, create)
-            await ops("runtime.container_create", {
-                "id": container_id, "rootfs": rootfs["path"], "image_config": image["config"],
-            }, create)
+                storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=container_id),
+                cleanup))
+            rootfs = await ops(storage_ops.CREATE_ROOTFS, storage_ops.CreateRootfs(
+                container_id=container_id, layers=chain), create)
+            await ops(runtime_ops.CONTAINER_CREATE, runtime_ops.ContainerCreate(
+                id=container_id, rootfs=rootfs.path, image_config=image.config), create)
         except BaseException:
             await undo.unwind()
             raise
-        return container_id
+        return reserved
 
     async def start_container(self, request: api.StartContainerRequest
                               ) -> api.StartContainerResponse:
-        started = await self.ops("runtime.container_start", {"id": request.container_id})
-        self.events.emit(started["id"], api.CONTAINER_STARTED_EVENT)
+        started = await self.ops(runtime_ops.CONTAINER_START,
+                                 runtime_ops.Ref(id=request.container_id))
+        self.events.emit(started.id, api.CONTAINER_STARTED_EVENT)
         return api.StartContainerResponse()
 
     async def stop_container(self, request: api.StopContainerRequest
                              ) -> api.StopContainerResponse:
         # The runtime pool bounds its own wait by the timeout; the call's
         # deadline must leave room for it.
-        stopped = await self.ops("runtime.container_stop", {"id": request.container_id,
-                                                            "timeout": request.timeout})
-        if stopped["found"]:
-            self.events.emit(stopped["id"], api.CONTAINER_STOPPED_EVENT, stopped["sandbox_id"])
+        stopped = await self.ops(runtime_ops.CONTAINER_STOP, runtime_ops.ContainerStop(
+            id=request.container_id, timeout=request.timeout))
+        if stopped.found:
+            self.events.emit(stopped.id, api.CONTAINER_STOPPED_EVENT, stopped.sandbox_id)
         return api.StopContainerResponse()
 
     async def remove_container(self, request: api.RemoveContainerRequest
@@ -115,37 +112,42 @@ class ContainerService:
     async def _remove(self, container_id: str, policy: Deadline) -> None:
         # Killed, then the rootfs, then the record: a removal that fails
         # half-way leaves the record, so the kubelet's retry finishes the job.
-        stopped = await self.ops("runtime.container_stop", {"id": container_id, "timeout": 0},
-                                 policy)
-        if not stopped["found"]:
+        stopped = await self.ops(runtime_ops.CONTAINER_STOP, runtime_ops.ContainerStop(
+            id=container_id, timeout=0), policy)
+        if not stopped.found:
             return  # CRI: removing an absent container succeeds
-        await self.ops("storage.remove_rootfs", {"container_id": stopped["id"]}, policy)
-        removed = await self.ops("runtime.container_remove", {"id": stopped["id"]}, policy)
-        if removed["found"]:
+        await self.ops(storage_ops.REMOVE_ROOTFS,
+                       storage_ops.RemoveRootfs(container_id=stopped.id), policy)
+        removed = await self.ops(runtime_ops.CONTAINER_REMOVE, runtime_ops.Ref(id=stopped.id),
+                                 policy)
+        if removed.found:
             # STOPPED first (once: the exit watcher may have sent it), then DELETED.
-            self.events.emit(removed["id"], api.CONTAINER_STOPPED_EVENT, removed["sandbox_id"])
-            self.events.emit(removed["id"], api.CONTAINER_DELETED_EVENT, removed["sandbox_id"])
+            self.events.emit(removed.id, api.CONTAINER_STOPPED_EVENT, removed.sandbox_id)
+            self.events.emit(removed.id, api.CONTAINER_DELETED_EVENT, removed.sandbox_id)
 
     async def list_containers(self, request: api.ListContainersRequest
                               ) -> api.ListContainersResponse:
-        result = await self.ops("runtime.container_list", {"filter": to_args(request.filter)})
-        return from_result({"containers": result}, api.ListContainersResponse)
+        result = await self.ops(runtime_ops.CONTAINER_LIST, runtime_ops.ContainerListQuery(
+            filter=request.filter.SerializeToString()))
+        return api.ListContainersResponse(
+            containers=[api.Container.FromString(item) for item in result.items])
 
     async def container_status(self, request: api.ContainerStatusRequest
                                ) -> api.ContainerStatusResponse:
-        result = await self.ops("runtime.container_status", {"id": request.container_id,
-                                                             "verbose": request.verbose})
-        return from_result(result, api.ContainerStatusResponse)
+        result = await self.ops(runtime_ops.CONTAINER_STATUS, runtime_ops.StatusQuery(
+            id=request.container_id, verbose=request.verbose))
+        return api.ContainerStatusResponse(status=api.ContainerStatus.FromString(result.status),
+                                           info=result.info)
 
     async def reopen_container_log(self, request: api.ReopenContainerLogRequest
                                    ) -> api.ReopenContainerLogResponse:
-        await self.ops("runtime.container_reopen_log", {"id": request.container_id})
+        await self.ops(runtime_ops.CONTAINER_REOPEN_LOG, runtime_ops.Ref(id=request.container_id))
         return api.ReopenContainerLogResponse()
 
     async def exec_sync(self, request: api.ExecSyncRequest) -> api.ExecSyncResponse:
         # The command's own timeout is enforced by podvisor-conmon (it kills
         # and reaps the command); the call's deadline bounds everything else.
-        result = await self.ops("runtime.container_exec_sync", {
-            "id": request.container_id, "cmd": list(request.cmd), "timeout": request.timeout})
-        return api.ExecSyncResponse(stdout=result["stdout"], stderr=result["stderr"],
-                                    exit_code=result["exit_code"])
+        result = await self.ops(runtime_ops.CONTAINER_EXEC_SYNC, runtime_ops.ExecSync(
+            id=request.container_id, cmd=list(request.cmd), timeout=request.timeout))
+        return api.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr,
+                                    exit_code=result.exit_code)

@@ -9,11 +9,13 @@ RemoveImage also removes unpacked layers no other image uses.
 from __future__ import annotations
 
 from ...proto import api_pb2 as api
-from ...proto.errors import BusError, InvalidArgument, NotFound
+from ...proto import image_ops, storage_ops
+from ...proto.codes import Code
+from ...proto.contract import Empty
+from ...proto.errors import BusError, InvalidArgument
 from ..metrics import Metrics
 from ..opclient import Deadline, OpClient
 from .layers import ensure_unpacked, remove_unused
-from .messages import from_result, to_args
 
 
 class ImageService:
@@ -24,46 +26,58 @@ class ImageService:
         self.metrics = metrics
 
     async def list_images(self, request: api.ListImagesRequest) -> api.ListImagesResponse:
-        result = await self.ops("image.list_images", to_args(request))
-        return from_result(result, api.ListImagesResponse)
+        result = await self.ops(image_ops.LIST_IMAGES,
+                                image_ops.ListImages(request=request.SerializeToString()))
+        return api.ListImagesResponse.FromString(result.response)
 
     async def image_status(self, request: api.ImageStatusRequest) -> api.ImageStatusResponse:
-        result = await self.ops("image.image_status", to_args(request))
-        return from_result(result, api.ImageStatusResponse)
+        result = await self.ops(image_ops.IMAGE_STATUS,
+                                image_ops.ImageStatus(request=request.SerializeToString()))
+        return api.ImageStatusResponse.FromString(result.response)
 
     async def pull_image(self, request: api.PullImageRequest) -> api.PullImageResponse:
         try:
-            result = await self.ops("image.pull_image", to_args(request))
+            pulled = await self.ops(image_ops.PULL_IMAGE,
+                                    image_ops.PullImage(request=request.SerializeToString()))
         except BusError as exc:
             self.metrics.observe_pull(exc.code.name)
             raise
-        image_id = result["image_ref"]
-        stats = result.get("stats", {})
-        self.metrics.observe_pull("OK", stats.get("bytes", 0), stats.get("layers", 0))
-        image = await self.ops("image.resolve_image", {"image": image_id})
+        self.metrics.observe_pull("OK", pulled.bytes_received, pulled.layers_fetched)
+        response = api.PullImageResponse.FromString(pulled.response)
+        image = await self.ops(image_ops.RESOLVE_IMAGE,
+                               image_ops.ResolveImage(image=response.image_ref))
         try:
-            await ensure_unpacked(self.ops, image["layers"])
+            await ensure_unpacked(self.ops, image.layers)
         except InvalidArgument:
             # The content itself is refused (a layer escaping its root, a
             # wrong diff_id): the image can never run, so it is not kept. Any
             # other failure (a worker restart, the deadline) leaves it for a
             # retry.
-            await self.ops("image.remove_image", {"image": {"image": image_id}},
+            removal = api.RemoveImageRequest(image=api.ImageSpec(image=image.id))
+            await self.ops(image_ops.REMOVE_IMAGE,
+                           image_ops.RemoveImage(request=removal.SerializeToString()),
                            Deadline.CLEANUP)
-            await remove_unused(self.ops, image["layers"])
+            await remove_unused(self.ops, image.layers)
             raise
-        return api.PullImageResponse(image_ref=image_id)
+        return response
 
     async def remove_image(self, request: api.RemoveImageRequest) -> api.RemoveImageResponse:
+        image: image_ops.ResolvedImage | None = None
         try:
-            image = await self.ops("image.resolve_image", {"image": request.image.image})
-        except (NotFound, InvalidArgument):
-            image = None  # the image pool gives the answer (and its error) below
-        await self.ops("image.remove_image", to_args(request))
+            image = await self.ops(image_ops.RESOLVE_IMAGE,
+                                   image_ops.ResolveImage(image=request.image.image))
+        except BusError as exc:
+            # The image pool gives the answer (and its error) below; an image
+            # whose config is lost is removed all the same, and its layers
+            # go at the next start's reconcile.
+            if exc.code not in (Code.NOT_FOUND, Code.INVALID_ARGUMENT, Code.DATA_LOSS):
+                raise
+        removed = await self.ops(image_ops.REMOVE_IMAGE,
+                                 image_ops.RemoveImage(request=request.SerializeToString()))
         if image is not None:
-            await remove_unused(self.ops, image["layers"])
-        return api.RemoveImageResponse()
+            await remove_unused(self.ops, image.layers)
+        return api.RemoveImageResponse.FromString(removed.response)
 
     async def image_fs_info(self, request: api.ImageFsInfoRequest) -> api.ImageFsInfoResponse:
-        result = await self.ops("storage.image_fs_info", to_args(request))
-        return from_result(result, api.ImageFsInfoResponse)
+        result = await self.ops(storage_ops.IMAGE_FS_INFO, Empty())
+        return api.ImageFsInfoResponse.FromString(result.response)

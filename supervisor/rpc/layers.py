@@ -10,8 +10,9 @@ recovery removes it once free.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+from ...proto import image_ops, storage_ops
+from ...proto.contract import Empty
 from ...proto.errors import FailedPrecondition
 from ...proto.layers import chain_ids
 from ..opclient import Deadline, OpClient
@@ -19,27 +20,27 @@ from ..opclient import Deadline, OpClient
 log = logging.getLogger(__name__)
 
 
-async def ensure_unpacked(ops: OpClient, layers: list[dict[str, Any]],
+async def ensure_unpacked(ops: OpClient, layers: list[image_ops.LayerRef],
                           policy: Deadline = Deadline.CALL) -> list[str]:
     """Unpack every layer (bottom up) unless done already; return chain ids."""
     chain: list[str] = []
     parent = None
     for layer in layers:
-        done = await ops("storage.unpack_layer", {
-            "blob": layer["path"], "media_type": layer["media_type"],
-            "diff_id": layer["diff_id"], "parent": parent}, policy)
-        parent = done["chain_id"]
+        done = await ops(storage_ops.UNPACK_LAYER, storage_ops.UnpackLayer(
+            blob=layer.path, media_type=layer.media_type, diff_id=layer.diff_id,
+            parent=parent), policy)
+        parent = done.chain_id
         chain.append(parent)
     return chain
 
 
-async def remove_unused(ops: OpClient, layers: list[dict[str, Any]]) -> None:
+async def remove_unused(ops: OpClient, layers: list[image_ops.LayerRef]) -> None:
     """Remove the unpacked layers of a removed image that no image uses now."""
-    live = set((await ops("image.layer_chains", {}))["chain_ids"])
-    for chain in reversed(chain_ids(layer["diff_id"] for layer in layers)):
+    live = set((await ops(image_ops.LAYER_CHAINS, Empty())).chain_ids)
+    for chain in reversed(chain_ids(layer.diff_id for layer in layers)):
         if chain in live:
             continue
         try:
-            await ops("storage.remove_layer", {"chain_id": chain})
+            await ops(storage_ops.REMOVE_LAYER, storage_ops.RemoveLayer(chain_id=chain))
         except FailedPrecondition as exc:
             log.info("Keeping layer %s: %s", chain, exc.message)

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...proto import api_pb2 as api
+from ...proto import net_ops, runtime_ops
+from ...proto.contract import Empty, Record, to_wire
 from ...proto.errors import BusError, shorten
 from ..opclient import OpClient
 from ..pool import WorkerPool
@@ -29,33 +31,36 @@ class RuntimeInfoService:
         self.pools = pools
 
     async def version(self, request: api.VersionRequest) -> api.VersionResponse:
-        result = await self.ops("runtime.version", {"version": request.version})
-        return api.VersionResponse(**result)
+        # request.version is the kubelet's API version; every answer is the same.
+        result = await self.ops(runtime_ops.VERSION, Empty())
+        return api.VersionResponse(
+            version=result.version, runtime_name=result.runtime_name,
+            runtime_version=result.runtime_version,
+            runtime_api_version=result.runtime_api_version)
 
     async def status(self, request: api.StatusRequest) -> api.StatusResponse:
         # Both halves are asked at once; a dead pool turns its condition false
         # with a reason instead of failing the whole call, because the kubelet
         # reads Status to decide whether the node is ready.
-        runtime: Any
-        network: Any
         runtime, network = await asyncio.gather(
-            self.ops("runtime.status", {}), self.ops("net.status", {}), return_exceptions=True)
+            self.ops(runtime_ops.STATUS, Empty()), self.ops(net_ops.STATUS, Empty()),
+            return_exceptions=True)
         response = api.StatusResponse(status=api.RuntimeStatus(conditions=[
             _runtime_condition(self.pools, runtime), _network_condition(network)]))
-        if isinstance(runtime, dict):
-            for handler in runtime["handlers"]:
+        if isinstance(runtime, runtime_ops.RuntimeStatus):
+            for handler in runtime.handlers:
                 response.runtime_handlers.add(
-                    name=handler["name"],
+                    name=handler.name,
                     features=api.RuntimeHandlerFeatures(
-                        recursive_read_only_mounts=handler["recursive_read_only_mounts"],
+                        recursive_read_only_mounts=handler.recursive_read_only_mounts,
                         user_namespaces=False))
             # The default handler is also listed under the empty name, as the
             # kubelet looks it up by "" when a pod names no runtime class.
-            default = next((h for h in runtime["handlers"]
-                            if h["name"] == runtime["default_runtime"]), None)
+            default = next((h for h in runtime.handlers
+                            if h.name == runtime.default_runtime), None)
             if default is not None:
                 response.runtime_handlers.add(name="", features=api.RuntimeHandlerFeatures(
-                    recursive_read_only_mounts=default["recursive_read_only_mounts"]))
+                    recursive_read_only_mounts=default.recursive_read_only_mounts))
         # Advertised: what the spec builder applies (spec_user.py resolves the
         # Merge and Strict supplemental groups policies). Not advertised:
         # Mount.mount_options, which is ignored, and user namespaces.
@@ -70,8 +75,8 @@ class RuntimeInfoService:
 
     async def runtime_config(self, request: api.RuntimeConfigRequest
                              ) -> api.RuntimeConfigResponse:
-        result = await self.ops("runtime.runtime_config", {})
-        driver = api.SYSTEMD if result["cgroup_driver"] == "systemd" else api.CGROUPFS
+        result = await self.ops(runtime_ops.RUNTIME_CONFIG, Empty())
+        driver = api.SYSTEMD if result.cgroup_driver == "systemd" else api.CGROUPFS
         return api.RuntimeConfigResponse(
             linux=api.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
@@ -88,7 +93,8 @@ class RuntimeInfoService:
 
 
 def _runtime_condition(pools: Mapping[str, WorkerPool],
-                       runtime: Any) -> api.RuntimeCondition:
+                       runtime: runtime_ops.RuntimeStatus | BaseException
+                       ) -> api.RuntimeCondition:
     for name in ESSENTIAL_POOLS:
         if pools[name].is_fatal():
             return api.RuntimeCondition(
@@ -97,21 +103,24 @@ def _runtime_condition(pools: Mapping[str, WorkerPool],
     if isinstance(runtime, BaseException):
         return api.RuntimeCondition(type="RuntimeReady", status=False,
                                     reason="RuntimePoolUnavailable", message=_message(runtime))
-    return api.RuntimeCondition(type="RuntimeReady", status=runtime["runtime_ready"],
-                                reason=runtime["reason"], message=runtime["message"])
+    return api.RuntimeCondition(type="RuntimeReady", status=runtime.runtime_ready,
+                                reason=runtime.reason, message=runtime.message)
 
 
-def _network_condition(network: Any) -> api.RuntimeCondition:
+def _network_condition(network: net_ops.NetworkStatus | BaseException
+                       ) -> api.RuntimeCondition:
     if isinstance(network, BaseException):
         return api.RuntimeCondition(type="NetworkReady", status=False,
                                     reason="NetworkPoolUnavailable", message=_message(network))
-    return api.RuntimeCondition(type="NetworkReady", status=network["network_ready"],
-                                reason=network["reason"], message=network["message"])
+    return api.RuntimeCondition(type="NetworkReady", status=network.network_ready,
+                                reason=network.reason, message=network.message)
 
 
 def _message(exc: BaseException) -> str:
     return exc.message if isinstance(exc, BusError) else f"{type(exc).__name__}: {exc}"
 
 
-def _plain(value: Any) -> Any:
-    return {"error": _message(value)} if isinstance(value, BaseException) else value
+def _plain(value: Record | BaseException) -> Any:
+    if isinstance(value, BaseException):
+        return {"error": _message(value)}
+    return to_wire(value, type(value))

@@ -3,33 +3,31 @@ ListPodSandbox.
 
 RunPodSandbox is orchestrated here, one narrow op per pool:
 
-    runtime.sandbox_reserve  name + "creating" record
+    runtime.sandbox_reserve  name + "creating" record; answers the name,
+                             host network and the pause image to use
     net.setup                namespace, CNI ADD        (not for host network)
     runtime.sandbox_start    ipc/uts pins, files, cgroup, infra; "ready"
 
 with a cleanup stack that undoes the steps done when a later one fails,
 and a create table (creates.py) that lets a kubelet retry join a create
-that outlived its first deadline.
+that outlived its first deadline. The config goes to the runtime pool
+whole, serialized; what the kubelet reads back (PodSandboxStatus, the list
+items) the runtime pool builds, and this module only parses.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import secrets
 import time
-from collections.abc import Mapping
-from typing import Any
 
 from ...proto import api_pb2 as api
+from ...proto import image_ops, net_ops, runtime_ops, storage_ops
 from ...proto.errors import FailedPrecondition, NotFound
-from ...proto.naming import sandbox_name
 from ..container_events import EventHub
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
-from .messages import STATES, fill_metadata, from_result, sandbox_status, to_args
 from .metadata import check_metadata
 
 
@@ -45,24 +43,25 @@ class SandboxService:
     async def run_pod_sandbox(self, request: api.RunPodSandboxRequest
                               ) -> api.RunPodSandboxResponse:
         check_metadata("pod sandbox config", request.config)
-        config = to_args(request.config)
-        name = sandbox_name(config.get("metadata", {}))
 
         async def create() -> str:
-            return await self._create(config, request.runtime_handler)
+            return await self._create(request.config, request.runtime_handler)
 
         async def cleanup(sandbox_id: str) -> None:
             await self._stop_and_remove(sandbox_id, Deadline.CLEANUP)
 
-        # Keyed by kind too: a pod and a container may have equal names.
-        sandbox_id = await self.creates.run(f"pod sandbox {name}", self.ops.deadline(),
-                                               create, cleanup)
+        # Keyed on the metadata the kubelet's retry repeats (the pod's name
+        # is the runtime pool's to derive, at reserve), and by kind: a pod
+        # and a container never share a key.
+        meta = request.config.metadata
+        key = f"pod sandbox {meta.namespace}/{meta.name}/{meta.uid}/{meta.attempt}"
+        sandbox_id = await self.creates.run(key, self.ops.deadline(), create, cleanup)
         # As containerd does, sandbox lifecycle events carry the sandbox's id.
         self.events.emit(sandbox_id, api.CONTAINER_CREATED_EVENT, sandbox_id)
         self.events.emit(sandbox_id, api.CONTAINER_STARTED_EVENT, sandbox_id)
         return api.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
-    async def _create(self, config: dict[str, Any], handler: str) -> str:
+    async def _create(self, config: api.PodSandboxConfig, handler: str) -> str:
         ops, create, cleanup = self.ops, Deadline.CREATE, Deadline.CLEANUP
         sandbox_id = secrets.token_hex(32)
         undo = CleanupStack(f"pod sandbox {sandbox_id}")
@@ -70,72 +69,75 @@ class SandboxService:
             # Pushed first: a worker that dies inside the reserve may have
             # written the record already.
             undo.push("remove the sandbox record", lambda: ops(
-                "runtime.sandbox_remove", {"id": sandbox_id}, cleanup))
+                runtime_ops.SANDBOX_REMOVE, runtime_ops.Ref(id=sandbox_id), cleanup))
             undo.push("stop the sandbox", lambda: ops(
-                "runtime.sandbox_stop", {"id": sandbox_id}, cleanup))
-            reserved = await ops("runtime.sandbox_reserve", {
-                "id": sandbox_id, "config": config, "runtime_handler": handler}, create)
+                runtime_ops.SANDBOX_STOP, runtime_ops.Ref(id=sandbox_id), cleanup))
+            reserved = await ops(runtime_ops.SANDBOX_RESERVE, runtime_ops.SandboxReserve(
+                id=sandbox_id, config=config.SerializeToString(), runtime_handler=handler),
+                create)
             # Host-network pods skip CNI, but the net pool still answers with
             # the node's IPs, which is what the kubelet expects to see for them.
-            meta = config["metadata"]
             undo.push("tear the pod network down", lambda: ops(
-                "net.teardown", {"pod_id": sandbox_id}, cleanup))
-            net = await ops("net.setup", {
-                "pod_id": sandbox_id, "name": meta["name"], "namespace": meta["namespace"],
-                "uid": meta["uid"], "port_mappings": config.get("port_mappings", []),
-                "dns": config.get("dns_config"), "host_network": _host_network(config),
-                "cgroup_parent": config.get("linux", {}).get("cgroup_parent", ""),
-            }, create)
-            netns_path, ips = net["netns_path"] or None, net["ips"]
+                net_ops.TEARDOWN, net_ops.TeardownPod(pod_id=sandbox_id), cleanup))
+            net = await ops(net_ops.SETUP, _net_setup(sandbox_id, config,
+                                                      reserved.host_network), create)
             infra_image = None
-            if reserved["pause_image"]:
+            if reserved.pause_image:
                 undo.push("remove the pause rootfs", lambda: ops(
-                    "storage.remove_rootfs", {"container_id": sandbox_id}, cleanup))
-                infra_image = await self._pause_rootfs(reserved["pause_image"], sandbox_id)
-            await ops("runtime.sandbox_start", {
-                "id": reserved["id"], "netns_path": netns_path, "ips": ips,
-                "infra_image": infra_image}, create)
+                    storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=sandbox_id),
+                    cleanup))
+                infra_image = await self._pause_rootfs(reserved.pause_image, sandbox_id)
+            await ops(runtime_ops.SANDBOX_START, runtime_ops.SandboxStart(
+                id=reserved.id, netns_path=net.netns_path or None, ips=net.ips,
+                infra_image=infra_image), create)
         except BaseException:
             await undo.unwind()
             raise
         return sandbox_id
 
-    async def _pause_rootfs(self, pause_image: str, sandbox_id: str) -> dict[str, Any]:
+    async def _pause_rootfs(self, pause_image: str, sandbox_id: str
+                            ) -> runtime_ops.InfraImage:
         """Pull the configured pause image if absent and mount a rootfs of it."""
         ops, create = self.ops, Deadline.CREATE
+        resolve = image_ops.ResolveImage(image=pause_image)
         try:
-            image = await ops("image.resolve_image", {"image": pause_image}, create)
+            image = await ops(image_ops.RESOLVE_IMAGE, resolve, create)
         except NotFound:
-            await ops("image.pull_image", {"image": {"image": pause_image}}, create)
-            image = await ops("image.resolve_image", {"image": pause_image}, create)
-        chain = await ensure_unpacked(ops, image["layers"], create)
-        rootfs = await ops("storage.create_rootfs", {"container_id": sandbox_id,
-                                                     "layers": chain}, create)
-        config = (image.get("config") or {}).get("config") or {}
+            pull = api.PullImageRequest(image=api.ImageSpec(image=pause_image))
+            await ops(image_ops.PULL_IMAGE,
+                      image_ops.PullImage(request=pull.SerializeToString()), create)
+            image = await ops(image_ops.RESOLVE_IMAGE, resolve, create)
+        chain = await ensure_unpacked(ops, image.layers, create)
+        rootfs = await ops(storage_ops.CREATE_ROOTFS, storage_ops.CreateRootfs(
+            container_id=sandbox_id, layers=chain), create)
+        config = image.config.get("config") or {}
         args = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
         if not args:
             raise FailedPrecondition(f"pause image {pause_image} has no Entrypoint or Cmd")
-        return {"rootfs": rootfs["path"], "args": args}
+        return runtime_ops.InfraImage(rootfs=rootfs.path, args=args)
 
     async def stop_pod_sandbox(self, request: api.StopPodSandboxRequest
                                ) -> api.StopPodSandboxResponse:
         await self._stop(request.pod_sandbox_id, Deadline.CALL)
         return api.StopPodSandboxResponse()
 
-    async def _stop(self, sandbox_id: str, policy: Deadline) -> dict[str, Any] | None:
-        """Kill the pod's containers, stop the sandbox, release its network.
+    async def _stop(self, sandbox_id: str, policy: Deadline) -> str | None:
+        """Kill the pod's containers, stop the sandbox, release its network;
+        the pod's full id, None when there is no such pod.
 
         CRI: "If there are any running containers in the sandbox, they must be
         forcibly terminated"; stopping an absent sandbox is not an error.
         """
-        stopped = await self.ops("runtime.sandbox_stop_containers", {"id": sandbox_id}, policy)
-        if not stopped["found"]:
+        stopped = await self.ops(runtime_ops.SANDBOX_STOP_CONTAINERS,
+                                 runtime_ops.Ref(id=sandbox_id), policy)
+        if not stopped.found:
             return None
-        result = await self.ops("runtime.sandbox_stop", {"id": stopped["id"]}, policy)
-        await self.ops("net.teardown", {"pod_id": stopped["id"]}, policy)
-        if result["stopped"]:
-            self.events.emit(stopped["id"], api.CONTAINER_STOPPED_EVENT, stopped["id"])
-        return dict(result)
+        full_id = stopped.id
+        result = await self.ops(runtime_ops.SANDBOX_STOP, runtime_ops.Ref(id=full_id), policy)
+        await self.ops(net_ops.TEARDOWN, net_ops.TeardownPod(pod_id=full_id), policy)
+        if result.stopped:
+            self.events.emit(full_id, api.CONTAINER_STOPPED_EVENT, full_id)
+        return full_id
 
     async def remove_pod_sandbox(self, request: api.RemovePodSandboxRequest
                                  ) -> api.RemovePodSandboxResponse:
@@ -143,68 +145,54 @@ class SandboxService:
         return api.RemovePodSandboxResponse()
 
     async def _stop_and_remove(self, sandbox_id: str, policy: Deadline) -> None:
-        stopped = await self._stop(sandbox_id, policy)
-        if stopped is None:
+        full_id = await self._stop(sandbox_id, policy)
+        if full_id is None:
             return  # CRI: removing an absent sandbox succeeds
-        full_id = stopped["id"]
         ops = self.ops
         # Half-created containers too ("all"): they must not keep the pod.
-        containers = await ops("runtime.container_list", {"sandbox_id": full_id, "all": True},
-                               policy)
-        for container in containers:
+        containers = await ops(runtime_ops.CONTAINER_LIST, runtime_ops.ContainerListQuery(
+            sandbox_id=full_id, all=True), policy)
+        for item in containers.items:
+            container_id = api.Container.FromString(item).id
             # Rootfs before record, so a failure leaves what a retry needs.
-            await ops("storage.remove_rootfs", {"container_id": container["id"]}, policy)
-            await ops("runtime.container_remove", {"id": container["id"]}, policy)
+            await ops(storage_ops.REMOVE_ROOTFS,
+                      storage_ops.RemoveRootfs(container_id=container_id), policy)
+            await ops(runtime_ops.CONTAINER_REMOVE, runtime_ops.Ref(id=container_id), policy)
         # The pause image's rootfs, if the pod had one (absent is fine).
-        await ops("storage.remove_rootfs", {"container_id": full_id}, policy)
-        await ops("runtime.sandbox_remove", {"id": full_id}, policy)
+        await ops(storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=full_id),
+                  policy)
+        await ops(runtime_ops.SANDBOX_REMOVE, runtime_ops.Ref(id=full_id), policy)
         self.events.emit(full_id, api.CONTAINER_DELETED_EVENT, full_id)
 
     async def pod_sandbox_status(self, request: api.PodSandboxStatusRequest
                                  ) -> api.PodSandboxStatusResponse:
-        record = await self.ops("runtime.sandbox_status", {"id": request.pod_sandbox_id})
-        response = api.PodSandboxStatusResponse(status=sandbox_status(record),
-                                                timestamp=time.time_ns())
+        result = await self.ops(runtime_ops.SANDBOX_STATUS, runtime_ops.StatusQuery(
+            id=request.pod_sandbox_id, verbose=request.verbose))
         # The evented PLEG reads the pod's containers from this answer too.
-        for member in await self.ops("runtime.container_list", {"sandbox_id": record["id"]}):
-            with contextlib.suppress(NotFound):
-                status = await self.ops("runtime.container_status", {"id": member["id"]})
-                response.containers_statuses.append(from_result(status["status"],
-                                                                api.ContainerStatus))
-        if request.verbose:
-            response.info["info"] = json.dumps({
-                "netns_path": record["netns_path"], "hostname": record["hostname"],
-                "cgroup_parent": record["cgroup_parent"], "infra": record["infra"],
-                "namespaces": record["ns"], "shm": record["shm"], "files": record["files"],
-                "runtime_handler": record["runtime_handler"]})
-        return response
+        return api.PodSandboxStatusResponse(
+            status=api.PodSandboxStatus.FromString(result.status),
+            containers_statuses=[api.ContainerStatus.FromString(c) for c in result.containers],
+            info=result.info, timestamp=time.time_ns())
 
     async def list_pod_sandbox(self, request: api.ListPodSandboxRequest
                                ) -> api.ListPodSandboxResponse:
-        records = await self.ops("runtime.sandbox_list", {})
-        response = api.ListPodSandboxResponse()
-        flt = request.filter
-        for record in records:
-            if not _matches(record, flt):
-                continue
-            config = record["config"]
-            item = response.items.add(
-                id=record["id"], state=STATES[record["state"]], created_at=record["created_at"],
-                labels=config.get("labels", {}), annotations=config.get("annotations", {}),
-                runtime_handler=record["runtime_handler"])
-            fill_metadata(item.metadata, config.get("metadata", {}))
-        return response
+        result = await self.ops(runtime_ops.SANDBOX_LIST, runtime_ops.SandboxListQuery(
+            filter=request.filter.SerializeToString()))
+        return api.ListPodSandboxResponse(
+            items=[api.PodSandbox.FromString(item) for item in result.items])
 
 
-def _host_network(config: Mapping[str, Any]) -> bool:
-    options = config.get("linux", {}).get("security_context", {}).get("namespace_options", {})
-    return bool(options.get("network") == "NODE")
-
-
-def _matches(record: Mapping[str, Any], flt: api.PodSandboxFilter) -> bool:
-    if flt.id and not record["id"].startswith(flt.id):
-        return False
-    if flt.HasField("state") and STATES[record["state"]] != flt.state.state:
-        return False
-    labels = record["config"].get("labels", {})
-    return all(labels.get(k) == v for k, v in flt.label_selector.items())
+def _net_setup(sandbox_id: str, config: api.PodSandboxConfig,
+               host_network: bool) -> net_ops.SetupPod:
+    """What the net pool needs of the pod, from the CRI fields themselves."""
+    meta = config.metadata
+    dns = config.dns_config
+    return net_ops.SetupPod(
+        pod_id=sandbox_id, name=meta.name, namespace=meta.namespace, uid=meta.uid,
+        port_mappings=[net_ops.PortMapping(
+            protocol=api.Protocol.Name(m.protocol), container_port=m.container_port,
+            host_port=m.host_port, host_ip=m.host_ip) for m in config.port_mappings],
+        dns=net_ops.DnsConfig(servers=list(dns.servers), searches=list(dns.searches),
+                              options=list(dns.options))
+        if config.HasField("dns_config") else None,
+        host_network=host_network, cgroup_parent=config.linux.cgroup_parent)

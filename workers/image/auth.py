@@ -29,9 +29,9 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from ...proto import api_pb2 as api
 from ...proto.errors import InvalidArgument, shorten
 
 # A token without expires_in is good for 60 s (distribution token spec).
@@ -84,13 +84,12 @@ def server_host(address: str) -> str:
     return netloc
 
 
-def credentials_from_cri(auth: Mapping[str, Any] | None) -> Credentials | None:
-    """Build credentials from a CRI AuthConfig dict (proto field names)."""
-    if not auth:
+def credentials_from_cri(auth: api.AuthConfig | None) -> Credentials | None:
+    """Build credentials from a PullImageRequest's AuthConfig."""
+    if auth is None:
         return None
-    username = str(auth.get("username") or "")
-    password = str(auth.get("password") or "")
-    encoded = str(auth.get("auth") or "")
+    username, password = auth.username, auth.password
+    encoded = auth.auth
     if encoded and not (username or password):
         try:
             decoded = base64.b64decode(encoded, validate=True).decode()
@@ -101,12 +100,12 @@ def credentials_from_cri(auth: Mapping[str, Any] | None) -> Credentials | None:
         username, sep, password = decoded.partition(":")
         if not sep:
             raise InvalidArgument("auth.auth must decode to 'username:password'")
-    server_address = str(auth.get("server_address") or "")
+    server_address = auth.server_address
     if server_address:
         server_host(server_address)  # refused here, with the call, not mid-pull
     creds = Credentials(username=username, password=password,
-                        identity_token=str(auth.get("identity_token") or ""),
-                        registry_token=str(auth.get("registry_token") or ""),
+                        identity_token=auth.identity_token,
+                        registry_token=auth.registry_token,
                         server_address=server_address)
     if not (creds.has_basic or creds.identity_token or creds.registry_token):
         return None

@@ -1,11 +1,9 @@
-"""Image records shaped as CRI v1 messages (plain dicts, proto field names).
+"""Image records as CRI v1 messages, and the CRI requests the ops take.
 
-The supervisor turns these into protobuf with ``json_format.ParseDict``, so
-every key is a field name of api.proto: ``Image`` is
-``{id, repo_tags, repo_digests, size, uid?: {value}, username, spec: {image},
-pinned}``; ``uid`` is left out, not zero, when the image's User is a name
-or empty (CRI: uid and username are exclusive, both empty means root by
-default).
+The image pool builds the CRI responses itself (proto/image_ops.py); the
+supervisor only parses them. In an ``Image``, ``uid`` is left unset, not
+zero, when the image's User is a name or empty (CRI: uid and username are
+exclusive, both empty means root by default).
 """
 
 from __future__ import annotations
@@ -13,11 +11,26 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+from google.protobuf.message import DecodeError, Message
+
+from ...proto import api_pb2 as api
 from ...proto.errors import InvalidArgument
 from . import reference
 from .records import ImageRecord
+
+M = TypeVar("M", bound=Message)
+
+
+def parse(kind: type[M], data: bytes) -> M:
+    """A CRI request that arrived serialized; INVALID_ARGUMENT if it does
+    not parse."""
+    try:
+        return kind.FromString(data)
+    except DecodeError as exc:
+        raise InvalidArgument(f"the request is not a serialized {kind.__name__}: {exc}") \
+            from None
 
 
 def user_fields(user: str) -> tuple[int | None, str]:
@@ -57,19 +70,14 @@ def ordered_digests(record: ImageRecord) -> list[str]:
     return sorted(record.repo_digests, key=lambda name: (not name.endswith(f"@{top}"), name))
 
 
-def image_message(record: ImageRecord, patterns: Iterable[str]) -> dict[str, Any]:
+def image_message(record: ImageRecord, patterns: Iterable[str]) -> api.Image:
     uid, username = user_fields(record.user)
-    message: dict[str, Any] = {
-        "id": record.id,
-        "repo_tags": list(record.repo_tags),
-        "repo_digests": ordered_digests(record),
-        "size": record.size,
-        "username": username,
-        "spec": {"image": record.id},
-        "pinned": is_pinned(record, patterns),
-    }
+    message = api.Image(id=record.id, repo_tags=record.repo_tags,
+                        repo_digests=ordered_digests(record), size=record.size,
+                        username=username, spec=api.ImageSpec(image=record.id),
+                        pinned=is_pinned(record, patterns))
     if uid is not None:
-        message["uid"] = {"value": uid}
+        message.uid.CopyFrom(api.Int64Value(value=uid))
     return message
 
 

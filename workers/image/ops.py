@@ -1,34 +1,9 @@
-"""Ops of the image pool: the CRI ImageService, minus ImageFsInfo (storage).
+"""Ops of the image pool: the CRI ImageService, minus ImageFsInfo (storage),
+and what CreateContainer and the layer bookkeeping need of the store.
 
-Every op takes the CRI request as a dict with proto field names
-(``json_format.MessageToDict(request, preserving_proto_field_name=True)``)
-and returns the CRI response the same way, ready for ``ParseDict``:
-
-``image.pull_image``
-    args ``{"image": {"image": ref, "annotations": {...}, ...},
-    "auth": {"username", "password", "auth", "server_address",
-    "identity_token", "registry_token"}?, "sandbox_config": ...?}``
-    -> ``{"image_ref": "sha256:<config digest>"}``. Identical pulls in
-    flight (same image and credentials) share one download. An image the
-    signature policy refuses fails with UNKNOWN and a message starting
-    ``SignatureValidationFailed:`` (errors.py says why); an invalid policy
-    file, with FAILED_PRECONDITION naming it.
-``image.list_images``
-    args ``{"filter": {"image": {"image": ref}}?}`` -> ``{"images": [Image]}``
-``image.image_status``
-    args ``{"image": {"image": ref}, "verbose": bool?}``
-    -> ``{"image": Image | None, "info": {"info": json}}``; an absent image
-    is ``{"image": None, "info": {}}``, not an error (CRI).
-``image.remove_image``
-    args ``{"image": {"image": ref}}`` -> ``{}``. Idempotent (CRI: removing
-    an absent image succeeds). By id or digest: the image and all its names
-    go. By tag: only that tag goes while the image has others (docker rmi
-    and CRI-O semantics); its last tag takes the image with it.
-``image.resolve_image``
-    args ``{"image": ref}`` -> ``{"id", "repo_tags", "repo_digests", "user",
-    "config": <image config>, "layers": [{"digest", "media_type", "size",
-    "diff_id", "path"}]}``; NOT_FOUND when absent. For CreateContainer and
-    the storage pool's unpack.
+Each op's contract (arguments, result, errors) is declared in
+proto/image_ops.py; the CRI ones take the request and answer the response
+as serialized protobuf, built here (cri.py).
 
 ``ImageService`` is built once per worker, from the ``image`` section
 (settings.py), and each op is one of its methods, named after the op's
@@ -48,14 +23,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ...proto.errors import InvalidArgument, NotFound
+from ...proto import api_pb2 as api
+from ...proto import image_ops
+from ...proto.contract import Empty
+from ...proto.errors import Internal, InvalidArgument, NotFound
 from ...proto.layers import chain_ids
-from ..base import OpContext, OpTable
+from ..base import OpContext, OpTable, Served, serve
 from . import auth, cri, lookup, manifest, registries_conf
 from .coalesce import Coalescer
+from .errors import DataLoss
 from .policy import PolicyLoader
 from .pull import Puller, PullOptions
-from .records import ImageRecord
+from .records import BlobRecord, ImageRecord
 from .settings import ImageSettings
 from .store import ImageStore
 from .tls import DEFAULT_CERTS_DIRS, TlsPolicy
@@ -66,14 +45,10 @@ from .transport import Transport
 CONNECT_TIMEOUT = 30.0
 
 
-def _image_name(args: Mapping[str, Any], *, required: bool = True) -> str:
-    spec = args.get("image")
-    name = spec.get("image") if isinstance(spec, Mapping) else None
-    if isinstance(name, str) and name:
-        return name
-    if required:
+def _image_name(spec: api.ImageSpec) -> str:
+    if not spec.image:
         raise InvalidArgument("image.image is required")
-    return ""
+    return spec.image
 
 
 class ImageService:
@@ -97,15 +72,15 @@ class ImageService:
     def from_settings(cls, settings: Mapping[str, Any]) -> ImageService:
         return cls(ImageSettings.from_settings(settings))
 
-    def ops(self) -> OpTable:
-        return {
-            "image.pull_image": self.pull_image,
-            "image.list_images": self.list_images,
-            "image.image_status": self.image_status,
-            "image.remove_image": self.remove_image,
-            "image.resolve_image": self.resolve_image,
-            "image.layer_chains": self.layer_chains,
-        }
+    def ops(self) -> dict[str, Served[Any, Any]]:
+        return serve(
+            Served(image_ops.PULL_IMAGE, self.pull_image),
+            Served(image_ops.LIST_IMAGES, self.list_images),
+            Served(image_ops.IMAGE_STATUS, self.image_status),
+            Served(image_ops.REMOVE_IMAGE, self.remove_image),
+            Served(image_ops.RESOLVE_IMAGE, self.resolve_image),
+            Served(image_ops.LAYER_CHAINS, self.layer_chains),
+        )
 
     def store(self) -> ImageStore:
         """The store, opened by the first op: opening sweeps what a killed
@@ -119,10 +94,10 @@ class ImageService:
 
     # ---- ops ------------------------------------------------------------
 
-    def pull_image(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        name = _image_name(args)
-        raw_auth = args.get("auth")
-        creds = auth.credentials_from_cri(raw_auth if isinstance(raw_auth, Mapping) else None)
+    def pull_image(self, ctx: OpContext, args: image_ops.PullImage) -> image_ops.ImagePulled:
+        request = cri.parse(api.PullImageRequest, args.request)
+        name = _image_name(request.image)
+        creds = auth.credentials_from_cri(request.auth if request.HasField("auth") else None)
         store = self.store()
         puller = Puller(ctx, store, self._registries.get(), self._policy.load(),
                         self._transport, creds, PullOptions(
@@ -133,69 +108,79 @@ class ImageService:
         # pull with other credentials must not inherit an auth failure.
         key = (name, hashlib.sha256(repr(creds).encode()).hexdigest())
         image_id = self._pulls.run(key, ctx, lambda: puller.pull(name))
-        # "stats" is podvisor's own; the supervisor strips it from the reply.
-        return {"image_ref": image_id, "stats": {"bytes": puller.bytes_received,
-                                                 "layers": puller.layers_fetched}}
+        return image_ops.ImagePulled(
+            response=api.PullImageResponse(image_ref=image_id).SerializeToString(),
+            bytes_received=puller.bytes_received, layers_fetched=puller.layers_fetched)
 
-    def layer_chains(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        """The chain ids of every stored image's layers: what must stay unpacked."""
+    def layer_chains(self, ctx: OpContext, args: Empty) -> image_ops.LayerChains:
         live: set[str] = set()
         for record in self.store().records.all():
             live.update(chain_ids(b.diff_id for b in record.layers if b.diff_id))
-        return {"chain_ids": sorted(live)}
+        return image_ops.LayerChains(chain_ids=sorted(live))
 
-    def list_images(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def list_images(self, ctx: OpContext, args: image_ops.ListImages) -> image_ops.ImagesListed:
+        request = cri.parse(api.ListImagesRequest, args.request)
         store = self.store()
-        wanted = ""
-        flt = args.get("filter")
-        if isinstance(flt, Mapping):
-            wanted = _image_name(flt, required=False)
+        wanted = request.filter.image.image
         if wanted:
             match = lookup.find(store.records, self._registries.get(), wanted)
             records = [match.record] if match is not None else []
         else:
             records = store.records.all()
-        return {"images": [cri.image_message(r, self._pinned) for r in records]}
+        response = api.ListImagesResponse(
+            images=[cri.image_message(r, self._pinned) for r in records])
+        return image_ops.ImagesListed(response=response.SerializeToString())
 
-    def image_status(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def image_status(self, ctx: OpContext, args: image_ops.ImageStatus
+                     ) -> image_ops.ImageStatusAnswer:
+        request = cri.parse(api.ImageStatusRequest, args.request)
         store = self.store()
-        match = lookup.find(store.records, self._registries.get(), _image_name(args))
-        if match is None:
-            return {"image": None, "info": {}}
-        record = match.record
-        info = cri.verbose_info(record, _config(store, record)) if args.get("verbose") else {}
-        return {"image": cri.image_message(record, self._pinned), "info": info}
+        match = lookup.find(store.records, self._registries.get(), _image_name(request.image))
+        response = api.ImageStatusResponse()
+        if match is not None:  # CRI: an absent image is no image, not an error
+            record = match.record
+            response.image.CopyFrom(cri.image_message(record, self._pinned))
+            if request.verbose:
+                response.info.update(cri.verbose_info(record, _config(store, record)))
+        return image_ops.ImageStatusAnswer(response=response.SerializeToString())
 
-    def remove_image(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def remove_image(self, ctx: OpContext, args: image_ops.RemoveImage) -> image_ops.ImageRemoved:
+        request = cri.parse(api.RemoveImageRequest, args.request)
+        done = image_ops.ImageRemoved(response=api.RemoveImageResponse().SerializeToString())
         store = self.store()
-        match = lookup.find(store.records, self._registries.get(), _image_name(args))
+        match = lookup.find(store.records, self._registries.get(), _image_name(request.image))
         if match is None:
-            return {}  # CRI: removing an absent image is not an error
+            return done  # CRI: removing an absent image is not an error
         if match.tag is not None and store.records.untag(match.tag, match.record.id):
-            return {}
+            return done
         store.remove_image(match.record.id, time.sleep)
-        return {}
+        return done
 
-    def resolve_image(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def resolve_image(self, ctx: OpContext, args: image_ops.ResolveImage
+                      ) -> image_ops.ResolvedImage:
         store = self.store()
-        conf = self._registries.get()
-        name = args.get("image")
-        if not isinstance(name, str) or not name:
+        if not args.image:
             raise InvalidArgument("image is required")
-        match = lookup.find(store.records, conf, name)
+        match = lookup.find(store.records, self._registries.get(), args.image)
         if match is None:
-            raise NotFound(f"image {name} is not present on this node")
+            raise NotFound(f"image {args.image} is not present on this node")
         record = match.record
-        return {
-            "id": record.id,
-            "repo_tags": list(record.repo_tags),
-            "repo_digests": cri.ordered_digests(record),
-            "user": record.user,
-            "config": _config(store, record),
-            "layers": [{"digest": b.digest, "media_type": b.media_type, "size": b.size,
-                        "diff_id": b.diff_id, "path": store.blobs.path(b.digest)}
-                       for b in record.layers],
-        }
+        config = _config(store, record)
+        if config is None:
+            raise DataLoss(f"the config of image {record.id} is missing or corrupt; "
+                           "remove the image and pull it again")
+        return image_ops.ResolvedImage(
+            id=record.id, repo_tags=list(record.repo_tags),
+            repo_digests=cri.ordered_digests(record), user=record.user, config=config,
+            layers=[_layer_ref(store, b) for b in record.layers])
+
+
+def _layer_ref(store: ImageStore, blob: BlobRecord) -> image_ops.LayerRef:
+    if blob.diff_id is None:  # a pull records every layer with its diff_id
+        raise Internal(f"layer {blob.digest} is stored without a diff_id")
+    return image_ops.LayerRef(digest=blob.digest, media_type=blob.media_type,
+                              size=blob.size, diff_id=blob.diff_id,
+                              path=store.blobs.path(blob.digest))
 
 
 def _config(store: ImageStore, record: ImageRecord) -> dict[str, Any] | None:

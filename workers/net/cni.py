@@ -10,8 +10,8 @@ This module knows the protocol (spec 0.3.0 - 1.1.0) and nothing about pods:
   ``runtimeConfig`` holding only the capability args the plugin declared in
   ``capabilities`` (libcni ``buildOneConfig``/``injectRuntimeConfig``);
 - ADD runs the chain in order, threading each result into the next; DEL runs
-  it in reverse and CHECK in order, both with the cached ADD result as
-  ``prevResult`` (0.4.0+); STATUS (1.1.0+) asks every plugin if it is ready;
+  it in reverse with the cached ADD result as ``prevResult`` (0.4.0+);
+  STATUS (1.1.0+) asks every plugin if it is ready;
 - a plugin that exits non-zero prints ``{code, msg, details}``: that becomes
   a ``PluginError`` carrying all three, the plugin's name and the config
   file, so the kubelet's message says which plugin refused and why.
@@ -79,7 +79,6 @@ class NetworkList:
     name: str
     cni_version: str
     plugins: tuple[dict[str, Any], ...]
-    disable_check: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -199,17 +198,6 @@ def delete(runner: Runner, net: NetworkList, inv: Invocation,
             log.warning("DEL of %s by plugin %s failed: %s", inv.container_id, plugin, exc)
             failures.append(exc)
     return failures
-
-
-def check(runner: Runner, net: NetworkList, inv: Invocation,
-          cached: dict[str, Any]) -> bool:
-    """CHECK the chain; False if this version or config has no CHECK."""
-    if not at_least(net.cni_version, "0.4.0") or net.disable_check:
-        return False
-    for index, plugin in enumerate(net.plugins):
-        conf = plugin_config(net, index, cached, inv.capability_args)
-        _exec(runner, net, plugin["type"], "CHECK", conf, inv)
-    return True
 
 
 def status(runner: Runner, net: NetworkList) -> bool:

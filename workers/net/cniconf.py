@@ -65,8 +65,7 @@ def parse(path: str) -> cni.NetworkList:
         raise ConfigInvalid(f"{path}: cniVersion {version!r} is not supported "
                             f"(podvisor speaks {', '.join(cni.SUPPORTED_VERSIONS)})")
     return cni.NetworkList(path=path, name=name, cni_version=version,
-                           plugins=tuple(_plugin_entry(p) for p in plugins),
-                           disable_check=data.get("disableCheck") is True, raw=data)
+                           plugins=tuple(_plugin_entry(p) for p in plugins), raw=data)
 
 
 def _plugin_entry(plugin: dict[str, Any]) -> dict[str, Any]:
@@ -130,5 +129,4 @@ def from_record(raw: dict[str, Any], path: str) -> cni.NetworkList:
         raise ConfigInvalid(f"{path}: cached config has no plugins list")
     return cni.NetworkList(
         path=path, name=str(raw.get("name", "")), cni_version=str(raw.get("cniVersion", "")),
-        plugins=tuple(_plugin_entry(p) for p in plugins if isinstance(p, dict)),
-        disable_check=raw.get("disableCheck") is True, raw=raw)
+        plugins=tuple(_plugin_entry(p) for p in plugins if isinstance(p, dict)), raw=raw)

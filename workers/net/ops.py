@@ -1,21 +1,9 @@
 """Ops of the net pool: the bus face of pod networking.
 
-    net.status      {} -> {network_ready, reason, message, config_file,
-                           network_name, invalid_configs: {path: why}}
-    net.setup       {pod_id, name, namespace, uid, port_mappings, dns,
-                     cgroup_parent, host_network?, bandwidth?, ips?} -> pod
-    net.teardown    {pod_id} -> {pod_id, found}
-    net.pod_status  {pod_id, check?} -> pod (+ checked, with check)
-    net.reconcile   {live_pod_ids} -> {torn_down: [id], failed: {id: why},
-                                       not_ready: [id]}
-
-where pod is ``{pod_id, host_network, netns_path, ips, ready, reason,
-message, network_name, config_file, interfaces, cni_result}``: ``ips`` are
-plain addresses, IPv4 first, the first one the pod's primary IP; for a
-hostNetwork pod they are the node's and ``netns_path`` is "". ``reason`` is
-"", "SettingUp", "NetnsMissing" or "CheckFailed". Argument shapes (CRI
-field names in snake_case) are in podargs.py. setup and teardown are
-idempotent; pod_status raises NOT_FOUND for a pod with no network.
+The contracts (arguments, results, what each field means) are declared in
+proto/net_ops.py; the worker rebuilds the typed arguments before an op
+runs, so a field of the wrong type never gets here. Argument values are
+checked in podargs.py.
 
 ``NetService`` is built once per worker: it holds the pool's dirs and the
 ``[network]`` section (``podnet.Layout``), and each op is one of its
@@ -36,8 +24,22 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ...proto.contract import Empty
 from ...proto.errors import FailedPrecondition, Internal, Unavailable
-from ..base import OpContext, OpTable
+from ...proto.net_ops import (
+    RECONCILE,
+    SETUP,
+    STATUS,
+    TEARDOWN,
+    NetworkStatus,
+    PodNetwork,
+    Reconcile,
+    Reconciled,
+    SetupPod,
+    TeardownPod,
+    TornDown,
+)
+from ..base import OpContext, OpTable, Served, serve
 from ..records import RecordCorrupt
 from . import cni, cniconf, netns, podargs, podnet
 
@@ -58,24 +60,23 @@ class NetService:
     def from_settings(cls, settings: Mapping[str, Any]) -> NetService:
         return cls(podnet.Layout.from_settings(settings))
 
-    def ops(self) -> OpTable:
-        return {
-            "net.status": self.status,
-            "net.setup": self.setup,
-            "net.teardown": self.teardown,
-            "net.pod_status": self.pod_status,
-            "net.reconcile": self.reconcile,
-        }
+    def ops(self) -> dict[str, Served[Any, Any]]:
+        return serve(
+            Served(STATUS, self.status),
+            Served(SETUP, self.setup),
+            Served(TEARDOWN, self.teardown),
+            Served(RECONCILE, self.reconcile),
+        )
 
-    def status(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def status(self, ctx: OpContext, args: Empty) -> NetworkStatus:
         # The network dir is read on every call: the admin or a CNI
         # daemonset may write the config after the daemon started.
         layout = self.layout
         found = cniconf.find_default(layout.network_dir, layout.plugin_dirs)
         if found.config is None:
-            return {"network_ready": False, "reason": "NetworkPluginNotReady",
-                    "message": found.problem, "config_file": "", "network_name": "",
-                    "invalid_configs": found.invalid}
+            return NetworkStatus(network_ready=False, reason="NetworkPluginNotReady",
+                                 message=found.problem, config_file="", network_name="",
+                                 invalid_configs=found.invalid)
         net = found.config
         try:
             runner = cni.Runner(plugin_dirs=layout.plugin_dirs,
@@ -84,30 +85,24 @@ class NetService:
             cni.status(runner, net)
         except cni.PluginError as exc:
             # CNI 1.1 STATUS: a plugin that is not ready makes the network not ready.
-            return {"network_ready": False, "reason": "NetworkPluginNotReady",
-                    "message": str(exc), "config_file": net.path, "network_name": net.name,
-                    "invalid_configs": found.invalid}
-        return {"network_ready": True, "reason": "", "message": "", "config_file": net.path,
-                "network_name": net.name, "invalid_configs": found.invalid}
+            return NetworkStatus(network_ready=False, reason="NetworkPluginNotReady",
+                                 message=str(exc), config_file=net.path,
+                                 network_name=net.name, invalid_configs=found.invalid)
+        return NetworkStatus(network_ready=True, reason="", message="", config_file=net.path,
+                             network_name=net.name, invalid_configs=found.invalid)
 
-    def setup(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def setup(self, ctx: OpContext, args: SetupPod) -> PodNetwork:
         req = podargs.setup_request(args)
         with _bus_errors():
             return podnet.setup(self.layout, req, ctx.deadline, ctx.check)
 
-    def teardown(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        pod_id = podargs.pod_id(args)
+    def teardown(self, ctx: OpContext, args: TeardownPod) -> TornDown:
+        pod_id = podargs.pod_id(args.pod_id)
         with _bus_errors():
             return podnet.teardown(self.layout, pod_id, ctx.deadline)
 
-    def pod_status(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        pod_id = podargs.pod_id(args)
-        with _bus_errors():
-            return podnet.pod_status(self.layout, pod_id, ctx.deadline,
-                                     run_check=bool(args.get("check", False)))
-
-    def reconcile(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        live = podargs.live_pod_ids(args)
+    def reconcile(self, ctx: OpContext, args: Reconcile) -> Reconciled:
+        live = podargs.live_pod_ids(args.live_pod_ids)
         with _bus_errors():
             return podnet.reconcile(self.layout, live, ctx.deadline)
 

@@ -1,8 +1,8 @@
-"""Pod networks: setup, teardown, status and start-up reconcile of one pod.
+"""Pod networks: setup, teardown and start-up reconcile of one pod.
 
 This is where the namespace (netns.py), the CNI chain (cni.py), the record
-(store.py) and the pod lock (workers/locks.py) meet; ops.py only checks
-arguments and maps errors.
+(store.py) and the pod lock (workers/locks.py) meet; ops.py only maps
+errors, and podargs.py checks argument values.
 
 Ordering (why nothing leaks whatever instant a worker dies)
     setup:    lock -> record(setting_up) -> netns -> ADD -> record(ready)
@@ -35,7 +35,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...proto.errors import FailedPrecondition, NotFound
+from ...proto.errors import FailedPrecondition
+from ...proto.net_ops import PodNetwork, Reconciled, TornDown
 from ..locks import ObjectLock, acquire
 from ..records import RecordCorrupt, RecordDir
 from . import cni, cniconf, netns, nodeip, store
@@ -87,8 +88,8 @@ class TeardownFailed(Exception):
 
 
 def setup(layout: Layout, req: SetupRequest, deadline: float,
-          check: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """Give the pod its network; return its status (see ``_answer``).
+          check: Callable[[], None] = lambda: None) -> PodNetwork:
+    """Give the pod its network; return what the caller needs of it.
 
     ``check`` is called between steps and raises when the caller is gone.
     """
@@ -102,7 +103,7 @@ def setup(layout: Layout, req: SetupRequest, deadline: float,
 
 
 def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
-                  lock: ObjectLock, check: Callable[[], None]) -> dict[str, Any]:
+                  lock: ObjectLock, check: Callable[[], None]) -> PodNetwork:
     path = netns.path_for(layout.netns_dir, req.pod_id)
     try:
         record = layout.records.load(req.pod_id)
@@ -115,10 +116,9 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
         # A namespace with no record (records wiped by hand): free it first.
         _teardown_locked(layout, req.pod_id, None, _cleanup_deadline(deadline), lock)
     if record is not None:
-        if record.get("state") == store.READY and (
-                record.get("host_network") or netns.exists(record["netns_path"])):
+        if _ready(record):
             log.info("Network of pod %s is already set up", req.pod_id)
-            return _answer(record)
+            return _network(record)
         # Half-done by a worker that died, or its namespace vanished:
         # release what it may hold before starting over.
         log.warning("Pod %s has a stale network record (state %s); tearing it down first",
@@ -127,11 +127,11 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
 
     if req.host_network:
         # hostNetwork pods get no namespace and no CNI; the record only lets
-        # status and reconcile treat every pod alike.
+        # teardown and reconcile treat every pod alike.
         record = {"pod_id": req.pod_id, "host_network": True, "state": store.READY,
                   "netns_path": ""}
         layout.records.save(req.pod_id, record)
-        return _answer(record)
+        return _network(record)
 
     found = cniconf.find_default(layout.network_dir, layout.plugin_dirs)
     if found.config is None:
@@ -164,10 +164,10 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
                           "stays for teardown or reconcile", req.pod_id)
         raise
     log.info("Set up network of pod %s: %s", req.pod_id, cni.result_ips(result))
-    return _answer(record)
+    return _network(record)
 
 
-def teardown(layout: Layout, pod_id: str, deadline: float) -> dict[str, Any]:
+def teardown(layout: Layout, pod_id: str, deadline: float) -> TornDown:
     """Release everything the pod holds; idempotent."""
     lock = _lock(layout, pod_id, deadline)
     done = False
@@ -183,7 +183,7 @@ def teardown(layout: Layout, pod_id: str, deadline: float) -> dict[str, Any]:
             netns.path_for(layout.netns_dir, pod_id))
         _teardown_locked(layout, pod_id, record, deadline, lock, corrupt=corrupt)
         done = True
-        return {"pod_id": pod_id, "found": found}
+        return TornDown(pod_id=pod_id, found=found)
     finally:
         # Done: nothing is left to serialise, so the lock file goes too.
         lock.release(unlink=done)
@@ -226,37 +226,7 @@ def _network_for_teardown(layout: Layout, pod_id: str,
     return found.config
 
 
-def pod_status(layout: Layout, pod_id: str, deadline: float,
-               run_check: bool = False) -> dict[str, Any]:
-    """What PodSandboxStatus needs; with ``run_check``, CNI CHECK too."""
-    record = layout.records.load(pod_id)
-    if record is None:
-        raise NotFound(f"pod {pod_id} has no network")
-    if not run_check or record.get("host_network"):
-        return _answer(record)
-    lock = _lock(layout, pod_id, deadline)
-    try:
-        # Re-read under the lock: a teardown may have run since.
-        record = layout.records.load(pod_id)
-        if record is None:
-            lock.release(unlink=True)  # as teardown left it: no lock file
-            raise NotFound(f"pod {pod_id} has no network")
-        answer = _answer(record)
-        answer["checked"] = False
-        if not answer["ready"]:
-            return answer
-        net = cniconf.from_record(record["config"], str(record.get("config_file", "")))
-        inv = _invocation(record, record["netns_path"])
-        answer["checked"] = cni.check(_runner(layout, deadline, lock), net, inv,
-                                      record["result"])
-    except cni.PluginError as exc:
-        answer.update(ready=False, reason="CheckFailed", message=str(exc), checked=True)
-    finally:
-        lock.release()
-    return answer
-
-
-def reconcile(layout: Layout, live: set[str], deadline: float) -> dict[str, Any]:
+def reconcile(layout: Layout, live: set[str], deadline: float) -> Reconciled:
     """Tear down every pod network with no live pod; report vanished ones.
 
     The caller (the daemon at start) passes every pod id it knows; no setup
@@ -279,32 +249,27 @@ def reconcile(layout: Layout, live: set[str], deadline: float) -> dict[str, Any]
     missing = []
     for pod_id in sorted(live):
         record = _load_quiet(layout, pod_id)
-        if record is not None and not _answer(record)["ready"]:
+        if record is not None and not _ready(record):
             missing.append(pod_id)
-    return {"torn_down": torn_down, "failed": failed, "not_ready": missing}
+    return Reconciled(torn_down=torn_down, failed=failed, not_ready=missing)
 
 
-def _answer(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The shape every op returns for a pod (ops.py documents it)."""
+def _ready(record: Mapping[str, Any]) -> bool:
+    """Set up to the end, and its namespace still there."""
+    return record.get("state") == store.READY and bool(
+        record.get("host_network") or netns.exists(record["netns_path"]))
+
+
+def _network(record: Mapping[str, Any]) -> PodNetwork:
+    """What setup answers for a pod whose network is ready."""
     if record.get("host_network"):
-        return {"pod_id": record["pod_id"], "host_network": True, "netns_path": "",
-                "ips": nodeip.node_ips(), "ready": True, "reason": "", "message": "",
-                "network_name": "", "config_file": "", "interfaces": [], "cni_result": {}}
-    result = record.get("result") or {}
-    ready, reason, message = True, "", ""
-    if record.get("state") != store.READY:
-        ready, reason, message = False, "SettingUp", "network setup has not completed"
-    elif not netns.exists(record["netns_path"]):
-        ready, reason = False, "NetnsMissing"
-        message = f"network namespace {record['netns_path']} has vanished"
-    return {
-        "pod_id": record["pod_id"], "host_network": False,
-        "netns_path": record["netns_path"], "ips": cni.result_ips(result),
-        "ready": ready, "reason": reason, "message": message,
-        "network_name": str((record.get("config") or {}).get("name", "")),
-        "config_file": record.get("config_file", ""),
-        "interfaces": result.get("interfaces", []), "cni_result": result,
-    }
+        return PodNetwork(pod_id=record["pod_id"], host_network=True, netns_path="",
+                          ips=nodeip.node_ips(), network_name="", config_file="")
+    return PodNetwork(
+        pod_id=record["pod_id"], host_network=False, netns_path=record["netns_path"],
+        ips=cni.result_ips(record.get("result") or {}),
+        network_name=str((record.get("config") or {}).get("name", "")),
+        config_file=str(record.get("config_file", "")))
 
 
 def _invocation(record: Mapping[str, Any], path: str,

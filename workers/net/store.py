@@ -1,9 +1,9 @@
 """Pod network records: ``<root>/net/pods/<pod id>.json``, one per pod.
 
-A record is what a later DEL needs and what PodSandboxStatus reads: the
+A record is what a later DEL needs and what a repeated setup answers: the
 network config the ADD used (DEL must get the same config, CNI spec
 "Lifecycle & Ordering"), the CNI_ARGS and capability args, the netns path,
-and once the chain finished, the cached result that DEL and CHECK take as
+and once the chain finished, the cached result that DEL takes as
 ``prevResult``. The files are a ``workers/records.RecordDir``
 (``podnet.Layout.records``): written atomically, a reader sees the old
 record or the new one, never a torn one.

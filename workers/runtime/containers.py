@@ -26,6 +26,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ...proto import api_pb2 as api
+from ...proto import runtime_ops as ops
 from ...proto.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -36,15 +38,15 @@ from ...proto.errors import (
 )
 from ...proto.naming import container_name
 from ..base import OpContext
-from . import cgroups, ids, monitor, names, sandbox, specs, teardown
+from . import cgroups, configs, ids, monitor, names, sandbox, specs, teardown
 from .handlers import Runtimes
 from .layout import Layout
 
 log = logging.getLogger(__name__)
 
 CREATING, CREATED, RUNNING, EXITED = "creating", "created", "running", "exited"
-CRI_STATES = {CREATED: "CONTAINER_CREATED", RUNNING: "CONTAINER_RUNNING",
-              EXITED: "CONTAINER_EXITED", CREATING: "CONTAINER_UNKNOWN"}
+CRI_STATES = {CREATED: api.CONTAINER_CREATED, RUNNING: api.CONTAINER_RUNNING,
+              EXITED: api.CONTAINER_EXITED, CREATING: api.CONTAINER_UNKNOWN}
 
 
 def load(layout: Layout, container_id: str) -> dict[str, Any]:
@@ -78,39 +80,46 @@ def current(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def reserve(layout: Layout, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    container_id = args["id"]
-    pod = sandbox.load(layout, args["sandbox_id"])
+def reserve(layout: Layout, ctx: OpContext, args: ops.ContainerReserve) -> ops.ContainerReserved:
+    """The one check that the pod is ready: a container is only created in a
+    running pod (``create`` checks again, under the record's lock, that it
+    has not stopped meanwhile)."""
+    container_id = args.id
+    ids.check_new(container_id)
+    pod = sandbox.load(layout, sandbox.resolve_id(layout, args.sandbox_id))
     if pod["state"] != sandbox.READY:
-        raise FailedPrecondition(f"pod sandbox {pod['id']} is not ready")
-    config = args["config"]
-    name = container_name(config.get("metadata", {}), pod["config"].get("metadata", {}))
-    if not config.get("image", {}).get("image"):
+        raise FailedPrecondition(f"pod sandbox {pod['id']} is not ready; containers can only "
+                                 "be created in a running pod")
+    config = configs.parse(api.ContainerConfig, args.config, "config")
+    pod_config = configs.sandbox_config(pod)
+    name = container_name(config.metadata, pod_config.metadata)
+    if not config.image.image:
         raise InvalidArgument("config.image.image is required")
     # Refused here, before the name and record exist and before the
     # supervisor unpacks layers and mounts a rootfs for a create that
     # could only fail.
-    log_path_of(layout, pod, {"id": container_id, "config": config})
+    log_path_of(layout, container_id, config, pod_config)
     with layout.name_lock(name, "container", ctx.deadline):
         names.reserve(layout.names_dir, name, container_id, "container",
                       lambda other: layout.containers.load(other) is not None)
         if layout.containers.load(container_id) is None:
             layout.containers.save(container_id, {
                 "id": container_id, "name": name, "sandbox_id": pod["id"], "state": CREATING,
-                "created_at": time.time_ns(), "config": config, "image": args["image"],
+                "created_at": time.time_ns(), configs.FIELD: configs.stored(args.config),
+                "image": {"id": args.image.id, "repo_tags": args.image.repo_tags,
+                          "repo_digests": args.image.repo_digests},
                 "runtime_handler": pod["runtime_handler"],
             })
-    return {"id": container_id, "name": name}
+    return ops.ContainerReserved(id=container_id, name=name, sandbox_id=pod["id"])
 
 
-def create(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-           args: dict[str, Any]) -> dict[str, Any]:
+def create(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.ContainerCreate) -> None:
     """Write the OCI bundle and have conmon run ``<runtime> create``."""
-    container_id = args["id"]
+    container_id = args.id
     with layout.container_lock(container_id, ctx.deadline):
         record = load(layout, container_id)
         if record["state"] != CREATING:
-            return {"id": container_id, "state": record["state"]}
+            return
         pod = sandbox.load(layout, record["sandbox_id"])
         if pod["state"] != sandbox.READY:
             raise FailedPrecondition(f"pod sandbox {pod['id']} stopped while the container "
@@ -119,41 +128,38 @@ def create(layout: Layout, runtimes: Runtimes, ctx: OpContext,
         bundle = layout.bundle_dir(container_id)
         os.makedirs(bundle, mode=0o700, exist_ok=True)
         node = specs.node_facts(runtimes.cgroup_manager, handler.name, handler.path)
-        document = specs.container_spec(node, pod, record, args["rootfs"],
-                                        args.get("image_config") or {},
-                                        _target_pid_ns(layout, record))
+        config = configs.container_config(record)
+        document = specs.container_spec(node, pod, record, args.rootfs, args.image_config,
+                                        _target_pid_ns(layout, record, config))
         with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
             json.dump(document, f)
-        log_path = log_path_of(layout, pod, record)
+        log_path = log_path_of(layout, container_id, config, configs.sandbox_config(pod))
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        record.update(rootfs=args["rootfs"], bundle=bundle, log_path=log_path,
-                      image_config=args.get("image_config") or {},
-                      user=document["process"]["user"])
+        record.update(rootfs=args.rootfs, bundle=bundle, log_path=log_path,
+                      image_config=args.image_config, user=document["process"]["user"])
         # Persist the paths before conmon runs, so a crash after this point
         # leaves a record naming everything remove() must undo.
         layout.containers.save(container_id, record)
         ctx.check()
-        config = record["config"]
         started = monitor.spawn(
             handler, container_id, bundle, layout.state_dir(container_id), layout.exits_dir,
-            log_path, deadline=ctx.deadline, terminal=bool(config.get("tty")),
-            stdin=bool(config.get("stdin")), stdin_once=bool(config.get("stdin_once")))
+            log_path, deadline=ctx.deadline, terminal=config.tty, stdin=config.stdin,
+            stdin_once=config.stdin_once)
         cgroups.move(started.conmon_pid, pod["cgroup_parent"])
         record.update(state=CREATED, pid=started.pid, conmon_pid=started.conmon_pid)
         layout.containers.save(container_id, record)
         log.info("Container %s (%s) created, pid %d", container_id, record["name"], started.pid)
-        return {"id": container_id, "state": CREATED}
 
 
-def _target_pid_ns(layout: Layout, record: Mapping[str, Any]) -> str | None:
+def _target_pid_ns(layout: Layout, record: Mapping[str, Any],
+                   config: api.ContainerConfig) -> str | None:
     """For namespace mode TARGET (kubectl debug --target, ephemeral
     containers): the PID namespace of the running container it names, which
     must be in the same pod."""
-    options = (record["config"].get("linux", {}).get("security_context", {})
-               .get("namespace_options", {}))
-    if options.get("pid") != "TARGET":
+    options = config.linux.security_context.namespace_options
+    if options.pid != api.TARGET:
         return None
-    target_id = options.get("target_id", "")
+    target_id = options.target_id
     if not target_id:
         raise InvalidArgument("namespace_options.pid is TARGET but target_id is empty")
     try:
@@ -167,18 +173,19 @@ def _target_pid_ns(layout: Layout, record: Mapping[str, Any]) -> str | None:
     return f"/proc/{target['pid']}/ns/pid"
 
 
-def log_path_of(layout: Layout, pod: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+def log_path_of(layout: Layout, container_id: str, config: api.ContainerConfig,
+                pod_config: api.PodSandboxConfig) -> str:
     """The kubelet's log path: the pod's log_directory joined with the container's.
 
     conmon writes there as root, and removal may delete it: no ".." may lead
     it out of the directory it names.
     """
-    relative: str = record["config"].get("log_path", "")
-    directory: str = pod["config"].get("log_directory", "")
+    relative = config.log_path
+    directory = pod_config.log_directory
     sandbox.check_log_path("config.log_path", relative)
     sandbox.check_log_path("log_directory", directory, absolute=True)
     if not relative:
-        return layout.default_log(record["id"])
+        return layout.default_log(container_id)
     if os.path.isabs(relative):
         return os.path.normpath(relative)
     if not directory:
@@ -189,12 +196,12 @@ def log_path_of(layout: Layout, pod: Mapping[str, Any], record: Mapping[str, Any
 
 
 def start(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-          args: dict[str, Any]) -> dict[str, Any]:
-    container_id = resolve_id(layout, args["id"])
+          args: ops.Ref) -> ops.ContainerStarted:
+    container_id = resolve_id(layout, args.id)
     with layout.container_lock(container_id, ctx.deadline):
         record = current(layout, load(layout, container_id))
         if record["state"] == RUNNING:
-            return {"id": container_id, "state": RUNNING}
+            return ops.ContainerStarted(id=container_id)
         if record["state"] != CREATED:
             raise FailedPrecondition(f"container {container_id} is {record['state']}; only a "
                                      "created container can be started")
@@ -208,32 +215,32 @@ def start(layout: Layout, runtimes: Runtimes, ctx: OpContext,
         record.update(state=RUNNING, started_at=started_at)
         layout.containers.save(container_id, record)
         log.info("Container %s started", container_id)
-        return {"id": container_id, "state": RUNNING}
+        return ops.ContainerStarted(id=container_id)
 
 
 def stop(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-         args: dict[str, Any]) -> dict[str, Any]:
+         args: ops.ContainerStop) -> ops.ContainerStopped:
     """Stop signal, then SIGKILL at the timeout (0: at once)."""
     try:
-        container_id = resolve_id(layout, args["id"])
+        container_id = resolve_id(layout, args.id)
     except NotFound:
-        return {"found": False}
+        return ops.ContainerStopped(found=False)
     with layout.container_lock(container_id, ctx.deadline):
         record = current(layout, load(layout, container_id))
         running = record["state"] in (RUNNING, CREATED) or (monitor.process_alive(
             record.get("pid")) and not monitor.read_exit(layout.exits_dir, container_id))
         if running:
             _kill_and_wait(ctx, layout, runtimes.handlers[record["runtime_handler"]], record,
-                           float(args.get("timeout", 0)))
-        return {"found": True, "id": container_id, "sandbox_id": record["sandbox_id"],
-                "stopped": running}
+                           float(args.timeout))
+        return ops.ContainerStopped(found=True, id=container_id,
+                                    sandbox_id=record["sandbox_id"], stopped=running)
 
 
 def _kill_and_wait(ctx: OpContext, layout: Layout, handler: monitor.Handler,
                    record: dict[str, Any], timeout: float) -> None:
     container_id = record["id"]
     if timeout > 0:
-        sig = stop_signal(record)
+        sig = stop_signal(record, configs.container_config(record))
         log.info("Stopping container %s with %s, %.0fs before SIGKILL", container_id,
                  sig.name, timeout)
         handler.run("kill", container_id, str(int(sig)), deadline=ctx.deadline)
@@ -248,12 +255,12 @@ def _kill_and_wait(ctx: OpContext, layout: Layout, handler: monitor.Handler,
         raise Internal(f"container {container_id} did not exit after SIGKILL")
 
 
-def stop_signal(record: Mapping[str, Any]) -> signal.Signals:
+def stop_signal(record: Mapping[str, Any], config: api.ContainerConfig) -> signal.Signals:
     """CRI stop_signal, else the image's StopSignal, else SIGTERM."""
-    named = record["config"].get("stop_signal", "")
-    if named and named != "SIGNAL_RUNTIME_DEFAULT":
+    named = config.stop_signal
+    if named != api.SIGNAL_RUNTIME_DEFAULT:
         with contextlib.suppress(KeyError):
-            return signal.Signals[named.removeprefix("SIGNAL_")]
+            return signal.Signals[api.Signal.Name(named).removeprefix("SIGNAL_")]
     image = record.get("image_config", {}).get("config", {}).get("StopSignal", "")
     if image:
         with contextlib.suppress(KeyError, ValueError):
@@ -263,12 +270,12 @@ def stop_signal(record: Mapping[str, Any]) -> signal.Signals:
 
 
 def remove(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-           args: dict[str, Any]) -> dict[str, Any]:
+           args: ops.Ref) -> ops.ContainerRemoved:
     """Kill if running, delete from the runtime, drop every file and the name."""
     try:
-        container_id = resolve_id(layout, args["id"])
+        container_id = resolve_id(layout, args.id)
     except NotFound:
-        return {"found": False}
+        return ops.ContainerRemoved(found=False)
     with layout.container_lock(container_id, ctx.deadline) as held:
         record = current(layout, load(layout, container_id))
         handler = runtimes.handlers[record["runtime_handler"]]
@@ -285,97 +292,100 @@ def remove(layout: Layout, runtimes: Runtimes, ctx: OpContext,
             names.release(layout.names_dir, record["name"], container_id)
         log.info("Container %s removed", container_id)
         held.release(unlink=True)  # the lock file goes with its container
-        return {"found": True, "id": container_id, "sandbox_id": record["sandbox_id"]}
+        return ops.ContainerRemoved(found=True, id=container_id,
+                                    sandbox_id=record["sandbox_id"])
 
 
-def status(layout: Layout, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    record = current(layout, load(layout, resolve_id(layout, args["id"])))
-    result: dict[str, Any] = {"status": cri_status(record)}
-    if args.get("verbose"):
-        result["info"] = {"info": json.dumps({
+def status(layout: Layout, ctx: OpContext, args: ops.StatusQuery) -> ops.ContainerStatus:
+    record = current(layout, load(layout, resolve_id(layout, args.id)))
+    info = {}
+    if args.verbose:
+        info["info"] = json.dumps({
             "pid": record.get("pid"), "conmon_pid": record.get("conmon_pid"),
             "sandbox_id": record["sandbox_id"], "bundle": record.get("bundle"),
-            "rootfs": record.get("rootfs"), "runtime_handler": record["runtime_handler"]})}
-    return result
+            "rootfs": record.get("rootfs"), "runtime_handler": record["runtime_handler"]})
+    return ops.ContainerStatus(status=cri_status(record).SerializeToString(), info=info)
 
 
-def cri_status(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The record as a CRI ContainerStatus dict (proto field names)."""
-    config = record["config"]
+def pod_statuses(layout: Layout, sandbox_id: str) -> list[bytes]:
+    """The CRI ContainerStatus of each container of the pod but those being
+    created, serialized."""
+    out = []
+    for container_id in ids.members(layout.containers, sandbox_id):
+        with contextlib.suppress(NotFound):  # removed meanwhile
+            record = current(layout, load(layout, container_id))
+            if record["state"] != CREATING:
+                out.append(cri_status(record).SerializeToString())
+    return out
+
+
+def cri_status(record: Mapping[str, Any]) -> api.ContainerStatus:
+    """The record (with its exit folded in: ``current``) as the CRI's
+    ContainerStatus."""
+    config = configs.container_config(record)
     image = record.get("image", {})
     user = record.get("user") or {}
-    status: dict[str, Any] = {
-        "id": record["id"], "metadata": config.get("metadata", {}),
-        "state": CRI_STATES[record["state"]], "created_at": str(record["created_at"]),
-        "started_at": str(record.get("started_at", 0)),
-        "finished_at": str(record.get("finished_at", 0)),
-        "exit_code": record.get("exit_code", 0),
-        "image": {"image": config.get("image", {}).get("image", ""),
-                  "user_specified_image": config.get("image", {}).get("image", "")},
-        "image_ref": image.get("id", ""), "image_id": image.get("id", ""),
-        "reason": record.get("reason", ""), "message": record.get("message", ""),
-        "labels": config.get("labels", {}), "annotations": config.get("annotations", {}),
-        "mounts": config.get("mounts", []), "log_path": record.get("log_path", ""),
-        "stop_signal": "SIGNAL_" + stop_signal(record).name,
-    }
+    # Not every signal has a CRI name (the real-time ones have none).
+    cri_signal = "SIGNAL_" + stop_signal(record, config).name
+    if cri_signal not in api.Signal.DESCRIPTOR.values_by_name:
+        cri_signal = "SIGNAL_RUNTIME_DEFAULT"
+    status = api.ContainerStatus(
+        id=record["id"], metadata=config.metadata, state=CRI_STATES[record["state"]],
+        created_at=record["created_at"], started_at=record.get("started_at", 0),
+        finished_at=record.get("finished_at", 0), exit_code=record.get("exit_code", 0),
+        image=api.ImageSpec(image=config.image.image, user_specified_image=config.image.image),
+        image_ref=image.get("id", ""), image_id=image.get("id", ""),
+        reason=record.get("reason", ""), message=record.get("message", ""),
+        labels=config.labels, annotations=config.annotations, mounts=config.mounts,
+        log_path=record.get("log_path", ""),
+        stop_signal=cri_signal)
     # What the container was given; the kubelet compares it during in-place
     # resize.
-    resources = config.get("linux", {}).get("resources")
-    if resources:
-        status["resources"] = {"linux": resources}
+    if config.linux.HasField("resources"):
+        status.resources.linux.CopyFrom(config.linux.resources)
     if user:
-        status["user"] = {"linux": {"uid": str(user.get("uid", 0)),
-                                    "gid": str(user.get("gid", 0)),
-                                    "supplemental_groups": [
-                                        str(g) for g in user.get("additionalGids", [])]}}
+        status.user.linux.CopyFrom(api.LinuxContainerUser(
+            uid=user.get("uid", 0), gid=user.get("gid", 0),
+            supplemental_groups=user.get("additionalGids", [])))
     return status
 
 
 def list_containers(layout: Layout, ctx: OpContext,
-                    args: dict[str, Any]) -> list[dict[str, Any]]:
-    flt = args.get("filter") or {}
-    out = []
+                    args: ops.ContainerListQuery) -> ops.ContainerList:
+    flt = configs.parse(api.ContainerFilter, args.filter, "filter")
+    items = []
     for container_id in layout.containers.ids():
         raw = layout.containers.load(container_id)
         # Creating ones are not the kubelet's to see; "all" is for removal.
-        if raw is None or (raw["state"] == CREATING and not args.get("all")):
+        if raw is None or (raw["state"] == CREATING and not args.all):
+            continue
+        if args.sandbox_id and raw["sandbox_id"] != args.sandbox_id:
+            continue
+        if flt.id and not container_id.startswith(flt.id):
+            continue
+        if flt.pod_sandbox_id and not raw["sandbox_id"].startswith(flt.pod_sandbox_id):
             continue
         record = current(layout, raw)
-        if args.get("sandbox_id") and record["sandbox_id"] != args["sandbox_id"]:
+        if flt.HasField("state") and CRI_STATES[record["state"]] != flt.state.state:
             continue
-        if not _matches(record, flt):
+        config = configs.container_config(record)
+        if any(config.labels.get(k) != v for k, v in flt.label_selector.items()):
             continue
-        config = record["config"]
-        out.append({
-            "id": record["id"], "pod_sandbox_id": record["sandbox_id"],
-            "metadata": config.get("metadata", {}),
-            "image": {"image": config.get("image", {}).get("image", "")},
-            "image_ref": record.get("image", {}).get("id", ""),
-            "image_id": record.get("image", {}).get("id", ""),
-            "state": CRI_STATES[record["state"]], "created_at": str(record["created_at"]),
-            "labels": config.get("labels", {}), "annotations": config.get("annotations", {}),
-        })
-    return out
-
-
-def _matches(record: Mapping[str, Any], flt: Mapping[str, Any]) -> bool:
-    if flt.get("id") and not record["id"].startswith(flt["id"]):
-        return False
-    if flt.get("pod_sandbox_id") and not record["sandbox_id"].startswith(flt["pod_sandbox_id"]):
-        return False
-    # An enum left at its default (CONTAINER_CREATED) is absent from the dict.
-    if "state" in flt and (CRI_STATES[record["state"]]
-                           != flt["state"].get("state", "CONTAINER_CREATED")):
-        return False
-    labels = record["config"].get("labels", {})
-    return all(labels.get(k) == v for k, v in flt.get("label_selector", {}).items())
+        image_id = record.get("image", {}).get("id", "")
+        items.append(api.Container(
+            id=record["id"], pod_sandbox_id=record["sandbox_id"], metadata=config.metadata,
+            image=api.ImageSpec(image=config.image.image), image_ref=image_id,
+            image_id=image_id, state=CRI_STATES[record["state"]],
+            created_at=record["created_at"], labels=config.labels,
+            annotations=config.annotations).SerializeToString())
+    return ops.ContainerList(items=items)
 
 
 def exec_sync(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-              args: dict[str, Any]) -> dict[str, Any]:
-    container_id = resolve_id(layout, args["id"])
-    cmd = exec_command(args.get("cmd"))
-    timeout = float(args.get("timeout") or 0)
+              args: ops.ExecSync) -> ops.ExecResult:
+    container_id = resolve_id(layout, args.id)
+    cmd = exec_command(args.cmd)
+    timeout = float(args.timeout)
     if timeout < 0:
         raise InvalidArgument(f"timeout {timeout:g} is negative; 0 means no timeout")
     record = current(layout, load(layout, container_id))
@@ -393,43 +403,38 @@ def exec_sync(layout: Layout, runtimes: Runtimes, ctx: OpContext,
         raise DeadlineExceeded(f"command {shorten(cmd[0])} timed out after {timeout:g}s")
     if result["runtime_error"] and result["exit_code"] < 0:
         raise Internal(f"exec in container {container_id}: {result['runtime_error']}")
-    return {"stdout": result["stdout"], "stderr": result["stderr"],
-            "exit_code": result["exit_code"]}
+    return ops.ExecResult(stdout=result["stdout"], stderr=result["stderr"],
+                          exit_code=result["exit_code"])
 
 
-def exec_command(value: object) -> list[str]:
+def exec_command(cmd: list[str]) -> list[str]:
     """ExecSync's ``cmd``, refused when no process could be started with it:
     execve(2) takes neither an empty program nor a NUL inside an argument."""
-    cmd = list(value) if isinstance(value, list) else []
     if not cmd:
         raise InvalidArgument("cmd is required: it names the command to run and its arguments")
     if not cmd[0]:
         raise InvalidArgument("cmd[0] is empty: it names the command to run")
     for index, arg in enumerate(cmd):
-        if not isinstance(arg, str):
-            raise InvalidArgument(f"cmd[{index}]: expected a string")
         if "\0" in arg:
             raise InvalidArgument(f"cmd[{index}] {shorten(arg)} contains a NUL byte")
     return cmd
 
 
-def reopen_log(layout: Layout, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    container_id = resolve_id(layout, args["id"])
+def reopen_log(layout: Layout, ctx: OpContext, args: ops.Ref) -> None:
+    container_id = resolve_id(layout, args.id)
     record = current(layout, load(layout, container_id))
     if record["state"] != RUNNING:
         raise FailedPrecondition(f"container {container_id} is not running")
     monitor.ctl(layout.state_dir(container_id), "reopen", ctx.deadline)
-    return {}
 
 
 def stop_pod_containers(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-                        args: dict[str, Any]) -> dict[str, Any]:
+                        args: ops.Ref) -> ops.Found:
     """Forcibly stop every container of a pod (CRI StopPodSandbox)."""
     try:
-        sandbox_id = sandbox.resolve_id(layout, args["id"])
+        sandbox_id = sandbox.resolve_id(layout, args.id)
     except NotFound:
-        return {"found": False}
-    pod = sandbox.load(layout, sandbox_id)
+        return ops.Found(found=False)
     for container_id in ids.members(layout.containers, sandbox_id):
-        stop(layout, runtimes, ctx, {"id": container_id, "timeout": 0})
-    return {"found": True, "id": sandbox_id, "host_network": pod["host_network"]}
+        stop(layout, runtimes, ctx, ops.ContainerStop(id=container_id, timeout=0))
+    return ops.Found(found=True, id=sandbox_id)

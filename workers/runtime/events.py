@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
+from ...proto import runtime_ops as ops
 from ..base import OpContext
 
 POLL_INTERVAL = 0.1
 LOOKBACK_NS = 5_000_000_000
 
 
-def exits_since(exits_dir: str, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    cursor = int(args.get("cursor", 0))
-    recent = set(args.get("recent", ()))
-    until = min(ctx.deadline - 1.0, time.monotonic() + float(args.get("wait", 10.0)))
+def exits_since(exits_dir: str, ctx: OpContext, args: ops.ExitsSince) -> ops.Exits:
+    cursor = args.cursor
+    recent = set(args.recent)
+    until = min(ctx.deadline - 1.0, time.monotonic() + args.wait)
     while True:
         # Look back a little: conmon stamps its temp file, then renames it,
         # so an exit can appear with an mtime older than one already seen.
@@ -37,7 +37,7 @@ def exits_since(exits_dir: str, ctx: OpContext, args: dict[str, Any]) -> dict[st
         time.sleep(POLL_INTERVAL)
     if found:
         cursor = max(cursor, *(stamp for stamp, _ in found))
-    return {"cursor": cursor, "exits": [name for _, name in sorted(found)]}
+    return ops.Exits(cursor=cursor, exits=[name for _, name in sorted(found)])
 
 
 def _newer(directory: str, cursor: int) -> list[tuple[int, str]]:

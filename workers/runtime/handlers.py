@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...proto.errors import InvalidArgument
+from ...proto.runtime_ops import HandlerProbe
 from .monitor import Handler
 
 PROBE_TTL = 5.0
@@ -62,9 +63,10 @@ class Probe:
     message: str
     mount_options: frozenset[str]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "ok": self.ok, "version": self.version,
-                "message": self.message, "recursive_read_only_mounts": "rro" in self.mount_options}
+    def as_record(self) -> HandlerProbe:
+        return HandlerProbe(name=self.name, path=self.path, ok=self.ok, version=self.version,
+                            message=self.message,
+                            recursive_read_only_mounts="rro" in self.mount_options)
 
 
 _cache: dict[str, tuple[float, Probe]] = {}

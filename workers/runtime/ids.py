@@ -15,6 +15,13 @@ from ...proto.errors import InvalidArgument, NotFound
 from ..records import RecordDir
 
 ID_PREFIX = re.compile(r"[0-9a-f]{1,64}")
+FULL_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def check_new(object_id: str) -> None:
+    """Refuse an id for a new record that is not one podvisor gives out."""
+    if not FULL_ID.fullmatch(object_id):
+        raise InvalidArgument(f"id {object_id[:80]!r} is not 64 lowercase hex digits")
 
 
 def resolve(records: RecordDir, prefix: str, kind: str, field: str) -> str:

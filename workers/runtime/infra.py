@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...proto.errors import FailedPrecondition
+from ...proto.runtime_ops import InfraImage
 from ..base import OpContext
 from . import cgroups, monitor, specs, teardown
 from .layout import Layout
@@ -46,16 +47,16 @@ def ensure_rootfs(layout: Layout) -> str:
 
 
 def start(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroup_manager: str,
-          pod: Mapping[str, Any], image: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          pod: Mapping[str, Any], image: InfraImage | None = None) -> dict[str, Any]:
     """Run the infra process: catatonit from the built-in rootfs, or the
     configured pause image's command from the rootfs the supervisor had the
-    storage pool mount (``image``: {"rootfs", "args"})."""
+    storage pool mount (``image``)."""
     infra_id = pod["id"]
     bundle = layout.bundle_dir(infra_id)
     os.makedirs(bundle, mode=0o700, exist_ok=True)
     node = specs.node_facts(cgroup_manager, handler.name, handler.path)
     if image:
-        document = specs.infra_spec(node, pod, image["rootfs"], tuple(image["args"]))
+        document = specs.infra_spec(node, pod, image.rootfs, tuple(image.args))
     else:
         document = specs.infra_spec(node, pod, ensure_rootfs(layout))
     with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:

@@ -1,12 +1,19 @@
 """Ops of the runtime pool: the bus face of pods and containers.
 
-    runtime.version / status / runtime_config       node-level answers
+The contracts (argument and result types, what each field means) are
+declared in proto/runtime_ops.py. The ops are served by:
+
+    runtime.version / status / runtime_config       node-level answers (here)
     runtime.sandbox_*    reserve, start, stop_containers, stop, remove,
                          status, list                       (sandbox.py)
     runtime.container_*  reserve, create, start, stop, remove, status,
                          list, exec_sync, reopen_log        (containers.py)
     runtime.reconcile    start-up repair of the records     (reconcile.py)
     runtime.exits_since  long poll of conmon's exit files   (events.py)
+
+Every CRI message the kubelet reads back about pods and containers
+(statuses, list items) is built here, in the runtime pool, and answered
+serialized; the supervisor only parses it.
 
 ``RuntimeService`` is built once per worker from its settings: the paths
 (``Layout``), the ``[runtime]`` section (``Runtimes``) and the pause image.
@@ -20,7 +27,9 @@ from collections.abc import Mapping
 from importlib.metadata import version as package_version
 from typing import Any
 
-from ..base import OpContext, OpTable
+from ...proto import runtime_ops as rt
+from ...proto.contract import Empty
+from ..base import OpContext, OpTable, Served, serve
 from . import containers, events, handlers, reconcile, sandbox
 from .handlers import Runtimes
 from .layout import Layout
@@ -47,109 +56,113 @@ class RuntimeService:
                    settings["image"]["pause_image"])
 
     def ops(self) -> OpTable:
-        return {
-            "runtime.version": self.version,
-            "runtime.status": self.status,
-            "runtime.runtime_config": self.runtime_config,
-            "runtime.sandbox_reserve": self.sandbox_reserve,
-            "runtime.sandbox_start": self.sandbox_start,
-            "runtime.sandbox_stop_containers": self.sandbox_stop_containers,
-            "runtime.sandbox_stop": self.sandbox_stop,
-            "runtime.sandbox_remove": self.sandbox_remove,
-            "runtime.sandbox_status": self.sandbox_status,
-            "runtime.sandbox_list": self.sandbox_list,
-            "runtime.container_reserve": self.container_reserve,
-            "runtime.container_create": self.container_create,
-            "runtime.container_start": self.container_start,
-            "runtime.container_stop": self.container_stop,
-            "runtime.container_remove": self.container_remove,
-            "runtime.container_status": self.container_status,
-            "runtime.container_list": self.container_list,
-            "runtime.container_exec_sync": self.container_exec_sync,
-            "runtime.container_reopen_log": self.container_reopen_log,
-            "runtime.reconcile": self.reconcile,
-            "runtime.exits_since": self.exits_since,
-        }
+        return serve(
+            Served(rt.VERSION, self.version),
+            Served(rt.STATUS, self.status),
+            Served(rt.RUNTIME_CONFIG, self.runtime_config),
+            Served(rt.SANDBOX_RESERVE, self.sandbox_reserve),
+            Served(rt.SANDBOX_START, self.sandbox_start),
+            Served(rt.SANDBOX_STOP_CONTAINERS, self.sandbox_stop_containers),
+            Served(rt.SANDBOX_STOP, self.sandbox_stop),
+            Served(rt.SANDBOX_REMOVE, self.sandbox_remove),
+            Served(rt.SANDBOX_STATUS, self.sandbox_status),
+            Served(rt.SANDBOX_LIST, self.sandbox_list),
+            Served(rt.CONTAINER_RESERVE, self.container_reserve),
+            Served(rt.CONTAINER_CREATE, self.container_create),
+            Served(rt.CONTAINER_START, self.container_start),
+            Served(rt.CONTAINER_STOP, self.container_stop),
+            Served(rt.CONTAINER_REMOVE, self.container_remove),
+            Served(rt.CONTAINER_STATUS, self.container_status),
+            Served(rt.CONTAINER_LIST, self.container_list),
+            Served(rt.CONTAINER_EXEC_SYNC, self.container_exec_sync),
+            Served(rt.CONTAINER_REOPEN_LOG, self.container_reopen_log),
+            Served(rt.RECONCILE, self.reconcile),
+            Served(rt.EXITS_SINCE, self.exits_since),
+        )
 
-    def version(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "version": KUBELET_API_VERSION,
-            "runtime_name": "podvisor",
-            "runtime_version": package_version("podvisor"),
-            "runtime_api_version": "v1",
-        }
+    def version(self, ctx: OpContext, args: Empty) -> rt.VersionInfo:
+        return rt.VersionInfo(version=KUBELET_API_VERSION, runtime_name="podvisor",
+                               runtime_version=package_version("podvisor"),
+                               runtime_api_version="v1")
 
-    def status(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def status(self, ctx: OpContext, args: Empty) -> rt.RuntimeStatus:
         """Probe every configured handler; ready iff the default one works."""
         probes = [handlers.probe(name, handler.path)
                   for name, handler in sorted(self.runtimes.handlers.items())]
         default = next(p for p in probes if p.name == self.runtimes.default_runtime)
-        return {
-            "runtime_ready": default.ok,
-            "reason": "" if default.ok else "RuntimeBinaryNotWorking",
-            "message": default.message,
-            "default_runtime": default.name,
-            "handlers": [p.as_dict() for p in probes if p.ok],
-            "probes": [p.as_dict() for p in probes],
-        }
+        return rt.RuntimeStatus(
+            runtime_ready=default.ok, reason="" if default.ok else "RuntimeBinaryNotWorking",
+            message=default.message, default_runtime=default.name,
+            handlers=[p.as_record() for p in probes if p.ok],
+            probes=[p.as_record() for p in probes])
 
-    def runtime_config(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def runtime_config(self, ctx: OpContext, args: Empty) -> rt.RuntimeConfig:
         # The kubelet reads this once at start and expects it never to change
         # for the node's life; it comes from the daemon's config, fixed at start.
-        return {"cgroup_driver": self.runtimes.cgroup_manager}
+        return rt.RuntimeConfig(cgroup_driver=self.runtimes.cgroup_manager)
 
-    def sandbox_reserve(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def sandbox_reserve(self, ctx: OpContext, args: rt.SandboxReserve) -> rt.SandboxReserved:
         return sandbox.reserve(self.layout, self.runtimes, self.pause_image, ctx, args)
 
-    def sandbox_start(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        return sandbox.start(self.layout, self.runtimes, ctx, args)
+    def sandbox_start(self, ctx: OpContext, args: rt.SandboxStart) -> Empty:
+        sandbox.start(self.layout, self.runtimes, ctx, args)
+        return Empty()
 
-    def sandbox_stop_containers(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def sandbox_stop_containers(self, ctx: OpContext, args: rt.Ref) -> rt.Found:
         return containers.stop_pod_containers(self.layout, self.runtimes, ctx, args)
 
-    def sandbox_stop(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def sandbox_stop(self, ctx: OpContext, args: rt.Ref) -> rt.SandboxStopped:
         return sandbox.stop(self.layout, self.runtimes, ctx, args)
 
-    def sandbox_remove(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def sandbox_remove(self, ctx: OpContext, args: rt.Ref) -> rt.Found:
         return sandbox.remove(self.layout, self.runtimes, ctx, args)
 
-    def sandbox_status(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        return sandbox.status(self.layout, ctx, args)
+    def sandbox_status(self, ctx: OpContext, args: rt.StatusQuery) -> rt.SandboxStatus:
+        """The pod's CRI status with its containers': the kubelet's evented
+        PLEG reads both from one answer."""
+        record = sandbox.load(self.layout, sandbox.resolve_id(self.layout, args.id))
+        return rt.SandboxStatus(
+            status=sandbox.cri_status(record).SerializeToString(),
+            containers=containers.pod_statuses(self.layout, record["id"]),
+            info=sandbox.verbose_info(record) if args.verbose else {})
 
-    def sandbox_list(self, ctx: OpContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def sandbox_list(self, ctx: OpContext, args: rt.SandboxListQuery) -> rt.SandboxList:
         return sandbox.list_sandboxes(self.layout, ctx, args)
 
-    def container_reserve(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def container_reserve(self, ctx: OpContext,
+                          args: rt.ContainerReserve) -> rt.ContainerReserved:
         return containers.reserve(self.layout, ctx, args)
 
-    def container_create(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        return containers.create(self.layout, self.runtimes, ctx, args)
+    def container_create(self, ctx: OpContext, args: rt.ContainerCreate) -> Empty:
+        containers.create(self.layout, self.runtimes, ctx, args)
+        return Empty()
 
-    def container_start(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def container_start(self, ctx: OpContext, args: rt.Ref) -> rt.ContainerStarted:
         return containers.start(self.layout, self.runtimes, ctx, args)
 
-    def container_stop(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def container_stop(self, ctx: OpContext, args: rt.ContainerStop) -> rt.ContainerStopped:
         return containers.stop(self.layout, self.runtimes, ctx, args)
 
-    def container_remove(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def container_remove(self, ctx: OpContext, args: rt.Ref) -> rt.ContainerRemoved:
         return containers.remove(self.layout, self.runtimes, ctx, args)
 
-    def container_status(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def container_status(self, ctx: OpContext, args: rt.StatusQuery) -> rt.ContainerStatus:
         return containers.status(self.layout, ctx, args)
 
-    def container_list(self, ctx: OpContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def container_list(self, ctx: OpContext, args: rt.ContainerListQuery) -> rt.ContainerList:
         return containers.list_containers(self.layout, ctx, args)
 
-    def container_exec_sync(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def container_exec_sync(self, ctx: OpContext, args: rt.ExecSync) -> rt.ExecResult:
         return containers.exec_sync(self.layout, self.runtimes, ctx, args)
 
-    def container_reopen_log(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        return containers.reopen_log(self.layout, ctx, args)
+    def container_reopen_log(self, ctx: OpContext, args: rt.Ref) -> Empty:
+        containers.reopen_log(self.layout, ctx, args)
+        return Empty()
 
-    def reconcile(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-        return reconcile.reconcile(self.layout, self.runtimes, ctx, args)
+    def reconcile(self, ctx: OpContext, args: Empty) -> rt.Reconciled:
+        return reconcile.reconcile(self.layout, self.runtimes, ctx)
 
-    def exits_since(self, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    def exits_since(self, ctx: OpContext, args: rt.ExitsSince) -> rt.Exits:
         return events.exits_since(self.layout.exits_dir, ctx, args)
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Mapping
-from typing import Any
 
+from ...proto import api_pb2 as api
 from ..records import write_atomic
 from . import mounts
 
@@ -23,11 +22,11 @@ SHM_SIZE = 64 * 1024 * 1024
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 
 
-def resolv_conf(dns: Mapping[str, Any] | None) -> bytes | None:
+def resolv_conf(dns: api.DNSConfig | None) -> bytes | None:
     """The pod's resolv.conf, or None to copy the node's."""
-    dns = dns or {}
-    servers, searches, options = (list(dns.get(k, [])) for k in ("servers", "searches",
-                                                                  "options"))
+    if dns is None:
+        return None
+    servers, searches, options = list(dns.servers), list(dns.searches), list(dns.options)
     if not (servers or searches or options):
         return None
     lines = [f"nameserver {s}" for s in servers]
@@ -44,7 +43,7 @@ def hosts(hostname: str, ips: list[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def write(pod_dir: str, hostname: str, dns: Mapping[str, Any] | None,
+def write(pod_dir: str, hostname: str, dns: api.DNSConfig | None,
           ips: list[str]) -> dict[str, str]:
     """Write the shared files; return {"hostname", "hosts", "resolv_conf"} paths."""
     os.makedirs(pod_dir, mode=0o755, exist_ok=True)

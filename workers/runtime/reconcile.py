@@ -2,6 +2,8 @@
 
 Run once by the supervisor before it serves CRI calls. What it does:
 
+- records written by an older build are brought to this build's form
+  first (configs.upgrade), so no op ever meets one;
 - a sandbox or container still ``creating`` was being made when some
   process died: everything it may have made is undone (runtime state,
   monitor, bundle, namespaces, cgroups, files, record, name);
@@ -27,21 +29,26 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf.message import Message
+
+from ...proto import api_pb2 as api
+from ...proto import runtime_ops as ops
 from ...proto.errors import BusError
 from ..base import OpContext
 from ..locks import sweep
-from ..records import RecordCorrupt
-from . import cgroups, containers, ids, names, sandbox
+from ..records import RecordCorrupt, RecordDir
+from . import cgroups, configs, containers, ids, names, sandbox
 from .handlers import Runtimes
 from .layout import Layout
 
 log = logging.getLogger(__name__)
 
 
-def reconcile(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-              args: dict[str, Any]) -> dict[str, Any]:
+def reconcile(layout: Layout, runtimes: Runtimes, ctx: OpContext) -> ops.Reconciled:
     for records in (layout.sandboxes, layout.containers):
         records.remove_stale_temps(older_than=0)
+    _upgrade(layout.sandboxes, api.PodSandboxConfig)
+    _upgrade(layout.containers, api.ContainerConfig)
     removed_containers = []
     for container_id in layout.containers.ids():
         record = layout.containers.load(container_id)
@@ -80,13 +87,30 @@ def reconcile(layout: Layout, runtimes: Runtimes, ctx: OpContext,
     if removed_cgroups or dropped_names or swept:
         log.warning("Removed cgroups of no pod %s, dead name reservations %s and %d stale "
                     "lock files", removed_cgroups, dropped_names, len(swept))
-    return {
-        "sandboxes": layout.sandboxes.ids(),
-        "containers": layout.containers.ids(),
-        "removed_sandboxes": removed_sandboxes,
-        "removed_containers": removed_containers,
-        "removed_cgroups": removed_cgroups,
-    }
+    return ops.Reconciled(
+        sandboxes=layout.sandboxes.ids(), containers=layout.containers.ids(),
+        removed_sandboxes=removed_sandboxes, removed_containers=removed_containers,
+        removed_cgroups=removed_cgroups)
+
+
+def _upgrade(records: RecordDir, kind: type[Message]) -> None:
+    """Bring the records an older build wrote to this build's form. No op
+    runs yet (the supervisor serves no CRI call before the reconcile), so
+    nothing else writes them meanwhile."""
+    upgraded = []
+    for object_id in records.ids():
+        try:
+            record = records.load(object_id)
+            if record is not None and configs.upgrade(record, kind):
+                records.save(object_id, record)
+                upgraded.append(object_id)
+        except (RecordCorrupt, ValueError) as exc:
+            # The record stays as it is, and ops on it fail naming it,
+            # rather than the whole start failing.
+            log.error("Cannot upgrade the record of %s: %s", object_id, exc)
+    if upgraded:
+        log.info("Upgraded %d records of %s to the serialized-config form", len(upgraded),
+                 records.path)
 
 
 def _load(layout: Layout, sandbox_id: str) -> dict[str, Any] | None:
@@ -96,9 +120,9 @@ def _load(layout: Layout, sandbox_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _try(op: Callable[[Layout, Runtimes, OpContext, dict[str, Any]], object],
+def _try(op: Callable[[Layout, Runtimes, OpContext, ops.Ref], object],
          layout: Layout, runtimes: Runtimes, ctx: OpContext, object_id: str) -> None:
     try:
-        op(layout, runtimes, ctx, {"id": object_id})
+        op(layout, runtimes, ctx, ops.Ref(id=object_id))
     except BusError as exc:
         log.error("Reconcile could not clean %s: %s", object_id, exc.message)

@@ -16,6 +16,7 @@ succeed; stopping twice or removing twice is a no-op.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -24,11 +25,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ...proto.errors import FailedPrecondition, InvalidArgument, NotFound, shorten
+from ...proto import api_pb2 as api
+from ...proto import runtime_ops as ops
+from ...proto.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, shorten
 from ...proto.limits import check_path
 from ...proto.naming import sandbox_name
 from ..base import OpContext
-from . import cgroups, ids, infra, names, podfiles, podns
+from . import cgroups, configs, ids, infra, names, podfiles, podns
 from .handlers import Runtimes
 from .layout import Layout
 
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 # CRI NamespaceMode values.
 POD, CONTAINER, NODE, TARGET = "POD", "CONTAINER", "NODE", "TARGET"
 READY, NOTREADY, CREATING = "ready", "notready", "creating"
+CRI_STATES = {READY: api.SANDBOX_READY, NOTREADY: api.SANDBOX_NOTREADY}
 # What a pod's hostname may be: an RFC 1123 host name (dot-separated
 # labels of letters, digits and '-', each starting and ending with a letter
 # or digit, which is also what hostname(1) accepts) of at most the kernel's
@@ -51,10 +55,11 @@ HOSTNAME = re.compile(r"(?=.{1,64}\Z)(?!.*[^.]{64})[A-Za-z0-9](?:[A-Za-z0-9-]*[A
 DRAIN_TIMEOUT = 5.0
 
 
-def namespace_options(config: Mapping[str, Any]) -> dict[str, str]:
-    """The pod's namespace modes, with the proto's defaults (POD) filled in."""
-    opts = config.get("linux", {}).get("security_context", {}).get("namespace_options", {})
-    return {kind: opts.get(kind, POD) for kind in ("network", "pid", "ipc")}
+def namespace_options(config: api.PodSandboxConfig) -> dict[str, str]:
+    """The pod's namespace modes by their CRI names (POD, the proto's
+    default, when unset), as the record keeps them."""
+    opts = config.linux.security_context.namespace_options
+    return {kind: api.NamespaceMode.Name(getattr(opts, kind)) for kind in ("network", "pid", "ipc")}
 
 
 def load(layout: Layout, sandbox_id: str) -> dict[str, Any]:
@@ -66,16 +71,18 @@ def resolve_id(layout: Layout, prefix: str) -> str:
 
 
 def reserve(layout: Layout, runtimes: Runtimes, pause_image: str, ctx: OpContext,
-            args: dict[str, Any]) -> dict[str, Any]:
+            args: ops.SandboxReserve) -> ops.SandboxReserved:
     """Reserve the pod's name and write its ``creating`` record."""
-    config = args["config"]
-    sandbox_id = args["id"]
-    handler = runtimes.resolve(args.get("runtime_handler", ""))
-    name = sandbox_name(config.get("metadata", {}))
+    config = configs.parse(api.PodSandboxConfig, args.config, "config")
+    sandbox_id = args.id
+    ids.check_new(sandbox_id)
+    handler = runtimes.resolve(args.runtime_handler)
+    name = sandbox_name(config.metadata)
     modes = namespace_options(config)
+    host_network = modes["network"] == NODE
     # Both are refused before anything exists, so a refusal leaves nothing.
-    pod_hostname(config, modes["network"] == NODE)
-    check_log_path("log_directory", config.get("log_directory", ""), absolute=True)
+    pod_hostname(config, host_network)
+    check_log_path("log_directory", config.log_directory, absolute=True)
     if modes["network"] == TARGET or modes["ipc"] == TARGET:
         raise InvalidArgument("namespace mode TARGET applies to pid only")
     with layout.name_lock(name, "pod", ctx.deadline):
@@ -84,21 +91,22 @@ def reserve(layout: Layout, runtimes: Runtimes, pause_image: str, ctx: OpContext
         if layout.sandboxes.load(sandbox_id) is None:
             layout.sandboxes.save(sandbox_id, {
                 "id": sandbox_id, "name": name, "state": CREATING,
-                "created_at": time.time_ns(), "config": config, "runtime_handler": handler,
-                "host_network": modes["network"] == NODE, "modes": modes,
+                "created_at": time.time_ns(), configs.FIELD: configs.stored(args.config),
+                "runtime_handler": handler, "host_network": host_network, "modes": modes,
             })
     # A configured pause image serves pods that need an infra process; the
     # supervisor pulls it and has the storage pool mount its rootfs.
     pause = pause_image if modes["pid"] == POD else ""
-    return {"id": sandbox_id, "name": name, "runtime_handler": handler, "pause_image": pause}
+    return ops.SandboxReserved(id=sandbox_id, name=name, runtime_handler=handler,
+                               host_network=host_network, pause_image=pause)
 
 
-def pod_hostname(config: Mapping[str, Any], host_network: bool) -> str:
+def pod_hostname(config: api.PodSandboxConfig, host_network: bool) -> str:
     """The pod's hostname: the CRI's; else the node's for a host-network pod;
     else the pod's name as the kubelet derives it (truncatePodHostnameIfNeeded):
     cut to 63 characters, less the trailing '-' and '.' a cut may leave
     (stripped here even without a cut, where they are as invalid)."""
-    given: str = config.get("hostname", "")
+    given = config.hostname
     if given:
         if not HOSTNAME.fullmatch(given):
             raise InvalidArgument(f"hostname {shorten(given)} is not a valid host name: at most "
@@ -108,7 +116,7 @@ def pod_hostname(config: Mapping[str, Any], host_network: bool) -> str:
         return given
     if host_network:
         return socket.gethostname()[:HOSTNAME_MAX]
-    name: str = config.get("metadata", {}).get("name", "")
+    name = config.metadata.name
     derived = name[:HOSTNAME_DERIVED].rstrip("-.")
     if not HOSTNAME.fullmatch(derived):
         raise InvalidArgument(f"hostname is empty and the pod name {shorten(name)} does not make "
@@ -129,28 +137,27 @@ def check_log_path(field: str, value: str, *, absolute: bool = False) -> None:
         raise InvalidArgument(f"{field} {shorten(value)} must not contain '..'")
 
 
-def start(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-          args: dict[str, Any]) -> dict[str, Any]:
+def start(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.SandboxStart) -> None:
     """Set up everything of the pod that is the runtime's: namespaces, files,
     cgroup, infra; mark it ready. ``netns_path`` and ``ips`` come from the
     net pool (absent for host-network pods)."""
-    sandbox_id = args["id"]
+    sandbox_id = args.id
     with layout.pod_lock(sandbox_id, ctx.deadline):
         record = load(layout, sandbox_id)
         if record["state"] != CREATING:
-            return status_of(record)
-        config = record["config"]
+            return
+        config = configs.sandbox_config(record)
         modes = record["modes"]
         host_network = record["host_network"]
         pod_dir = layout.pod_dir(sandbox_id)
         hostname = pod_hostname(config, host_network)
         record["hostname"] = hostname
-        record["netns_path"] = args.get("netns_path") or None
-        record["ips"] = list(args.get("ips") or [])
+        record["netns_path"] = args.netns_path or None
+        record["ips"] = list(args.ips)
         # Save after each step that creates something, so a crash in the next
         # step leaves a record that names everything to undo.
         record["cgroup_parent"] = cgroups.pod_parent(
-            config.get("linux", {}).get("cgroup_parent", ""), sandbox_id,
+            config.linux.cgroup_parent, sandbox_id,
             runtimes.cgroup_manager)
         # Named before any directory is made: remove() releases the
         # parent's cgroups whatever instant a crash cuts ensure() short.
@@ -162,8 +169,9 @@ def start(layout: Layout, runtimes: Runtimes, ctx: OpContext,
         record["shm"] = podfiles.mount_shm(pod_dir) if modes["ipc"] != NODE else None
         layout.sandboxes.save(sandbox_id, record)
         ctx.check()
-        record["files"] = podfiles.write(pod_dir, hostname, config.get("dns_config"),
-                                         record["ips"])
+        record["files"] = podfiles.write(
+            pod_dir, hostname, config.dns_config if config.HasField("dns_config") else None,
+            record["ips"])
         if modes["pid"] == POD:
             # Recorded before the start, so a failure or a crash inside it
             # leaves a record whose stop/remove also delete the infra.
@@ -171,23 +179,22 @@ def start(layout: Layout, runtimes: Runtimes, ctx: OpContext,
             layout.sandboxes.save(sandbox_id, record)
             record["infra"] = infra.start(
                 ctx, layout, runtimes.handlers[record["runtime_handler"]],
-                runtimes.cgroup_manager, record, args.get("infra_image"))
+                runtimes.cgroup_manager, record, args.infra_image)
         record["state"] = READY
         layout.sandboxes.save(sandbox_id, record)
         log.info("Pod sandbox %s (%s) is ready", sandbox_id, record["name"])
-        return status_of(record)
 
 
 def stop(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-         args: dict[str, Any]) -> dict[str, Any]:
+         args: ops.Ref) -> ops.SandboxStopped:
     """Stop the pod's infra and release what a stopped pod no longer needs.
 
     The supervisor stops the containers (and the network) around this op.
     """
     try:
-        sandbox_id = resolve_id(layout, args["id"])
+        sandbox_id = resolve_id(layout, args.id)
     except NotFound:
-        return {"found": False}  # CRI: stopping an absent sandbox succeeds
+        return ops.SandboxStopped(found=False)  # CRI: stopping an absent sandbox succeeds
     with layout.pod_lock(sandbox_id, ctx.deadline):
         record = load(layout, sandbox_id)
         if record.get("infra"):
@@ -202,16 +209,15 @@ def stop(layout: Layout, runtimes: Runtimes, ctx: OpContext,
             record["ips"] = []
             layout.sandboxes.save(sandbox_id, record)
             log.info("Pod sandbox %s stopped", sandbox_id)
-    return {"found": True, "id": sandbox_id, "stopped": stopped}
+    return ops.SandboxStopped(found=True, id=sandbox_id, stopped=stopped)
 
 
-def remove(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-           args: dict[str, Any]) -> dict[str, Any]:
+def remove(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Ref) -> ops.Found:
     """Remove a stopped pod's namespaces, files, cgroups, record and name."""
     try:
-        sandbox_id = resolve_id(layout, args["id"])
+        sandbox_id = resolve_id(layout, args.id)
     except NotFound:
-        return {"found": False}  # CRI: removing an absent sandbox succeeds
+        return ops.Found(found=False)  # CRI: removing an absent sandbox succeeds
     with layout.pod_lock(sandbox_id, ctx.deadline) as held:
         record = load(layout, sandbox_id)
         left = ids.members(layout.containers, sandbox_id)
@@ -237,7 +243,7 @@ def remove(layout: Layout, runtimes: Runtimes, ctx: OpContext,
             names.release(layout.names_dir, record["name"], sandbox_id)
         log.info("Pod sandbox %s removed", sandbox_id)
         held.release(unlink=True)  # the lock file goes with its pod
-    return {"found": True, "id": sandbox_id, "netns_path": record.get("netns_path")}
+    return ops.Found(found=True, id=sandbox_id)
 
 
 def _own_processes(layout: Layout, sandbox_id: str,
@@ -279,37 +285,63 @@ def _parent_shared(layout: Layout, sandbox_id: str, parent: str) -> bool:
         if record is None:
             continue
         # Started ones have it resolved; being created ones still as asked.
-        theirs = record.get("cgroup_parent") or \
-            record["config"].get("linux", {}).get("cgroup_parent", "")
+        theirs = record.get("cgroup_parent")
+        if not theirs:
+            try:
+                theirs = configs.sandbox_config(record).linux.cgroup_parent
+            except Internal:
+                return True  # unreadable too
         if cgroups.chain(str(theirs)) == target:
             return True
     return False
 
 
-def status(layout: Layout, ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
-    return status_of(load(layout, resolve_id(layout, args["id"])))
+def cri_status(record: Mapping[str, Any]) -> api.PodSandboxStatus:
+    """The record as the CRI's PodSandboxStatus (its containers' aside)."""
+    config = configs.sandbox_config(record)
+    status = api.PodSandboxStatus(
+        id=record["id"], metadata=config.metadata, state=CRI_STATES[record["state"]],
+        created_at=record["created_at"], labels=config.labels, annotations=config.annotations,
+        runtime_handler=record["runtime_handler"])
+    ips = record.get("ips") or []
+    if ips:
+        status.network.ip = ips[0]
+        status.network.additional_ips.extend(api.PodIP(ip=ip) for ip in ips[1:])
+    modes = record["modes"]
+    # Enum fields take their names: the record keeps the CRI's own spelling.
+    status.linux.namespaces.options.CopyFrom(api.NamespaceOption(
+        network=modes["network"], pid=modes["pid"], ipc=modes["ipc"]))
+    return status
+
+
+def verbose_info(record: Mapping[str, Any]) -> dict[str, str]:
+    """The CRI's verbose map: what podvisor made for the pod."""
+    return {"info": json.dumps({
+        "netns_path": record.get("netns_path"), "hostname": record.get("hostname", ""),
+        "cgroup_parent": record.get("cgroup_parent", ""), "infra": record.get("infra"),
+        "namespaces": record.get("ns", {}), "shm": record.get("shm"),
+        "files": record.get("files", {}), "runtime_handler": record["runtime_handler"]})}
 
 
 def list_sandboxes(layout: Layout, ctx: OpContext,
-                   args: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
+                   args: ops.SandboxListQuery) -> ops.SandboxList:
+    flt = configs.parse(api.PodSandboxFilter, args.filter, "filter")
+    items = []
     for sandbox_id in layout.sandboxes.ids():
         record = layout.sandboxes.load(sandbox_id)
-        if record is not None and record["state"] != CREATING:
-            out.append(status_of(record))
-    return out
-
-
-def status_of(record: Mapping[str, Any]) -> dict[str, Any]:
-    """What the supervisor needs to answer PodSandboxStatus and ListPodSandbox."""
-    return {
-        "id": record["id"], "name": record["name"], "state": record["state"],
-        "created_at": record["created_at"], "config": record["config"],
-        "runtime_handler": record["runtime_handler"], "host_network": record["host_network"],
-        "modes": record["modes"], "netns_path": record.get("netns_path"),
-        "ips": record.get("ips", []), "hostname": record.get("hostname", ""),
-        "cgroup_parent": record.get("cgroup_parent", ""),
-        "infra": record.get("infra"), "ns": record.get("ns", {}), "shm": record.get("shm"),
-        "files": record.get("files", {}),
-    }
-
+        # Pods being created are not the kubelet's to see yet.
+        if record is None or record["state"] == CREATING:
+            continue
+        if flt.id and not sandbox_id.startswith(flt.id):
+            continue
+        if flt.HasField("state") and CRI_STATES[record["state"]] != flt.state.state:
+            continue
+        config = configs.sandbox_config(record)
+        if any(config.labels.get(k) != v for k, v in flt.label_selector.items()):
+            continue
+        items.append(api.PodSandbox(
+            id=sandbox_id, metadata=config.metadata, state=CRI_STATES[record["state"]],
+            created_at=record["created_at"], labels=config.labels,
+            annotations=config.annotations,
+            runtime_handler=record["runtime_handler"]).SerializeToString())
+    return ops.SandboxList(items=items)

@@ -1,11 +1,12 @@
 """The OCI runtime spec (config.json) of a container or of a pod's infra process.
 
-``build_container_spec`` turns a CRI CreateContainer request (as dicts,
-see spec_cri), the image's config and what the pod sandbox set up
-(``PodContext``) into one OCI runtime-spec document; ``build_infra_spec``
-does the same for the pause process of a pod that shares a PID namespace.
-CRI-O is the reference for every default; the modules beside this one
-each hold one part and cite where their choices come from:
+``build_container_spec`` turns a CRI CreateContainer request (its
+``ContainerConfig`` and ``PodSandboxConfig`` messages), the image's config
+and what the pod sandbox set up (``PodContext``) into one OCI runtime-spec
+document; ``build_infra_spec`` does the same for the pause process of a
+pod that shares a PID namespace. CRI-O is the reference for every
+default; the modules beside this one each hold one part and cite where
+their choices come from:
 
     spec_process     args, env, cwd, stop signal
     spec_user        uid/gid/groups from the image's passwd and group
@@ -37,8 +38,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ...proto import api_pb2 as api
 from ...proto.errors import InvalidArgument
-from . import spec_cri as cri
 from . import spec_devices, spec_mounts, spec_process, spec_resources, spec_security
 from .spec_context import NodeFacts, PodContext, bounding_caps, detect_node, own_oom_score_adj
 from .spec_namespaces import container_namespaces, infra_namespaces
@@ -77,19 +78,21 @@ def _image_section(image_config: Mapping[str, Any]) -> Mapping[str, Any]:
     return inner if isinstance(inner, Mapping) else image_config
 
 
-def _sandbox_annotations(sandbox_config: Mapping[str, Any], pod: PodContext) -> dict[str, str]:
-    meta = cri.message(sandbox_config, "metadata")
+def _sandbox_annotations(sandbox_config: api.PodSandboxConfig,
+                         pod: PodContext) -> dict[str, str]:
+    meta = sandbox_config.metadata
     return {A_SANDBOX_ID: pod.sandbox_id,
-            A_SANDBOX_NAME: cri.text(meta, "name"),
-            A_SANDBOX_NAMESPACE: cri.text(meta, "namespace"),
-            A_SANDBOX_UID: cri.text(meta, "uid")}
+            A_SANDBOX_NAME: meta.name,
+            A_SANDBOX_NAMESPACE: meta.namespace,
+            A_SANDBOX_UID: meta.uid}
 
 
 def _rlimits(node: NodeFacts) -> list[dict[str, Any]]:
     return [{"type": "RLIMIT_NOFILE", "hard": node.nofile, "soft": node.nofile}]
 
 
-def build_container_spec(container_config: Mapping[str, Any], sandbox_config: Mapping[str, Any],
+def build_container_spec(container_config: api.ContainerConfig,
+                         sandbox_config: api.PodSandboxConfig,
                          image_config: Mapping[str, Any], rootfs: str, pod: PodContext, *,
                          container_id: str, node: NodeFacts | None = None,
                          users: UserDb | None = None, target_pid_ns: str | None = None,
@@ -103,17 +106,16 @@ def build_container_spec(container_config: Mapping[str, Any], sandbox_config: Ma
     """
     node = node or NodeFacts()
     image = _image_section(image_config)
-    name = cri.text(cri.message(container_config, "metadata"), "name")
+    name = container_config.metadata.name
     if not name:
         raise InvalidArgument("container metadata: name is empty")
-    sc = cri.message(container_config, "linux", "security_context")
-    pod_sc = cri.message(sandbox_config, "linux", "security_context")
-    privileged = cri.flag(sc, "privileged")
-    if privileged and not cri.flag(pod_sc, "privileged"):
+    sc = container_config.linux.security_context
+    privileged = sc.privileged
+    if privileged and not sandbox_config.linux.security_context.privileged:
         # CRI-O SetPrivileged: a privileged container needs a privileged pod.
         raise InvalidArgument(f"container {name} is privileged but its pod sandbox is not")
-    readonly = cri.flag(sc, "readonly_rootfs")
-    resources = cri.message(container_config, "linux", "resources")
+    readonly = sc.readonly_rootfs
+    resources = container_config.linux.resources
     image_user = image.get("User") or ""
     if not isinstance(image_user, str):
         raise InvalidArgument("image config User: expected a string")
@@ -121,34 +123,33 @@ def build_container_spec(container_config: Mapping[str, Any], sandbox_config: Ma
     if users is None:
         users = UserDb.from_rootfs(rootfs)
     process: dict[str, Any] = {
-        "terminal": cri.flag(container_config, "tty"),
+        "terminal": container_config.tty,
         "user": oci_user(sc, image_user, users),
         "args": spec_process.process_args(container_config, image),
         "env": spec_process.process_env(container_config, image, pod.hostname),
         "cwd": spec_process.process_cwd(container_config, image),
-        "capabilities": spec_security.capabilities(cri.message(sc, "capabilities"), privileged,
+        "capabilities": spec_security.capabilities(sc.capabilities, privileged,
                                                    pod.privileged_caps),
-        "noNewPrivileges": cri.flag(sc, "no_new_privs"),
+        "noNewPrivileges": sc.no_new_privs,
         "rlimits": _rlimits(node),
     }
-    if "resources" in cri.message(container_config, "linux"):
+    if container_config.linux.HasField("resources"):
         # Without resources the kubelet asked for nothing: the container
         # inherits conmon's score, as with CRI-O.
         process["oomScoreAdj"] = spec_resources.oom_score_adj(resources, pod.oom_score_adj_floor)
 
-    requested, rootfs_propagation = spec_mounts.cri_mounts(
-        cri.messages(container_config, "mounts"), node, mountinfo)
+    requested, rootfs_propagation = spec_mounts.cri_mounts(container_config.mounts, node,
+                                                           mountinfo)
     defaults = [*spec_mounts.system_mounts(privileged), spec_mounts.shm_mount(pod),
                 *spec_mounts.pod_file_mounts(pod, readonly)]
-    nodes, rules = spec_devices.devices(cri.messages(container_config, "devices"), privileged,
-                                        dev_root)
+    nodes, rules = spec_devices.devices(container_config.devices, privileged, dev_root)
     linux: dict[str, Any] = {
-        "namespaces": container_namespaces(cri.message(sc, "namespace_options"), pod, node,
-                                           privileged, target_pid_ns),
+        "namespaces": container_namespaces(sc.namespace_options, pod, node, privileged,
+                                           target_pid_ns),
         "cgroupsPath": spec_resources.cgroups_path(pod.cgroup_parent, container_id, node),
         "resources": {**spec_resources.linux_resources(resources, node), "devices": rules},
         "devices": nodes,
-        "sysctl": pod_sysctls(cri.text_map(cri.message(sandbox_config, "linux"), "sysctls"),
+        "sysctl": pod_sysctls(dict(sandbox_config.linux.sysctls),
                               host_network=pod.netns_path is None,
                               host_ipc=pod.ipc_ns_path is None),
         "maskedPaths": spec_security.masked_paths(sc, privileged),
@@ -157,13 +158,13 @@ def build_container_spec(container_config: Mapping[str, Any], sandbox_config: Ma
     if rootfs_propagation:
         linux["rootfsPropagation"] = rootfs_propagation
 
-    image_spec = cri.message(container_config, "image")
+    image_spec = container_config.image
     annotations = {
-        **cri.text_map(container_config, "annotations"),
+        **container_config.annotations,
         **_sandbox_annotations(sandbox_config, pod),
         A_CONTAINER_TYPE: "container",
         A_CONTAINER_NAME: name,
-        A_IMAGE_NAME: cri.text(image_spec, "user_specified_image") or cri.text(image_spec, "image"),
+        A_IMAGE_NAME: image_spec.user_specified_image or image_spec.image,
         spec_process.STOP_SIGNAL_ANNOTATION: spec_process.stop_signal(container_config, image),
     }
     spec: dict[str, Any] = {
@@ -179,7 +180,7 @@ def build_container_spec(container_config: Mapping[str, Any], sandbox_config: Ma
     return spec
 
 
-def build_infra_spec(sandbox_config: Mapping[str, Any], pod: PodContext, rootfs: str, *,
+def build_infra_spec(sandbox_config: api.PodSandboxConfig, pod: PodContext, rootfs: str, *,
                      node: NodeFacts | None = None,
                      args: tuple[str, ...] = INFRA_ARGS) -> dict[str, Any]:
     """The config.json of the pod's infra (pause) process.
@@ -195,10 +196,9 @@ def build_infra_spec(sandbox_config: Mapping[str, Any], pod: PodContext, rootfs:
     node = node or NodeFacts()
     if not args:
         raise InvalidArgument("the pause command is empty")
-    pod_sc = cri.message(sandbox_config, "linux", "security_context")
     process: dict[str, Any] = {
         "terminal": False,
-        "user": oci_user(pod_sc, "", UserDb()),
+        "user": oci_user(sandbox_config.linux.security_context, "", UserDb()),
         "args": list(args),
         "env": [f"PATH={spec_process.DEFAULT_PATH}"],
         "cwd": "/",
@@ -214,17 +214,17 @@ def build_infra_spec(sandbox_config: Mapping[str, Any], pod: PodContext, rootfs:
         "resources": {"cpu": {"shares": INFRA_CPU_SHARES},
                       "devices": list(spec_devices.DEFAULT_RULES)},
         "devices": [],
-        "sysctl": pod_sysctls(cri.text_map(cri.message(sandbox_config, "linux"), "sysctls"),
+        "sysctl": pod_sysctls(dict(sandbox_config.linux.sysctls),
                               host_network=pod.netns_path is None,
                               host_ipc=pod.ipc_ns_path is None),
         "maskedPaths": list(spec_security.DEFAULT_MASKED_PATHS),
         "readonlyPaths": list(spec_security.DEFAULT_READONLY_PATHS),
     }
     annotations = {
-        **cri.text_map(sandbox_config, "annotations"),
+        **sandbox_config.annotations,
         **_sandbox_annotations(sandbox_config, pod),
         A_CONTAINER_TYPE: "sandbox",
-        A_SANDBOX_LOG_DIR: cri.text(sandbox_config, "log_directory"),
+        A_SANDBOX_LOG_DIR: sandbox_config.log_directory,
     }
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,

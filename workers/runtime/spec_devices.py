@@ -27,11 +27,11 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
+from ...proto import api_pb2 as api
 from ...proto.errors import InvalidArgument
-from . import spec_cri as cri
 
 Device = dict[str, Any]
 Rule = dict[str, Any]
@@ -117,18 +117,18 @@ def _permissions(value: str, host: str) -> str:
     return perms
 
 
-def cri_devices(devices: Iterable[Mapping[str, Any]]) -> tuple[list[Device], list[Rule]]:
+def cri_devices(devices: Iterable[api.Device]) -> tuple[list[Device], list[Rule]]:
     """The nodes and cgroup rules for CRI ``Device`` messages."""
     nodes: list[Device] = []
     rules: list[Rule] = []
     for device in devices:
-        host = cri.text(device, "host_path")
+        host = device.host_path
         if not host.startswith("/"):
             raise InvalidArgument(f"device: host_path {host!r} is not an absolute path")
-        target = cri.text(device, "container_path") or host
+        target = device.container_path or host
         if not target.startswith("/"):
             raise InvalidArgument(f"device: container_path {target!r} is not an absolute path")
-        perms = _permissions(cri.text(device, "permissions"), host)
+        perms = _permissions(device.permissions, host)
         try:
             st = os.stat(host)
         except OSError as exc:
@@ -147,7 +147,7 @@ def cri_devices(devices: Iterable[Mapping[str, Any]]) -> tuple[list[Device], lis
     return nodes, rules
 
 
-def devices(cri_list: Iterable[Mapping[str, Any]], privileged: bool,
+def devices(cri_list: Iterable[api.Device], privileged: bool,
             dev_root: str = "/dev") -> tuple[list[Device], list[Rule]]:
     """All of a container's nodes and its device cgroup rules."""
     nodes, rules = cri_devices(cri_list)

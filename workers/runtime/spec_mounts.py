@@ -45,20 +45,20 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from typing import Any
 
+from ...proto import api_pb2 as api
 from ...proto.errors import FailedPrecondition, InvalidArgument, Unimplemented
-from . import spec_cri as cri
 from .spec_context import NodeFacts, PodContext
 
 Mount = dict[str, Any]
 
 SHM_SIZE = "65536k"   # 64 MiB, Docker's and CRI-O's default /dev/shm and /dev size
 
-PROPAGATIONS = ("PROPAGATION_PRIVATE", "PROPAGATION_HOST_TO_CONTAINER",
-                "PROPAGATION_BIDIRECTIONAL")
-_PROPAGATION_OPTION = dict(zip(PROPAGATIONS, ("rprivate", "rslave", "rshared"), strict=True))
+_PROPAGATION_OPTION = {api.PROPAGATION_PRIVATE: "rprivate",
+                       api.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+                       api.PROPAGATION_BIDIRECTIONAL: "rshared"}
 
 # runc's checkProcMount: the only binds it allows inside /proc.
 PROC_BIND_ALLOWED = frozenset({
@@ -126,8 +126,8 @@ def _clean_destination(path: str) -> str:
     return clean
 
 
-def _host_path(mount: Mapping[str, Any]) -> str:
-    host = cri.text(mount, "host_path")
+def _host_path(mount: api.Mount) -> str:
+    host = mount.host_path
     if not host:
         raise InvalidArgument("mount: host_path is empty")
     if not host.startswith("/"):
@@ -135,12 +135,12 @@ def _host_path(mount: Mapping[str, Any]) -> str:
     return host
 
 
-def ensure_mount_sources(container_config: Mapping[str, Any],
+def ensure_mount_sources(container_config: api.ContainerConfig,
                          absent_to_reject: Collection[str] = ()) -> list[str]:
     """Create missing CRI mount sources as directories, as CRI-O does; return those created."""
     created = []
-    for mount in cri.messages(container_config, "mounts"):
-        if cri.message(mount, "image").get("image"):
+    for mount in container_config.mounts:
+        if mount.image.image:
             continue
         host = _host_path(mount)
         if os.path.lexists(host):
@@ -184,19 +184,19 @@ def mount_of(path: str, mountinfo: str) -> tuple[str, list[str]]:
         candidate = posixpath.dirname(candidate)
 
 
-def _check_propagation(source: str, propagation: str, mountinfo: str) -> None:
+def _check_propagation(source: str, propagation: int, mountinfo: str) -> None:
     point, optional = mount_of(source, mountinfo)
     shared = any(o.startswith("shared:") for o in optional)
     slave = any(o.startswith("master:") for o in optional)
-    if propagation == "PROPAGATION_BIDIRECTIONAL" and not shared:
+    if propagation == api.PROPAGATION_BIDIRECTIONAL and not shared:
         raise FailedPrecondition(f"mount: path {source} is mounted on {point} but it is not a "
                                  "shared mount (bidirectional propagation needs one)")
-    if propagation == "PROPAGATION_HOST_TO_CONTAINER" and not (shared or slave):
+    if propagation == api.PROPAGATION_HOST_TO_CONTAINER and not (shared or slave):
         raise FailedPrecondition(f"mount: path {source} is mounted on {point} but it is not a "
                                  "shared or slave mount (host-to-container propagation needs one)")
 
 
-def cri_mounts(mounts: Iterable[Mapping[str, Any]], node: NodeFacts,
+def cri_mounts(mounts: Iterable[api.Mount], node: NodeFacts,
                mountinfo: str | None = None) -> tuple[list[Mount], str | None]:
     """The OCI mounts for CRI ``Mount`` messages, and the rootfs propagation they need.
 
@@ -207,34 +207,37 @@ def cri_mounts(mounts: Iterable[Mapping[str, Any]], node: NodeFacts,
     seen: set[str] = set()
     wanted: set[str] = set()
     for mount in mounts:
-        destination = _clean_destination(cri.text(mount, "container_path"))
+        destination = _clean_destination(mount.container_path)
         if destination in seen:
             raise InvalidArgument(f"mount: {destination} is mounted twice")
         seen.add(destination)
-        if cri.message(mount, "image").get("image"):
+        if mount.image.image:
             raise Unimplemented(f"mount: image volumes are not supported ({destination})")
-        if mount.get("uidMappings") or mount.get("gidMappings"):
+        if mount.uidMappings or mount.gidMappings:
             raise Unimplemented(f"mount: idmapped mounts are not supported ({destination})")
         host = _host_path(mount)
         if not os.path.exists(host):
             raise InvalidArgument(f"mount: host_path {host} does not exist")
         source = os.path.realpath(host)
-        propagation = cri.enum(mount, "propagation", PROPAGATIONS)
-        if propagation != "PROPAGATION_PRIVATE":
+        propagation = mount.propagation
+        if propagation not in _PROPAGATION_OPTION:
+            # proto3 enums are open: a number from a newer cri-api parses.
+            raise InvalidArgument(f"mount: unknown propagation {propagation} for {destination}")
+        if propagation != api.PROPAGATION_PRIVATE:
             if mountinfo is None:
                 with open("/proc/self/mountinfo", encoding="utf-8") as f:
                     mountinfo = f.read()
             _check_propagation(source, propagation, mountinfo)
             wanted.add(_PROPAGATION_OPTION[propagation])
         options = ["rbind", _PROPAGATION_OPTION[propagation]]
-        readonly = cri.flag(mount, "readonly")
-        if cri.flag(mount, "recursive_read_only"):
+        readonly = mount.readonly
+        if mount.recursive_read_only:
             if not readonly:
                 raise InvalidArgument(f"mount: recursive read-only conflicts with a read-write "
                                       f"mount of {host}")
-            if propagation != "PROPAGATION_PRIVATE":
+            if propagation != api.PROPAGATION_PRIVATE:
                 raise InvalidArgument(f"mount: recursive read-only needs private propagation "
-                                      f"for {host}, got {propagation}")
+                                      f"for {host}, got {api.MountPropagation.Name(propagation)}")
             if "rro" not in node.mount_options:
                 raise InvalidArgument(f"mount: the OCI runtime cannot make {host} recursively "
                                       "read-only (its features list no 'rro')")

@@ -20,41 +20,46 @@ debug containers), as CRI-O's ``SpecAddNamespaces``:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
+from ...proto import api_pb2 as api
 from ...proto.errors import FailedPrecondition, InvalidArgument
-from . import spec_cri as cri
 from .spec_context import NodeFacts, PodContext
 
-MODES = ("POD", "CONTAINER", "NODE", "TARGET")
-
 Namespace = dict[str, str]
+
+
+def _mode(value: int, field: str) -> int:
+    # proto3 enums are open: a number from a newer cri-api parses, and
+    # guessing what it means could join the wrong namespace.
+    if value not in api.NamespaceMode.values():
+        names = ", ".join(api.NamespaceMode.keys())
+        raise InvalidArgument(f"namespace_options.{field}: unknown value {value} "
+                              f"(expected one of {names})")
+    return value
 
 
 def _join(kind: str, path: str | None) -> list[Namespace]:
     return [{"type": kind, "path": path}] if path else []
 
 
-def container_namespaces(options: Mapping[str, Any], pod: PodContext, node: NodeFacts,
+def container_namespaces(options: api.NamespaceOption, pod: PodContext, node: NodeFacts,
                          privileged: bool, target_pid_ns: str | None = None) -> list[Namespace]:
     namespaces: list[Namespace] = []
-    pid = cri.enum(options, "pid", MODES)
-    if pid == "POD":
+    pid = _mode(options.pid, "pid")
+    if pid == api.POD:
         if not pod.pid_ns_path:
             raise FailedPrecondition("the container asks for the pod's PID namespace, but the pod "
                                      "sandbox was not created with a shared PID namespace")
         namespaces += _join("pid", pod.pid_ns_path)
-    elif pid == "CONTAINER":
+    elif pid == api.CONTAINER:
         namespaces.append({"type": "pid"})
-    elif pid == "TARGET":
+    elif pid == api.TARGET:
         if not target_pid_ns:
             raise InvalidArgument("the container asks for the PID namespace of target "
-                                  f"{cri.text(options, 'target_id')!r}, which was not found")
+                                  f"{options.target_id!r}, which was not found")
         namespaces += _join("pid", target_pid_ns)
-    if cri.enum(options, "network", MODES) != "NODE":
+    if _mode(options.network, "network") != api.NODE:
         namespaces += _join("network", pod.netns_path)
-    if cri.enum(options, "ipc", MODES) != "NODE":
+    if _mode(options.ipc, "ipc") != api.NODE:
         namespaces += _join("ipc", pod.ipc_ns_path)
     namespaces += _join("uts", pod.uts_ns_path)
     namespaces.append({"type": "mount"})

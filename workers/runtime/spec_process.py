@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ...proto import api_pb2 as api
 from ...proto.errors import InvalidArgument, shorten
-from . import spec_cri as cri
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -41,9 +41,10 @@ def _image_list(image_config: Mapping[str, Any], key: str) -> list[str]:
     return list(value)
 
 
-def process_args(container_config: Mapping[str, Any], image_config: Mapping[str, Any]) -> list[str]:
-    command = cri.strings(container_config, "command")
-    args = cri.strings(container_config, "args")
+def process_args(container_config: api.ContainerConfig,
+                 image_config: Mapping[str, Any]) -> list[str]:
+    command = list(container_config.command)
+    args = list(container_config.args)
     if command:
         merged = command + args
     else:
@@ -65,10 +66,10 @@ def _check_key(key: str, origin: str) -> None:
         raise InvalidArgument(f"{origin}: invalid environment variable name {key!r}")
 
 
-def process_env(container_config: Mapping[str, Any], image_config: Mapping[str, Any],
+def process_env(container_config: api.ContainerConfig, image_config: Mapping[str, Any],
                 hostname: str | None) -> list[str]:
     env: dict[str, str] = {"PATH": DEFAULT_PATH}
-    if container_config.get("tty"):
+    if container_config.tty:
         env["TERM"] = "xterm"
     if hostname:
         env["HOSTNAME"] = hostname
@@ -77,20 +78,23 @@ def process_env(container_config: Mapping[str, Any], image_config: Mapping[str, 
         # An entry without "=" carries no value; Docker drops it too.
         if sep and key:
             env[key] = value
-    for kv in cri.messages(container_config, "envs"):
-        key = cri.text(kv, "key")
+    for kv in container_config.envs:
+        key = kv.key
         if not key:
             continue  # CRI-O skips empty keys (mergeEnvs)
         _check_key(key, "envs")
-        value = cri.bytes_text(kv.get("value"), f"envs[{key}].value")
+        # KeyValue.value is bytes in cri-api. Invalid UTF-8 becomes U+FFFD,
+        # which is what Go's encoding/json does to the same bytes when CRI-O
+        # writes config.json: a JSON document can hold no other string.
+        value = kv.value.decode("utf-8", errors="replace")
         if "\0" in value:
             raise InvalidArgument(f"envs: the value of {key} holds a NUL byte")
         env[key] = value
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def process_cwd(container_config: Mapping[str, Any], image_config: Mapping[str, Any]) -> str:
-    cwd = cri.text(container_config, "working_dir")
+def process_cwd(container_config: api.ContainerConfig, image_config: Mapping[str, Any]) -> str:
+    cwd = container_config.working_dir
     if cwd:
         if not cwd.startswith("/"):
             raise InvalidArgument(f"working_dir {shorten(cwd)} is not an absolute path")
@@ -116,16 +120,18 @@ def _signal_name(enum_name: str) -> str:
     return name
 
 
-def stop_signal(container_config: Mapping[str, Any], image_config: Mapping[str, Any]) -> str:
+def stop_signal(container_config: api.ContainerConfig, image_config: Mapping[str, Any]) -> str:
     """The signal StopContainer sends first: the CRI's, else the image's, else SIGTERM.
 
     The CRI ``stop_signal`` (KEP-4960) overrides the image's StopSignal
     unless it is RUNTIME_DEFAULT, as CRI-O's ``setupContainerRuntimeAndStopSignal``.
     """
-    value = container_config.get("stop_signal")
-    if isinstance(value, str) and value.removeprefix("SIGNAL_") != "RUNTIME_DEFAULT":
-        return _signal_name(value)
-    if isinstance(value, int) and value:
-        raise InvalidArgument(f"stop_signal: unknown value {value}")
+    value = container_config.stop_signal
+    if value != api.SIGNAL_RUNTIME_DEFAULT:
+        try:
+            return _signal_name(api.Signal.Name(value))
+        except ValueError:
+            # proto3 enums are open: a number from a newer cri-api parses.
+            raise InvalidArgument(f"stop_signal: unknown value {value}") from None
     image_signal = image_config.get("StopSignal") or ""
     return image_signal if isinstance(image_signal, str) and image_signal else "SIGTERM"

@@ -39,11 +39,10 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
-from collections.abc import Mapping
 from typing import Any
 
+from ...proto import api_pb2 as api
 from ...proto.errors import InvalidArgument, shorten
-from . import spec_cri as cri
 from .spec_context import NodeFacts, cpu_ranges
 
 log = logging.getLogger(__name__)
@@ -88,29 +87,28 @@ def cgroups_path(parent: str, object_id: str, node: NodeFacts) -> str:
     return posixpath.normpath(posixpath.join("/", base, f"{node.cgroup_prefix}-{object_id}"))
 
 
-def oom_score_adj(resources: Mapping[str, Any], floor: int) -> int:
+def oom_score_adj(resources: api.LinuxContainerResources, floor: int) -> int:
     """The CRI's oom_score_adj, raised to the daemon's own (never lower)."""
-    value = cri.integer(resources.get("oom_score_adj"), "oom_score_adj")
+    value = resources.oom_score_adj
     if not OOM_SCORE_ADJ_MIN <= value <= OOM_SCORE_ADJ_MAX:
         raise InvalidArgument(f"oom_score_adj {value} is outside -1000..1000")
     return max(value, floor)
 
 
-def _positive(resources: Mapping[str, Any], key: str) -> int:
-    value = cri.integer(resources.get(key), key)
+def _positive(value: int, key: str) -> int:
     if value < 0:
         raise InvalidArgument(f"{key} {value} is negative")
     return value
 
 
-def linux_resources(resources: Mapping[str, Any], node: NodeFacts) -> dict[str, Any]:
-    """The OCI ``linux.resources`` (without devices) for a LinuxContainerResources dict."""
+def linux_resources(resources: api.LinuxContainerResources, node: NodeFacts) -> dict[str, Any]:
+    """The OCI ``linux.resources`` (without devices) for a LinuxContainerResources."""
     out: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
-    shares = _positive(resources, "cpu_shares")
-    period = _positive(resources, "cpu_period")
+    shares = _positive(resources.cpu_shares, "cpu_shares")
+    period = _positive(resources.cpu_period, "cpu_period")
     # -1 is "no quota" in the cgroup files; the kubelet sends 0 for that.
-    quota = cri.integer(resources.get("cpu_quota"), "cpu_quota")
+    quota = resources.cpu_quota
     if shares and not CPU_SHARES_MIN <= shares <= CPU_SHARES_MAX:
         raise InvalidArgument(f"cpu_shares {shares} is outside {CPU_SHARES_MIN}.."
                               f"{CPU_SHARES_MAX}, the kernel's range (0 leaves it unset)")
@@ -126,21 +124,21 @@ def linux_resources(resources: Mapping[str, Any], node: NodeFacts) -> dict[str, 
                               f"{CPU_PERIOD_MAX} microseconds, the kernel's range")
     if period:
         cpu["period"] = period
-    for key, field, online in (("cpuset_cpus", "cpus", node.cpus),
-                               ("cpuset_mems", "mems", node.mems)):
-        if value := cri.text(resources, key):
+    for key, value, field, online in (
+            ("cpuset_cpus", resources.cpuset_cpus, "cpus", node.cpus),
+            ("cpuset_mems", resources.cpuset_mems, "mems", node.mems)):
+        if value:
             cpu[field] = _cpuset(key, value, online)
     if cpu:
         out["cpu"] = cpu
 
-    limit = _positive(resources, "memory_limit_in_bytes")
+    limit = _positive(resources.memory_limit_in_bytes, "memory_limit_in_bytes")
     if limit:
         if limit < node.min_memory:
             raise InvalidArgument(f"memory limit {limit} is too low; it should be at least "
                                   f"{node.min_memory} bytes")
         memory: dict[str, Any] = {"limit": limit}
-        swap = cri.integer(resources.get("memory_swap_limit_in_bytes"),
-                           "memory_swap_limit_in_bytes")
+        swap = resources.memory_swap_limit_in_bytes
         if 0 < swap < limit:
             raise InvalidArgument(f"memory swap limit ({swap}) cannot be lower than the memory "
                                   f"limit ({limit})")
@@ -151,9 +149,8 @@ def linux_resources(resources: Mapping[str, Any], node: NodeFacts) -> dict[str, 
             memory["swap"] = swap or limit
         out["memory"] = memory
 
-    hugepages = [{"pageSize": _page_size(index, cri.text(h, "page_size")),
-                  "limit": cri.integer(h.get("limit"), "hugepage_limits.limit")}
-                 for index, h in enumerate(cri.messages(resources, "hugepage_limits"))]
+    hugepages = [{"pageSize": _page_size(index, h.page_size), "limit": h.limit}
+                 for index, h in enumerate(resources.hugepage_limits)]
     if hugepages and "hugetlb" in node.controllers:
         # runc writes hugetlb.<size>.limit_in_bytes, which exists only for
         # the sizes the kernel offers.
@@ -165,7 +162,7 @@ def linux_resources(resources: Mapping[str, Any], node: NodeFacts) -> dict[str, 
                     f"size of this node (it has {', '.join(sorted(sizes)) or 'none'})")
         out["hugepageLimits"] = hugepages
 
-    unified = cri.text_map(resources, "unified")
+    unified = dict(resources.unified)
     if unified and node.cgroup_v2:
         out["unified"] = unified
     elif unified:

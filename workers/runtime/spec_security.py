@@ -30,11 +30,10 @@ carries no ``seccomp``, ``apparmorProfile`` or ``selinuxLabel`` at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
+from ...proto import api_pb2 as api
 from ...proto.errors import FailedPrecondition, InvalidArgument
-from . import spec_cri as cri
 
 # Linux capability numbers 0..40 (include/uapi/linux/capability.h); the
 # index in this tuple is the bit in /proc/<pid>/status Cap* masks.
@@ -75,7 +74,7 @@ def capability_name(name: str) -> str:
     return full
 
 
-def capabilities(caps: Mapping[str, Any], privileged: bool,
+def capabilities(caps: api.Capability, privileged: bool,
                  available: Iterable[str]) -> dict[str, list[str]]:
     """The OCI ``process.capabilities`` for a CRI ``Capability`` message.
 
@@ -88,8 +87,8 @@ def capabilities(caps: Mapping[str, Any], privileged: bool,
         granted = have
         ambient: set[str] = set()
     else:
-        add = cri.strings(caps, "add_capabilities")
-        drop = cri.strings(caps, "drop_capabilities")
+        add = list(caps.add_capabilities)
+        drop = list(caps.drop_capabilities)
         add_all = any(c.upper() == "ALL" for c in add)
         drop_all = any(c.upper() == "ALL" for c in drop)
         granted = set()
@@ -101,7 +100,7 @@ def capabilities(caps: Mapping[str, Any], privileged: bool,
         # CHOWN" is everything but CHOWN, and "drop ALL, add X" is just X.
         granted |= {capability_name(c) for c in add if c.upper() != "ALL"}
         granted -= {capability_name(c) for c in drop if c.upper() != "ALL"}
-        ambient = {capability_name(c) for c in cri.strings(caps, "add_ambient_capabilities")}
+        ambient = {capability_name(c) for c in caps.add_ambient_capabilities}
         granted |= ambient
         missing = sorted((granted | ambient) - have, key=_ORDER.__getitem__)
         if missing:
@@ -114,17 +113,19 @@ def capabilities(caps: Mapping[str, Any], privileged: bool,
             "inheritable": ambient_list, "ambient": list(ambient_list)}
 
 
-def masked_paths(security_context: Mapping[str, Any], privileged: bool) -> list[str]:
+def masked_paths(security_context: api.LinuxContainerSecurityContext,
+                 privileged: bool) -> list[str]:
     if privileged:
         return []
-    given = _absolute(cri.strings(security_context, "masked_paths"), "masked_paths")
+    given = _absolute(list(security_context.masked_paths), "masked_paths")
     return sorted(set(DEFAULT_MASKED_PATHS) | set(given))
 
 
-def readonly_paths(security_context: Mapping[str, Any], privileged: bool) -> list[str]:
+def readonly_paths(security_context: api.LinuxContainerSecurityContext,
+                   privileged: bool) -> list[str]:
     if privileged:
         return []
-    given = _absolute(cri.strings(security_context, "readonly_paths"), "readonly_paths")
+    given = _absolute(list(security_context.readonly_paths), "readonly_paths")
     return given if given else list(DEFAULT_READONLY_PATHS)
 
 

@@ -34,12 +34,11 @@ from __future__ import annotations
 import os
 import stat
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...proto import api_pb2 as api
 from ...proto.errors import InvalidArgument
-from . import spec_cri as cri
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_SYMLINKS = 40          # as the kernel's path walk (ELOOP)
@@ -220,11 +219,16 @@ def _id(value: int, what: str) -> int:
     return value
 
 
-def oci_user(security_context: Mapping[str, Any], image_user: str, db: UserDb) -> dict[str, Any]:
+def oci_user(security_context: api.LinuxContainerSecurityContext | api.LinuxSandboxSecurityContext,
+             image_user: str, db: UserDb) -> dict[str, Any]:
     """The OCI ``process.user`` for a CRI Linux(Container|Sandbox)SecurityContext."""
-    run_as_user = cri.wrapped_int(security_context, "run_as_user")
-    run_as_group = cri.wrapped_int(security_context, "run_as_group")
-    username = cri.text(security_context, "run_as_username")
+    run_as_user = (security_context.run_as_user.value
+                   if security_context.HasField("run_as_user") else None)
+    run_as_group = (security_context.run_as_group.value
+                    if security_context.HasField("run_as_group") else None)
+    # Only a container's context has a user name; a sandbox's has none.
+    username = (security_context.run_as_username
+                if isinstance(security_context, api.LinuxContainerSecurityContext) else "")
     if run_as_group is not None and run_as_user is None and not username:
         raise InvalidArgument("run_as_group is set without run_as_user or run_as_username")
     if username:
@@ -235,9 +239,12 @@ def oci_user(security_context: Mapping[str, Any], image_user: str, db: UserDb) -
         spec = image_user
     resolved = resolve(spec, db)
     gid = resolved.gid if run_as_group is None else _id(run_as_group, "run_as_group")
-    policy = cri.enum(security_context, "supplemental_groups_policy", ("Merge", "Strict"))
-    extra = resolved.sgids if policy == "Merge" else ()
-    supplemental = [_id(g, "supplemental group") for g in
-                    cri.integers(security_context, "supplemental_groups")]
+    policy = security_context.supplemental_groups_policy
+    if policy not in (api.Merge, api.Strict):
+        # proto3 enums are open: a number from a newer cri-api parses.
+        raise InvalidArgument(f"supplemental_groups_policy: unknown value {policy} "
+                              "(expected one of Merge, Strict)")
+    extra = resolved.sgids if policy == api.Merge else ()
+    supplemental = [_id(g, "supplemental group") for g in security_context.supplemental_groups]
     additional = list(dict.fromkeys([gid, *extra, *supplemental]))
     return {"uid": resolved.uid, "gid": gid, "additionalGids": additional}

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from . import handlers
+from . import configs, handlers
 from .spec import INFRA_ARGS, build_container_spec, build_infra_spec
 from .spec_context import (
     MIN_MEMORY_CRUN,
@@ -64,16 +64,17 @@ def pod_context(pod: Mapping[str, Any]) -> PodContext:
 def container_spec(node: NodeFacts, pod: Mapping[str, Any], record: Mapping[str, Any],
                    rootfs: str, image_config: Mapping[str, Any],
                    target_pid_ns: str | None = None) -> dict[str, Any]:
+    config = configs.container_config(record)
     # CRI-O creates a missing bind-mount source as a directory (its
     # absent_mount_sources_to_reject list is empty by default); so do we,
     # before the builder checks that every source exists.
-    ensure_mount_sources(record["config"])
-    return build_container_spec(record["config"], pod["config"], image_config, rootfs,
+    ensure_mount_sources(config)
+    return build_container_spec(config, configs.sandbox_config(pod), image_config, rootfs,
                                 pod_context(pod), container_id=record["id"], node=node,
                                 target_pid_ns=target_pid_ns)
 
 
 def infra_spec(node: NodeFacts, pod: Mapping[str, Any], rootfs: str,
                args: tuple[str, ...] = INFRA_ARGS) -> dict[str, Any]:
-    return build_infra_spec(pod["config"], pod_context({**pod, "infra": None}), rootfs,
-                            node=node, args=args)
+    return build_infra_spec(configs.sandbox_config(pod), pod_context({**pod, "infra": None}),
+                            rootfs, node=node, args=args)

@@ -54,9 +54,9 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _READ_SIZE = 1 << 20
 
 
-def from_media_type(media_type: object) -> Compression:
+def from_media_type(media_type: str) -> Compression:
     """The compression a layer media type declares; InvalidArgument if unknown."""
-    if isinstance(media_type, str) and media_type in _LAYER_TYPES:
+    if media_type in _LAYER_TYPES:
         return _LAYER_TYPES[media_type]
     raise InvalidArgument(
         f"media_type {media_type!r} is not a layer this storage pool can unpack; "

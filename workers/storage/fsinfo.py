@@ -1,4 +1,4 @@
-"""ImageFsInfo: what images and containers take on disk, in CRI's shape.
+"""ImageFsInfo: what images and containers take on disk, as CRI's response.
 
 The image filesystem is reported at ``<root>/storage/layers`` (where image
 content is unpacked; CRI-O reports its overlay-images dir the same way) and
@@ -19,8 +19,8 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
+from ...proto import api_pb2 as api
 from . import records, usage
 from .layout import Layout, is_chain_hex
 
@@ -47,17 +47,20 @@ def _layers_usage(layout: Layout, check: Callable[[], None]) -> usage.Usage:
     return total
 
 
-def _entry(mountpoint: str, used: usage.Usage, timestamp: int) -> dict[str, Any]:
-    return {"timestamp": timestamp, "fs_id": {"mountpoint": mountpoint},
-            "used_bytes": {"value": used.bytes}, "inodes_used": {"value": used.inodes}}
+def _entry(mountpoint: str, used: usage.Usage, timestamp: int) -> api.FilesystemUsage:
+    return api.FilesystemUsage(
+        timestamp=timestamp, fs_id=api.FilesystemIdentifier(mountpoint=mountpoint),
+        used_bytes=api.UInt64Value(value=used.bytes),
+        inodes_used=api.UInt64Value(value=used.inodes))
 
 
-def image_fs_info(layout: Layout, check: Callable[[], None]) -> dict[str, Any]:
+def image_fs_info(layout: Layout, check: Callable[[], None]) -> api.ImageFsInfoResponse:
     os.makedirs(layout.layers_dir, mode=0o700, exist_ok=True)
     os.makedirs(layout.containers_dir, mode=0o700, exist_ok=True)
     images = _layers_usage(layout, check)
     images.add(usage.walk(layout.image_dir, check))
     containers = usage.walk(layout.containers_dir, check)
     now = time.time_ns()
-    return {"image_filesystems": [_entry(layout.layers_dir, images, now)],
-            "container_filesystems": [_entry(layout.containers_dir, containers, now)]}
+    return api.ImageFsInfoResponse(
+        image_filesystems=[_entry(layout.layers_dir, images, now)],
+        container_filesystems=[_entry(layout.containers_dir, containers, now)])

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from ...proto.errors import FailedPrecondition, InvalidArgument, NotFound
+from ...proto.storage_ops import RemovedLayer, UnpackedLayer
 from .. import locks
 from ..records import fsync_dir
 from . import compression, records, usage
@@ -78,15 +79,16 @@ def present(layout: Layout, chain_hex: str) -> bool:
     return os.path.isfile(os.path.join(layout.layer_dir(chain_hex), records.LAYER_RECORD))
 
 
-def describe(layout: Layout, record: dict[str, Any], unpacked: bool) -> dict[str, Any]:
+def describe(layout: Layout, record: dict[str, Any], unpacked: bool) -> UnpackedLayer:
     """The answer of unpack_layer for a present layer."""
-    chain_hex = str(record["chain_id"]).split(":", 1)[1]
-    return {"chain_id": record["chain_id"], "diff_id": record["diff_id"],
-            "size": record["size"], "path": layout.diff_dir(chain_hex), "unpacked": unpacked}
+    chain_id = str(record["chain_id"])
+    return UnpackedLayer(chain_id=chain_id, diff_id=str(record["diff_id"]),
+                         size=int(record["size"]),
+                         path=layout.diff_dir(chain_id.split(":", 1)[1]), unpacked=unpacked)
 
 
 def unpack(layout: Layout, req: UnpackRequest, deadline: float,
-           check: Callable[[], None]) -> dict[str, Any]:
+           check: Callable[[], None]) -> UnpackedLayer:
     chain_hex = req.chain_hex
     # An unpack that fails leaves no layer, and so no lock file either.
     with locks.locked(layout.locks_dir, lock_name(chain_hex), deadline,
@@ -182,7 +184,7 @@ def _make_link(layout: Layout, chain_hex: str) -> str:
         return name
 
 
-def remove(layout: Layout, chain_id: str, deadline: float) -> dict[str, Any]:
+def remove(layout: Layout, chain_id: str, deadline: float) -> RemovedLayer:
     chain_hex = chain_id.split(":", 1)[1]
     lock = locks.acquire(layout.locks_dir, lock_name(chain_hex), deadline,
                          f"layer {chain_id}", holder=LOCK_HOLDER)
@@ -190,7 +192,7 @@ def remove(layout: Layout, chain_id: str, deadline: float) -> dict[str, Any]:
         record = records.layer(layout, chain_hex)
         if record is None:
             # Absent is success: removal is idempotent like RemoveImage.
-            return {"chain_id": chain_id, "removed": False}
+            return RemovedLayer(chain_id=chain_id, removed=False)
         users = records.containers_using(layout, chain_id)
         if users:
             raise FailedPrecondition(
@@ -207,7 +209,7 @@ def remove(layout: Layout, chain_id: str, deadline: float) -> dict[str, Any]:
     finally:
         lock.release(unlink=True)
     log.info("Removed layer %s", chain_id)
-    return {"chain_id": chain_id, "removed": True}
+    return RemovedLayer(chain_id=chain_id, removed=True)
 
 
 def _syncfs(path: str) -> None:

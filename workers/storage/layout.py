@@ -102,17 +102,17 @@ class Layout:
         return os.path.join(self.mounts_dir, container_id)
 
 
-def digest_hex(value: object, what: str) -> str:
+def digest_hex(value: str, what: str) -> str:
     """The hex of a ``sha256:<hex>`` digest, or InvalidArgument naming ``what``."""
-    match = _DIGEST.fullmatch(value) if isinstance(value, str) else None
+    match = _DIGEST.fullmatch(value)
     if match is None:
         raise InvalidArgument(f"{what} must be a digest like 'sha256:<64 lowercase hex>', "
                               f"got {value!r}")
     return match.group(1)
 
 
-def check_container_id(value: object) -> str:
-    if not isinstance(value, str) or _CONTAINER_ID.fullmatch(value) is None:
+def check_container_id(value: str) -> str:
+    if _CONTAINER_ID.fullmatch(value) is None:
         raise InvalidArgument(
             f"container_id must be 1-128 characters of letters, digits, '_', '.' or '-', "
             f"starting with a letter or digit; got {value!r}")

@@ -29,21 +29,24 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Collection
-from typing import Any
 
 from ...proto.errors import FailedPrecondition
+from ...proto.storage_ops import Reconciled
 from .. import locks
 from . import layers, records, rootfs
 from .layout import RM_PREFIX, TMP_PREFIX, Layout, is_chain_hex
 
 log = logging.getLogger(__name__)
 
+# Reconciled's fields, filled in as each sweep goes.
+Report = dict[str, list[str]]
+
 
 def reconcile(layout: Layout, live_containers: Collection[str],
               live_layers: Collection[str] | None, deadline: float,
-              check: Callable[[], None]) -> dict[str, Any]:
-    report: dict[str, Any] = {"removed_temp": [], "removed_links": [],
-                              "removed_containers": [], "removed_layers": [], "busy": []}
+              check: Callable[[], None]) -> Reconciled:
+    report: Report = {"removed_temp": [], "removed_links": [], "removed_containers": [],
+                      "removed_layers": [], "busy": []}
     _temp_dirs(layout, report)
     check()
     _links(layout, report)
@@ -57,10 +60,10 @@ def reconcile(layout: Layout, live_containers: Collection[str],
         log.info("Removed %d lock files nobody held", len(swept))
     if any(report[k] for k in report if k != "busy"):
         log.info("Reconciled storage: %s", {k: len(v) for k, v in report.items()})
-    return report
+    return Reconciled(**report)
 
 
-def _temp_dirs(layout: Layout, report: dict[str, Any]) -> None:
+def _temp_dirs(layout: Layout, report: Report) -> None:
     for parent, lock_of in ((layout.layers_dir, _layer_lock_of),
                             (layout.containers_dir, _container_lock_of)):
         try:
@@ -95,7 +98,7 @@ def _container_lock_of(name: str) -> str:
     return rootfs.lock_name(_strip(name))
 
 
-def _links(layout: Layout, report: dict[str, Any]) -> None:
+def _links(layout: Layout, report: Report) -> None:
     try:
         names = os.listdir(layout.links_dir)
     except FileNotFoundError:
@@ -126,7 +129,7 @@ def _links(layout: Layout, report: dict[str, Any]) -> None:
                 lock.release()
 
 
-def _containers(layout: Layout, live: set[str], report: dict[str, Any]) -> None:
+def _containers(layout: Layout, live: set[str], report: Report) -> None:
     known = set(records.container_ids(layout))
     with contextlib.suppress(FileNotFoundError):
         known |= {n for n in os.listdir(layout.mounts_dir) if not n.startswith(".")}
@@ -142,7 +145,7 @@ def _containers(layout: Layout, live: set[str], report: dict[str, Any]) -> None:
             lock.release(unlink=True)
 
 
-def _layers(layout: Layout, live: set[str], deadline: float, report: dict[str, Any],
+def _layers(layout: Layout, live: set[str], deadline: float, report: Report,
             check: Callable[[], None]) -> None:
     try:
         names = os.listdir(layout.layers_dir)

@@ -7,12 +7,13 @@ Ordering (why a crash at any instant leaves nothing unaccounted for)
             -> unlock layers -> mount
     remove: lock(container) -> unmount -> rename to .rm-<id>-<rand>
             -> delete -> drop the mount point and the lock file
-    A lock file lives as long as its object: a create or mount that ends
-    with no record (it failed, or found none) unlinks it too.
+    A lock file lives as long as its object: a create that ends with no
+    record (it failed) unlinks it too.
     The record is in place before the mount and outlives the unmount, so no
     overlay is ever mounted without a record naming its layers; a record
     without a mount (crash, reboot: mounts live in the volatile runroot) is
-    mounted again by mount_rootfs, or removed by remove_rootfs or reconcile.
+    mounted again by the next create of that container, or removed by
+    remove_rootfs or reconcile.
     Once the record names a layer, remove_layer refuses it, so the layer
     locks are needed only until the rename.
 
@@ -38,6 +39,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from ...proto.errors import AlreadyExists, NotFound
+from ...proto.storage_ops import CreatedRootfs, RemovedRootfs
 from .. import locks
 from . import layers, overlay, records
 from .layout import LOCK_HOLDER, RM_PREFIX, TMP_PREFIX, Layout
@@ -49,11 +51,13 @@ def lock_name(container_id: str) -> str:
     return f"container-{container_id}"
 
 
-def _describe(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
+def _describe(layout: Layout, record: dict[str, Any], created: bool) -> CreatedRootfs:
     cid = str(record["container_id"])
-    return {"container_id": cid, "path": layout.mount_point(cid),
-            "upper_dir": os.path.join(layout.container_dir(cid), "upper"),
-            "layers": list(record["layers"]), "mount_label": record.get("mount_label")}
+    label = record.get("mount_label")
+    return CreatedRootfs(container_id=cid, path=layout.mount_point(cid),
+                         upper_dir=os.path.join(layout.container_dir(cid), "upper"),
+                         layers=[str(c) for c in record["layers"]],
+                         mount_label=None if label is None else str(label), created=created)
 
 
 def _locked(layout: Layout, container_id: str,
@@ -64,7 +68,7 @@ def _locked(layout: Layout, container_id: str,
 
 
 def create(layout: Layout, container_id: str, chain_ids: Sequence[str],
-           mount_label: str | None, deadline: float) -> dict[str, Any]:
+           mount_label: str | None, deadline: float) -> CreatedRootfs:
     with _locked(layout, container_id, deadline):
         record = records.rootfs(layout, container_id)
         if record is not None:
@@ -73,8 +77,9 @@ def create(layout: Layout, container_id: str, chain_ids: Sequence[str],
                     f"container {container_id} already has a rootfs over other layers "
                     f"({len(record.get('layers', ()))} layers, top "
                     f"{(record.get('layers') or ['none'])[-1]}); remove it first")
-            _ensure_mounted(layout, record)
-            return {**_describe(layout, record), "created": False}
+            if _ensure_mounted(layout, record):
+                log.info("Mounted rootfs of container %s again", container_id)
+            return _describe(layout, record, created=False)
         # A mount left with no record (the record's removal was cut short).
         overlay.unmount(layout.mount_point(container_id))
         record = _make_container_dir(layout, container_id, chain_ids, mount_label, deadline)
@@ -84,7 +89,7 @@ def create(layout: Layout, container_id: str, chain_ids: Sequence[str],
             delete_held(layout, container_id)
             raise
     log.info("Created rootfs of container %s over %d layers", container_id, len(chain_ids))
-    return {**_describe(layout, record), "created": True}
+    return _describe(layout, record, created=True)
 
 
 def _make_container_dir(layout: Layout, container_id: str, chain_ids: Sequence[str],
@@ -180,18 +185,7 @@ def _ensure_mounted(layout: Layout, record: dict[str, Any]) -> bool:
     return True
 
 
-def mount(layout: Layout, container_id: str, deadline: float) -> dict[str, Any]:
-    with _locked(layout, container_id, deadline):
-        record = records.rootfs(layout, container_id)
-        if record is None:
-            raise NotFound(f"container {container_id} has no rootfs; create_rootfs first")
-        mounted = _ensure_mounted(layout, record)
-    if mounted:
-        log.info("Mounted rootfs of container %s again", container_id)
-    return {**_describe(layout, record), "mounted": mounted}
-
-
-def remove(layout: Layout, container_id: str, deadline: float) -> dict[str, Any]:
+def remove(layout: Layout, container_id: str, deadline: float) -> RemovedRootfs:
     lock = locks.acquire(layout.locks_dir, lock_name(container_id), deadline,
                          f"container {container_id}", holder=LOCK_HOLDER)
     try:
@@ -200,7 +194,7 @@ def remove(layout: Layout, container_id: str, deadline: float) -> dict[str, Any]
         lock.release(unlink=True)
     if removed:
         log.info("Removed rootfs of container %s", container_id)
-    return {"container_id": container_id, "removed": removed}
+    return RemovedRootfs(container_id=container_id, removed=removed)
 
 
 def delete_held(layout: Layout, container_id: str) -> bool:
