@@ -1,10 +1,8 @@
 """The ops of the net pool: pod networks.
 
 Each op is declared once, with its argument and result types
-(proto/contract.py). Field names are the keys of the maps the bus carries,
-and those of the CRI in snake_case where a field comes from the CRI, so a
-caller still sending maps (``MessageToDict`` of a CRI message included)
-reads the same keys back. A pod is named by its sandbox id: 1-128 of
+(proto/contract.py). Fields that come from the CRI keep its snake_case
+names. A pod is named by its sandbox id: 1-128 of
 ``[A-Za-z0-9_.-]``, not starting with ``.``, ``_`` or ``-`` (it is the CNI
 container id and names files of the pool).
 """
@@ -35,8 +33,7 @@ class NetworkStatus(Record, frozen=True, kw_only=True):
 
 
 class PortMapping(Record, frozen=True, kw_only=True):
-    """A CRI ``PortMapping``. Absent fields take proto3's defaults, as
-    ``MessageToDict`` leaves them out."""
+    """A CRI ``PortMapping``; absent fields take proto3's defaults."""
 
     protocol: str = "TCP"
     """The CRI ``Protocol`` enum's name: "TCP", "UDP" or "SCTP"."""

@@ -287,21 +287,26 @@ class Reconciled(Record, frozen=True, kw_only=True):
     removed_cgroups: list[str]
 
 
-class ExitsSince(Record, frozen=True, kw_only=True):
-    """Long poll of conmon's exit files newer than ``cursor``."""
+class ChangesSince(Record, frozen=True, kw_only=True):
+    """Long poll of the change feed (workers/runtime/changes.py) for changes
+    newer than ``cursor``."""
 
     cursor: int
-    """An exit file mtime in ns, as the last answer gave it."""
+    """A change's stamp in ns, as the last answer gave it."""
     wait: float
     """Seconds to wait for one, at most (bounded by the deadline too)."""
     recent: list[str]
-    """Container ids already reported within the look-back."""
+    """Keys of the changes already answered within the look-back."""
 
 
-class Exits(Record, frozen=True, kw_only=True):
+class Changes(Record, frozen=True, kw_only=True):
     cursor: int
-    exits: list[str]
-    """Ids of the containers that exited, oldest first."""
+    keys: list[str]
+    """Keys of every change this answer covers, the ones that produced no
+    event included (an exit of a pod's infra container)."""
+    events: list[bytes]
+    """CRI ContainerEventResponses, serialized, oldest first: each with the
+    pod's status and its containers' statuses as they are now."""
 
 
 VERSION = Op("runtime.version", Empty, VersionInfo, read_only=True)
@@ -328,11 +333,11 @@ CONTAINER_LIST = Op("runtime.container_list", ContainerListQuery, ContainerList,
 CONTAINER_EXEC_SYNC = Op("runtime.container_exec_sync", ExecSync, ExecResult)
 CONTAINER_REOPEN_LOG = Op("runtime.container_reopen_log", Ref, Empty)
 RECONCILE = Op("runtime.reconcile", Empty, Reconciled)
-EXITS_SINCE = Op("runtime.exits_since", ExitsSince, Exits, read_only=True)
+CHANGES_SINCE = Op("runtime.changes_since", ChangesSince, Changes, read_only=True)
 
 OPS = (
     VERSION, STATUS, RUNTIME_CONFIG, SANDBOX_RESERVE, SANDBOX_START, SANDBOX_STOP_CONTAINERS,
     SANDBOX_STOP, SANDBOX_REMOVE, SANDBOX_STATUS, SANDBOX_LIST, CONTAINER_RESERVE,
     CONTAINER_CREATE, CONTAINER_START, CONTAINER_STOP, CONTAINER_REMOVE, CONTAINER_STATUS,
-    CONTAINER_LIST, CONTAINER_EXEC_SYNC, CONTAINER_REOPEN_LOG, RECONCILE, EXITS_SINCE,
+    CONTAINER_LIST, CONTAINER_EXEC_SYNC, CONTAINER_REOPEN_LOG, RECONCILE, CHANGES_SINCE,
 )

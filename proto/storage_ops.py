@@ -3,8 +3,7 @@
 Each op is declared once, with its argument and result types
 (proto/contract.py). Digests are ``sha256:<64 lowercase hex>``; a layer is
 named by its chain id (OCI image spec: the chain id of the layer below and
-this layer's diff_id). Field names are the keys of the maps the bus
-carries, so a caller still sending maps reads the same keys back.
+this layer's diff_id).
 """
 
 from __future__ import annotations

@@ -152,11 +152,10 @@ class Daemon:
         # from before a crash.
         await recovery.reconcile(bus)
         hub = EventHub(bus)
-        hub.start()
         # Each RPC group's service is built once and holds only what it uses.
         client, creates = OpClient(bus), CreateTable()
-        table = routes(RuntimeInfoService(client, pools), SandboxService(client, creates, hub),
-                       ContainerService(client, creates, hub), ImageService(client, metrics),
+        table = routes(RuntimeInfoService(client, pools), SandboxService(client, creates),
+                       ContainerService(client, creates), ImageService(client, metrics),
                        hub)
         front = Front(metrics, config.api.request_timeout)
         server = await serve(front, table, config.api.listen, config.api.grpc_max_send_msg_size,

@@ -482,7 +482,7 @@ def test_stalled_registry_blocks_nothing_and_the_pull_times_out(world: World,
     # Healthy after: same workers, none still holding the pull, nothing
     # left, and pulls work.
     assert daemon.all_ready()
-    # (The runtime pool always holds the exit watcher's long poll.)
+    # (The runtime pool holds the change feed's long poll while a client subscribes.)
     poll_until(lambda: all(w["inflight"] == 0 for w in daemon.status()["workers"]
                            if w["pool"] == "image"), 10, what="no image request in flight")
     assert {key: w["pid"] for key, w in daemon.workers().items()} == pids

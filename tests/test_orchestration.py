@@ -18,10 +18,11 @@ sandbox.py and containers.py), built by the ``*_answer`` helpers below.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
@@ -80,8 +81,7 @@ def make_rig(claim_timeout: float = 60.0) -> Rig:
     ops = OpClient(bus)
     creates = CreateTable(claim_timeout)
     events = EventHub(bus)
-    return Rig(bus, creates, events, SandboxService(ops, creates, events),
-               ContainerService(ops, creates, events))
+    return Rig(bus, creates, events, SandboxService(ops, creates), ContainerService(ops, creates))
 
 
 async def serve(deadline: float, rpc: Coroutine[Any, Any, T]) -> T:
@@ -584,74 +584,30 @@ def list_entry(container_id: str, state: int) -> bytes:
     return api.Container(
         id=container_id, pod_sandbox_id=SANDBOX_ID, metadata=api.ContainerMetadata(name="app"),
         image=api.ImageSpec(image="nginx:1"), image_ref="sha256:nginx",
-        image_id="sha256:nginx", state=state, created_at=1).SerializeToString()
+        image_id="sha256:nginx", state=state, created_at=1).SerializeToString()  # type: ignore[arg-type]
 
 
-@dataclass
-class FakeContainer:
-    """One container of the pod, as the runtime pool would report it."""
-
-    state: str = "CONTAINER_CREATED"
-    exit_code: int = 0
-    present: bool = True
-    statuses: list[str] = field(default_factory=list)  # each state reported
+def event(container_id: str, kind: int) -> bytes:
+    """One event as runtime.changes_since answers it (workers/runtime/ops.py)."""
+    return api.ContainerEventResponse(
+        container_id=container_id, container_event_type=kind,  # type: ignore[arg-type]
+        created_at=1, pod_sandbox_status=api.PodSandboxStatus(id=SANDBOX_ID),
+        containers_statuses=[api.ContainerStatus(id=CONTAINER_ID)]).SerializeToString()
 
 
-def wire_container(bus: FakeBus, box: FakeContainer) -> None:
-    """The runtime ops of one container of the pod SANDBOX_ID, and its rootfs."""
-    cid = CONTAINER_ID
+class Feed:
+    """runtime.changes_since: answers each batch (keys, events) put in
+    ``batches`` once, then waits for the next one as the long poll does."""
 
-    def start(args: dict[str, Any]) -> dict[str, Any]:
-        box.state = "CONTAINER_RUNNING"
-        return {"id": cid}
+    def __init__(self, bus: FakeBus) -> None:
+        self.batches: asyncio.Queue[tuple[list[str], list[bytes]]] = asyncio.Queue()
+        self.polls: list[dict[str, Any]] = []
+        bus.on("runtime.changes_since", self._poll)
 
-    def stop(args: dict[str, Any]) -> dict[str, Any]:
-        if not box.present:
-            return {"found": False}
-        running = box.state == "CONTAINER_RUNNING"
-        if running:
-            box.state, box.exit_code = "CONTAINER_EXITED", 137
-        return {"found": True, "id": cid, "sandbox_id": SANDBOX_ID, "stopped": running}
-
-    def remove(args: dict[str, Any]) -> dict[str, Any]:
-        box.present = False
-        return {"found": True, "id": cid, "sandbox_id": SANDBOX_ID}
-
-    def listing(args: dict[str, Any]) -> dict[str, Any]:
-        wanted = api.ContainerFilter.FromString(args["filter"]).id
-        found = box.present and cid.startswith(wanted)
-        return {"items": [list_entry(cid, api.ContainerState.Value(box.state))] if found else []}
-
-    def pod_status(args: dict[str, Any]) -> dict[str, Any]:
-        # The pod's answer carries its containers' statuses (ops.py sandbox_status).
-        if not box.present:
-            return sandbox_status_answer(SANDBOX_ID)
-        box.statuses.append(box.state)
-        return sandbox_status_answer(SANDBOX_ID, containers=[api.ContainerStatus(
-            id=cid, metadata=api.ContainerMetadata(name="app"),
-            state=api.ContainerState.Value(box.state), created_at=1, started_at=2,
-            finished_at=3 if box.exit_code else 0, exit_code=box.exit_code,
-            image=api.ImageSpec(image="nginx:1"), image_ref="sha256:nginx",
-            image_id="sha256:nginx", stop_signal=api.SIGNAL_SIGTERM)])
-
-    bus.on("runtime.container_start", start)
-    bus.on("runtime.container_stop", stop)
-    bus.on("runtime.container_remove", remove)
-    bus.on("runtime.container_list", listing)
-    bus.on("runtime.sandbox_status", pod_status)
-    bus.on("storage.remove_rootfs", removed_rootfs)
-
-
-def wire_exits(bus: FakeBus, exited: asyncio.Event) -> None:
-    """runtime.exits_since (workers/runtime/events.py): its first poll
-    answers CONTAINER_ID's exit once ``exited`` is set; later polls find
-    nothing new (they wait until the watcher is stopped)."""
-    async def exits_since(args: dict[str, Any]) -> dict[str, Any]:
-        if len(bus.sent_to("runtime.exits_since")) > 1:
-            await asyncio.Event().wait()
-        await exited.wait()
-        return {"cursor": args["cursor"] + 1, "exits": [CONTAINER_ID]}
-    bus.on("runtime.exits_since", exits_since)
+    async def _poll(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.polls.append(args)
+        keys, events = await self.batches.get()
+        return {"cursor": args["cursor"] + 1, "keys": keys, "events": events}
 
 
 class Subscriber:
@@ -674,91 +630,59 @@ class Subscriber:
     async def next(self) -> api.ContainerEventResponse:
         return await asyncio.wait_for(self._queue.get(), EVENT_WAIT)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
-STATUS_OPS = {"runtime.sandbox_status", "runtime.container_list"}
-
-
-async def stop_container(rig: Rig) -> None:
-    await serve(time.monotonic() + CALL_TIME, rig.containers.stop_container(
-        api.StopContainerRequest(container_id=CONTAINER_ID, timeout=10)))
-
-
-async def remove_container(rig: Rig) -> None:
-    await serve(time.monotonic() + CALL_TIME, rig.containers.remove_container(
-        api.RemoveContainerRequest(container_id=CONTAINER_ID)))
-
-
-async def start_container(rig: Rig) -> None:
-    await serve(time.monotonic() + CALL_TIME, rig.containers.start_container(
-        api.StartContainerRequest(container_id=CONTAINER_ID)))
-
-
-def test_start_stop_remove_send_their_events_in_order_with_the_statuses_returned() -> None:
+def test_the_hub_relays_the_feed_in_order_and_sends_no_other_op() -> None:
     async def scenario() -> None:
         rig = make_rig()
-        box = FakeContainer()
-        wire_container(rig.bus, box)
-        wire_exits(rig.bus, asyncio.Event())  # nothing exits on its own
-        rig.events.start()
+        feed = Feed(rig.bus)
         events = await Subscriber.of(rig.events)
         try:
-            await start_container(rig)
-            started = await events.next()
-            await stop_container(rig)
-            stopped = await events.next()
-            await remove_container(rig)
-            deleted = await events.next()
+            feed.batches.put_nowait((["created.c", "started.c"], [
+                event(CONTAINER_ID, api.CONTAINER_CREATED_EVENT),
+                event(CONTAINER_ID, api.CONTAINER_STARTED_EVENT)]))
+            # An infra container's exit: a key, but no event of its own.
+            feed.batches.put_nowait((["exit.c", "exit.infra"], [
+                event(CONTAINER_ID, api.CONTAINER_STOPPED_EVENT)]))
+            received = [await events.next() for _ in range(3)]
+            await rig.bus.wait_sent("runtime.changes_since", count=3)
         finally:
-            events.close()
+            await events.close()
             await rig.events.stop()
-        assert [(e.container_id, e.container_event_type) for e in (started, stopped, deleted)] \
-            == [(CONTAINER_ID, api.CONTAINER_STARTED_EVENT),
-                (CONTAINER_ID, api.CONTAINER_STOPPED_EVENT),
-                (CONTAINER_ID, api.CONTAINER_DELETED_EVENT)]
-        assert box.statuses == ["CONTAINER_RUNNING", "CONTAINER_EXITED"]
-        assert [[(s.id, s.state, s.exit_code) for s in e.containers_statuses]
-                for e in (started, stopped, deleted)] == [
-            [(CONTAINER_ID, api.CONTAINER_RUNNING, 0)],
-            [(CONTAINER_ID, api.CONTAINER_EXITED, 137)],
-            []]  # removed: the pod has no container left to report
-        for event in (started, stopped, deleted):
-            assert event.pod_sandbox_status.id == SANDBOX_ID
-            assert event.pod_sandbox_status.state == api.SANDBOX_READY
-            assert event.pod_sandbox_status.network.ip == POD_IP
+        assert [(e.container_id, e.container_event_type) for e in received] == [
+            (CONTAINER_ID, api.CONTAINER_CREATED_EVENT),
+            (CONTAINER_ID, api.CONTAINER_STARTED_EVENT),
+            (CONTAINER_ID, api.CONTAINER_STOPPED_EVENT)]
+        # Statuses come inside the events: no status query of any kind.
+        assert set(rig.bus.ops()) == {"runtime.changes_since"}
+        assert [e.containers_statuses[0].id for e in received] == [CONTAINER_ID] * 3
+        # Each poll goes on from the last cursor and names the keys answered.
+        assert [p["cursor"] - feed.polls[0]["cursor"] for p in feed.polls] == [0, 1, 2]
+        assert feed.polls[1]["recent"] == ["created.c", "started.c"]
+        assert set(feed.polls[2]["recent"]) == {"created.c", "started.c", "exit.c",
+                                                "exit.infra"}
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("watcher_first", [False, True], ids=["handler-first", "watcher-first"])
-def test_stopped_is_sent_once_when_handler_and_exit_watcher_both_report_it(
-        watcher_first: bool) -> None:
+def test_a_containers_stopped_is_sent_once_whoever_reports_it_first() -> None:
+    # The exit file and the op that removed the container both report it.
     async def scenario() -> list[int]:
         rig = make_rig()
-        box = FakeContainer(state="CONTAINER_RUNNING")
-        wire_container(rig.bus, box)
-        exited = asyncio.Event()
-        wire_exits(rig.bus, exited)
-        rig.events.start()
+        feed = Feed(rig.bus)
         events = await Subscriber.of(rig.events)
         try:
-            if watcher_first:
-                box.state, box.exit_code = "CONTAINER_EXITED", 0
-                exited.set()
-                received = [await events.next()]
-                await stop_container(rig)
-            else:
-                await stop_container(rig)
-                received = [await events.next()]
-                exited.set()
-            # The watcher has handed its exit on once it polls again.
-            await rig.bus.wait_sent("runtime.exits_since", count=2)
-            await remove_container(rig)
-            # Delivery is in order: a second STOPPED would come before this.
-            received.append(await events.next())
+            feed.batches.put_nowait((["exit.c"], [
+                event(CONTAINER_ID, api.CONTAINER_STOPPED_EVENT)]))
+            feed.batches.put_nowait((["stopped.c", "deleted.c"], [
+                event(CONTAINER_ID, api.CONTAINER_STOPPED_EVENT),
+                event(CONTAINER_ID, api.CONTAINER_DELETED_EVENT)]))
+            received = [await events.next() for _ in range(2)]
         finally:
-            events.close()
+            await events.close()
             await rig.events.stop()
         return [e.container_event_type for e in received]
 
@@ -766,26 +690,18 @@ def test_stopped_is_sent_once_when_handler_and_exit_watcher_both_report_it(
                                        api.CONTAINER_DELETED_EVENT]
 
 
-def test_no_event_is_built_without_a_subscriber() -> None:
+def test_the_feed_is_polled_only_while_someone_subscribes() -> None:
     async def scenario() -> None:
         rig = make_rig()
-        box = FakeContainer(state="CONTAINER_RUNNING")
-        wire_container(rig.bus, box)
-        wire_exits(rig.bus, asyncio.Event())
-        rig.events.start()
-        try:
-            await stop_container(rig)  # STOPPED, with nobody listening
-            events = await Subscriber.of(rig.events)
-            await start_container(rig)
-            first = await events.next()
-            events.close()
-        finally:
-            await rig.events.stop()
-        # The first event a subscriber sees is the one after it came, and
-        # only that one was built (one status query of the pod).
-        assert first.container_event_type == api.CONTAINER_STARTED_EVENT
-        built = [op for op in rig.bus.ops() if op in STATUS_OPS]
-        assert built == ["runtime.container_list", "runtime.sandbox_status"]
+        Feed(rig.bus)
+        await asyncio.sleep(0.05)
+        assert rig.bus.sent_to("runtime.changes_since") == []
+        events = await Subscriber.of(rig.events)
+        await rig.bus.wait_sent("runtime.changes_since", count=1)
+        await events.close()
+        # The last subscriber gone, the watcher is too: its poll is cancelled.
+        assert rig.events._watcher is None
+        await rig.events.stop()
     asyncio.run(scenario())
 
 

@@ -116,9 +116,6 @@ class OpContext:
             raise DeadlineExceeded(f"{self.op} ran past its deadline")
 
 
-SyncOp = Callable[[OpContext, dict[str, Any]], Any]
-AsyncOp = Callable[[OpContext, dict[str, Any]], Awaitable[Any]]
-
 A = TypeVar("A", bound=Record)
 R = TypeVar("R", bound=Record)
 
@@ -138,7 +135,7 @@ def serve(*bindings: Served[Any, Any]) -> dict[str, Served[Any, Any]]:
     return {binding.op.name: binding for binding in bindings}
 
 
-OpTable = Mapping[str, SyncOp | AsyncOp | Served[Any, Any]]
+OpTable = Mapping[str, Served[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -310,10 +307,8 @@ class WorkerProcess:
         if entry is None:
             raise Unimplemented(
                 f"{ctx.op} is not implemented by the {self.options.pool} pool yet")
-        if isinstance(entry, Served):
-            typed = from_wire(args, entry.op.args, f"{ctx.op} arguments")
-            return to_wire(await self._call(entry.fn, ctx, typed), entry.op.result)
-        return await self._call(entry, ctx, args)
+        typed = from_wire(args, entry.op.args, f"{ctx.op} arguments")
+        return to_wire(await self._call(entry.fn, ctx, typed), entry.op.result)
 
     async def _call(self, fn: Callable[[OpContext, Any], Any], ctx: OpContext,
                     args: Any) -> Any:

@@ -21,7 +21,6 @@ import secrets
 
 from ...proto import api_pb2 as api
 from ...proto import image_ops, runtime_ops, storage_ops
-from ..container_events import EventHub
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
 from .cleanup import CleanupStack
@@ -30,13 +29,12 @@ from .metadata import check_metadata
 
 
 class ContainerService:
-    """The container RPCs; holds the op client, the create table and the
-    event hub."""
+    """The container RPCs; holds the op client and the create table
+    (their events come from the runtime pool's change feed)."""
 
-    def __init__(self, ops: OpClient, creates: CreateTable, events: EventHub) -> None:
+    def __init__(self, ops: OpClient, creates: CreateTable) -> None:
         self.ops = ops
         self.creates = creates
-        self.events = events
 
     async def create_container(self, request: api.CreateContainerRequest
                                ) -> api.CreateContainerResponse:
@@ -54,7 +52,6 @@ class ContainerService:
         meta = request.config.metadata
         key = f"container {request.pod_sandbox_id}/{meta.name}/{meta.attempt}"
         created = await self.creates.run(key, self.ops.deadline(), create, cleanup)
-        self.events.emit(created.id, api.CONTAINER_CREATED_EVENT, created.sandbox_id)
         return api.CreateContainerResponse(container_id=created.id)
 
     async def _create(self, sandbox_id: str, config: api.ContainerConfig
@@ -89,19 +86,15 @@ class ContainerService:
 
     async def start_container(self, request: api.StartContainerRequest
                               ) -> api.StartContainerResponse:
-        started = await self.ops(runtime_ops.CONTAINER_START,
-                                 runtime_ops.Ref(id=request.container_id))
-        self.events.emit(started.id, api.CONTAINER_STARTED_EVENT)
+        await self.ops(runtime_ops.CONTAINER_START, runtime_ops.Ref(id=request.container_id))
         return api.StartContainerResponse()
 
     async def stop_container(self, request: api.StopContainerRequest
                              ) -> api.StopContainerResponse:
         # The runtime pool bounds its own wait by the timeout; the call's
         # deadline must leave room for it.
-        stopped = await self.ops(runtime_ops.CONTAINER_STOP, runtime_ops.ContainerStop(
+        await self.ops(runtime_ops.CONTAINER_STOP, runtime_ops.ContainerStop(
             id=request.container_id, timeout=request.timeout))
-        if stopped.found:
-            self.events.emit(stopped.id, api.CONTAINER_STOPPED_EVENT, stopped.sandbox_id)
         return api.StopContainerResponse()
 
     async def remove_container(self, request: api.RemoveContainerRequest
@@ -118,12 +111,7 @@ class ContainerService:
             return  # CRI: removing an absent container succeeds
         await self.ops(storage_ops.REMOVE_ROOTFS,
                        storage_ops.RemoveRootfs(container_id=stopped.id), policy)
-        removed = await self.ops(runtime_ops.CONTAINER_REMOVE, runtime_ops.Ref(id=stopped.id),
-                                 policy)
-        if removed.found:
-            # STOPPED first (once: the exit watcher may have sent it), then DELETED.
-            self.events.emit(removed.id, api.CONTAINER_STOPPED_EVENT, removed.sandbox_id)
-            self.events.emit(removed.id, api.CONTAINER_DELETED_EVENT, removed.sandbox_id)
+        await self.ops(runtime_ops.CONTAINER_REMOVE, runtime_ops.Ref(id=stopped.id), policy)
 
     async def list_containers(self, request: api.ListContainersRequest
                               ) -> api.ListContainersResponse:

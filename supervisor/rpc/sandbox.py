@@ -23,7 +23,6 @@ import time
 from ...proto import api_pb2 as api
 from ...proto import image_ops, net_ops, runtime_ops, storage_ops
 from ...proto.errors import FailedPrecondition, NotFound
-from ..container_events import EventHub
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
 from .cleanup import CleanupStack
@@ -32,13 +31,12 @@ from .metadata import check_metadata
 
 
 class SandboxService:
-    """The pod sandbox RPCs; holds the op client, the create table and the
-    event hub."""
+    """The pod sandbox RPCs; holds the op client and the create table
+    (their events come from the runtime pool's change feed)."""
 
-    def __init__(self, ops: OpClient, creates: CreateTable, events: EventHub) -> None:
+    def __init__(self, ops: OpClient, creates: CreateTable) -> None:
         self.ops = ops
         self.creates = creates
-        self.events = events
 
     async def run_pod_sandbox(self, request: api.RunPodSandboxRequest
                               ) -> api.RunPodSandboxResponse:
@@ -56,9 +54,6 @@ class SandboxService:
         meta = request.config.metadata
         key = f"pod sandbox {meta.namespace}/{meta.name}/{meta.uid}/{meta.attempt}"
         sandbox_id = await self.creates.run(key, self.ops.deadline(), create, cleanup)
-        # As containerd does, sandbox lifecycle events carry the sandbox's id.
-        self.events.emit(sandbox_id, api.CONTAINER_CREATED_EVENT, sandbox_id)
-        self.events.emit(sandbox_id, api.CONTAINER_STARTED_EVENT, sandbox_id)
         return api.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
     async def _create(self, config: api.PodSandboxConfig, handler: str) -> str:
@@ -133,10 +128,8 @@ class SandboxService:
         if not stopped.found:
             return None
         full_id = stopped.id
-        result = await self.ops(runtime_ops.SANDBOX_STOP, runtime_ops.Ref(id=full_id), policy)
+        await self.ops(runtime_ops.SANDBOX_STOP, runtime_ops.Ref(id=full_id), policy)
         await self.ops(net_ops.TEARDOWN, net_ops.TeardownPod(pod_id=full_id), policy)
-        if result.stopped:
-            self.events.emit(full_id, api.CONTAINER_STOPPED_EVENT, full_id)
         return full_id
 
     async def remove_pod_sandbox(self, request: api.RemovePodSandboxRequest
@@ -162,7 +155,6 @@ class SandboxService:
         await ops(storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=full_id),
                   policy)
         await ops(runtime_ops.SANDBOX_REMOVE, runtime_ops.Ref(id=full_id), policy)
-        self.events.emit(full_id, api.CONTAINER_DELETED_EVENT, full_id)
 
     async def pod_sandbox_status(self, request: api.PodSandboxStatusRequest
                                  ) -> api.PodSandboxStatusResponse:
@@ -190,7 +182,10 @@ def _net_setup(sandbox_id: str, config: api.PodSandboxConfig,
     return net_ops.SetupPod(
         pod_id=sandbox_id, name=meta.name, namespace=meta.namespace, uid=meta.uid,
         port_mappings=[net_ops.PortMapping(
-            protocol=api.Protocol.Name(m.protocol), container_port=m.container_port,
+            # An enum number the API does not know goes as its digits: the
+            # net pool refuses it, naming the field.
+            protocol=(api.Protocol.Name(m.protocol) if m.protocol in api.Protocol.values()
+                      else str(m.protocol)), container_port=m.container_port,
             host_port=m.host_port, host_ip=m.host_ip) for m in config.port_mappings],
         dns=net_ops.DnsConfig(servers=list(dns.servers), searches=list(dns.searches),
                               options=list(dns.options))

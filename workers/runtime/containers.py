@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...proto import api_pb2 as api
@@ -195,8 +195,11 @@ def log_path_of(layout: Layout, container_id: str, config: api.ContainerConfig,
     return os.path.join(directory, os.path.normpath(relative))
 
 
-def start(layout: Layout, runtimes: Runtimes, ctx: OpContext,
-          args: ops.Ref) -> ops.ContainerStarted:
+def start(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Ref,
+          started: Callable[[str, str], None]) -> ops.ContainerStarted:
+    """Start a created container; ``started(id, sandbox_id)`` is told once it
+    runs, before its record says so (the change feed holds back its exit
+    until then: workers/runtime/ops.py)."""
     container_id = resolve_id(layout, args.id)
     with layout.container_lock(container_id, ctx.deadline):
         record = current(layout, load(layout, container_id))
@@ -212,6 +215,7 @@ def start(layout: Layout, runtimes: Runtimes, ctx: OpContext,
         done = handler.run("start", container_id, deadline=ctx.deadline)
         if done.returncode != 0:
             raise monitor.runtime_failure(f"starting container {container_id}", done.stderr)
+        started(container_id, record["sandbox_id"])
         record.update(state=RUNNING, started_at=started_at)
         layout.containers.save(container_id, record)
         log.info("Container %s started", container_id)

@@ -101,6 +101,10 @@ class Layout:
     def exits_dir(self) -> str:
         return os.path.join(self.runroot, "exits")
 
+    @property
+    def journal_dir(self) -> str:
+        return os.path.join(self.runroot, "changes")
+
     def pod_dir(self, sandbox_id: str) -> str:
         return os.path.join(self.runroot, "pods", sandbox_id)
 

@@ -9,7 +9,7 @@ declared in proto/runtime_ops.py. The ops are served by:
     runtime.container_*  reserve, create, start, stop, remove, status,
                          list, exec_sync, reopen_log        (containers.py)
     runtime.reconcile    start-up repair of the records     (reconcile.py)
-    runtime.exits_since  long poll of conmon's exit files   (events.py)
+    runtime.changes_since  the change feed: events with statuses (changes.py)
 
 Every CRI message the kubelet reads back about pods and containers
 (statuses, list items) is built here, in the runtime pool, and answered
@@ -23,16 +23,23 @@ module only the pieces it uses; no op reads the settings again.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from importlib.metadata import version as package_version
 from typing import Any
 
+from ...proto import api_pb2 as api
 from ...proto import runtime_ops as rt
 from ...proto.contract import Empty
+from ...proto.errors import NotFound
 from ..base import OpContext, OpTable, Served, serve
-from . import containers, events, handlers, reconcile, sandbox
+from . import changes, containers, handlers, reconcile, sandbox
+from .changes import Change, Entry, Journal
 from .handlers import Runtimes
 from .layout import Layout
+
+log = logging.getLogger(__name__)
 
 # The CRI "version" field: the version of the runtime API the runtime
 # speaks, as CRI-O and containerd report it.
@@ -46,6 +53,7 @@ class RuntimeService:
         self.layout = layout
         self.runtimes = runtimes
         self.pause_image = pause_image
+        self.journal = Journal(layout.journal_dir, layout.exits_dir)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> RuntimeService:
@@ -77,7 +85,7 @@ class RuntimeService:
             Served(rt.CONTAINER_EXEC_SYNC, self.container_exec_sync),
             Served(rt.CONTAINER_REOPEN_LOG, self.container_reopen_log),
             Served(rt.RECONCILE, self.reconcile),
-            Served(rt.EXITS_SINCE, self.exits_since),
+            Served(rt.CHANGES_SINCE, self.changes_since),
         )
 
     def version(self, ctx: OpContext, args: Empty) -> rt.VersionInfo:
@@ -106,16 +114,25 @@ class RuntimeService:
 
     def sandbox_start(self, ctx: OpContext, args: rt.SandboxStart) -> Empty:
         sandbox.start(self.layout, self.runtimes, ctx, args)
+        # As containerd does, a sandbox's own events carry its id.
+        self.journal.note(Change.CREATED, args.id, args.id)
+        self.journal.note(Change.STARTED, args.id, args.id)
         return Empty()
 
     def sandbox_stop_containers(self, ctx: OpContext, args: rt.Ref) -> rt.Found:
         return containers.stop_pod_containers(self.layout, self.runtimes, ctx, args)
 
     def sandbox_stop(self, ctx: OpContext, args: rt.Ref) -> rt.SandboxStopped:
-        return sandbox.stop(self.layout, self.runtimes, ctx, args)
+        stopped = sandbox.stop(self.layout, self.runtimes, ctx, args)
+        if stopped.stopped:
+            self.journal.note(Change.STOPPED, stopped.id, stopped.id)
+        return stopped
 
     def sandbox_remove(self, ctx: OpContext, args: rt.Ref) -> rt.Found:
-        return sandbox.remove(self.layout, self.runtimes, ctx, args)
+        removed = sandbox.remove(self.layout, self.runtimes, ctx, args)
+        if removed.found:
+            self.journal.note(Change.DELETED, removed.id, removed.id)
+        return removed
 
     def sandbox_status(self, ctx: OpContext, args: rt.StatusQuery) -> rt.SandboxStatus:
         """The pod's CRI status with its containers': the kubelet's evented
@@ -135,16 +152,31 @@ class RuntimeService:
 
     def container_create(self, ctx: OpContext, args: rt.ContainerCreate) -> Empty:
         containers.create(self.layout, self.runtimes, ctx, args)
+        self.journal.note(Change.CREATED, args.id, "")
         return Empty()
 
     def container_start(self, ctx: OpContext, args: rt.Ref) -> rt.ContainerStarted:
-        return containers.start(self.layout, self.runtimes, ctx, args)
+        return containers.start(self.layout, self.runtimes, ctx, args, self._started)
+
+    def _started(self, container_id: str, sandbox_id: str) -> None:
+        self.journal.note(Change.STARTED, container_id, sandbox_id)
 
     def container_stop(self, ctx: OpContext, args: rt.ContainerStop) -> rt.ContainerStopped:
-        return containers.stop(self.layout, self.runtimes, ctx, args)
+        stopped = containers.stop(self.layout, self.runtimes, ctx, args)
+        if stopped.stopped:
+            # Its exit file says so too, but a removal right after deletes
+            # that file, maybe before the feed reads it; the hub sends a
+            # container's STOPPED once.
+            self.journal.note(Change.STOPPED, stopped.id, stopped.sandbox_id)
+        return stopped
 
     def container_remove(self, ctx: OpContext, args: rt.Ref) -> rt.ContainerRemoved:
-        return containers.remove(self.layout, self.runtimes, ctx, args)
+        removed = containers.remove(self.layout, self.runtimes, ctx, args)
+        if removed.found:
+            # STOPPED first, as the removal took its exit file (sent once).
+            self.journal.note(Change.STOPPED, removed.id, removed.sandbox_id)
+            self.journal.note(Change.DELETED, removed.id, removed.sandbox_id)
+        return removed
 
     def container_status(self, ctx: OpContext, args: rt.StatusQuery) -> rt.ContainerStatus:
         return containers.status(self.layout, ctx, args)
@@ -162,8 +194,77 @@ class RuntimeService:
     def reconcile(self, ctx: OpContext, args: Empty) -> rt.Reconciled:
         return reconcile.reconcile(self.layout, self.runtimes, ctx)
 
-    def exits_since(self, ctx: OpContext, args: rt.ExitsSince) -> rt.Exits:
-        return events.exits_since(self.layout.exits_dir, ctx, args)
+    def changes_since(self, ctx: OpContext, args: rt.ChangesSince) -> rt.Changes:
+        """The change feed: one answer holds every event with the statuses
+        the kubelet reads from it, so an event costs no further bus call.
+        A container's STOPPED comes from its exit file alone (conmon sees
+        every exit, whoever caused it)."""
+        entries = self.journal.since(args.cursor, set(args.recent), args.wait, ctx.deadline,
+                                     ctx.check)
+        answered, events, later = [], [], False
+        for entry in entries:
+            try:
+                event = self._event(entry)
+            except Exception:
+                # One unreadable record must not stall the feed for all.
+                log.exception("No event for the change %s", entry.key)
+                event = None
+            if event is _LATER:
+                # Left for a later poll, which finds it again in its
+                # look-back.
+                later = True
+                continue
+            answered.append(entry)
+            if event is not None:
+                events.append(event.SerializeToString())
+        if later and not answered:
+            time.sleep(changes.POLL_INTERVAL)  # not a busy loop of polls meanwhile
+        cursor = max([args.cursor, *(e.stamp for e in answered)])
+        return rt.Changes(cursor=cursor, keys=[e.key for e in answered], events=events)
+
+    def _event(self, entry: Entry) -> api.ContainerEventResponse | None:
+        sandbox_id = entry.sandbox_id
+        if not sandbox_id:
+            try:
+                record = containers.load(self.layout, entry.object_id)
+            except NotFound:
+                # Removed since it exited, or an infra container's exit
+                # (its pod reports its own STOPPED).
+                sandbox_id = self.journal.deleted_from(entry.object_id) or ""
+                if sandbox_id in ("", entry.object_id):
+                    return None
+            else:
+                if (entry.change is Change.STOPPED and record["state"] == containers.CREATED
+                        and time.time_ns() - entry.stamp < START_WINDOW_NS):
+                    # Exited before its start was recorded (and noted):
+                    # its STARTED must go first.
+                    return _LATER
+                sandbox_id = record["sandbox_id"]
+        event = api.ContainerEventResponse(
+            container_id=entry.object_id, container_event_type=_EVENT_TYPES[entry.change],
+            created_at=entry.stamp)
+        try:
+            record = sandbox.load(self.layout, sandbox_id)
+        except NotFound:
+            return event  # the pod is gone: its DELETED, or a member's after it
+        event.pod_sandbox_status.CopyFrom(sandbox.cri_status(record))
+        event.containers_statuses.extend(
+            api.ContainerStatus.FromString(status)
+            for status in containers.pod_statuses(self.layout, sandbox_id))
+        return event
+
+
+# How long an exit of a container not yet recorded as running is held
+# back for its STARTED (a start still in flight); after that it is answered
+# (a created container stopped, or one whose start failed).
+START_WINDOW_NS = 2_000_000_000
+# What ``_event`` answers for a change that must wait for another.
+_LATER = api.ContainerEventResponse()
+
+_EVENT_TYPES = {
+    Change.CREATED: api.CONTAINER_CREATED_EVENT, Change.STARTED: api.CONTAINER_STARTED_EVENT,
+    Change.STOPPED: api.CONTAINER_STOPPED_EVENT, Change.DELETED: api.CONTAINER_DELETED_EVENT,
+}
 
 
 def build(settings: Mapping[str, Any]) -> OpTable:

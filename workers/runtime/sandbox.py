@@ -59,7 +59,13 @@ def namespace_options(config: api.PodSandboxConfig) -> dict[str, str]:
     """The pod's namespace modes by their CRI names (POD, the proto's
     default, when unset), as the record keeps them."""
     opts = config.linux.security_context.namespace_options
-    return {kind: api.NamespaceMode.Name(getattr(opts, kind)) for kind in ("network", "pid", "ipc")}
+    modes = {}
+    for kind in ("network", "pid", "ipc"):
+        mode = getattr(opts, kind)
+        if mode not in api.NamespaceMode.values():
+            raise InvalidArgument(f"namespace_options.{kind}: unknown value {mode}")
+        modes[kind] = api.NamespaceMode.Name(mode)
+    return modes
 
 
 def load(layout: Layout, sandbox_id: str) -> dict[str, Any]:
