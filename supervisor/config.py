@@ -282,8 +282,10 @@ class ImageConfig:
     """containers-policy.json(5) file. Default /etc/containers/policy.json."""
     registries_conf: str = _key("/etc/containers/registries.conf", _abs_path)
     """containers-registries.conf(5) file. Default /etc/containers/registries.conf."""
-    pull_progress_timeout: float = _key(300.0, _seconds(0, inclusive=False))
-    """Seconds a pull may go without receiving a byte before it fails. Default 300."""
+    pull_progress_timeout: float = _key(300.0, _seconds(0, inclusive=True))
+    """Seconds a pull may go without receiving a byte before it fails; 0 turns
+    the check off, as in CRI-O (a dead connection still times out after 600 s
+    without data). Default 300."""
     pinned_images: tuple[str, ...] = _key(
         (), _str_list(_text(nonempty=True), "a list of non-empty strings")
     )

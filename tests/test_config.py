@@ -390,6 +390,15 @@ startsecs = 0
 ''')
 
 
+def test_a_zero_pull_progress_timeout_turns_the_check_off(tmp_path: Path) -> None:
+    # CRI-O's meaning of 0; a negative value is still refused.
+    loaded = load_text(tmp_path, "[podvisor.image]\npull_progress_timeout = 0\n")
+    assert loaded.image.pull_progress_timeout == 0
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, "[podvisor.image]\npull_progress_timeout = -1\n")
+    assert "podvisor.image.pull_progress_timeout" in str(err.value)
+
+
 def test_dump_then_load_gives_an_equal_config(tmp_path: Path, dropin_dir: Path) -> None:
     original = unusual_config(tmp_path)
     assert original != Config()
