@@ -345,17 +345,24 @@ def test_a_failed_create_leaves_nothing_to_join_so_a_retry_starts_afresh() -> No
 # ---- the create table ---------------------------------------------------------------
 
 
+def hold_pod_reserve(bus: FakeBus) -> asyncio.Event:
+    """Make runtime.sandbox_reserve wait until the returned event is set, so
+    a create stays in flight while the test starts another."""
+    release = asyncio.Event()
+
+    async def slow_reserve(args: dict[str, Any]) -> dict[str, Any]:
+        await release.wait()
+        return dict(reserve_answer()(args))
+
+    bus.on("runtime.sandbox_reserve", slow_reserve)
+    return release
+
+
 def test_concurrent_run_pod_sandbox_with_one_name_runs_one_create() -> None:
     async def scenario() -> None:
         rig = make_rig()
         wire_pod_create(rig.bus)
-        release = asyncio.Event()
-
-        async def slow_reserve(args: dict[str, Any]) -> dict[str, Any]:
-            await release.wait()
-            return dict(reserve_answer()(args))
-
-        rig.bus.on("runtime.sandbox_reserve", slow_reserve)
+        release = hold_pod_reserve(rig.bus)
         deadline = time.monotonic() + CALL_TIME
         first = asyncio.create_task(run_pod(rig, deadline))
         second = asyncio.create_task(run_pod(rig, deadline))
@@ -504,13 +511,7 @@ def test_a_container_whose_name_equals_an_in_flight_pods_does_not_join_its_creat
     async def scenario() -> None:
         rig = make_rig()
         wire_pod_create(rig.bus)
-        release = asyncio.Event()
-
-        async def slow_reserve(args: dict[str, Any]) -> dict[str, Any]:
-            await release.wait()
-            return dict(reserve_answer()(args))
-
-        rig.bus.on("runtime.sandbox_reserve", slow_reserve)
+        release = hold_pod_reserve(rig.bus)
         rig.bus.returns("image.resolve_image", image_answer("sha256:nginx", []))
         rig.bus.on("runtime.container_reserve", container_reserved)
         rig.bus.on("storage.create_rootfs", rootfs_answer)

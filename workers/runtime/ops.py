@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -197,14 +198,18 @@ class RuntimeService:
     def changes_since(self, ctx: OpContext, args: rt.ChangesSince) -> rt.Changes:
         """The change feed: one answer holds every event with the statuses
         the kubelet reads from it, so an event costs no further bus call.
-        A container's STOPPED comes from its exit file alone (conmon sees
-        every exit, whoever caused it)."""
+        A container's STOPPED comes from its exit file (conmon sees every
+        exit) and from the op that stopped or removed it; the supervisor's
+        hub sends it once."""
         entries = self.journal.since(args.cursor, set(args.recent), args.wait, ctx.deadline,
                                      ctx.check)
         answered, events, later = [], [], False
+        # Each pod's statuses are read once per answer, not once per change:
+        # a drain answers many changes of one pod at once.
+        pods: dict[str, _Pod | None] = {}
         for entry in entries:
             try:
-                event = self._event(entry)
+                event = self._event(entry, pods)
             except Exception:
                 # One unreadable record must not stall the feed for all.
                 log.exception("No event for the change %s", entry.key)
@@ -222,7 +227,8 @@ class RuntimeService:
         cursor = max([args.cursor, *(e.stamp for e in answered)])
         return rt.Changes(cursor=cursor, keys=[e.key for e in answered], events=events)
 
-    def _event(self, entry: Entry) -> api.ContainerEventResponse | None:
+    def _event(self, entry: Entry, pods: dict[str, _Pod | None]
+               ) -> api.ContainerEventResponse | None:
         sandbox_id = entry.sandbox_id
         if not sandbox_id:
             try:
@@ -243,15 +249,30 @@ class RuntimeService:
         event = api.ContainerEventResponse(
             container_id=entry.object_id, container_event_type=_EVENT_TYPES[entry.change],
             created_at=entry.stamp)
+        if sandbox_id not in pods:
+            pods[sandbox_id] = self._pod_now(sandbox_id)
+        pod = pods[sandbox_id]
+        if pod is not None:  # None: the pod is gone (its DELETED, or a member's after it)
+            event.pod_sandbox_status.CopyFrom(pod.status)
+            event.containers_statuses.extend(pod.containers)
+        return event
+
+    def _pod_now(self, sandbox_id: str) -> _Pod | None:
         try:
             record = sandbox.load(self.layout, sandbox_id)
         except NotFound:
-            return event  # the pod is gone: its DELETED, or a member's after it
-        event.pod_sandbox_status.CopyFrom(sandbox.cri_status(record))
-        event.containers_statuses.extend(
-            api.ContainerStatus.FromString(status)
-            for status in containers.pod_statuses(self.layout, sandbox_id))
-        return event
+            return None
+        return _Pod(sandbox.cri_status(record),
+                    [api.ContainerStatus.FromString(status)
+                     for status in containers.pod_statuses(self.layout, sandbox_id)])
+
+
+@dataclass(frozen=True)
+class _Pod:
+    """A pod's statuses as its events carry them."""
+
+    status: api.PodSandboxStatus
+    containers: list[api.ContainerStatus]
 
 
 # How long an exit of a container not yet recorded as running is held
