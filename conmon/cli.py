@@ -50,6 +50,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", required=True, dest="cid", metavar="ID", help="container id")
     parser.add_argument("--runtime", required=True, help="path of runc or crun")
     parser.add_argument("--runtime-root", required=True, help="the runtime's --root")
+    parser.add_argument("--systemd-cgroup", action="store_true",
+                        help="the runtime's --systemd-cgroup (the systemd cgroup driver)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,8 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .execsync import run as run_exec
         return run_exec(ExecOptions(
             cid=args.cid, runtime=args.runtime, runtime_root=args.runtime_root,
-            timeout=args.timeout, output_max=args.output_max, process=args.process,
-            args=tuple(args.args)))
+            systemd_cgroup=args.systemd_cgroup, timeout=args.timeout,
+            output_max=args.output_max, process=args.process, args=tuple(args.args)))
     state_dir = os.path.abspath(args.state_dir)
     if len(state_dir.encode()) > SOCKET_PATH_MAX:
         parser.error(f"--state-dir must be at most {SOCKET_PATH_MAX} bytes (unix sockets)")
@@ -81,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .monitor import MonitorOptions, start
     return start(MonitorOptions(
         cid=args.cid, bundle=os.path.abspath(args.bundle), runtime=args.runtime,
-        runtime_root=args.runtime_root, state_dir=state_dir,
+        runtime_root=args.runtime_root, systemd_cgroup=args.systemd_cgroup,
+        state_dir=state_dir,
         exit_dir=os.path.abspath(args.exit_dir), log_path=os.path.abspath(args.log_path),
         terminal=args.terminal, stdin=args.stdin, stdin_once=args.stdin_once,
         sync_fd=args.sync_fd, create_timeout=args.create_timeout))

@@ -7,11 +7,11 @@ and record types below are its names.
 
 Command line
     podvisor-conmon monitor --id ID --bundle DIR --runtime PATH
-        --runtime-root DIR --state-dir DIR --exit-dir DIR --log-path FILE
-        [--terminal] [--stdin [--stdin-once]] [--sync-fd FD]
+        --runtime-root DIR [--systemd-cgroup] --state-dir DIR --exit-dir DIR
+        --log-path FILE [--terminal] [--stdin [--stdin-once]] [--sync-fd FD]
         [--create-timeout SECONDS]
     podvisor-conmon exec --id ID --runtime PATH --runtime-root DIR
-        --timeout SECONDS [--output-max BYTES] (--process FILE | -- ARG...)
+        [--systemd-cgroup] --timeout SECONDS [--output-max BYTES] (--process FILE | -- ARG...)
 
 monitor: spawn, sync, detach
     The spawned process checks its arguments, creates the state and exit

@@ -56,6 +56,7 @@ class ExecOptions:
     cid: str
     runtime: str
     runtime_root: str
+    systemd_cgroup: bool
     timeout: float
     output_max: int = EXEC_OUTPUT_MAX
     process: str | None = None
@@ -94,7 +95,8 @@ def run(opts: ExecOptions) -> int:
     set_title(f"podvisor-conmon exec {opts.cid}")
     become_subreaper()
     with tempfile.TemporaryDirectory(prefix="podvisor-exec-") as tmp:
-        runtime = Runtime(opts.runtime, opts.runtime_root, os.path.join(tmp, "runtime.log"))
+        runtime = Runtime(opts.runtime, opts.runtime_root, os.path.join(tmp, "runtime.log"),
+                          opts.systemd_cgroup)
         result = _execute(opts, runtime, os.path.join(tmp, "exec.pid"))
         result["runtime_error"] = runtime.errors() or None
     json.dump(result, sys.stdout)

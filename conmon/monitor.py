@@ -66,6 +66,7 @@ class MonitorOptions:
     bundle: str
     runtime: str
     runtime_root: str
+    systemd_cgroup: bool
     state_dir: str
     exit_dir: str
     log_path: str
@@ -101,7 +102,8 @@ def start(opts: MonitorOptions) -> int:
 
 def run(opts: MonitorOptions) -> int:
     loop = Loop()
-    runtime = Runtime(opts.runtime, opts.runtime_root, opts.state(contract.RUNTIME_LOG))
+    runtime = Runtime(opts.runtime, opts.runtime_root, opts.state(contract.RUNTIME_LOG),
+                      opts.systemd_cgroup)
     # A file left by an earlier container of this id must not pass for ours.
     for stale in (opts.state(contract.ATTACH), opts.state(contract.CTL),
                   opts.state(contract.CONSOLE), opts.state(contract.CONTAINER_PID),
@@ -300,9 +302,11 @@ class Container:
                 self._close_output(fd)
         self._crilog.flush_partial()
         self._crilog.close()
+        status = self._status
+        sigkilled = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         record = contract.ExitRecord(id=self._opts.cid, pid=self._pid,
-                                     exit_code=exit_code(self._status),
-                                     exited_at_ns=self._exited_at, oom_killed=oom.check())
+                                     exit_code=exit_code(status), exited_at_ns=self._exited_at,
+                                     oom_killed=oom.check(sigkilled))
         oom.close()
         contract.write_exit(self._opts.exit_dir, record)
         log.info("container exited: code %d, oom %s", record.exit_code, record.oom_killed)

@@ -19,9 +19,12 @@ class Runtime:
     path: str
     root: str
     log_path: str
+    systemd_cgroup: bool = False
 
     def _global(self) -> list[str]:
-        return [self.path, "--root", self.root, "--log", self.log_path, "--log-format", "json"]
+        driver = ["--systemd-cgroup"] if self.systemd_cgroup else []
+        return [self.path, "--root", self.root, *driver, "--log", self.log_path,
+                "--log-format", "json"]
 
     def create(self, cid: str, bundle: str, pid_file: str, console_socket: str | None) -> list[str]:
         argv = [*self._global(), "create", "--bundle", bundle, "--pid-file", pid_file]

@@ -22,6 +22,10 @@ apt-get install -y -q --no-install-recommends \
     runc crun containernetworking-plugins catatonit iproute2 iptables \
     docker-registry busybox-static skopeo apache2-utils python3-venv ca-certificates \
     nftables xz-utils
+# The cgroup v2 + systemd VM the tests in tests/vm run in (contrib/test-in-vm.sh,
+# ../shared/vm/build.sh).
+apt-get install -y -q --no-install-recommends \
+    qemu-system-x86 qemu-utils mmdebstrap cpio e2fsprogs
 
 # Debian starts its registry on :5000 where systemd runs; podvisor's tests
 # start their own on loopback, so keep the packaged one off.

@@ -62,6 +62,8 @@ class RuntimeStatus(Record, frozen=True, kw_only=True):
 class RuntimeConfig(Record, frozen=True, kw_only=True):
     cgroup_driver: str
     """"systemd" or "cgroupfs", fixed for the daemon's life."""
+    cgroup_hierarchy: str = ""
+    """"v1", "hybrid" or "v2": the cgroup filesystems of this host."""
 
 
 # ---- shared shapes ---------------------------------------------------------------

@@ -32,7 +32,7 @@ import zmq.asyncio
 
 from ..proto import envelope, ops
 from . import config as cfg
-from . import recovery
+from . import hostcheck, recovery
 from .bus import Bus, BusTiming, PoolBus
 from .container_events import EventHub
 from .creates import CreateTable
@@ -148,6 +148,30 @@ class Daemon:
                                   pools, buses, metrics)
             await health.start(os.path.join(config.runroot, "health.addr"))
         bus = Bus(buses, ops.CATALOGUE)
+        refused = None
+        try:
+            refused = await hostcheck.refusal(bus, config.workers.start_timeout)
+            if refused is None:
+                await self._serve(bus, pools, metrics)
+        finally:
+            if health is not None:
+                await health.stop()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(config.runroot, "health.addr"))
+            await supervision.stop(config.workers.stop_timeout)
+            for pool_bus in buses.values():
+                await pool_bus.stop()
+            events.close()
+            zctx.destroy(linger=0)
+            os.close(lock_fd)
+        if refused is not None:
+            raise DaemonError(refused)
+        log.info("podvisor stopped")
+        return 0
+
+    async def _serve(self, bus: Bus, pools: dict[str, WorkerPool], metrics: Metrics) -> None:
+        """Reconcile, then serve CRI calls until told to stop."""
+        config = self.config
         # Records first, then calls: nothing may see a half-created object
         # from before a crash.
         await recovery.reconcile(bus)
@@ -169,18 +193,6 @@ class Daemon:
         await server.stop(GRPC_STOP_GRACE)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(config.api.listen)
-        if health is not None:
-            await health.stop()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(config.runroot, "health.addr"))
-        await supervision.stop(config.workers.stop_timeout)
-        for pool_bus in buses.values():
-            await pool_bus.stop()
-        events.close()
-        zctx.destroy(linger=0)
-        os.close(lock_fd)
-        log.info("podvisor stopped")
-        return 0
 
     def _build_pools(self, config: cfg.Config, settings_path: str,
                      events: EventPublisher) -> tuple[dict[str, WorkerPool], dict[str, PoolBus]]:

@@ -210,11 +210,14 @@ def prefix() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def node(workers: dict[str, int] | None = None, pause_image: bool = False) -> Iterator[Node]:
+def node(workers: dict[str, int] | None = None, pause_image: bool = False,
+         config: str = "") -> Iterator[Node]:
     """A registry, a CNI world and a daemon; everything undone on exit.
 
     ``pause_image``: configure ``test/pause:1`` (busybox running ``sleep``)
     as the daemon's pause image instead of the built-in catatonit rootfs.
+    ``config``: more TOML for the daemon's config (other sections than
+    ``[podvisor.image]``).
     """
     work = Path(tempfile.mkdtemp(prefix="pvn-"))
     base = Path(tempfile.mkdtemp(prefix="pv-"))
@@ -231,7 +234,7 @@ def node(workers: dict[str, int] | None = None, pause_image: bool = False) -> It
             f'[[registry]]\nlocation = "{reg.host}"\ninsecure = true\n')
         write_config(base, workers or {"runtime": 2, "storage": 2},
                      extra=f'[podvisor.image]\nregistries_conf = "{base}/registries.conf"\n'
-                           f'signature_policy = "{base}/no-policy.json"\n{pause}')
+                           f'signature_policy = "{base}/no-policy.json"\n{pause}{config}')
         # The CNI world's exit (DEL of what is left, bridge, iptables) runs
         # after the daemon and its containers are gone.
         with private_cni_world(base) as world:

@@ -10,6 +10,7 @@ import re
 import stat
 
 import grpc
+import pytest
 from daemonlib import Daemon, poll_until
 
 from podvisor.proto import api_pb2 as api
@@ -142,3 +143,16 @@ def test_update_runtime_config_accepts_the_pod_cidr(daemon: Daemon) -> None:
         network_config=api.NetworkConfig(pod_cidr="10.244.1.0/24")))
     daemon.runtime.UpdateRuntimeConfig(request, timeout=10)
     assert "pod CIDR 10.244.1.0/24" in daemon.log_path.read_text()
+
+
+def test_systemd_driver_without_systemd_stops_the_start_naming_the_setting(
+        make_daemon) -> None:  # type: ignore[no-untyped-def]
+    if os.path.isdir("/run/systemd/system"):
+        pytest.skip("systemd runs here: the systemd driver is served")
+    d = make_daemon(start=False)
+    (d.base / "conf.d" / "50-driver.toml").write_text(
+        '[podvisor.runtime]\ncgroup_manager = "systemd"\nconmon_cgroup = "system.slice"\n')
+    out = d.cli("run")
+    assert out.returncode == 1
+    assert "cgroup_manager" in out.stderr and "systemd is not running" in out.stderr
+    assert not d.socket.exists()

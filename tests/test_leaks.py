@@ -39,7 +39,8 @@ from podfixtures import n as n
 from podfixtures import prefix as prefix
 
 from podvisor.proto import api_pb2 as api
-from podvisor.workers.runtime import cgroups
+from podvisor.workers.runtime.cgroup.driver import Driver
+from podvisor.workers.runtime.cgroup.hierarchy import host as cgroup_host
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -150,8 +151,9 @@ def test_reconcile_keeps_the_kubelets_cgroups_beside_a_directory_podvisor_made(
 
 
 def test_a_cgroup_parent_is_one_directory_however_it_is_spelled(prefix: str, n: Node) -> None:
-    assert cgroups.pod_parent("//a//b/./c/", "0" * 64, "cgroupfs") == "/a/b/c"
-    assert cgroups.pod_parent("/", "0" * 64, "cgroupfs") == ""
+    driver = Driver("cgroupfs", cgroup_host())
+    assert driver.pod_parent("//a//b/./c/", "0" * 64) == "/a/b/c"
+    assert driver.pod_parent("/", "0" * 64) == ""
     pod = in_prefix(n, "spelled", prefix)
     normal = pod.linux.cgroup_parent
     pod.linux.cgroup_parent = normal.replace("/", "//") + "/"

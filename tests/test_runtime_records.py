@@ -23,6 +23,8 @@ from podvisor.proto.errors import (
 )
 from podvisor.workers.base import OpContext
 from podvisor.workers.runtime import configs, containers, reconcile, sandbox
+from podvisor.workers.runtime.cgroup import hierarchy
+from podvisor.workers.runtime.cgroup.driver import Driver
 from podvisor.workers.runtime.handlers import Runtimes
 from podvisor.workers.runtime.layout import Layout
 from podvisor.workers.runtime.monitor import Handler
@@ -40,7 +42,7 @@ def layout(tmp_path: Path) -> Layout:
 
 def runtimes() -> Runtimes:
     return Runtimes({"runc": Handler("runc", "/usr/sbin/runc", "/run/runc")}, "runc",
-                    "cgroupfs")
+                    Driver("cgroupfs", hierarchy.host()))
 
 
 def ctx() -> OpContext:

@@ -82,11 +82,11 @@ def test_hugepages_only_with_hugetlb() -> None:
     assert "hugepageLimits" not in linux_resources(resources, V2)
 
 
-def test_unified_only_on_cgroup_v2(caplog: pytest.LogCaptureFixture) -> None:
+def test_unified_only_on_cgroup_v2() -> None:
     resources = R(unified={"memory.high": "1000000"})
     assert linux_resources(resources, V2)["unified"] == {"memory.high": "1000000"}
-    assert "unified" not in linux_resources(resources, V1)
-    assert "cgroup v1" in caplog.text
+    with pytest.raises(InvalidArgument, match="cgroup v1"):
+        linux_resources(resources, V1)
 
 
 def test_pids_limit_from_node_config() -> None:

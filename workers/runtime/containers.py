@@ -38,7 +38,7 @@ from ...proto.errors import (
 )
 from ...proto.naming import container_name
 from ..base import OpContext
-from . import cgroups, configs, ids, monitor, names, sandbox, specs, teardown
+from . import configs, ids, monitor, names, sandbox, specs, teardown
 from .handlers import Runtimes
 from .layout import Layout
 
@@ -127,7 +127,7 @@ def create(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
         handler = runtimes.handlers[record["runtime_handler"]]
         bundle = layout.bundle_dir(container_id)
         os.makedirs(bundle, mode=0o700, exist_ok=True)
-        node = specs.node_facts(runtimes.cgroup_manager, handler.name, handler.path)
+        node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path)
         config = configs.container_config(record)
         document = specs.container_spec(node, pod, record, args.rootfs, args.image_config,
                                         _target_pid_ns(layout, record, config))
@@ -145,10 +145,21 @@ def create(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
             handler, container_id, bundle, layout.state_dir(container_id), layout.exits_dir,
             log_path, deadline=ctx.deadline, terminal=config.tty, stdin=config.stdin,
             stdin_once=config.stdin_once)
-        cgroups.move(started.conmon_pid, pod["cgroup_parent"])
+        runtimes.cgroups.place_conmon(started.conmon_pid, container_id, pod["cgroup_parent"],
+                                      ctx.deadline)
         record.update(state=CREATED, pid=started.pid, conmon_pid=started.conmon_pid)
         layout.containers.save(container_id, record)
         log.info("Container %s (%s) created, pid %d", container_id, record["name"], started.pid)
+
+
+def _remove_conmon_cgroup(layout: Layout, runtimes: Runtimes, container_id: str,
+                          sandbox_id: str, deadline: float) -> None:
+    """Drop the container's monitor cgroup, below its pod's cgroup."""
+    try:
+        pod = layout.sandboxes.load(sandbox_id) or {}
+    except ValueError:
+        return  # unreadable: the pod's own removal takes its cgroup whole
+    runtimes.cgroups.remove_conmon(container_id, str(pod.get("cgroup_parent") or ""), deadline)
 
 
 def _target_pid_ns(layout: Layout, record: Mapping[str, Any],
@@ -286,6 +297,7 @@ def remove(layout: Layout, runtimes: Runtimes, ctx: OpContext,
         if record["state"] in (RUNNING, CREATED) or monitor.process_alive(record.get("pid")):
             _kill_and_wait(ctx, layout, handler, record, 0)
         teardown.discard(handler, layout, container_id, ctx.deadline)
+        _remove_conmon_cgroup(layout, runtimes, container_id, record["sandbox_id"], ctx.deadline)
         # A log under the kubelet's pod log dir is the kubelet's; one podvisor
         # placed itself goes with the container.
         if record.get("log_path", "").startswith(layout.logs_dir + "/"):

@@ -21,6 +21,8 @@ from typing import Any
 
 from ...proto.errors import InvalidArgument
 from ...proto.runtime_ops import HandlerProbe
+from .cgroup import hierarchy
+from .cgroup.driver import Driver
 from .monitor import Handler
 
 PROBE_TTL = 5.0
@@ -30,20 +32,22 @@ PROBE_TIMEOUT = 5.0
 @dataclass(frozen=True)
 class Runtimes:
     """The handler table, the handler of pods that name none, and the
-    cgroup manager (cgroupfs|systemd) every cgroup path is written for."""
+    cgroup driver every cgroup path is written for."""
 
     handlers: Mapping[str, Handler]
     default_runtime: str
-    cgroup_manager: str
+    cgroups: Driver
 
     @classmethod
     def from_settings(cls, runtime: Mapping[str, Any]) -> Runtimes:
         """From the ``runtime`` section of the worker settings. The
         supervisor validated it and writes every key, so none has a default
         here: a missing one is a bug that stops the worker at start."""
-        table = {name: Handler(name, spec["runtime_path"], spec["runtime_root"])
+        cgroups = Driver(runtime["cgroup_manager"], hierarchy.host(), runtime["conmon_cgroup"])
+        table = {name: Handler(name, spec["runtime_path"], spec["runtime_root"],
+                               systemd_cgroup=cgroups.systemd)
                  for name, spec in runtime["runtimes"].items()}
-        return cls(table, runtime["default_runtime"], runtime["cgroup_manager"])
+        return cls(table, runtime["default_runtime"], cgroups)
 
     def resolve(self, requested: str) -> str:
         """The handler a new pod runs with: the one it names, else the default."""

@@ -20,7 +20,8 @@ from typing import Any
 from ...proto.errors import FailedPrecondition
 from ...proto.runtime_ops import InfraImage
 from ..base import OpContext
-from . import cgroups, monitor, specs, teardown
+from . import monitor, specs, teardown
+from .cgroup.driver import Driver
 from .layout import Layout
 
 CATATONIT = "/usr/bin/catatonit"
@@ -46,7 +47,7 @@ def ensure_rootfs(layout: Layout) -> str:
     return rootfs
 
 
-def start(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroup_manager: str,
+def start(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroups: Driver,
           pod: Mapping[str, Any], image: InfraImage | None = None) -> dict[str, Any]:
     """Run the infra process: catatonit from the built-in rootfs, or the
     configured pause image's command from the rootfs the supervisor had the
@@ -54,7 +55,7 @@ def start(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroup_manag
     infra_id = pod["id"]
     bundle = layout.bundle_dir(infra_id)
     os.makedirs(bundle, mode=0o700, exist_ok=True)
-    node = specs.node_facts(cgroup_manager, handler.name, handler.path)
+    node = specs.node_facts(cgroups.manager, handler.name, handler.path)
     if image:
         document = specs.infra_spec(node, pod, image.rootfs, tuple(image.args))
     else:
@@ -64,7 +65,7 @@ def start(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroup_manag
     started = monitor.spawn(handler, infra_id, bundle, layout.state_dir(infra_id),
                             layout.exits_dir, os.devnull, deadline=ctx.deadline,
                             terminal=False, stdin=False, stdin_once=False)
-    cgroups.move(started.conmon_pid, pod["cgroup_parent"])
+    cgroups.place_conmon(started.conmon_pid, infra_id, pod["cgroup_parent"], ctx.deadline)
     done = handler.run("start", infra_id, deadline=ctx.deadline)
     if done.returncode != 0:
         raise monitor.runtime_failure(f"starting the infra process of pod {infra_id}",
@@ -80,6 +81,7 @@ def stop(ctx: OpContext, layout: Layout, handler: monitor.Handler,
     teardown.force_kill(handler, layout, infra_id, ctx.deadline)
 
 
-def remove(ctx: OpContext, layout: Layout, handler: monitor.Handler,
+def remove(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroups: Driver,
            pod: Mapping[str, Any]) -> None:
     teardown.discard(handler, layout, pod["id"], ctx.deadline)
+    cgroups.remove_conmon(pod["id"], str(pod.get("cgroup_parent") or ""), ctx.deadline)

@@ -24,7 +24,7 @@ from typing import Any
 from ..locks import ObjectLock, locked
 from ..records import RecordDir
 from . import names
-from .cgroups import Owned
+from .cgroup.pods import Owned
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Layout:
     @property
     def legacy_cgroup_ledger(self) -> str:
         """Where podvisor before per-directory cgroup records listed every
-        cgroup directory it made (``cgroups.import_ledger``)."""
+        cgroup directory it made (``pods.import_ledger``)."""
         return os.path.join(self.root, "cgroups-created.json")
 
     @property

@@ -91,6 +91,17 @@ class Handler:
     name: str
     path: str
     root: str
+    # runc and crun take their cgroup driver per call, not from the state
+    # of the container, so every call of theirs names it.
+    systemd_cgroup: bool = False
+
+    def global_args(self) -> list[str]:
+        return ["--root", self.root, *(["--systemd-cgroup"] if self.systemd_cgroup else [])]
+
+    def conmon_args(self) -> list[str]:
+        """How podvisor-conmon is told to run this handler."""
+        return ["--runtime", self.path, "--runtime-root", self.root,
+                *(["--systemd-cgroup"] if self.systemd_cgroup else [])]
 
     def time_left(self, deadline: float) -> float:
         """Seconds a wait may take now: what is left before ``deadline``,
@@ -99,7 +110,7 @@ class Handler:
 
     def run(self, *args: str, deadline: float) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run([self.path, "--root", self.root, *args], capture_output=True,
+            return subprocess.run([self.path, *self.global_args(), *args], capture_output=True,
                                   text=True, timeout=self.time_left(deadline), check=False)
         except subprocess.TimeoutExpired:
             raise DeadlineExceeded(f"{self.name} {args[0]} did not finish before the "
@@ -144,7 +155,7 @@ def spawn(handler: Handler, container_id: str, bundle: str, state_dir: str, exit
     """
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     argv = [conmon_binary(), "monitor", "--id", container_id, "--bundle", bundle,
-            "--runtime", handler.path, "--runtime-root", handler.root,
+            *handler.conmon_args(),
             "--state-dir", state_dir, "--exit-dir", exit_dir, "--log-path", log_path,
             "--sync-fd", str(write_fd),
             "--create-timeout", f"{handler.time_left(deadline):.3f}"]
@@ -321,8 +332,8 @@ def exec_sync(handler: Handler, container_id: str, cmd: list[str], timeout: floa
     # Never 0, which conmon reads as "no timeout".
     left = max(0.1, deadline - time.monotonic())
     limit = min(timeout, left) if timeout > 0 else left
-    argv = [conmon_binary(), "exec", "--id", container_id, "--runtime", handler.path,
-            "--runtime-root", handler.root, "--timeout", f"{limit:.3f}", "--", *cmd]
+    argv = [conmon_binary(), "exec", "--id", container_id, *handler.conmon_args(),
+            "--timeout", f"{limit:.3f}", "--", *cmd]
     try:
         done = subprocess.run(argv, capture_output=True, timeout=limit + EXEC_GRACE,
                               check=False, stdin=subprocess.DEVNULL)

@@ -107,8 +107,12 @@ class RuntimeService:
 
     def runtime_config(self, ctx: OpContext, args: Empty) -> rt.RuntimeConfig:
         # The kubelet reads this once at start and expects it never to change
-        # for the node's life; it comes from the daemon's config, fixed at start.
-        return rt.RuntimeConfig(cgroup_driver=self.runtimes.cgroup_manager)
+        # for the node's life; it comes from the daemon's config, fixed at
+        # start, where the daemon refuses a driver the host cannot serve.
+        cgroups = self.runtimes.cgroups
+        cgroups.check()
+        return rt.RuntimeConfig(cgroup_driver=cgroups.manager,
+                                cgroup_hierarchy=cgroups.hierarchy.mode)
 
     def sandbox_reserve(self, ctx: OpContext, args: rt.SandboxReserve) -> rt.SandboxReserved:
         return sandbox.reserve(self.layout, self.runtimes, self.pause_image, ctx, args)

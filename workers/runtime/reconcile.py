@@ -10,7 +10,7 @@ Run once by the supervisor before it serves CRI calls. What it does:
 - a ready sandbox whose volatile dir is gone (the node rebooted) is marked
   not ready: its namespaces and infra are gone;
 - cgroup directories podvisor made are matched to the pods that remain
-  (cgroups.reconcile): those of no pod go, as long as no process is in
+  (pods.reconcile): those of no pod go, as long as no process is in
   them;
 - name reservations whose owner has no record, and lock files nobody
   holds, are what killed workers left: they go too;
@@ -37,7 +37,8 @@ from ...proto.errors import BusError
 from ..base import OpContext
 from ..locks import sweep
 from ..records import RecordCorrupt, RecordDir
-from . import cgroups, configs, containers, ids, names, sandbox
+from . import configs, containers, ids, names, sandbox
+from .cgroup import pods
 from .handlers import Runtimes
 from .layout import Layout
 
@@ -80,8 +81,8 @@ def reconcile(layout: Layout, runtimes: Runtimes, ctx: OpContext) -> ops.Reconci
     live = {sandbox_id: str((_load(layout, sandbox_id) or {}).get("cgroup_parent") or "")
             for sandbox_id in layout.sandboxes.ids()}
     # Before the reconcile, which then treats what it imports as its own.
-    cgroups.import_ledger(layout.legacy_cgroup_ledger, layout.cgroups, live, ctx.deadline)
-    removed_cgroups = cgroups.reconcile(layout.cgroups, live, ctx.deadline)
+    pods.import_ledger(layout.legacy_cgroup_ledger, layout.cgroups, live, ctx.deadline)
+    removed_cgroups = pods.reconcile(runtimes.cgroups, layout.cgroups, live, ctx.deadline)
     dropped_names = names.drop_dead(layout.names_dir, layout.on_record)
     swept = sweep(layout.locks_dir)
     if removed_cgroups or dropped_names or swept:

@@ -31,7 +31,9 @@ from ...proto.errors import FailedPrecondition, Internal, InvalidArgument, NotFo
 from ...proto.limits import check_path
 from ...proto.naming import sandbox_name
 from ..base import OpContext
-from . import cgroups, configs, ids, infra, names, podfiles, podns
+from . import configs, ids, infra, names, podfiles, podns
+from .cgroup import pods
+from .cgroup.driver import Driver
 from .handlers import Runtimes
 from .layout import Layout
 
@@ -162,13 +164,13 @@ def start(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.SandboxS
         record["ips"] = list(args.ips)
         # Save after each step that creates something, so a crash in the next
         # step leaves a record that names everything to undo.
-        record["cgroup_parent"] = cgroups.pod_parent(
-            config.linux.cgroup_parent, sandbox_id,
-            runtimes.cgroup_manager)
+        record["cgroup_parent"] = runtimes.cgroups.pod_parent(
+            config.linux.cgroup_parent, sandbox_id)
         # Named before any directory is made: remove() releases the
         # parent's cgroups whatever instant a crash cuts ensure() short.
         layout.sandboxes.save(sandbox_id, record)
-        cgroups.ensure(record["cgroup_parent"], sandbox_id, layout.cgroups, ctx.deadline)
+        pods.ensure(runtimes.cgroups, record["cgroup_parent"], sandbox_id, layout.cgroups,
+                    ctx.deadline)
         ctx.check()
         record["ns"] = podns.pin(f"{pod_dir}/ns", hostname, ipc=modes["ipc"] != NODE,
                                  uts=not host_network)
@@ -185,7 +187,7 @@ def start(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.SandboxS
             layout.sandboxes.save(sandbox_id, record)
             record["infra"] = infra.start(
                 ctx, layout, runtimes.handlers[record["runtime_handler"]],
-                runtimes.cgroup_manager, record, args.infra_image)
+                runtimes.cgroups, record, args.infra_image)
         record["state"] = READY
         layout.sandboxes.save(sandbox_id, record)
         log.info("Pod sandbox %s (%s) is ready", sandbox_id, record["name"])
@@ -233,16 +235,17 @@ def remove(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Ref) ->
         if record.get("infra"):
             handler = runtimes.handlers[record["runtime_handler"]]
             infra.stop(ctx, layout, handler, record)
-            infra.remove(ctx, layout, handler, record)
+            infra.remove(ctx, layout, handler, runtimes.cgroups, record)
         pod_dir = layout.pod_dir(sandbox_id)
         podfiles.unmount_shm(pod_dir)
         podns.unpin(f"{pod_dir}/ns")
         parent = record.get("cgroup_parent")
         if parent:
-            if not cgroups.drain(parent, min(ctx.deadline, time.monotonic() + DRAIN_TIMEOUT),
-                                 _own_processes(layout, sandbox_id, parent)):
+            driver = runtimes.cgroups
+            if not pods.drain(driver, parent, min(ctx.deadline, time.monotonic() + DRAIN_TIMEOUT),
+                              _own_processes(layout, driver, sandbox_id, parent)):
                 log.warning("Pod sandbox %s: processes left in %s", sandbox_id, parent)
-            cgroups.release(parent, sandbox_id, layout.cgroups, ctx.deadline)
+            pods.release(driver, parent, sandbox_id, layout.cgroups, ctx.deadline)
         shutil.rmtree(pod_dir, ignore_errors=True)
         layout.sandboxes.delete(sandbox_id)
         with layout.name_lock(record["name"], "pod", ctx.deadline):
@@ -252,7 +255,7 @@ def remove(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Ref) ->
     return ops.Found(found=True, id=sandbox_id)
 
 
-def _own_processes(layout: Layout, sandbox_id: str,
+def _own_processes(layout: Layout, driver: Driver, sandbox_id: str,
                    parent: str) -> Callable[[str | None], bool]:
     """Which processes of the pod's cgroups, by the object they belong to,
     the removal of ``sandbox_id`` waits for and kills.
@@ -263,7 +266,7 @@ def _own_processes(layout: Layout, sandbox_id: str,
     removed containers' monitors on their way out). A process no object
     claims is the sandbox's only while no other sandbox has its parent.
     """
-    shared = _parent_shared(layout, sandbox_id, parent)
+    shared = _parent_shared(layout, driver, sandbox_id, parent)
     decided: dict[str, bool] = {}
 
     def ours(owner: str | None) -> bool:
@@ -277,10 +280,10 @@ def _own_processes(layout: Layout, sandbox_id: str,
     return ours
 
 
-def _parent_shared(layout: Layout, sandbox_id: str, parent: str) -> bool:
+def _parent_shared(layout: Layout, driver: Driver, sandbox_id: str, parent: str) -> bool:
     """Does another sandbox on record (being created ones included) have
     ``parent`` as its cgroup parent?"""
-    target = cgroups.chain(parent)
+    target = _cgroup_of(driver, parent)
     for other in layout.sandboxes.ids():
         if other == sandbox_id:
             continue
@@ -297,9 +300,18 @@ def _parent_shared(layout: Layout, sandbox_id: str, parent: str) -> bool:
                 theirs = configs.sandbox_config(record).linux.cgroup_parent
             except Internal:
                 return True  # unreadable too
-        if cgroups.chain(str(theirs)) == target:
+        if _cgroup_of(driver, str(theirs)) == target:
             return True
     return False
+
+
+def _cgroup_of(driver: Driver, parent: str) -> list[str]:
+    """The cgroup path ``parent`` stands for, one spelling per directory;
+    none for a parent no pod can have."""
+    try:
+        return pods.chain(driver.path(parent))
+    except InvalidArgument:
+        return []
 
 
 def cri_status(record: Mapping[str, Any]) -> api.PodSandboxStatus:

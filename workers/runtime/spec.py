@@ -27,7 +27,7 @@ Invariants:
       (INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED) whose message
       names the field or path; nothing is silently dropped except what the
       module docstrings list (selinux_relabel, Mount.mount_options, image
-      Volumes, LSM profiles, unified on cgroup v1, hugepage limits without
+      Volumes, LSM profiles, hugepage limits without
       a hugetlb controller).
     - The same inputs give the same document: lists are in a fixed order,
       so a retried create writes an identical config.json.

@@ -18,7 +18,7 @@ memory limit), else equal to the memory limit, i.e. no swap, and it is
 written only where the kernel accounts swap, since runc fails the create
 otherwise. Hugepage limits are dropped where no hugetlb controller is
 mounted, as CRI-O does. ``unified`` is cgroup v2 only: on a v1 node it is
-dropped with a warning, because runc refuses the whole spec with it. A
+refused (the kubelet sends it only to v2 nodes). A
 pids limit is written only when the node config sets one (CRI-O's default
 ``pids_limit`` is -1, none).
 
@@ -36,7 +36,6 @@ the daemon's own value (see spec_context).
 
 from __future__ import annotations
 
-import logging
 import posixpath
 import re
 from typing import Any
@@ -44,8 +43,6 @@ from typing import Any
 from ...proto import api_pb2 as api
 from ...proto.errors import InvalidArgument, shorten
 from .spec_context import NodeFacts, cpu_ranges
-
-log = logging.getLogger(__name__)
 
 OOM_SCORE_ADJ_MIN = -1000
 OOM_SCORE_ADJ_MAX = 1000
@@ -163,11 +160,13 @@ def linux_resources(resources: api.LinuxContainerResources, node: NodeFacts) -> 
         out["hugepageLimits"] = hugepages
 
     unified = dict(resources.unified)
-    if unified and node.cgroup_v2:
+    if unified and not node.cgroup_v2:
+        # The kubelet sends unified keys only to a v2 node; a v1 one cannot
+        # apply them, and a limit silently dropped is worse than a refusal.
+        raise InvalidArgument(f"resources.unified {shorten(', '.join(sorted(unified)))}: "
+                              "this node runs cgroup v1, which has no unified hierarchy")
+    if unified:
         out["unified"] = unified
-    elif unified:
-        log.warning("Dropping unified cgroup settings %s: this node runs cgroup v1",
-                    ", ".join(sorted(unified)))
 
     if node.pids_limit > 0 and "pids" in node.controllers:
         out["pids"] = {"limit": node.pids_limit}

@@ -46,6 +46,10 @@ def force_kill(handler: monitor.Handler, layout: Layout, object_id: str,
             return True
         now = time.monotonic()
         if now >= next_kill:
+            # The init by the pid runc recorded, then every process runc
+            # finds in the container's cgroup: with the systemd driver on v1
+            # the devices hierarchy runc looks in may not hold the init.
+            handler.run("kill", object_id, "KILL", deadline=deadline)
             handler.run("kill", "--all", object_id, "KILL", deadline=deadline)
             next_kill = now + KILL_REPEAT
         if not _monitor_running(layout, object_id) \

@@ -75,11 +75,20 @@ def _fs_log(fs_fd: int) -> str:
 
 @functools.cache
 def has_lowerdir_append() -> bool:
-    """Whether this kernel takes overlay lower dirs one fsconfig call at a time."""
+    """Whether this kernel takes overlay lower dirs one fsconfig call at a time.
+
+    Before Linux 6.5 overlayfs parsed options the old way, behind the mount
+    API's generic wrapper, which accepts any key and fails only at the mount
+    (Debian 12's 6.1 takes "lowerdir+" here, then refuses it). So a key no
+    kernel knows must be refused first, or the answer means nothing.
+    """
     fs_fd = _syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC)
     if fs_fd < 0:
         return False  # no mount API (or a seccomp filter hides it)
     try:
+        if _syscall(_SYS_FSCONFIG, fs_fd, _FSCONFIG_SET_STRING, b"podvisor-no-such-option",
+                    b"1", 0) == 0:
+            return False  # the generic wrapper: it would take anything
         return _syscall(_SYS_FSCONFIG, fs_fd, _FSCONFIG_SET_STRING, b"lowerdir+", b"/", 0) == 0
     finally:
         os.close(fs_fd)

@@ -1,22 +1,27 @@
 """Pod cgroups under the kubelet's cgroup_parent.
 
-With the cgroupfs driver the kubelet normally creates the pod cgroup
-(``/kubepods/<qos>/pod<uid>``) itself; a client that does not (crictl, the
-tests) still gets one: the directories missing in any controller are made
-here, and runc creates and deletes the per-container cgroups below. The
-systemd driver needs a running systemd; where there is none, a pod asking
-for it fails with a clear error.
+The kubelet normally creates the pod cgroup itself (cgroupfs
+``/kubepods/<qos>/pod<uid>``, or the slice ``kubepods-<qos>-pod<uid>.slice``
+with the systemd driver); a client that does not (crictl, the tests) still
+gets one: with cgroupfs the directories missing in any mount are made here
+(on v2 with the pod's controllers handed down to them), with systemd the
+missing pod slice is started over D-Bus. runc creates and deletes the
+per-container cgroups below.
 
 Ownership
     Every directory podvisor makes has a record (``Owned.records``, one per
-    cgroup path, e.g. ``/podvisor/pod-1a2b``): the controllers it was made
-    in and the pods using it. A pod joins each podvisor-made directory on
+    cgroup path, e.g. ``/podvisor/pod-1a2b``): the mounts it was made in
+    (``controllers``: ``memory``, ``unified``, ... relative to the cgroup
+    root, ``""`` for v2's single mount) and the pods using it; a slice
+    podvisor started has one too, naming its ``unit``. A pod joins each podvisor-made directory on
     its path, ancestors included, and leaves them when it is removed; the
     last to leave removes the directory. A directory that was there before
     (the kubelet's) has no record and is never removed, nor is anything
-    below it in a controller where it was there before: a directory may
-    be the kubelet's in some controllers and podvisor's in others, which is
-    why a record names its controllers. The node-wide ledger of
+    below it in a mount where it was there before: a directory may be the
+    kubelet's in some mounts and podvisor's in others, which is why a
+    record names its mounts. podvisor starts only the pod's own slice;
+    the slices above it are systemd's (it makes them as their children
+    need them) and stay. The node-wide ledger of
     earlier versions is imported into records once (``import_ledger``).
 
 Processes
@@ -45,7 +50,6 @@ import contextlib
 import json
 import logging
 import os
-import posixpath
 import re
 import signal
 import time
@@ -53,49 +57,24 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...proto.errors import FailedPrecondition, InvalidArgument, shorten
-from ...proto.limits import check_path
-from ..fsnames import component
-from ..locks import ObjectLock, locked
-from ..records import RecordDir
-from . import monitor
+from ...fsnames import component
+from ...locks import ObjectLock, locked
+from ...records import RecordDir
+from .. import monitor
+from . import systemd, tree
+from .driver import Driver
+from .hierarchy import Hierarchy, join
 
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = "/sys/fs/cgroup"
-DEFAULT_PARENT = "/podvisor"
 
 
-def controllers() -> list[str]:
-    """Every mounted cgroup v1 hierarchy, named ones included: the runtime
-    makes the pod's directories in all of them (systemd and unified too)."""
-    try:
-        names = sorted(os.listdir(CGROUP_ROOT))
-    except FileNotFoundError:
-        return []
-    return [n for n in names if os.path.isdir(os.path.join(CGROUP_ROOT, n))
-            and not os.path.islink(os.path.join(CGROUP_ROOT, n))]
-
-
-def pod_parent(cgroup_parent: str, sandbox_id: str, manager: str) -> str:
-    """The cgroup the pod's containers go under."""
-    if manager == "systemd":
-        if not os.path.isdir("/run/systemd/system"):
-            raise FailedPrecondition(
-                "cgroup_manager is systemd but systemd is not running on this node; "
-                "set [podvisor.runtime] cgroup_manager = \"cgroupfs\"")
-        return cgroup_parent or "system.slice"
-    if not cgroup_parent:
-        return f"{DEFAULT_PARENT}/pod-{sandbox_id[:12]}"
-    if not cgroup_parent.startswith("/") or ".." in cgroup_parent.split("/"):
-        raise InvalidArgument(f"cgroup_parent {shorten(cgroup_parent)} must be an absolute "
-                              "cgroupfs path (the kubelet's cgroupfs driver)")
-    check_path("cgroup_parent", cgroup_parent)
-    # One spelling per directory: "/a//b/" must share "/a/b"'s records and
-    # locks. normpath keeps a leading "//" (POSIX leaves it open), and the
-    # root alone stays "" as before: no pod's parent, nothing to drain.
-    normal = posixpath.normpath(cgroup_parent).lstrip("/")
-    return f"/{normal}" if normal else ""
+def mounts(h: Hierarchy) -> list[str]:
+    """Every mount a pod's directories are made in, relative to the root:
+    each v1 hierarchy, named ones and hybrid's cgroup2 included (runc joins
+    them all), or ``""``, v2's one."""
+    return sorted({os.path.relpath(m, h.root) if m != h.root else "" for m in h.mounts()})
 
 
 @dataclass(frozen=True)
@@ -131,43 +110,64 @@ class Owned:
             yield held
 
 
-def chain(parent: str) -> list[str]:
-    """``/a/b/c`` -> ``/a``, ``/a/b``, ``/a/b/c``."""
-    parts = [p for p in parent.split("/") if p]
-    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+chain = tree.ancestors
 
 
-def _dir(controller: str, path: str) -> str:
-    return os.path.join(CGROUP_ROOT, controller, path.lstrip("/"))
+def _dir(h: Hierarchy, mount: str, path: str) -> str:
+    return join(os.path.join(h.root, mount) if mount else h.root, path)
 
 
-def ensure(parent: str, pod_id: str, owned: Owned, deadline: float) -> None:
-    """Join or make every directory of ``parent`` for ``pod_id`` in every
-    controller."""
-    names = controllers()
+def ensure(driver: Driver, parent: str, pod_id: str, owned: Owned, deadline: float) -> None:
+    """Join or make the pod cgroup ``parent`` (and, with cgroupfs, every
+    directory on its path) for ``pod_id``."""
+    if driver.systemd:
+        _ensure_slice(driver, parent, pod_id, owned, deadline)
+        return
+    h = driver.hierarchy
+    names = mounts(h)
     for path in chain(parent):
         with owned.locked(path, deadline):
             record = owned.load(path)
-            missing = [c for c in names if not os.path.isdir(_dir(c, path))]
+            missing = [m for m in names if not os.path.isdir(_dir(h, m, path))]
             if record is None and not missing:
                 continue  # not podvisor's: it is never touched
             record = record or {"path": path, "controllers": [], "users": []}
             record["controllers"] = sorted({*record["controllers"], *missing})
-            if pod_id not in record["users"]:
-                record["users"].append(pod_id)
+            _join(record, pod_id)
             # Recorded first: a crash after the mkdir must not leave a
             # directory nobody knows podvisor made.
             owned.save(path, record)
-            for controller in missing:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(_dir(controller, path))
+            for mount in missing:
+                tree.make(_dir(h, mount, path))
+    # The kubelet's own directories get the controllers too: runc would
+    # enable them for the container, but the pod's limits need them now.
+    tree.enable(h, parent)
 
 
-def release(parent: str, pod_id: str, owned: Owned, deadline: float) -> list[str]:
+def _ensure_slice(driver: Driver, name: str, pod_id: str, owned: Owned,
+                  deadline: float) -> None:
+    path = driver.path(name)
+    with owned.locked(path, deadline), systemd.Systemd() as bus:
+        record = owned.load(path)
+        if record is None and bus.active(name):
+            return  # the kubelet's (or systemd's own, as system.slice)
+        record = record or {"path": path, "unit": name, "controllers": [], "users": []}
+        _join(record, pod_id)
+        owned.save(path, record)
+        bus.start_slice(name, deadline)
+
+
+def _join(record: dict[str, Any], pod_id: str) -> None:
+    if pod_id not in record["users"]:
+        record["users"].append(pod_id)
+
+
+def release(driver: Driver, parent: str, pod_id: str, owned: Owned,
+            deadline: float) -> list[str]:
     """Leave every directory of ``parent``; remove those ``pod_id`` was the
     last to use. Return the directories that could not go (still busy)."""
     left: list[str] = []
-    paths = chain(parent)
+    paths = chain(driver.path(parent))
     for path in reversed(paths):
         with owned.locked(path, deadline):
             record = owned.load(path)
@@ -175,12 +175,13 @@ def release(parent: str, pod_id: str, owned: Owned, deadline: float) -> list[str
                 continue
             # The pod's own directory goes with what runc left below it;
             # an ancestor only ever goes alone (others' pods may be below).
-            left += _leave(owned, record, lambda user: user != pod_id,
-                           subtree=path == paths[-1])
+            left += _leave(driver.hierarchy, owned, record, lambda user: user != pod_id,
+                           subtree=path == paths[-1], deadline=deadline)
     return left
 
 
-def reconcile(owned: Owned, live: Mapping[str, str], deadline: float) -> list[str]:
+def reconcile(driver: Driver, owned: Owned, live: Mapping[str, str],
+              deadline: float) -> list[str]:
     """Make the directories podvisor made match the pods that live.
 
     ``live`` maps every pod on record to its cgroup_parent. A directory
@@ -189,7 +190,8 @@ def reconcile(owned: Owned, live: Mapping[str, str], deadline: float) -> list[st
     cgroup whose pod is gone and goes too (with what runc left in it), as
     long as no process lives there. Returns the directories removed.
     """
-    leaves = {chain(p)[-1] for p in live.values() if chain(p)}
+    h = driver.hierarchy
+    leaves = {chain(p)[-1] for p in (driver.path(v) for v in live.values()) if chain(p)}
     on_path = {c for p in leaves for c in chain(p)}
     removed: list[str] = []
     for path in owned.paths():  # deepest first: a child goes before its parent
@@ -197,52 +199,66 @@ def reconcile(owned: Owned, live: Mapping[str, str], deadline: float) -> list[st
             record = owned.load(path)
             if record is None:
                 continue
-            if path not in leaves:
-                removed += _orphans(owned, record, on_path)
-            before = [_dir(c, path) for c in record["controllers"]]
-            _leave(owned, record, lambda user: user in live, subtree=False)
+            if path not in leaves and not record.get("unit"):
+                removed += _orphans(h, owned, record, on_path)
+            before = [_dir(h, m, path) for m in record["controllers"]]
+            _leave(h, owned, record, lambda user: user in live, subtree=False,
+                   deadline=deadline)
             removed += [d for d in before if not os.path.isdir(d)]
+            if record.get("unit") and owned.load(path) is None:
+                removed.append(str(record["unit"]))
     return removed
 
 
-def _leave(owned: Owned, record: dict[str, Any], stays: Callable[[str], bool], *,
-           subtree: bool) -> list[str]:
-    """Drop the users ``stays`` refuses; remove the directory once none is
-    left. Return the directories still there; the caller holds the lock."""
+def _leave(h: Hierarchy, owned: Owned, record: dict[str, Any], stays: Callable[[str], bool],
+           *, subtree: bool, deadline: float) -> list[str]:
+    """Drop the users ``stays`` refuses; remove the directory (or stop the
+    slice) once none is left. Return what is still there; the caller holds
+    the lock."""
     path = str(record["path"])
     users = [u for u in record["users"] if stays(u)]
     if users:
         if users != record["users"]:
             owned.save(path, {**record, "users": users})
         return []
+    if record.get("unit"):
+        # Stopping the slice ends what is still in it and removes its cgroup
+        # where systemd manages it; on v1 runc made it in the other
+        # hierarchies too (freezer, cpuset, ...), and those stay behind.
+        with systemd.Systemd() as bus:
+            bus.stop(str(record["unit"]), deadline)
+        for directory in h.dirs(path):
+            tree.rmtree(directory)
+        owned.delete(path)
+        return []
     left = []
-    for controller in record["controllers"]:
-        target = _dir(controller, path)
-        if _rmtree(target) if subtree else _rmdir(target):
+    for mount in record["controllers"]:
+        target = _dir(h, mount, path)
+        if tree.rmtree(target) if subtree else tree.rmdir(target):
             left.append(target)
     if left:
         # Busy (a process, or someone else's cgroup below): kept for the
         # next pod to leave it, or the next reconcile, to try again.
         log.warning("Cgroup %s is still in use in %s", path, ", ".join(left))
         owned.save(path, {**record, "users": [],
-                          "controllers": [c for c in record["controllers"]
-                                          if _dir(c, path) in left]})
+                          "controllers": [m for m in record["controllers"]
+                                          if _dir(h, m, path) in left]})
     else:
         owned.delete(path)
     return left
 
 
-def _orphans(owned: Owned, record: dict[str, Any], on_path: set[str]) -> list[str]:
+def _orphans(h: Hierarchy, owned: Owned, record: dict[str, Any], on_path: set[str]) -> list[str]:
     """Remove the directories below the recorded one that no live pod's path
     goes through and that are no podvisor-made directory of their own.
 
-    Only in the controllers podvisor made it in: where the directory was
-    there before, what is below it is the kubelet's (a QoS or pod cgroup).
+    Only in the mounts podvisor made it in: where the directory was there
+    before, what is below it is the kubelet's (a QoS or pod cgroup).
     """
     path = str(record["path"])
     removed = []
-    for controller in record["controllers"]:
-        base = _dir(controller, path)
+    for mount in record["controllers"]:
+        base = _dir(h, mount, path)
         try:
             children = [e.name for e in os.scandir(base) if e.is_dir(follow_symlinks=False)]
         except (FileNotFoundError, NotADirectoryError):
@@ -252,7 +268,7 @@ def _orphans(owned: Owned, record: dict[str, Any], on_path: set[str]) -> list[st
             if child in on_path or owned.load(child) is not None:
                 continue
             target = os.path.join(base, name)
-            if not _rmtree(target):
+            if not tree.rmtree(target):
                 log.warning("Removed cgroup %s, which belongs to no pod", target)
                 removed.append(target)
     return removed
@@ -278,7 +294,7 @@ def import_ledger(ledger: str, owned: Owned, live: Mapping[str, str], deadline: 
     found: dict[str, set[str]] = {}
     for entry in listed if isinstance(listed, list) else []:
         made = _ledger_entry(entry)
-        if made is not None and os.path.isdir(_dir(*made)):
+        if made is not None and os.path.isdir(join(os.path.join(CGROUP_ROOT, made[0]), made[1])):
             found.setdefault(made[1], set()).add(made[0])
     for path, made_in in sorted(found.items()):
         users = sorted(pod for pod, parent in live.items() if path in chain(parent))
@@ -295,8 +311,8 @@ def import_ledger(ledger: str, owned: Owned, live: Mapping[str, str], deadline: 
 
 
 def _ledger_entry(entry: object) -> tuple[str, str] | None:
-    """(controller, cgroup path) of one ledger entry, or None if it names
-    no cgroup below a controller's root."""
+    """(mount, cgroup path) of one ledger entry, or None if it names no
+    cgroup below a v1 mount."""
     if not isinstance(entry, str) or not entry.startswith(f"{CGROUP_ROOT}/"):
         return None
     parts = entry[len(CGROUP_ROOT) + 1:].split("/")
@@ -305,54 +321,39 @@ def _ledger_entry(entry: object) -> tuple[str, str] | None:
     return parts[0], "/" + "/".join(parts[1:])
 
 
-def _rmdir(path: str) -> list[str]:
-    """rmdir one cgroup; the list of what is left (it, when busy)."""
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        return []
-    except OSError:
-        return [path]
-    return []
-
-
-def _rmtree(path: str) -> list[str]:
-    """rmdir a cgroup and every one below it, deepest first; what is left."""
-    left = []
-    for dirpath, _dirs, _files in os.walk(path, topdown=False):
-        left += _rmdir(dirpath)
-    return left
-
-
-# A container's or infra's own cgroup below the pod's: runc names it
-# ``<prefix>-<id>`` (cgroupfs) or ``<prefix>-<id>.scope`` (systemd).
+# A container's or infra's own cgroup below the pod's, or its monitor's:
+# runc names it ``<prefix>-<id>`` (cgroupfs) or ``<prefix>-<id>.scope``
+# (systemd), podvisor ``<prefix>-conmon-<id>[.scope]``.
 _OBJECT_CGROUP = re.compile(r"(?:.*-)?([0-9a-f]{64})(?:\.scope)?")
 
 
-def processes(parent: str) -> list[tuple[int, str | None]]:
-    """Every process in the pod's cgroups, with the id of the object it
-    belongs to: the container (or infra) whose cgroup it is in, or whose
-    monitor it is; None when neither tells."""
-    if not chain(parent):
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    owner: str | None  # the object it belongs to; None when nothing tells
+    cgroup: str | None  # that object's own cgroup below the pod's, if it is in one
+
+
+def processes(driver: Driver, parent: str) -> list[Process]:
+    """Every process in the pod's cgroups, with the object it belongs to:
+    the container (or infra) whose cgroup it is in, or whose monitor it is."""
+    path = driver.path(parent)
+    if not chain(path) or not tree.populated(driver.hierarchy, path):
         return []  # the root holds every process of the node: never a pod's
-    base = _dir("pids", parent)
-    found: list[tuple[int, str | None]] = []
-    for dirpath, _dirs, files in os.walk(base):
-        if "cgroup.procs" not in files:
-            continue
-        below = os.path.relpath(dirpath, base).split(os.sep)[0]
-        match = _OBJECT_CGROUP.fullmatch(below) if below != "." else None
-        with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
-            for line in f:
-                with contextlib.suppress(ValueError):
-                    pid = int(line)
-                    # Outside an object's cgroup, a process of podvisor's
-                    # is a monitor (move() puts them in the pod's cgroup).
-                    found.append((pid, match[1] if match else monitor.monitored_id(pid)))
+    found = []
+    for where, pid in tree.pids(driver.hierarchy, path):
+        below = where[len(path):].strip("/").split("/")[0]
+        match = _OBJECT_CGROUP.fullmatch(below) if below else None
+        if match:
+            found.append(Process(pid, match[1], f"{path.rstrip('/')}/{below}"))
+        else:
+            # In the pod's cgroup itself, a process of podvisor's is a
+            # monitor placed there by a version before monitor leaves.
+            found.append(Process(pid, monitor.monitored_id(pid), None))
     return found
 
 
-def drain(parent: str, deadline: float, ours: Callable[[str | None], bool],
+def drain(driver: Driver, parent: str, deadline: float, ours: Callable[[str | None], bool],
           grace: float = 1.0) -> bool:
     """Wait for the processes of the pod's cgroups that are ``ours`` (by the
     object they belong to) to go: monitors exiting after their containers;
@@ -362,24 +363,17 @@ def drain(parent: str, deadline: float, ours: Callable[[str | None], bool],
     parent, and removing an old sandbox must not touch the new one.
     """
     started = time.monotonic()
-    while left := [pid for pid, owner in processes(parent) if ours(owner)]:
+    while left := [p for p in processes(driver, parent) if ours(p.owner)]:
         now = time.monotonic()
         if now >= deadline:
             return False
         if now - started >= grace:
-            for pid in left:
+            # A whole object cgroup at once where the kernel can (v2's
+            # cgroup.kill: nothing forks its way out); the rest one by one.
+            for cgroup in {p.cgroup for p in left if p.cgroup}:
+                tree.kill(driver.hierarchy, cgroup)
+            for p in left:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(p.pid, signal.SIGKILL)
         time.sleep(0.02)
     return True
-
-
-def move(pid: int, parent: str) -> None:
-    """Put ``pid`` (a conmon) into the pod's cgroup in every controller, so it
-    leaves the daemon's cgroup: stopping the daemon's unit must never reach a
-    container's monitor (CRI-O's conmon_cgroup = "pod")."""
-    for controller in controllers():
-        procs = os.path.join(CGROUP_ROOT, controller, parent.lstrip("/"), "cgroup.procs")
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError, OSError), \
-                open(procs, "w") as f:
-            f.write(str(pid))
