@@ -31,6 +31,8 @@ DAEMON_START = 600.0
 RPC = 300.0
 APPLETS = ("sh", "sleep", "dd", "cat", "true")
 DRIVERS = ("cgroupfs", "systemd")
+# conmon_cgroup naming one place for every monitor, per driver.
+NAMED_CONMON_CGROUP = {"cgroupfs": "/podvisor-conmons", "systemd": "system.slice"}
 VM_WORKERS = {"image": 1, "storage": 1, "runtime": 1, "net": 1, "start_timeout": 300.0,
               "heartbeat_interval": 1.0, "heartbeat_liveness": 30}
 # Host network, no shared PID namespace (so no infra process): the fewest

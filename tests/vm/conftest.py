@@ -17,6 +17,7 @@ one it booted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -33,6 +34,7 @@ from vm import (
     APPLETS,
     DAEMON_START,
     DRIVERS,
+    NAMED_CONMON_CGROUP,
     RPC,
     VM_WORKERS,
     VmNode,
@@ -68,27 +70,53 @@ def vm_node(request: pytest.FixtureRequest, vm_image: str) -> Iterator[VmNode]:
         pytest.skip("needs root")
     if driver == "systemd" and not systemd_running():
         pytest.skip("the systemd driver needs systemd as init")
+    with running_node(driver, vm_image, request.module.__name__.rsplit(".", 1)[-1]) as node:
+        yield node
+
+
+@contextlib.contextmanager
+def running_node(driver: str, image: str, log_name: str,
+                 runtime_config: str = "") -> Iterator[VmNode]:
+    """A daemon with cgroup driver ``driver`` (and more ``[podvisor.runtime]``
+    keys), ``image`` pulled; stopped and cleaned up on exit."""
     base = Path(tempfile.mkdtemp(prefix="pv-"))
     (base / "net.d").mkdir()
     (base / "registries.conf").write_text(
-        f'[[registry]]\nlocation = "{vm_image.split("/")[0]}"\ninsecure = true\n')
+        f'[[registry]]\nlocation = "{image.split("/")[0]}"\ninsecure = true\n')
     write_config(base, VM_WORKERS, extra=(
         f'[podvisor.image]\nregistries_conf = "{base}/registries.conf"\n'
         f'signature_policy = "{base}/no-policy.json"\n'
-        f'[podvisor.runtime]\ncgroup_manager = "{driver}"\n'))
+        f'[podvisor.runtime]\ncgroup_manager = "{driver}"\n{runtime_config}'))
     daemon = Daemon(base, dict(os.environ))
     try:
         start_daemon(daemon, DAEMON_START)
-        daemon.images.PullImage(api.PullImageRequest(image=api.ImageSpec(image=vm_image)),
+        daemon.images.PullImage(api.PullImageRequest(image=api.ImageSpec(image=image)),
                                 timeout=RPC)
-        node = VmNode(daemon, driver, vm_image, base / "logs")
+        node = VmNode(daemon, driver, image, base / "logs")
         yield node
         node.remove_all_pods()
     finally:
         daemon.stop(timeout=60)
         daemon.remove_leftovers()
-        keep_log(daemon, f"podvisor-{driver}-{request.module.__name__.rsplit('.', 1)[-1]}")
+        keep_log(daemon, f"podvisor-{driver}-{log_name}")
         shutil.rmtree(base, ignore_errors=True)
         if driver == "cgroupfs":
             # The kubelet's QoS parents, should podvisor have made them.
             remove_empty_cgroups("/kubepods/burstable", "/kubepods")
+
+
+@pytest.fixture(scope="module", params=DRIVERS)
+def named_conmon_node(request: pytest.FixtureRequest, vm_image: str) -> Iterator[VmNode]:
+    """A daemon whose monitors all go below one named place
+    (``NAMED_CONMON_CGROUP``): a slice with systemd, a path with cgroupfs."""
+    driver: str = request.param
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if driver == "systemd" and not systemd_running():
+        pytest.skip("the systemd driver needs systemd as init")
+    place = NAMED_CONMON_CGROUP[driver]
+    with running_node(driver, vm_image, "named-conmon",
+                      f'conmon_cgroup = "{place}"\n') as node:
+        yield node
+    if driver == "cgroupfs":
+        remove_empty_cgroups(place)
