@@ -41,6 +41,23 @@ VM_WORKERS = {"image": 1, "storage": 1, "runtime": 1, "net": 1, "start_timeout":
 NAMESPACES = api.NamespaceOption(network=api.NODE, pid=api.CONTAINER, ipc=api.POD)
 
 
+SYSTEMD_HIERARCHY = "name=systemd"
+UNIFIED = ""  # the cgroup2 hierarchy's name in /proc/<pid>/cgroup ("0::/a/b")
+
+
+def cgroups_of(pid: int) -> dict[str, str]:
+    """The cgroup of ``pid`` in each hierarchy, from /proc/<pid>/cgroup:
+    ``memory``, ``cpu``, ``cpuacct`` (a combined line counts for each of
+    its controllers), ``name=systemd``, ``""`` for cgroup2."""
+    found: dict[str, str] = {}
+    with open(f"/proc/{pid}/cgroup", encoding="ascii") as f:
+        for line in f:
+            number, names, path = line.rstrip("\n").split(":", 2)
+            for name in names.split(",") if number != "0" else [UNIFIED]:
+                found[name] = path
+    return found
+
+
 def systemd_running() -> bool:
     return os.path.isdir("/run/systemd/system")
 

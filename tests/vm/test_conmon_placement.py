@@ -14,7 +14,15 @@ from daemonlib import poll_until
 
 from podvisor.proto import api_pb2 as api
 from podvisor.workers.runtime.cgroup.hierarchy import host
-from vm import NAMED_CONMON_CGROUP, RPC, VmNode, systemd_running
+from vm import (
+    NAMED_CONMON_CGROUP,
+    RPC,
+    SYSTEMD_HIERARCHY,
+    UNIFIED,
+    VmNode,
+    cgroups_of,
+    systemd_running,
+)
 
 pytestmark = [
     pytest.mark.skipif(not systemd_running(),
@@ -26,12 +34,8 @@ pytestmark = [
 def tracking_cgroup(pid: int) -> str:
     """Where ``pid`` is, by the hierarchy that tracks processes: systemd's
     named one on v1 and hybrid, the unified one on v2."""
-    lines = {}
-    with open(f"/proc/{pid}/cgroup", encoding="ascii") as f:
-        for line in f:
-            number, names, path = line.rstrip("\n").split(":", 2)
-            lines["" if number == "0" else names] = path
-    return lines.get("name=systemd", lines.get("", ""))
+    lines = cgroups_of(pid)
+    return lines.get(SYSTEMD_HIERARCHY, lines.get(UNIFIED, ""))
 
 
 def unit_state(name: str) -> str:

@@ -47,12 +47,18 @@ from daemonlib import poll_until
 from podvisor.proto import api_pb2 as api
 from podvisor.workers.runtime.cgroup import hierarchy
 from podvisor.workers.runtime.cgroup.hierarchy import Hierarchy
-from vm import RPC, VmNode, cgroup_hierarchy, systemd_running
+from vm import (
+    RPC,
+    SYSTEMD_HIERARCHY,
+    UNIFIED,
+    VmNode,
+    cgroup_hierarchy,
+    cgroups_of,
+    systemd_running,
+)
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 MEMORY_LIMIT = 32 * 1024 * 1024
-SYSTEMD_HIERARCHY = "name=systemd"
-UNIFIED = ""  # the cgroup2 hierarchy's name in /proc/<pid>/cgroup ("0::/a/b")
 
 pytestmark = [
     pytest.mark.skipif(not systemd_running() or cgroup_hierarchy() is None,
@@ -136,19 +142,6 @@ def pid_of(node: VmNode, container_id: str) -> int:
 def host() -> Hierarchy:
     found = cgroup_hierarchy()
     assert found is not None, "no cgroup filesystem here"
-    return found
-
-
-def cgroups_of(pid: int) -> dict[str, str]:
-    """The cgroup of ``pid`` in each hierarchy, from /proc/<pid>/cgroup:
-    ``memory``, ``cpu``, ``cpuacct`` (a combined line counts for each of
-    its controllers), ``name=systemd``, ``""`` for cgroup2."""
-    found: dict[str, str] = {}
-    with open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            number, names, path = line.rstrip("\n").split(":", 2)
-            for name in names.split(",") if number != "0" else [UNIFIED]:
-                found[name] = path
     return found
 
 

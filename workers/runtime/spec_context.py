@@ -28,6 +28,7 @@ import re
 import resource
 from dataclasses import dataclass, replace
 
+from .cgroup.driver import PREFIX
 from .spec_security import CAPABILITIES
 
 # CRI-O's default RLIMIT_NOFILE for containers: for years its crio.service
@@ -70,7 +71,7 @@ class NodeFacts:
     """Per node and OCI runtime handler; ``detect_node`` fills it from the host."""
 
     cgroup_manager: str = "cgroupfs"           # podvisor.runtime.cgroup_manager
-    cgroup_prefix: str = "podvisor"            # container cgroups are <parent>/<prefix>-<id>
+    cgroup_prefix: str = PREFIX                # container cgroups are <parent>/<prefix>-<id>
     cgroup_v2: bool = False
     controllers: frozenset[str] = frozenset()  # mounted cgroup controllers (cpu, memory, ...)
     swap_accounting: bool = False              # memory.memsw.* (v1) or memory.swap.max (v2)

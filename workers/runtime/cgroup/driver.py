@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 SYSTEMD = "systemd"
 POD = "pod"
+# Containers' cgroups are <parent>/<PREFIX>-<id>, monitors' <PREFIX>-conmon-<id>.
+PREFIX = "podvisor"
 
 # A pod that names no parent: a cgroup of its own below this one
 # (cgroupfs), or the slice systemd itself uses for services.
@@ -54,7 +56,7 @@ class Driver:
     manager: str
     hierarchy: Hierarchy
     conmon_cgroup: str = POD
-    prefix: str = "podvisor"
+    prefix: str = PREFIX
 
     @property
     def systemd(self) -> bool:
