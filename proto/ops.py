@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import image_ops, net_ops, runtime_ops, storage_ops
+from . import image_ops, net_ops, runtime_ops, storage_ops, stream_ops
 from .contract import Op
 
-POOLS = ("image", "storage", "runtime", "net")
+POOLS = ("image", "storage", "runtime", "net", "stream")
 
 CATALOGUE: dict[str, Op[Any, Any]] = {
-    op.name: op for op in (*image_ops.OPS, *storage_ops.OPS, *runtime_ops.OPS, *net_ops.OPS)}
+    op.name: op for op in (*image_ops.OPS, *storage_ops.OPS, *runtime_ops.OPS, *net_ops.OPS,
+                             *stream_ops.OPS)}
 
 
 def pool_ops(pool: str) -> frozenset[str]:
@@ -32,14 +33,14 @@ def pool_ops(pool: str) -> frozenset[str]:
 
 
 # CRI RPCs podvisor does not serve yet, each until the issue that brings
-# it: the streaming server (Exec, Attach, PortForward), stats and metrics,
-# resource updates, checkpoints, and the Stream* list forms.
+# it: stats and metrics, resource updates, checkpoints, and the Stream*
+# list forms.
 UNSERVED_RPCS = frozenset({
     "StreamPodSandboxes", "StreamContainers", "StreamImages", "UpdateContainerResources",
-    "UpdatePodSandboxResources", "Exec", "Attach", "PortForward", "ContainerStats",
-    "ListContainerStats", "StreamContainerStats", "PodSandboxStats", "ListPodSandboxStats",
-    "StreamPodSandboxStats", "ListMetricDescriptors", "ListPodSandboxMetrics",
-    "StreamPodSandboxMetrics", "CheckpointContainer", "CheckpointPod", "RestorePod",
+    "UpdatePodSandboxResources", "ContainerStats", "ListContainerStats",
+    "StreamContainerStats", "PodSandboxStats", "ListPodSandboxStats", "StreamPodSandboxStats",
+    "ListMetricDescriptors", "ListPodSandboxMetrics", "StreamPodSandboxMetrics",
+    "CheckpointContainer", "CheckpointPod", "RestorePod",
 })
 
 

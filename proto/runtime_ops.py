@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .contract import Empty, Op, Record
+from .stream_ops import AttachPlan, ExecPlan, PortForwardPlan, Streams
 
 # ---- node answers ------------------------------------------------------------
 
@@ -275,6 +276,16 @@ class ExecResult(Record, frozen=True, kw_only=True):
     exit_code: int
 
 
+class StreamRequest(Record, frozen=True, kw_only=True):
+    """Exec or Attach, before a URL is issued: the container and the
+    streams asked for (proto/stream_ops.py has what comes back)."""
+
+    id: str
+    streams: Streams
+    cmd: list[str] = []
+    """Exec's command; empty for Attach."""
+
+
 # ---- start-up and events -----------------------------------------------------------------
 
 
@@ -334,6 +345,9 @@ CONTAINER_LIST = Op("runtime.container_list", ContainerListQuery, ContainerList,
                     read_only=True)
 CONTAINER_EXEC_SYNC = Op("runtime.container_exec_sync", ExecSync, ExecResult)
 CONTAINER_REOPEN_LOG = Op("runtime.container_reopen_log", Ref, Empty)
+EXEC_PLAN = Op("runtime.exec_plan", StreamRequest, ExecPlan, read_only=True)
+ATTACH_PLAN = Op("runtime.attach_plan", StreamRequest, AttachPlan, read_only=True)
+PORT_FORWARD_PLAN = Op("runtime.port_forward_plan", Ref, PortForwardPlan, read_only=True)
 RECONCILE = Op("runtime.reconcile", Empty, Reconciled)
 CHANGES_SINCE = Op("runtime.changes_since", ChangesSince, Changes, read_only=True)
 
@@ -341,5 +355,6 @@ OPS = (
     VERSION, STATUS, RUNTIME_CONFIG, SANDBOX_RESERVE, SANDBOX_START, SANDBOX_STOP_CONTAINERS,
     SANDBOX_STOP, SANDBOX_REMOVE, SANDBOX_STATUS, SANDBOX_LIST, CONTAINER_RESERVE,
     CONTAINER_CREATE, CONTAINER_START, CONTAINER_STOP, CONTAINER_REMOVE, CONTAINER_STATUS,
-    CONTAINER_LIST, CONTAINER_EXEC_SYNC, CONTAINER_REOPEN_LOG, RECONCILE, CHANGES_SINCE,
+    CONTAINER_LIST, CONTAINER_EXEC_SYNC, CONTAINER_REOPEN_LOG, EXEC_PLAN,
+    ATTACH_PLAN, PORT_FORWARD_PLAN, RECONCILE, CHANGES_SINCE,
 )

@@ -103,7 +103,18 @@ def format_status(doc: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip()
              for r in rows]
-    return f"supervisor pid {doc['pid']}\n" + "\n".join(lines)
+    return f"supervisor pid {doc['pid']}\n" + "\n".join(lines) + _streaming(doc)
+
+
+def _streaming(doc: dict[str, Any]) -> str:
+    if "streaming" not in doc:
+        return ""
+    stats = doc["streaming"]
+    if stats is None:
+        return "\nstreaming: the stream worker does not answer"
+    active = ", ".join(f"{kind} {count}" for kind, count in stats["active"].items())
+    return (f"\nstreaming: {stats['url']}, sessions: {active}, "
+            f"unused URLs: {stats['tokens']}")
 
 
 def _duration(seconds: float) -> str:

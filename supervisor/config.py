@@ -56,6 +56,8 @@ LOG_LEVELS = ("fatal", "panic", "error", "warn", "warning", "info", "debug", "tr
 LOG_FORMATS = ("text", "json")
 CGROUP_MANAGERS = ("cgroupfs", "systemd")
 RUNTIME_TYPES = ("oci",)
+# One streaming worker: it owns the port and the URLs it issued.
+STREAM_WORKERS = 1
 # Python logging has no trace level; logs.py may give this number a name.
 TRACE_LEVEL = 5
 
@@ -164,6 +166,10 @@ def _runroot(value: object) -> object:
         raise _Invalid(f"at most {RUNROOT_MAX} bytes: conmon's unix sockets live under it "
                        f"and their paths are limited to {SUN_PATH_MAX} bytes")
     return path
+
+
+def _optional_path(value: object) -> object:
+    return "" if value == "" else _abs_path(value)
 
 
 def _bool(value: object) -> object:
@@ -321,6 +327,30 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """``[podvisor.stream]``: the streaming server behind Exec, Attach and
+    PortForward (CRI-O: the ``stream_*`` keys of ``[crio.api]``)."""
+
+    address: str = _key("127.0.0.1", _text(nonempty=True))
+    """Address the streaming server binds; the URLs name it (127.0.0.1 when
+    it is 0.0.0.0, ::1 when it is ::). Default 127.0.0.1."""
+    port: int = _key(0, _int_range(0, 65535))
+    """Port; 0 picks a free one, kept across restarts of the streaming
+    worker while it stays free. Default 0."""
+    tls_cert: str = _key("", _optional_path)
+    """PEM certificate for https/wss URLs; "" (the default) serves plain HTTP."""
+    tls_key: str = _key("", _optional_path)
+    """PEM key of ``tls_cert``; set both or neither."""
+    token_ttl: float = _key(60.0, _seconds(0, inclusive=False))
+    """Seconds a URL stays usable before its first (and only) use. Default 60."""
+    max_tokens: int = _key(1000, _int_range(1, 100000))
+    """URLs issued and not yet used; more is RESOURCE_EXHAUSTED. Default 1000."""
+    stream_idle_timeout: float = _key(4 * 3600.0, _seconds(0, inclusive=False))
+    """Seconds a session may pass with no data either way before it is
+    closed (the kubelet's default). Default 14400."""
+
+
+@dataclass(frozen=True)
 class WorkersConfig:
     """``[podvisor.workers]``: podvisor's own, the worker pools and their supervision."""
 
@@ -358,7 +388,7 @@ class WorkersConfig:
     def pool_sizes(self) -> dict[str, int]:
         """Processes per pool, keyed by pool name."""
         return {"image": self.image, "storage": self.storage,
-                "runtime": self.runtime, "net": self.net}
+                "runtime": self.runtime, "net": self.net, "stream": STREAM_WORKERS}
 
 
 @dataclass(frozen=True)
@@ -378,6 +408,7 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
 
 
@@ -587,6 +618,11 @@ def _check_relations(config: Config, settings: _Settings) -> None:
         raise ConfigError(
             source, f"{_dotted(path)}: with cgroup_manager {_show(runtime.cgroup_manager)}, "
             f'conmon_cgroup must be "pod" or {want}, got {_show(cgroup)}', _dotted(path))
+    stream = config.stream
+    if bool(stream.tls_cert) != bool(stream.tls_key):
+        path, source = _source_of(settings, ("stream", "tls_cert"), ("stream", "tls_key"))
+        raise ConfigError(source, f"{_dotted(path)}: set tls_cert and tls_key together",
+                          _dotted(path))
     workers = config.workers
     if workers.backoff_cap < workers.backoff_base:
         path, source = _source_of(settings, ("workers", "backoff_cap"),

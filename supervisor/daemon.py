@@ -38,7 +38,7 @@ from .container_events import EventHub
 from .creates import CreateTable
 from .fence import FenceError, fence_old_workers
 from .grpc_server import Front, serve
-from .health import HealthServer
+from .health import HealthServer, stream_stats
 from .lifecycle import EventPublisher
 from .metrics import Metrics
 from .opclient import OpClient
@@ -48,6 +48,7 @@ from .rpc.image import ImageService
 from .rpc.routes import routes
 from .rpc.runtime_info import RuntimeInfoService
 from .rpc.sandbox import SandboxService
+from .rpc.streaming import StreamingService
 from .supervision import Supervision
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ class Daemon:
                                   pools, buses, metrics)
             await health.start(os.path.join(config.runroot, "health.addr"))
         bus = Bus(buses, ops.CATALOGUE)
+        if health is not None:
+            health.stream_stats = lambda: stream_stats(bus)
         refused = None
         try:
             refused = await hostcheck.refusal(bus, config.workers.start_timeout)
@@ -179,8 +182,8 @@ class Daemon:
         # Each RPC group's service is built once and holds only what it uses.
         client, creates = OpClient(bus), CreateTable()
         table = routes(RuntimeInfoService(client, pools), SandboxService(client, creates),
-                       ContainerService(client, creates), ImageService(client, metrics),
-                       hub)
+                       ContainerService(client, creates), StreamingService(client),
+                       ImageService(client, metrics), hub)
         front = Front(metrics, config.api.request_timeout)
         server = await serve(front, table, config.api.listen, config.api.grpc_max_send_msg_size,
                              config.api.grpc_max_recv_msg_size)

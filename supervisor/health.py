@@ -3,7 +3,9 @@
 A tiny HTTP/1.1 server on the loop (loopback by default) answers
 ``GET /status`` (the JSON ``podvisor status`` prints), ``GET /metrics``
 (Prometheus text format) and ``GET /healthz``. It reads the pools and buses
-directly, so the numbers are never staler than the request. The bound
+directly, and asks the stream pool for its sessions (``stream.stats``), so
+the numbers are never staler than the request; a stream pool that does
+not answer within ``STREAM_STATS_TIMEOUT`` shows as ``null``. The bound
 address is written to ``<runroot>/health.addr`` so ``podvisor status``
 finds the daemon even on an ephemeral port.
 """
@@ -16,19 +18,36 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..proto import stream_ops
+from ..proto.contract import Empty, to_wire
+from ..proto.errors import BusError
 from .bus import PoolBus
 from .metrics import Metrics
+from .opclient import Sender, send
 from .pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_LINE = 8192
+STREAM_STATS_TIMEOUT = 2.0
+
+# The stream pool's answer to stream.stats as JSON, or None if it has none.
+StreamStatsSource = Callable[[], Awaitable[dict[str, Any] | None]]
+
+
+async def stream_stats(bus: Sender) -> dict[str, Any] | None:
+    try:
+        stats = await send(bus, stream_ops.STATS, Empty(),
+                           time.monotonic() + STREAM_STATS_TIMEOUT)
+    except BusError:
+        return None
+    return to_wire(stats, stream_ops.StreamStats)
 
 
 class WorkerStats:
@@ -91,6 +110,8 @@ class HealthServer:
         self._metrics = metrics
         self._stats = WorkerStats()
         self._server: asyncio.Server | None = None
+        # Set once the bus exists (daemon.py); the health endpoint starts first.
+        self.stream_stats: StreamStatsSource | None = None
 
     async def start(self, addr_file: str) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -115,7 +136,7 @@ class HealthServer:
                     b"\r\n", b"\n", b""):
                 if len(header) > MAX_REQUEST_LINE:
                     break
-            status, ctype, body = self._route(line)
+            status, ctype, body = await self._route(line)
             writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
                          b"Connection: close\r\n\r\n" % (status, ctype.encode(), len(body)))
             writer.write(body)
@@ -127,15 +148,22 @@ class HealthServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    def _route(self, line: bytes) -> tuple[bytes, str, bytes]:
+    async def _streaming(self) -> dict[str, Any] | None:
+        doc = await self.stream_stats() if self.stream_stats is not None else None
+        self._metrics.observe_streaming(doc)
+        return doc
+
+    async def _route(self, line: bytes) -> tuple[bytes, str, bytes]:
         parts = line.split()
         if len(parts) < 2 or parts[0] != b"GET":
             return b"405 Method Not Allowed", "text/plain", b"only GET\n"
         path = parts[1].split(b"?", 1)[0]
         if path == b"/status":
             doc = snapshot(self._pools, self._buses, self._stats)
+            doc["streaming"] = await self._streaming()
             return b"200 OK", "application/json", json.dumps(doc).encode()
         if path == b"/metrics":
+            await self._streaming()
             return b"200 OK", CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry)
         if path == b"/healthz":
             return b"200 OK", "text/plain", b"ok\n"

@@ -8,11 +8,13 @@ time, so there is one source of truth and nothing to keep in sync.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..proto import stream_ops
 from .bus import PoolBus
 from .pool import SlotState, WorkerPool
 
@@ -39,6 +41,29 @@ class Metrics:
         self.pull_layers = Counter(
             "podvisor_image_pull_layers", "Layers fetched from registries by pulls",
             registry=self.registry)
+
+        self.stream_sessions = Gauge(
+            "podvisor_stream_sessions", "Live streaming sessions, by kind (exec, attach, "
+            "portforward); -1 while the stream worker does not answer", ["kind"],
+            registry=self.registry)
+        self.stream_tokens = Gauge(
+            "podvisor_stream_tokens", "Streaming URLs issued and not yet used or expired",
+            registry=self.registry)
+        self.stream_refused = Gauge(
+            "podvisor_stream_refused", "Streaming requests refused since the stream worker "
+            "started, by reason", ["reason"], registry=self.registry)
+
+    def observe_streaming(self, stats: Mapping[str, Any] | None) -> None:
+        """The stream pool's stats, read at scrape time (health.py)."""
+        if stats is None:
+            for kind in stream_ops.KINDS:
+                self.stream_sessions.labels(kind).set(-1)
+            return
+        for kind, count in stats["active"].items():
+            self.stream_sessions.labels(kind).set(count)
+        self.stream_tokens.set(stats["tokens"])
+        for reason, count in stats["refused"].items():
+            self.stream_refused.labels(reason).set(count)
 
     def watch(self, pools: Mapping[str, WorkerPool], buses: Mapping[str, PoolBus]) -> None:
         self.registry.register(_PoolCollector(pools, buses))

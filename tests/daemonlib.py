@@ -185,6 +185,17 @@ class Daemon:
             return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
 
 
+def interrupt(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop a client we started as Ctrl-C would, by its pid; SIGKILL if it
+    lingers past ``grace``."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def write_config(base: Path, workers: dict[str, Any] | None = None,
                  extra: str = "") -> None:
     sizes = {"image": 1, "storage": 1, "runtime": 2, "net": 2, **(workers or {})}

@@ -31,9 +31,12 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
                       {"proto", "workers", "workers/image"}),
     "workers/storage": ({"zmq", "setproctitle", "zstandard"},
                         {"proto", "workers", "workers/storage"}),
+    # h11 and wsproto: the streaming server's HTTP upgrades and WebSockets.
+    "workers/stream": ({"zmq", "setproctitle", "h11", "wsproto"},
+                       {"proto", "workers", "workers/stream"}),
     "conmon": (set(), {"conmon"}),
 }
-POOLS = ("image", "storage", "runtime", "net")
+POOLS = ("image", "storage", "runtime", "net", "stream")
 
 
 def room_of(path: Path) -> str:

@@ -57,7 +57,10 @@ def test_defaults_when_default_paths_are_absent(
         runtime_path="/usr/sbin/runc", runtime_root="/run/podvisor/runc")
     assert loaded.runtime.runtimes["crun"].runtime_root == "/run/podvisor/crun"
     assert loaded.network.plugin_dirs == ("/opt/cni/bin", "/usr/lib/cni")
-    assert loaded.workers.pool_sizes() == {"image": 2, "storage": 2, "runtime": 2, "net": 2}
+    assert loaded.workers.pool_sizes() == {"image": 2, "storage": 2, "runtime": 2, "net": 2,
+                                           "stream": 1}
+    assert loaded.stream.address == "127.0.0.1" and loaded.stream.port == 0
+    assert loaded.stream.token_ttl == 60.0 and loaded.stream.stream_idle_timeout == 14400.0
 
 
 def test_default_paths_are_read_when_present(

@@ -79,10 +79,12 @@ def test_podvisor_status_lists_every_worker(daemon: Daemon) -> None:
     lines = out.stdout.splitlines()
     assert lines[1].split() == ["POOL", "INDEX", "PID", "STATE", "UPTIME", "RESTARTS",
                                 "INFLIGHT", "RSS", "CPU%"]
-    rows = [line.split() for line in lines[2:]]
+    assert lines[-1].startswith("streaming: http://127.0.0.1:"), lines[-1]
+    assert "sessions: exec 0, attach 0, portforward 0" in lines[-1]
+    rows = [line.split() for line in lines[2:-1]]
     assert sorted((r[0], r[1]) for r in rows) == sorted(
         [("image", "1"), ("storage", "1"), ("runtime", "1"), ("runtime", "2"),
-         ("net", "1"), ("net", "2")])
+         ("net", "1"), ("net", "2"), ("stream", "1")])
     assert all(r[3] == "READY" for r in rows)
 
     doc = json.loads(daemon.cli("status", "--json").stdout)
@@ -95,14 +97,15 @@ def test_podvisor_status_lists_every_worker(daemon: Daemon) -> None:
 def test_metrics_count_rpcs_by_code_and_workers_up(daemon: Daemon) -> None:
     daemon.runtime.Version(api.VersionRequest(), timeout=10)
     with contextlib.suppress(grpc.RpcError):
-        daemon.runtime.Attach(api.AttachRequest(container_id="x"), timeout=10)
+        daemon.runtime.Attach(api.AttachRequest(container_id="x", stdout=True), timeout=10)
     text = daemon.metrics()
     assert re.search(r'podvisor_rpc_requests_total\{code="OK",method="Version"\} [1-9]', text)
     assert re.search(
-        r'podvisor_rpc_requests_total\{code="UNIMPLEMENTED",method="Attach"\} [1-9]', text)
+        r'podvisor_rpc_requests_total\{code="NOT_FOUND",method="Attach"\} [1-9]', text)
     assert 'podvisor_rpc_duration_seconds_bucket{le="0.001",method="Version"}' in text
     assert 'podvisor_workers_up{pool="runtime"} 2.0' in text
     assert 'podvisor_worker_restarts_total{pool="net"} 0.0' in text
+    assert 'podvisor_stream_sessions{kind="exec"} 0.0' in text
 
 
 def test_logged_requests_carry_a_request_id(daemon: Daemon) -> None:

@@ -30,6 +30,7 @@ IMPLEMENTED = {
     "RunPodSandbox", "StopPodSandbox", "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox",
     "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
     "ContainerStatus", "ReopenContainerLog", "ExecSync", "GetContainerEvents",
+    "Exec", "Attach", "PortForward",
     "ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo",
 }
 # What gRPC itself answers for a method nobody registered, and what the

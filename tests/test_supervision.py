@@ -300,8 +300,8 @@ def test_a_worker_of_another_build_is_refused_and_its_pool_goes_fatal(
         "if b'podvisor.workers.image' in open('/proc/self/cmdline', 'rb').read():\n"
         "    from podvisor.workers import base\n"
         "    init = base.WorkerProcess.__init__\n"
-        "    def patched(self, options, ops):\n"
-        "        init(self, options, {**ops, 'image.frobnicate': lambda c, a: None})\n"
+        "    def patched(self, options, ops, startup=None):\n"
+        "        init(self, options, {**ops, 'image.frobnicate': lambda c, a: None}, startup)\n"
         "    base.WorkerProcess.__init__ = patched\n")
     daemon = make_daemon(env={"PYTHONPATH": str(tmp_path)}, start=False,
                          extra="backoff_base = 0.1\nfatal_after = 3")

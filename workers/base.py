@@ -136,6 +136,8 @@ def serve(*bindings: Served[Any, Any]) -> dict[str, Served[Any, Any]]:
 
 
 OpTable = Mapping[str, Served[Any, Any]]
+# What a pool that serves more than the bus starts on the worker's loop.
+Startup = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -155,9 +157,11 @@ class WorkerOptions:
 class WorkerProcess:
     """Serve one pool's ops over the bus until stopped (see module docstring)."""
 
-    def __init__(self, options: WorkerOptions, ops: OpTable) -> None:
+    def __init__(self, options: WorkerOptions, ops: OpTable,
+                 startup: Startup | None = None) -> None:
         self.options = options
         self.ops = ops
+        self._startup = startup
         self._inflight: dict[bytes, OpContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -200,6 +204,10 @@ class WorkerProcess:
         self._sock.setsockopt(zmq.RCVHWM, 10000)
         self._sock.setsockopt(zmq.SNDHWM, 10000)
         self._sock.connect(opts.endpoint)
+        if self._startup is not None:
+            # Before READY: a worker whose own server cannot start is a
+            # failed start, retried with backoff, never a READY worker.
+            await self._startup()
         await self._send(envelope.encode(Command.READY, {
             "pool": opts.pool, "index": opts.index, "pid": os.getpid(),
             "proto": envelope.PROTO_VERSION, "ops": sorted(self.ops),

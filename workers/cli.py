@@ -23,7 +23,7 @@ import setproctitle
 
 from ..proto import envelope
 from ..proto.logfmt import JsonFormatter, TextFormatter
-from .base import OpTable, WorkerOptions, WorkerProcess, request_id_var
+from .base import OpTable, Startup, WorkerOptions, WorkerProcess, request_id_var
 
 
 class _RequestIdFilter(logging.Filter):
@@ -59,7 +59,8 @@ def load_settings(path: str) -> dict[str, Any]:
 ServiceFactory = Callable[[Mapping[str, Any]], OpTable]
 
 
-def main(pool: str, build: ServiceFactory, argv: list[str] | None = None) -> int:
+def main(pool: str, build: ServiceFactory, argv: list[str] | None = None,
+         startup: Startup | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"podvisor {pool} worker")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--endpoint", required=True)
@@ -81,4 +82,5 @@ def main(pool: str, build: ServiceFactory, argv: list[str] | None = None) -> int
         max_payload=int(settings["bus_max_payload"]),
         fence=os.path.join(settings["runroot"], envelope.FENCE_FILE),
     )
-    return WorkerProcess(options, build(settings)).run()
+    ops = build(settings)
+    return WorkerProcess(options, ops, startup).run()

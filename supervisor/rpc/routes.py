@@ -18,12 +18,13 @@ from .container import ContainerService
 from .image import ImageService
 from .runtime_info import RuntimeInfoService
 from .sandbox import SandboxService
+from .streaming import StreamingService
 
 Handler = Callable[[Any], Awaitable[Any]] | Callable[[Any], AsyncIterator[Any]]
 
 
 def routes(info: RuntimeInfoService, sandboxes: SandboxService,
-           containers: ContainerService, images: ImageService,
+           containers: ContainerService, streams: StreamingService, images: ImageService,
            events: EventHub) -> dict[str, Handler]:
     table: dict[str, Handler] = {
         "Version": info.version,
@@ -43,6 +44,9 @@ def routes(info: RuntimeInfoService, sandboxes: SandboxService,
         "ContainerStatus": containers.container_status,
         "ReopenContainerLog": containers.reopen_container_log,
         "ExecSync": containers.exec_sync,
+        "Exec": streams.exec,
+        "Attach": streams.attach,
+        "PortForward": streams.port_forward,
         "GetContainerEvents": lambda request: events.subscribe(),
         "ListImages": images.list_images,
         "ImageStatus": images.image_status,

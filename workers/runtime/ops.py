@@ -8,6 +8,8 @@ declared in proto/runtime_ops.py. The ops are served by:
                          status, list                       (sandbox.py)
     runtime.container_*  reserve, create, start, stop, remove, status,
                          list, exec_sync, reopen_log        (containers.py)
+    runtime.exec_plan, attach_plan, port_forward_plan
+                         streaming requests checked, and their plans (streaming.py)
     runtime.reconcile    start-up repair of the records     (reconcile.py)
     runtime.changes_since  the change feed: events with statuses (changes.py)
 
@@ -34,8 +36,9 @@ from ...proto import api_pb2 as api
 from ...proto import runtime_ops as rt
 from ...proto.contract import Empty
 from ...proto.errors import NotFound
+from ...proto.stream_ops import AttachPlan, ExecPlan, PortForwardPlan
 from ..base import OpContext, OpTable, Served, serve
-from . import changes, containers, handlers, reconcile, sandbox
+from . import changes, containers, handlers, reconcile, sandbox, streaming
 from .changes import Change, Entry, Journal
 from .handlers import Runtimes
 from .layout import Layout
@@ -85,6 +88,9 @@ class RuntimeService:
             Served(rt.CONTAINER_LIST, self.container_list),
             Served(rt.CONTAINER_EXEC_SYNC, self.container_exec_sync),
             Served(rt.CONTAINER_REOPEN_LOG, self.container_reopen_log),
+            Served(rt.EXEC_PLAN, self.exec_plan),
+            Served(rt.ATTACH_PLAN, self.attach_plan),
+            Served(rt.PORT_FORWARD_PLAN, self.port_forward_plan),
             Served(rt.RECONCILE, self.reconcile),
             Served(rt.CHANGES_SINCE, self.changes_since),
         )
@@ -195,6 +201,15 @@ class RuntimeService:
     def container_reopen_log(self, ctx: OpContext, args: rt.Ref) -> Empty:
         containers.reopen_log(self.layout, ctx, args)
         return Empty()
+
+    def exec_plan(self, ctx: OpContext, args: rt.StreamRequest) -> ExecPlan:
+        return streaming.exec_plan(self.layout, self.runtimes, args)
+
+    def attach_plan(self, ctx: OpContext, args: rt.StreamRequest) -> AttachPlan:
+        return streaming.attach_plan(self.layout, args)
+
+    def port_forward_plan(self, ctx: OpContext, args: rt.Ref) -> PortForwardPlan:
+        return streaming.port_forward_plan(self.layout, args)
 
     def reconcile(self, ctx: OpContext, args: Empty) -> rt.Reconciled:
         return reconcile.reconcile(self.layout, self.runtimes, ctx)

@@ -1,0 +1,1 @@
+"""The stream pool: the streaming server behind Exec, Attach and PortForward."""
