@@ -127,7 +127,8 @@ def create(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
         handler = runtimes.handlers[record["runtime_handler"]]
         bundle = layout.bundle_dir(container_id)
         os.makedirs(bundle, mode=0o700, exist_ok=True)
-        node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path)
+        node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path,
+                                 handler.root)
         config = configs.container_config(record)
         document = specs.container_spec(node, pod, record, args.rootfs, args.image_config,
                                         _target_pid_ns(layout, record, config))

@@ -77,22 +77,23 @@ _cache: dict[str, tuple[float, Probe]] = {}
 _cache_lock = threading.Lock()
 
 
-def probe(name: str, path: str) -> Probe:
-    """Return the (possibly cached) health of handler ``name`` at ``path``."""
+def probe(name: str, path: str, root: str = "") -> Probe:
+    """Return the (possibly cached) health of handler ``name`` at ``path``,
+    whose state lives in ``root``."""
     now = time.monotonic()
     with _cache_lock:
         hit = _cache.get(name)
         if hit is not None and hit[1].path == path and now - hit[0] < PROBE_TTL:
             return hit[1]
-    result = _probe(name, path)
+    result = _probe(name, path, root)
     with _cache_lock:
         _cache[name] = (now, result)
     return result
 
 
-def _probe(name: str, path: str) -> Probe:
+def _probe(name: str, path: str, root: str) -> Probe:
     try:
-        done = subprocess.run([path, "--version"], capture_output=True, text=True,
+        done = subprocess.run(_argv(path, root, "--version"), capture_output=True, text=True,
                               timeout=PROBE_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Probe(name, path, False, "", f"{path}: {exc}", frozenset())
@@ -101,14 +102,20 @@ def _probe(name: str, path: str) -> Probe:
                      f"{path} --version exited {done.returncode}: {done.stderr.strip()[:200]}",
                      frozenset())
     version = done.stdout.splitlines()[0].strip() if done.stdout else ""
-    return Probe(name, path, True, version, "", _mount_options(path))
+    return Probe(name, path, True, version, "", _mount_options(path, root))
 
 
-def _mount_options(path: str) -> frozenset[str]:
+def _argv(path: str, root: str, command: str) -> list[str]:
+    # The handler's own --root: without it crun makes its default /run/crun,
+    # a directory podvisor does not own, on any command, --version included.
+    return [path, *(["--root", root] if root else []), command]
+
+
+def _mount_options(path: str, root: str) -> frozenset[str]:
     # `features` is part of the OCI runtime-spec "features" document; older
     # binaries lack it, which just means no optional mount options.
     try:
-        done = subprocess.run([path, "features"], capture_output=True, text=True,
+        done = subprocess.run(_argv(path, root, "features"), capture_output=True, text=True,
                               timeout=PROBE_TIMEOUT, check=False)
         features = json.loads(done.stdout) if done.returncode == 0 else {}
     except (OSError, subprocess.TimeoutExpired, ValueError):

@@ -55,7 +55,7 @@ def start(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroups: Dri
     infra_id = pod["id"]
     bundle = layout.bundle_dir(infra_id)
     os.makedirs(bundle, mode=0o700, exist_ok=True)
-    node = specs.node_facts(cgroups.manager, handler.name, handler.path)
+    node = specs.node_facts(cgroups.manager, handler.name, handler.path, handler.root)
     if image:
         document = specs.infra_spec(node, pod, image.rootfs, tuple(image.args))
     else:

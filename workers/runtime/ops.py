@@ -102,7 +102,7 @@ class RuntimeService:
 
     def status(self, ctx: OpContext, args: Empty) -> rt.RuntimeStatus:
         """Probe every configured handler; ready iff the default one works."""
-        probes = [handlers.probe(name, handler.path)
+        probes = [handlers.probe(name, handler.path, handler.root)
                   for name, handler in sorted(self.runtimes.handlers.items())]
         default = next(p for p in probes if p.name == self.runtimes.default_runtime)
         return rt.RuntimeStatus(

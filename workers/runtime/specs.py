@@ -28,14 +28,16 @@ from .spec_context import (
 from .spec_mounts import ensure_mount_sources
 
 
-def node_facts(cgroup_manager: str, handler: str, handler_path: str) -> NodeFacts:
+def node_facts(cgroup_manager: str, handler: str, handler_path: str,
+               handler_root: str = "") -> NodeFacts:
     """The facts of this node and handler as they are now."""
-    return with_cpusets(_detected(cgroup_manager, handler, handler_path))
+    return with_cpusets(_detected(cgroup_manager, handler, handler_path, handler_root))
 
 
 @functools.cache
-def _detected(cgroup_manager: str, handler: str, handler_path: str) -> NodeFacts:
-    probe = handlers.probe(handler, handler_path)
+def _detected(cgroup_manager: str, handler: str, handler_path: str,
+              handler_root: str) -> NodeFacts:
+    probe = handlers.probe(handler, handler_path, handler_root)
     return detect_node(cgroup_manager, probe.mount_options,
                        MIN_MEMORY_CRUN if "crun" in handler_path else MIN_MEMORY_RUNC)
 
