@@ -10,6 +10,7 @@ container id and names files of the pool).
 from __future__ import annotations
 
 from .contract import Empty, Op, Record
+from .stats import NetworkQuery, NetworkSamples
 
 
 class NetworkStatus(Record, frozen=True, kw_only=True):
@@ -129,5 +130,7 @@ STATUS = Op("net.status", Empty, NetworkStatus, read_only=True)
 SETUP = Op("net.setup", SetupPod, PodNetwork, idempotent=True)
 TEARDOWN = Op("net.teardown", TeardownPod, TornDown, idempotent=True)
 RECONCILE = Op("net.reconcile", Reconcile, Reconciled)
+# Each pod's interface counters, read inside its network namespace.
+NETWORK_USAGE = Op("net.network_usage", NetworkQuery, NetworkSamples, read_only=True)
 
-OPS = (STATUS, SETUP, TEARDOWN, RECONCILE)
+OPS = (STATUS, SETUP, TEARDOWN, RECONCILE, NETWORK_USAGE)

@@ -33,14 +33,12 @@ def pool_ops(pool: str) -> frozenset[str]:
 
 
 # CRI RPCs podvisor does not serve yet, each until the issue that brings
-# it: stats and metrics, resource updates, checkpoints, and the Stream*
-# list forms.
+# it: resource updates, checkpoints, and the Stream* list forms (the
+# kubelet calls the List* ones).
 UNSERVED_RPCS = frozenset({
     "StreamPodSandboxes", "StreamContainers", "StreamImages", "UpdateContainerResources",
-    "UpdatePodSandboxResources", "ContainerStats", "ListContainerStats",
-    "StreamContainerStats", "PodSandboxStats", "ListPodSandboxStats", "StreamPodSandboxStats",
-    "ListMetricDescriptors", "ListPodSandboxMetrics", "StreamPodSandboxMetrics",
-    "CheckpointContainer", "CheckpointPod", "RestorePod",
+    "UpdatePodSandboxResources", "StreamContainerStats", "StreamPodSandboxStats",
+    "StreamPodSandboxMetrics", "CheckpointContainer", "CheckpointPod", "RestorePod",
 })
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .contract import Empty, Op, Record
+from .stats import ContainerSamples, PodSamples, StatsQuery
 from .stream_ops import AttachPlan, ExecPlan, PortForwardPlan, Streams
 
 # ---- node answers ------------------------------------------------------------
@@ -348,6 +349,8 @@ CONTAINER_REOPEN_LOG = Op("runtime.container_reopen_log", Ref, Empty)
 EXEC_PLAN = Op("runtime.exec_plan", StreamRequest, ExecPlan, read_only=True)
 ATTACH_PLAN = Op("runtime.attach_plan", StreamRequest, AttachPlan, read_only=True)
 PORT_FORWARD_PLAN = Op("runtime.port_forward_plan", Ref, PortForwardPlan, read_only=True)
+CONTAINER_STATS = Op("runtime.container_stats", StatsQuery, ContainerSamples, read_only=True)
+SANDBOX_STATS = Op("runtime.sandbox_stats", StatsQuery, PodSamples, read_only=True)
 RECONCILE = Op("runtime.reconcile", Empty, Reconciled)
 CHANGES_SINCE = Op("runtime.changes_since", ChangesSince, Changes, read_only=True)
 
@@ -356,5 +359,5 @@ OPS = (
     SANDBOX_STOP, SANDBOX_REMOVE, SANDBOX_STATUS, SANDBOX_LIST, CONTAINER_RESERVE,
     CONTAINER_CREATE, CONTAINER_START, CONTAINER_STOP, CONTAINER_REMOVE, CONTAINER_STATUS,
     CONTAINER_LIST, CONTAINER_EXEC_SYNC, CONTAINER_REOPEN_LOG, EXEC_PLAN,
-    ATTACH_PLAN, PORT_FORWARD_PLAN, RECONCILE, CHANGES_SINCE,
+    ATTACH_PLAN, PORT_FORWARD_PLAN, CONTAINER_STATS, SANDBOX_STATS, RECONCILE, CHANGES_SINCE,
 )

@@ -9,6 +9,7 @@ this layer's diff_id).
 from __future__ import annotations
 
 from .contract import Empty, Op, Record
+from .stats import LayerUsageQuery, LayerUsages
 
 
 class UnpackLayer(Record, frozen=True, kw_only=True):
@@ -126,5 +127,9 @@ REMOVE_LAYER = Op("storage.remove_layer", RemoveLayer, RemovedLayer)
 CREATE_ROOTFS = Op("storage.create_rootfs", CreateRootfs, CreatedRootfs, idempotent=True)
 REMOVE_ROOTFS = Op("storage.remove_rootfs", RemoveRootfs, RemovedRootfs, idempotent=True)
 RECONCILE = Op("storage.reconcile", Reconcile, Reconciled)
+# The writable layers' usage as last measured in the background, never
+# walked on the call's path (workers/storage/layer_usage.py).
+LAYER_USAGE = Op("storage.layer_usage", LayerUsageQuery, LayerUsages, read_only=True)
 
-OPS = (IMAGE_FS_INFO, UNPACK_LAYER, REMOVE_LAYER, CREATE_ROOTFS, REMOVE_ROOTFS, RECONCILE)
+OPS = (IMAGE_FS_INFO, UNPACK_LAYER, REMOVE_LAYER, CREATE_ROOTFS, REMOVE_ROOTFS, RECONCILE,
+       LAYER_USAGE)

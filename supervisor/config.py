@@ -128,6 +128,13 @@ def _seconds(lo: float, *, inclusive: bool) -> _Check:
     return check
 
 
+def _fraction(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 < float(value) <= 1:
+        raise _Invalid("expected a number above 0 and at most 1")
+    return float(value)
+
+
 def _one_of(choices: tuple[str, ...]) -> _Check:
     def check(value: object) -> object:
         if not isinstance(value, str) or value not in choices:
@@ -350,6 +357,41 @@ class StreamConfig:
     closed (the kubelet's default). Default 14400."""
 
 
+# The metric groups podvisor collects (CRI-O's names for
+# included_pod_metrics); CRI-O's "hugetlb" and "pressure" are not among them.
+METRIC_GROUPS = ("cpu", "disk", "diskIO", "memory", "network", "oom", "process", "spec")
+
+
+def _metric_groups(value: object) -> object:
+    expected = f'a list of metric groups from {", ".join(METRIC_GROUPS)}, or ["all"]'
+    groups = _str_list(_one_of(("all", *METRIC_GROUPS)), expected)(value)
+    assert isinstance(groups, tuple)
+    if "all" in groups:
+        if len(groups) != 1:
+            raise _Invalid('"all" must be the only element')
+        return METRIC_GROUPS
+    return tuple(dict.fromkeys(groups))
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """``[podvisor.stats]``: container and pod stats, and the CRI metrics
+    the kubelet serves at /metrics/cadvisor (CRI-O: ``[crio.stats]``)."""
+
+    included_pod_metrics: tuple[str, ...] = _key(METRIC_GROUPS, _metric_groups)
+    """Metric groups ListMetricDescriptors and ListPodSandboxMetrics answer:
+    any of cpu, disk, diskIO, memory, network, oom, process, spec, or
+    ["all"]; container_last_seen is always there. Default: all of them."""
+    layer_usage_interval: float = _key(10.0, _seconds(0, inclusive=False))
+    """Seconds between two measures of one container's writable layer
+    (longer when the CPU budget cannot measure every layer that often).
+    Default 10."""
+    layer_usage_budget: float = _key(0.2, _fraction)
+    """The share of one CPU the background measuring may take, above 0 and
+    at most 1: after each walk it rests for the walk's time times
+    (1 - budget) / budget. Default 0.2."""
+
+
 @dataclass(frozen=True)
 class WorkersConfig:
     """``[podvisor.workers]``: podvisor's own, the worker pools and their supervision."""
@@ -409,6 +451,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
 
 

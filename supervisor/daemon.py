@@ -45,9 +45,11 @@ from .opclient import OpClient
 from .pool import RestartPolicy, WorkerCommand, WorkerPool, write_settings
 from .rpc.container import ContainerService
 from .rpc.image import ImageService
+from .rpc.metric_build import Catalogue
 from .rpc.routes import routes
 from .rpc.runtime_info import RuntimeInfoService
 from .rpc.sandbox import SandboxService
+from .rpc.stats import StatsService
 from .rpc.streaming import StreamingService
 from .supervision import Supervision
 
@@ -181,8 +183,11 @@ class Daemon:
         hub = EventHub(bus)
         # Each RPC group's service is built once and holds only what it uses.
         client, creates = OpClient(bus), CreateTable()
-        table = routes(RuntimeInfoService(client, pools), SandboxService(client, creates),
+        metric_groups = config.stats.included_pod_metrics
+        table = routes(RuntimeInfoService(client, pools, metric_groups),
+                       SandboxService(client, creates),
                        ContainerService(client, creates), StreamingService(client),
+                       StatsService(client, Catalogue(metric_groups)),
                        ImageService(client, metrics), hub)
         front = Front(metrics, config.api.request_timeout)
         server = await serve(front, table, config.api.listen, config.api.grpc_max_send_msg_size,

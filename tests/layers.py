@@ -138,7 +138,8 @@ class Storage:
         self.blobs = base / "blobs"
         for d in (self.root, self.runroot, self.blobs):
             d.mkdir(parents=True, exist_ok=True)
-        self.settings = {"root": str(self.root), "runroot": str(self.runroot)}
+        self.settings = {"root": str(self.root), "runroot": str(self.runroot),
+                         "stats": {"layer_usage_interval": 10.0, "layer_usage_budget": 0.2}}
         # Built from the settings as a worker builds it.
         self.service = StorageService.from_settings(self.settings)
         self.ops = self.service.ops()

@@ -28,8 +28,10 @@ from daemonlib import Daemon, poll_until, write_config
 from netfixtures import CniWorld, private_cni_world
 
 from podvisor.proto import api_pb2 as api
+from podvisor.workers.storage import layer_usage
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+MEASURER_LOCK = f"{layer_usage.LOCK_KEY}.lock"
 APPLETS = ("sh", "echo", "sleep", "cat", "ls", "id", "ip", "hostname", "readlink", "true",
            "false", "env", "ps", "kill", "yes", "head", "date", "wc", "mkdir", "touch")
 
@@ -168,20 +170,23 @@ def leftovers(daemon: Daemon, prefix: str) -> list[str]:
     """What a daemon whose pods are all removed must not hold any more: pod
     cgroups under ``prefix``, lock files, name reservations, records and
     the per-pod and per-container files of the runtime, net and storage
-    pools. Lock files of the image's layers stay: the image does."""
+    pools. Lock files of the image's layers stay: the image does; so does
+    the storage pool's one measurer lock (it lives as long as the pool)."""
     root, run = daemon.base / "root", daemon.runroot
     found = [f"cgroup {d}" for d in cgroup_dirs(prefix)]
     for state in (root / "runtime/sandboxes", root / "runtime/containers",
                   root / "runtime/names", run / "runtime/locks", run / "runtime/cgroups",
                   run / "runtime/pods", run / "runtime/bundles", run / "runtime/exits",
                   run / "c", root / "net/pods", run / "net/locks", run / "netns",
-                  root / "storage/containers", run / "storage/mounts"):
+                  root / "storage/containers", run / "storage/mounts", run / "storage/usage"):
         if state.is_dir():
             found += [str(p) for p in sorted(state.iterdir())]
     layers_dir = root / "storage/layers"
     layers = {p.name for p in layers_dir.iterdir()} if layers_dir.is_dir() else set()
     locks_dir = run / "storage/locks"
     for lock in sorted(locks_dir.iterdir()) if locks_dir.is_dir() else []:
+        if lock.name == MEASURER_LOCK:
+            continue
         if lock.name.removeprefix("layer-").removesuffix(".lock") not in layers:
             found.append(str(lock))
     return found

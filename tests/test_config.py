@@ -61,6 +61,9 @@ def test_defaults_when_default_paths_are_absent(
                                            "stream": 1}
     assert loaded.stream.address == "127.0.0.1" and loaded.stream.port == 0
     assert loaded.stream.token_ttl == 60.0 and loaded.stream.stream_idle_timeout == 14400.0
+    assert loaded.stats.included_pod_metrics == ("cpu", "disk", "diskIO", "memory", "network",
+                                                 "oom", "process", "spec")
+    assert loaded.stats.layer_usage_interval == 10.0
 
 
 def test_default_paths_are_read_when_present(
@@ -260,6 +263,14 @@ def error_of(tmp_path: Path, text: str, **overrides: object) -> ConfigError:
      "podvisor.runtime.conmon_cgroup", 'must be "pod" or a slice name'),
     ("[podvisor.runtime]\nconmon_cgroup = 'conmon'\n", "podvisor.runtime.conmon_cgroup",
      "systemd slice name"),
+    ("[podvisor.stats]\nincluded_pod_metrics = ['cpu', 'hugetlb']\n",
+     "podvisor.stats.included_pod_metrics", "metric groups from cpu, disk"),
+    ("[podvisor.stats]\nincluded_pod_metrics = ['all', 'cpu']\n",
+     "podvisor.stats.included_pod_metrics", '"all" must be the only element'),
+    ("[podvisor.stats]\nlayer_usage_budget = 0\n", "podvisor.stats.layer_usage_budget",
+     "above 0 and at most 1"),
+    ("[podvisor.stats]\nlayer_usage_interval = -1\n", "podvisor.stats.layer_usage_interval",
+     "> 0"),
 ])
 def test_bad_value_names_key_and_file(tmp_path: Path, text: str, key: str, problem: str) -> None:
     error = error_of(tmp_path, text)
@@ -447,3 +458,13 @@ def test_every_log_level_maps() -> None:
     assert all(config.python_log_level(name) <= logging.CRITICAL for name in config.LOG_LEVELS)
     with pytest.raises(ValueError):
         config.python_log_level("verbose")
+
+
+def test_all_metric_groups_and_a_subset_keep_their_order(tmp_path: Path) -> None:
+    every = load_text(tmp_path, "[podvisor.stats]\nincluded_pod_metrics = ['all']\n")
+    assert every.stats.included_pod_metrics == load_text(tmp_path, "").stats.included_pod_metrics
+    some = load_text(tmp_path, "[podvisor.stats]\nincluded_pod_metrics = ['memory', 'cpu', "
+                               "'memory']\n")
+    assert some.stats.included_pod_metrics == ("memory", "cpu")
+    none = load_text(tmp_path, "[podvisor.stats]\nincluded_pod_metrics = []\n")
+    assert none.stats.included_pod_metrics == ()

@@ -31,6 +31,8 @@ IMPLEMENTED = {
     "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
     "ContainerStatus", "ReopenContainerLog", "ExecSync", "GetContainerEvents",
     "Exec", "Attach", "PortForward",
+    "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats",
+    "ListMetricDescriptors", "ListPodSandboxMetrics",
     "ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo",
 }
 # What gRPC itself answers for a method nobody registered, and what the

@@ -18,6 +18,7 @@ from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from podvisor.workers import locks
 from podvisor.workers.storage import overlay
+from podvisor.workers.storage.layer_usage import Measurer, MeasureSettings
 
 
 @pytest.fixture
@@ -211,6 +212,9 @@ def test_image_fs_info_moves_with_layers_and_containers(storage: Storage) -> Non
     result = storage.call("create_rootfs", {"container_id": "du", "layers": chain})
     before = used()
     Path(result["path"], "grown").write_bytes(os.urandom(128 * 1024))
+    # Upper dirs are measured in the background, never on the call.
+    assert used() == before
+    Measurer(storage.service.layout, MeasureSettings(interval=10, budget=1)).measure("du")
     after = used()
     assert after[2] >= before[2] + 128 * 1024 and after[3] == before[3] + 1
     storage.call("remove_rootfs", {"container_id": "du"})

@@ -18,14 +18,15 @@ from .container import ContainerService
 from .image import ImageService
 from .runtime_info import RuntimeInfoService
 from .sandbox import SandboxService
+from .stats import StatsService
 from .streaming import StreamingService
 
 Handler = Callable[[Any], Awaitable[Any]] | Callable[[Any], AsyncIterator[Any]]
 
 
 def routes(info: RuntimeInfoService, sandboxes: SandboxService,
-           containers: ContainerService, streams: StreamingService, images: ImageService,
-           events: EventHub) -> dict[str, Handler]:
+           containers: ContainerService, streams: StreamingService, stats: StatsService,
+           images: ImageService, events: EventHub) -> dict[str, Handler]:
     table: dict[str, Handler] = {
         "Version": info.version,
         "Status": info.status,
@@ -48,6 +49,12 @@ def routes(info: RuntimeInfoService, sandboxes: SandboxService,
         "Attach": streams.attach,
         "PortForward": streams.port_forward,
         "GetContainerEvents": lambda request: events.subscribe(),
+        "ContainerStats": stats.container_stats,
+        "ListContainerStats": stats.list_container_stats,
+        "PodSandboxStats": stats.pod_sandbox_stats,
+        "ListPodSandboxStats": stats.list_pod_sandbox_stats,
+        "ListMetricDescriptors": stats.list_metric_descriptors,
+        "ListPodSandboxMetrics": stats.list_pod_sandbox_metrics,
         "ListImages": images.list_images,
         "ImageStatus": images.image_status,
         "PullImage": images.pull_image,

@@ -23,12 +23,14 @@ ESSENTIAL_POOLS = ("image", "storage", "runtime")
 
 
 class RuntimeInfoService:
-    """Version, Status and RuntimeConfig; holds the op client and the pools,
-    whose health Status reports."""
+    """Version, Status and RuntimeConfig; holds the op client, the pools,
+    whose health Status reports, and the metric groups it names."""
 
-    def __init__(self, ops: OpClient, pools: Mapping[str, WorkerPool]) -> None:
+    def __init__(self, ops: OpClient, pools: Mapping[str, WorkerPool],
+                 metric_groups: tuple[str, ...] = ()) -> None:
         self.ops = ops
         self.pools = pools
+        self.metric_groups = metric_groups
 
     async def version(self, request: api.VersionRequest) -> api.VersionResponse:
         # request.version is the kubelet's API version; every answer is the same.
@@ -71,6 +73,11 @@ class RuntimeInfoService:
             response.info["pools"] = json.dumps({
                 name: {"size": len(p.slots), "ready": p.ready_count(), "fatal": p.is_fatal()}
                 for name, p in self.pools.items()})
+            # The CRI has no feature flag for its metrics RPCs: say here
+            # which groups ListPodSandboxMetrics answers (CRI-O's
+            # included_pod_metrics).
+            response.info["stats"] = json.dumps(
+                {"included_pod_metrics": list(self.metric_groups)})
         return response
 
     async def runtime_config(self, request: api.RuntimeConfigRequest

@@ -3,7 +3,8 @@
 - ``vm_image``: a registry on 127.0.0.1 (Debian's docker-registry, started
   and stopped by its pid) holding a static busybox image; the image
   reference to pull.
-- ``vm_node``: a podvisor daemon per cgroup driver (``cgroupfs`` and
+- ``vm_node`` (and ``stats_node``, its writable layers measured every
+  0.5 s): a podvisor daemon per cgroup driver (``cgroupfs`` and
   ``systemd``; module scope, so each module's tests run once per driver),
   set up for emulation: one worker per pool, minutes for a worker to send
   READY, generous heartbeats, the image pulled. Pods are host-network: the
@@ -63,22 +64,30 @@ def vm_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         reg.stop()
 
 
-@pytest.fixture(scope="module", params=DRIVERS)
-def vm_node(request: pytest.FixtureRequest, vm_image: str) -> Iterator[VmNode]:
+def usable_driver(request: pytest.FixtureRequest) -> str:
+    """The driver a module-scoped node fixture is run for; skips where this
+    host cannot serve it."""
     driver: str = request.param
     if os.geteuid() != 0:
         pytest.skip("needs root")
     if driver == "systemd" and not systemd_running():
         pytest.skip("the systemd driver needs systemd as init")
+    return driver
+
+
+@pytest.fixture(scope="module", params=DRIVERS)
+def vm_node(request: pytest.FixtureRequest, vm_image: str) -> Iterator[VmNode]:
+    driver = usable_driver(request)
     with running_node(driver, vm_image, request.module.__name__.rsplit(".", 1)[-1]) as node:
         yield node
 
 
 @contextlib.contextmanager
 def running_node(driver: str, image: str, log_name: str,
-                 runtime_config: str = "") -> Iterator[VmNode]:
+                 runtime_config: str = "", extra: str = "") -> Iterator[VmNode]:
     """A daemon with cgroup driver ``driver`` (and more ``[podvisor.runtime]``
-    keys), ``image`` pulled; stopped and cleaned up on exit."""
+    keys, then ``extra`` TOML tables), ``image`` pulled; stopped and
+    cleaned up on exit."""
     base = Path(tempfile.mkdtemp(prefix="pv-"))
     (base / "net.d").mkdir()
     (base / "registries.conf").write_text(
@@ -86,7 +95,7 @@ def running_node(driver: str, image: str, log_name: str,
     write_config(base, VM_WORKERS, extra=(
         f'[podvisor.image]\nregistries_conf = "{base}/registries.conf"\n'
         f'signature_policy = "{base}/no-policy.json"\n'
-        f'[podvisor.runtime]\ncgroup_manager = "{driver}"\n{runtime_config}'))
+        f'[podvisor.runtime]\ncgroup_manager = "{driver}"\n{runtime_config}{extra}'))
     daemon = Daemon(base, dict(os.environ))
     try:
         start_daemon(daemon, DAEMON_START)
@@ -106,14 +115,19 @@ def running_node(driver: str, image: str, log_name: str,
 
 
 @pytest.fixture(scope="module", params=DRIVERS)
+def stats_node(request: pytest.FixtureRequest, vm_image: str) -> Iterator[VmNode]:
+    """A daemon per driver that re-measures writable layers every 0.5 s."""
+    driver = usable_driver(request)
+    with running_node(driver, vm_image, "stats",
+                      extra="[podvisor.stats]\nlayer_usage_interval = 0.5\n") as node:
+        yield node
+
+
+@pytest.fixture(scope="module", params=DRIVERS)
 def named_conmon_node(request: pytest.FixtureRequest, vm_image: str) -> Iterator[VmNode]:
     """A daemon whose monitors all go below one named place
     (``NAMED_CONMON_CGROUP``): a slice with systemd, a path with cgroupfs."""
-    driver: str = request.param
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    if driver == "systemd" and not systemd_running():
-        pytest.skip("the systemd driver needs systemd as init")
+    driver = usable_driver(request)
     place = NAMED_CONMON_CGROUP[driver]
     with running_node(driver, vm_image, "named-conmon",
                       f'conmon_cgroup = "{place}"\n') as node:

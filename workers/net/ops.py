@@ -14,7 +14,8 @@ failures become typed bus errors here and nowhere else. A plugin's own
 code, msg and details ride in the error's details and its message, so the
 kubelet reads which plugin failed and why. Plugin code 11 ("try again
 later") becomes UNAVAILABLE; an unusable config or binary
-FAILED_PRECONDITION; any other plugin failure INTERNAL.
+FAILED_PRECONDITION; any other plugin failure INTERNAL. A pod's counters
+that cannot be read (counters.py) are INTERNAL, naming the pod.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from ...proto.contract import Empty
 from ...proto.errors import FailedPrecondition, Internal, Unavailable
 from ...proto.net_ops import (
+    NETWORK_USAGE,
     RECONCILE,
     SETUP,
     STATUS,
@@ -39,9 +41,10 @@ from ...proto.net_ops import (
     TeardownPod,
     TornDown,
 )
+from ...proto.stats import NetworkQuery, NetworkSamples
 from ..base import OpContext, OpTable, Served, serve
 from ..records import RecordCorrupt
-from . import cni, cniconf, netns, podargs, podnet
+from . import cni, cniconf, counters, netns, podargs, podnet
 
 # A plugin-status probe must stay short whatever deadline Status carries.
 _STATUS_PROBE_TIMEOUT = 5.0
@@ -66,6 +69,7 @@ class NetService:
             Served(SETUP, self.setup),
             Served(TEARDOWN, self.teardown),
             Served(RECONCILE, self.reconcile),
+            Served(NETWORK_USAGE, self.network_usage),
         )
 
     def status(self, ctx: OpContext, args: Empty) -> NetworkStatus:
@@ -106,6 +110,12 @@ class NetService:
         with _bus_errors():
             return podnet.reconcile(self.layout, live, ctx.deadline)
 
+    def network_usage(self, ctx: OpContext, args: NetworkQuery) -> NetworkSamples:
+        pod_ids = [podargs.pod_id(v, "each of sandbox_ids") for v in args.sandbox_ids]
+        with _counter_errors():
+            pods = counters.read_pods(self.layout.netns_dir, pod_ids, ctx.check)
+        return NetworkSamples(pods=pods)
+
 
 def build(settings: Mapping[str, Any]) -> OpTable:
     """The op table of one net worker (workers/cli.py calls it once)."""
@@ -134,3 +144,13 @@ def _bus_errors() -> Iterator[None]:
     except netns.NamespaceError as exc:
         raise Internal(str(exc)) from exc
 
+
+@contextlib.contextmanager
+def _counter_errors() -> Iterator[None]:
+    # Separate from _bus_errors: a stats read has no plugin or record to
+    # blame, and any OSError (a namespace that cannot be entered, /proc
+    # unreadable) or kernel text we cannot parse is the node's fault.
+    try:
+        yield
+    except (OSError, counters.Unparsable) as exc:
+        raise Internal(f"reading pod network counters failed: {exc}") from exc

@@ -10,6 +10,8 @@ declared in proto/runtime_ops.py. The ops are served by:
                          list, exec_sync, reopen_log        (containers.py)
     runtime.exec_plan, attach_plan, port_forward_plan
                          streaming requests checked, and their plans (streaming.py)
+    runtime.container_stats, sandbox_stats
+                         the cgroups' figures for stats and metrics (stats.py)
     runtime.reconcile    start-up repair of the records     (reconcile.py)
     runtime.changes_since  the change feed: events with statuses (changes.py)
 
@@ -36,9 +38,10 @@ from ...proto import api_pb2 as api
 from ...proto import runtime_ops as rt
 from ...proto.contract import Empty
 from ...proto.errors import NotFound
+from ...proto.stats import ContainerSamples, PodSamples, StatsQuery
 from ...proto.stream_ops import AttachPlan, ExecPlan, PortForwardPlan
 from ..base import OpContext, OpTable, Served, serve
-from . import changes, containers, handlers, reconcile, sandbox, streaming
+from . import changes, containers, handlers, reconcile, sandbox, stats, streaming
 from .changes import Change, Entry, Journal
 from .handlers import Runtimes
 from .layout import Layout
@@ -91,6 +94,8 @@ class RuntimeService:
             Served(rt.EXEC_PLAN, self.exec_plan),
             Served(rt.ATTACH_PLAN, self.attach_plan),
             Served(rt.PORT_FORWARD_PLAN, self.port_forward_plan),
+            Served(rt.CONTAINER_STATS, self.container_stats),
+            Served(rt.SANDBOX_STATS, self.sandbox_stats),
             Served(rt.RECONCILE, self.reconcile),
             Served(rt.CHANGES_SINCE, self.changes_since),
         )
@@ -210,6 +215,12 @@ class RuntimeService:
 
     def port_forward_plan(self, ctx: OpContext, args: rt.Ref) -> PortForwardPlan:
         return streaming.port_forward_plan(self.layout, args)
+
+    def container_stats(self, ctx: OpContext, args: StatsQuery) -> ContainerSamples:
+        return stats.container_samples(self.layout, self.runtimes.cgroups, ctx, args)
+
+    def sandbox_stats(self, ctx: OpContext, args: StatsQuery) -> PodSamples:
+        return stats.pod_samples(self.layout, self.runtimes.cgroups, ctx, args)
 
     def reconcile(self, ctx: OpContext, args: Empty) -> rt.Reconciled:
         return reconcile.reconcile(self.layout, self.runtimes, ctx)

@@ -10,6 +10,8 @@ filesystems as overlay mounts over them, and their disk usage.
     overlay.py      overlay mount and unmount, mountinfo
     reconcile.py    start-up cleanup of what a crash left
     fsinfo.py, usage.py   ImageFsInfo and the walk behind it
+    layer_usage.py  the writable layers' usage: the op's answer, the background measurer
+    usage_cache.py  the measurer's cache, one entry per container
     layout.py, records.py   paths and lock order, JSON records (flocks: workers/locks.py)
 
 The on-disk layout is in layout.py. Nothing here imports another pool: the

@@ -9,8 +9,11 @@ Both mount points are created if missing, since the kubelet resolves them to
 a device.
 
 Cost: layers are immutable, so each layer's usage is walked once, when it
-is unpacked, and read from its record here. Only the image store and the
-upper dirs (which change while containers run) are walked on every call.
+is unpacked, and read from its record here. The upper dirs change while
+containers run: their figures come from the measurer's cache
+(layer_usage.py), as the stats RPCs' do, so they are as fresh as those and
+never walked here; only the few entries beside each upper dir are. The
+image store is walked on every call.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from ...proto import api_pb2 as api
-from . import records, usage
+from . import records, usage, usage_cache
 from .layout import Layout, is_chain_hex
 
 
@@ -47,6 +50,34 @@ def _layers_usage(layout: Layout, check: Callable[[], None]) -> usage.Usage:
     return total
 
 
+def _own(path: str) -> usage.Usage:
+    """The entry itself, not what is under it; zero if it is gone."""
+    try:
+        return usage.Usage(bytes=os.lstat(path).st_blocks * 512, inodes=1)
+    except FileNotFoundError:
+        return usage.Usage()
+
+
+def _containers_usage(layout: Layout) -> usage.Usage:
+    total = _own(layout.containers_dir)
+    for name in os.listdir(layout.containers_dir):
+        path = os.path.join(layout.containers_dir, name)
+        total.add(_own(path))
+        if name.startswith("."):
+            continue  # a create or removal in flight: possibly a big tree, not walked
+        try:
+            beside = os.listdir(path)
+        except FileNotFoundError:
+            continue  # removed while we listed
+        # rootfs.json, work and the empty lower: a handful of entries.
+        for entry in beside:
+            if entry != "upper":
+                total.add(usage.walk(os.path.join(path, entry)))
+        cached = usage_cache.read(layout, name) or usage_cache.UNMEASURED
+        total.add(usage.Usage(bytes=cached.used_bytes, inodes=cached.inodes_used))
+    return total
+
+
 def _entry(mountpoint: str, used: usage.Usage, timestamp: int) -> api.FilesystemUsage:
     return api.FilesystemUsage(
         timestamp=timestamp, fs_id=api.FilesystemIdentifier(mountpoint=mountpoint),
@@ -59,7 +90,7 @@ def image_fs_info(layout: Layout, check: Callable[[], None]) -> api.ImageFsInfoR
     os.makedirs(layout.containers_dir, mode=0o700, exist_ok=True)
     images = _layers_usage(layout, check)
     images.add(usage.walk(layout.image_dir, check))
-    containers = usage.walk(layout.containers_dir, check)
+    containers = _containers_usage(layout)
     now = time.time_ns()
     return api.ImageFsInfoResponse(
         image_filesystems=[_entry(layout.layers_dir, images, now)],

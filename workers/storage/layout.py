@@ -11,8 +11,11 @@ On disk (``root`` persistent, ``runroot`` volatile)::
     <root>/storage/containers/<id>/upper, work     the container's writable part
     <root>/storage/containers/.tmp-<id>-<rand>/, .rm-<id>-<rand>/
     <runroot>/storage/mounts/<id>                  the merged rootfs mount point
+    <runroot>/storage/usage/<id>.json              its upper dir's usage as last measured
+    <runroot>/storage/usage/.tmp-<id>-<rand>       one being written (usage_cache.py)
     <runroot>/storage/locks/layer-<chain hex>.lock, container-<id>.lock
                               per-object flocks (workers/locks.py; it hashes long names)
+    <runroot>/storage/locks/usage-measurer.lock    held by the one measuring worker
 
 Invariants
     - A directory named by a bare chain hex or container id is complete: it
@@ -39,6 +42,7 @@ from ...proto.errors import InvalidArgument
 
 TMP_PREFIX = ".tmp-"
 RM_PREFIX = ".rm-"
+USAGE_SUFFIX = ".json"
 
 # Who holds a busy lock under locks_dir, as lock timeouts say (workers/locks.py).
 LOCK_HOLDER = "another storage operation"
@@ -100,6 +104,17 @@ class Layout:
 
     def mount_point(self, container_id: str) -> str:
         return os.path.join(self.mounts_dir, container_id)
+
+    def upper_dir(self, container_id: str) -> str:
+        return os.path.join(self.containers_dir, container_id, "upper")
+
+    @property
+    def usage_dir(self) -> str:
+        """The writable layers' usage cache: volatile, rebuilt by measuring."""
+        return os.path.join(self.runroot, "storage", "usage")
+
+    def usage_entry(self, container_id: str) -> str:
+        return os.path.join(self.usage_dir, container_id + USAGE_SUFFIX)
 
 
 def digest_hex(value: str, what: str) -> str:

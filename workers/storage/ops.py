@@ -12,7 +12,8 @@ kubelet reads what failed.
 
 ``StorageService`` is built once per worker: it holds the pool's paths
 (``Layout``, from ``root`` and ``runroot``), and each op is one of its
-methods, named after the op's verb.
+methods, named after the op's verb. The background measurer of the
+writable layers (layer_usage.py) is started beside it by __main__.py.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from typing import Any
 from ...proto.contract import Empty
 from ...proto.errors import Internal, InvalidArgument
 from ...proto.layers import chain_id as compute_chain_id
+from ...proto.stats import LayerUsageQuery, LayerUsages
 from ...proto.storage_ops import (
     CREATE_ROOTFS,
     IMAGE_FS_INFO,
+    LAYER_USAGE,
     RECONCILE,
     REMOVE_LAYER,
     REMOVE_ROOTFS,
@@ -44,8 +47,8 @@ from ...proto.storage_ops import (
     UnpackedLayer,
     UnpackLayer,
 )
-from ..base import OpContext, OpTable, Served, serve
-from . import compression, fsinfo, layers, reconcile, rootfs
+from ..base import OpContext, Served, serve
+from . import compression, fsinfo, layer_usage, layers, reconcile, rootfs
 from .layout import Layout, check_container_id, digest_hex
 
 
@@ -106,6 +109,7 @@ class StorageService:
             Served(REMOVE_ROOTFS, self.remove_rootfs),
             Served(IMAGE_FS_INFO, self.image_fs_info),
             Served(RECONCILE, self.reconcile),
+            Served(LAYER_USAGE, self.layer_usage),
         )
 
     def unpack_layer(self, ctx: OpContext, args: UnpackLayer) -> UnpackedLayer:
@@ -135,6 +139,13 @@ class StorageService:
             info = fsinfo.image_fs_info(self.layout, ctx.check)
         return ImageFsInfo(response=info.SerializeToString())
 
+    def layer_usage(self, ctx: OpContext, args: LayerUsageQuery) -> LayerUsages:
+        # The supervisor asks with the ids of its own records, so a bad one
+        # is its bug, refused before it becomes a path.
+        ids = [check_container_id(c) for c in args.container_ids]
+        with _bus_errors("reading the writable layers' usage"):
+            return layer_usage.answer(self.layout, ids)
+
     def reconcile(self, ctx: OpContext, args: Reconcile) -> Reconciled:
         live_containers = [check_container_id(c) for c in args.live_containers]
         for chain_id in args.live_layers or ():
@@ -142,8 +153,3 @@ class StorageService:
         with _bus_errors("reconciling storage"):
             return reconcile.reconcile(self.layout, live_containers, args.live_layers,
                                        ctx.deadline, ctx.check)
-
-
-def build(settings: Mapping[str, Any]) -> OpTable:
-    """The op table of one storage worker (workers/cli.py calls it once)."""
-    return StorageService.from_settings(settings).ops()

@@ -5,8 +5,10 @@ What it removes
       a crash cut short (layers.py and rootfs.py say why these are the only
       traces a crash can leave);
     - short links whose layer never appeared;
-    - the rootfs (mount, upper dir, record) of every container the caller
-      does not list as live, and mount points left with no record;
+    - the rootfs (mount, upper dir, record, usage entry) of every container
+      the caller does not list as live, and mount points left with no record;
+    - usage entries (usage_cache.py) of containers with no rootfs, and the
+      temp files of entry writes a kill cut short;
     - when ``live_layers`` is given, every layer it does not list and no
       remaining rootfs uses. The caller passes every chain id of every
       image record, before the image pool serves pulls: a layer unpacked
@@ -34,7 +36,7 @@ from ...proto.errors import FailedPrecondition
 from ...proto.storage_ops import Reconciled
 from .. import locks
 from . import layers, records, rootfs
-from .layout import RM_PREFIX, TMP_PREFIX, Layout, is_chain_hex
+from .layout import RM_PREFIX, TMP_PREFIX, USAGE_SUFFIX, Layout, is_chain_hex
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ def reconcile(layout: Layout, live_containers: Collection[str],
     check()
     _containers(layout, set(live_containers), report)
     check()
+    dropped = _usage_entries(layout)
+    if dropped:
+        log.info("Removed %d usage entries of containers with no rootfs", len(dropped))
     if live_layers is not None:
         _layers(layout, set(live_layers), deadline, report, check)
     swept = locks.sweep(layout.locks_dir)
@@ -143,6 +148,33 @@ def _containers(layout: Layout, live: set[str], report: Report) -> None:
                 report["removed_containers"].append(cid)
         finally:
             lock.release(unlink=True)
+
+
+def _usage_entries(layout: Layout) -> list[str]:
+    """Entries whose container is gone, and temp files, each under its
+    container's lock (a create or a measure may be writing it now)."""
+    try:
+        names = os.listdir(layout.usage_dir)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        temp = name.startswith(TMP_PREFIX)
+        cid = _strip(name) if temp else name.removesuffix(USAGE_SUFFIX)
+        if not temp and os.path.isdir(layout.container_dir(cid)):
+            continue
+        lock = locks.try_acquire(layout.locks_dir, rootfs.lock_name(cid))
+        if lock is None:
+            continue
+        gone = not os.path.isdir(layout.container_dir(cid))
+        try:
+            if temp or gone:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(layout.usage_dir, name))
+                removed.append(name)
+        finally:
+            lock.release(unlink=gone)
+    return removed
 
 
 def _layers(layout: Layout, live: set[str], deadline: float, report: Report,

@@ -4,9 +4,9 @@ Ordering (why a crash at any instant leaves nothing unaccounted for)
     create: lock(container) -> record there? mount if needed, return it
             -> lock(layers, shared) -> every layer present?
             -> .tmp-<id>-<rand>/{upper,work,rootfs.json} -> rename to <id>
-            -> unlock layers -> mount
+            -> unlock layers -> first usage entry -> mount
     remove: lock(container) -> unmount -> rename to .rm-<id>-<rand>
-            -> delete -> drop the mount point and the lock file
+            -> delete -> drop the usage entry, the mount point and the lock file
     A lock file lives as long as its object: a create that ends with no
     record (it failed) unlinks it too.
     The record is in place before the mount and outlives the unmount, so no
@@ -16,6 +16,9 @@ Ordering (why a crash at any instant leaves nothing unaccounted for)
     remove_rootfs or reconcile.
     Once the record names a layer, remove_layer refuses it, so the layer
     locks are needed only until the rename.
+    The usage entry (usage_cache.py) is written and dropped under the
+    container's lock like the rest; one a crash leaves without its rootfs
+    is removed by reconcile.
 
 Idempotence
     A second create of the same container with the same layers returns the
@@ -41,7 +44,7 @@ from typing import Any
 from ...proto.errors import AlreadyExists, NotFound
 from ...proto.storage_ops import CreatedRootfs, RemovedRootfs
 from .. import locks
-from . import layers, overlay, records
+from . import layers, overlay, records, usage_cache
 from .layout import LOCK_HOLDER, RM_PREFIX, TMP_PREFIX, Layout
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,9 @@ def create(layout: Layout, container_id: str, chain_ids: Sequence[str],
         overlay.unmount(layout.mount_point(container_id))
         record = _make_container_dir(layout, container_id, chain_ids, mount_label, deadline)
         try:
+            # The kubelet may ask for stats as soon as CreateContainer
+            # answers, long before the first measure.
+            usage_cache.write_first(layout, container_id)
             _ensure_mounted(layout, record)
         except BaseException:
             delete_held(layout, container_id)
@@ -208,6 +214,8 @@ def delete_held(layout: Layout, container_id: str) -> bool:
                               f"{RM_PREFIX}{container_id}-{secrets.token_hex(4)}")
         os.rename(cdir, doomed)
         shutil.rmtree(doomed)
+    # Not counted as found: an entry alone is no rootfs (a crash left it).
+    usage_cache.remove(layout, container_id)
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(target)
         found = True

@@ -104,6 +104,14 @@ class Driver:
         """The cgroup path a record's parent stands for."""
         return slices.expand(parent) if slices.is_slice(parent) else parent
 
+    def object_path(self, parent: str, object_id: str) -> str:
+        """The cgroup path of container (or infra) ``object_id``: where the
+        runtime put it from its ``linux.cgroupsPath`` (spec_resources.py)."""
+        leaf = f"{self.prefix}-{object_id}"
+        if self.systemd:
+            return f"{self.path(parent or DEFAULT_SLICE).rstrip('/')}/{leaf}.scope"
+        return f"{(self.path(parent) or DEFAULT_PARENT).rstrip('/')}/{leaf}"
+
     def conmon_place(self, object_id: str, parent: str) -> str:
         """Where the monitor of ``object_id`` goes: a cgroup path
         (cgroupfs) or a scope's cgroup path (systemd)."""
