@@ -33,12 +33,12 @@ def pool_ops(pool: str) -> frozenset[str]:
 
 
 # CRI RPCs podvisor does not serve yet, each until the issue that brings
-# it: resource updates, checkpoints, and the Stream* list forms (the
-# kubelet calls the List* ones).
+# it: pod-level resource updates, checkpoints, and the Stream* list forms
+# (the kubelet calls the List* ones).
 UNSERVED_RPCS = frozenset({
-    "StreamPodSandboxes", "StreamContainers", "StreamImages", "UpdateContainerResources",
-    "UpdatePodSandboxResources", "StreamContainerStats", "StreamPodSandboxStats",
-    "StreamPodSandboxMetrics", "CheckpointContainer", "CheckpointPod", "RestorePod",
+    "StreamPodSandboxes", "StreamContainers", "StreamImages", "UpdatePodSandboxResources",
+    "StreamContainerStats", "StreamPodSandboxStats", "StreamPodSandboxMetrics",
+    "CheckpointContainer", "CheckpointPod", "RestorePod",
 })
 
 

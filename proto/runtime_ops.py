@@ -203,6 +203,16 @@ class ContainerReserved(Record, frozen=True, kw_only=True):
     """The pod's full id."""
 
 
+class ImageVolume(Record, frozen=True, kw_only=True):
+    """An image mounted for a CRI ``Mount.image``, in the order the config
+    lists its image mounts."""
+
+    path: str
+    """The image's root filesystem as the storage pool mounted it."""
+    image_id: str
+    """The image's id, which ContainerStatus reports as the mount's image_ref."""
+
+
 class ContainerCreate(Record, frozen=True, kw_only=True):
     """Write the OCI bundle and have the monitor run ``<handler> create``.
     A container no longer ``creating`` is left as it is."""
@@ -210,6 +220,8 @@ class ContainerCreate(Record, frozen=True, kw_only=True):
     id: str
     rootfs: str
     """The mounted root filesystem the storage pool made."""
+    image_volumes: list[ImageVolume] = []
+    """One per CRI mount with an image, in their order."""
     # Opaque JSON: the OCI image config document as the image pool stored
     # it; an external format the spec builder reads a few keys of.
     image_config: dict[str, Any]
@@ -275,6 +287,15 @@ class ExecResult(Record, frozen=True, kw_only=True):
     stdout: bytes
     stderr: bytes
     exit_code: int
+
+
+class ContainerUpdate(Record, frozen=True, kw_only=True):
+    """New resources for a container: written to its cgroup by the OCI
+    runtime while it runs (or is created), and to its record either way."""
+
+    id: str
+    resources: bytes
+    """The CRI LinuxContainerResources, serialized."""
 
 
 class StreamRequest(Record, frozen=True, kw_only=True):
@@ -346,6 +367,7 @@ CONTAINER_LIST = Op("runtime.container_list", ContainerListQuery, ContainerList,
                     read_only=True)
 CONTAINER_EXEC_SYNC = Op("runtime.container_exec_sync", ExecSync, ExecResult)
 CONTAINER_REOPEN_LOG = Op("runtime.container_reopen_log", Ref, Empty)
+CONTAINER_UPDATE = Op("runtime.container_update", ContainerUpdate, Empty)
 EXEC_PLAN = Op("runtime.exec_plan", StreamRequest, ExecPlan, read_only=True)
 ATTACH_PLAN = Op("runtime.attach_plan", StreamRequest, AttachPlan, read_only=True)
 PORT_FORWARD_PLAN = Op("runtime.port_forward_plan", Ref, PortForwardPlan, read_only=True)
@@ -358,6 +380,6 @@ OPS = (
     VERSION, STATUS, RUNTIME_CONFIG, SANDBOX_RESERVE, SANDBOX_START, SANDBOX_STOP_CONTAINERS,
     SANDBOX_STOP, SANDBOX_REMOVE, SANDBOX_STATUS, SANDBOX_LIST, CONTAINER_RESERVE,
     CONTAINER_CREATE, CONTAINER_START, CONTAINER_STOP, CONTAINER_REMOVE, CONTAINER_STATUS,
-    CONTAINER_LIST, CONTAINER_EXEC_SYNC, CONTAINER_REOPEN_LOG, EXEC_PLAN,
+    CONTAINER_LIST, CONTAINER_EXEC_SYNC, CONTAINER_REOPEN_LOG, CONTAINER_UPDATE, EXEC_PLAN,
     ATTACH_PLAN, PORT_FORWARD_PLAN, CONTAINER_STATS, SANDBOX_STATS, RECONCILE, CHANGES_SINCE,
 )

@@ -81,8 +81,25 @@ class CreatedRootfs(Record, frozen=True, kw_only=True):
     """False when this container had this rootfs already."""
 
 
+# A container's image volumes (CRI Mount.image) are root filesystems of
+# their own, named after it: mounted read-only into it, removed with its
+# rootfs, live while it is.
+IMAGE_VOLUME_INFIX = "-image-"
+
+
+def image_volume_id(container_id: str, index: int) -> str:
+    """The rootfs id of the ``index``-th image volume of ``container_id``."""
+    return f"{container_id}{IMAGE_VOLUME_INFIX}{index}"
+
+
+def volume_owner(rootfs_id: str) -> str:
+    """The container a rootfs belongs to: itself, or an image volume's owner."""
+    return rootfs_id.split(IMAGE_VOLUME_INFIX, 1)[0]
+
+
 class RemoveRootfs(Record, frozen=True, kw_only=True):
-    """Unmount and delete a container's rootfs; absent is success."""
+    """Unmount and delete a container's rootfs, and its image volumes';
+    absent is success."""
 
     container_id: str
 

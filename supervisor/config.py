@@ -275,6 +275,10 @@ class RuntimeConfig:
     conmon_cgroup: str = _key("pod", _conmon_cgroup)
     """"pod", or a cgroup path (cgroupfs) or slice (systemd) for every conmon
     (CRI-O name). Default "pod"."""
+    seccomp_use_default_when_empty: bool = _key(False, _bool)
+    """A container that names no seccomp profile at all gets RuntimeDefault
+    (CRI-O name); else it runs unconfined, as the CRI says. The kubelet
+    always names one. Default false."""
     # Typed read-only, kept a plain dict so dataclasses.asdict, copy and
     # pickle still work on a Config (a MappingProxyType breaks all three).
     runtimes: Mapping[str, RuntimeHandler] = field(

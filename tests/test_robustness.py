@@ -30,6 +30,7 @@ IMPLEMENTED = {
     "RunPodSandbox", "StopPodSandbox", "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox",
     "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
     "ContainerStatus", "ReopenContainerLog", "ExecSync", "GetContainerEvents",
+    "UpdateContainerResources",
     "Exec", "Attach", "PortForward",
     "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats",
     "ListMetricDescriptors", "ListPodSandboxMetrics",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from podvisor.proto import api_pb2 as api
-from podvisor.proto.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from podvisor.proto.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from podvisor.workers.runtime.spec_context import NodeFacts, PodContext
 from podvisor.workers.runtime.spec_mounts import (
     cri_mounts,
@@ -132,14 +132,32 @@ def test_proc_files_runc_allows_may_be_bound(tmp_path: Path) -> None:
     assert mounts[0]["destination"] == "/proc/meminfo"
 
 
-def test_duplicates_image_and_idmapped_mounts_are_refused(tmp_path: Path) -> None:
+def test_duplicates_and_idmapped_mounts_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="mounted twice"):
         cri_mounts([mount("/d", str(tmp_path)), mount("/d/", str(tmp_path))], NODE)
-    with pytest.raises(Unimplemented, match="image volumes"):
-        cri_mounts([api.Mount(container_path="/img", image=api.ImageSpec(image="busybox"))],
-                   NODE)
     with pytest.raises(Unimplemented, match="idmapped"):
         cri_mounts([mount("/d", str(tmp_path), uidMappings=[api.IDMapping(length=1)])], NODE)
+
+
+def test_an_image_volume_binds_its_mounted_image_read_only(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "escape").symlink_to("/etc")
+    image = api.ImageSpec(image="busybox")
+    [whole], _ = cri_mounts([api.Mount(container_path="/img", readonly=True, image=image)],
+                            NODE, image_volumes=[str(tmp_path)])
+    assert whole == {"destination": "/img", "type": "bind", "source": str(tmp_path),
+                     "options": ["rbind", "rprivate", "ro", "nosuid", "nodev"]}
+    [sub], _ = cri_mounts([api.Mount(container_path="/img", readonly=True, image=image,
+                                     image_sub_path="etc/")], NODE,
+                          image_volumes=[str(tmp_path)])
+    assert sub["source"] == str(tmp_path / "etc")
+    for bad, error in (("escape", InvalidArgument), ("gone", NotFound), ("../x", InvalidArgument)):
+        with pytest.raises(error):
+            cri_mounts([api.Mount(container_path="/img", readonly=True, image=image,
+                                  image_sub_path=bad)], NODE, image_volumes=[str(tmp_path)])
+    with pytest.raises(InvalidArgument, match="read-only"):
+        cri_mounts([api.Mount(container_path="/img", image=image)], NODE,
+                   image_volumes=[str(tmp_path)])
 
 
 def test_symlinked_source_is_resolved(tmp_path: Path) -> None:

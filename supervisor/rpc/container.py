@@ -1,5 +1,5 @@
 """Container RPCs: Create/Start/Stop/Remove/ListContainers, ContainerStatus,
-ReopenContainerLog and ExecSync.
+ReopenContainerLog, ExecSync and UpdateContainerResources.
 
 CreateContainer is orchestrated here across three pools:
 
@@ -7,6 +7,8 @@ CreateContainer is orchestrated here across three pools:
     runtime.container_reserve  the pod is ready; name + "creating" record
     storage.unpack_layer       each layer, once per node (idempotent)
     storage.create_rootfs      overlay of the layers + a writable upper dir
+    image.resolve_image, storage.unpack_layer, storage.create_rootfs
+                               each image volume (CRI Mount.image), the same way
     runtime.container_create   OCI bundle, conmon, runtime create; "created"
 
 with a cleanup stack for failures and the create table for kubelet retries
@@ -77,12 +79,31 @@ class ContainerService:
                 cleanup))
             rootfs = await ops(storage_ops.CREATE_ROOTFS, storage_ops.CreateRootfs(
                 container_id=container_id, layers=chain), create)
+            # Removed with the rootfs above (storage_ops.image_volume_id).
+            volumes = await self._image_volumes(container_id, config)
             await ops(runtime_ops.CONTAINER_CREATE, runtime_ops.ContainerCreate(
-                id=container_id, rootfs=rootfs.path, image_config=image.config), create)
+                id=container_id, rootfs=rootfs.path, image_config=image.config,
+                image_volumes=volumes), create)
         except BaseException:
             await undo.unwind()
             raise
         return reserved
+
+    async def _image_volumes(self, container_id: str, config: api.ContainerConfig
+                             ) -> list[runtime_ops.ImageVolume]:
+        """Each CRI mount of an image (pulled already, as the kubelet does
+        before it creates the container), mounted as a rootfs of its own."""
+        ops, create = self.ops, Deadline.CREATE
+        volumes = []
+        for index, mount in enumerate(m for m in config.mounts if m.image.image):
+            image = await ops(image_ops.RESOLVE_IMAGE,
+                              image_ops.ResolveImage(image=mount.image.image), create)
+            chain = await ensure_unpacked(ops, image.layers, create)
+            made = await ops(storage_ops.CREATE_ROOTFS, storage_ops.CreateRootfs(
+                container_id=storage_ops.image_volume_id(container_id, index), layers=chain),
+                create)
+            volumes.append(runtime_ops.ImageVolume(path=made.path, image_id=image.id))
+        return volumes
 
     async def start_container(self, request: api.StartContainerRequest
                               ) -> api.StartContainerResponse:
@@ -139,3 +160,11 @@ class ContainerService:
             id=request.container_id, cmd=list(request.cmd), timeout=request.timeout))
         return api.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr,
                                     exit_code=result.exit_code)
+
+    async def update_container_resources(self, request: api.UpdateContainerResourcesRequest
+                                         ) -> api.UpdateContainerResourcesResponse:
+        # Windows resources have no meaning here; the Linux ones are the
+        # kubelet's whole request on this node.
+        await self.ops(runtime_ops.CONTAINER_UPDATE, runtime_ops.ContainerUpdate(
+            id=request.container_id, resources=request.linux.SerializeToString()))
+        return api.UpdateContainerResourcesResponse()

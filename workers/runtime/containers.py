@@ -38,7 +38,7 @@ from ...proto.errors import (
 )
 from ...proto.naming import container_name
 from ..base import OpContext
-from . import configs, ids, monitor, names, sandbox, specs, teardown
+from . import configs, ids, monitor, names, sandbox, spec_mounts, specs, teardown
 from .handlers import Runtimes
 from .layout import Layout
 
@@ -95,6 +95,9 @@ def reserve(layout: Layout, ctx: OpContext, args: ops.ContainerReserve) -> ops.C
     name = container_name(config.metadata, pod_config.metadata)
     if not config.image.image:
         raise InvalidArgument("config.image.image is required")
+    for mount in config.mounts:
+        if mount.image.image:
+            spec_mounts.check_image_mount(mount)
     # Refused here, before the name and record exist and before the
     # supervisor unpacks layers and mounts a rootfs for a create that
     # could only fail.
@@ -128,8 +131,10 @@ def create(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
         bundle = layout.bundle_dir(container_id)
         os.makedirs(bundle, mode=0o700, exist_ok=True)
         node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path,
-                                 handler.root)
+                                 handler.root, runtimes.seccomp_default_when_empty)
         config = configs.container_config(record)
+        record["image_volumes"] = [{"path": v.path, "image_id": v.image_id}
+                                   for v in args.image_volumes]
         document = specs.container_spec(node, pod, record, args.rootfs, args.image_config,
                                         _target_pid_ns(layout, record, config))
         with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
@@ -353,7 +358,8 @@ def cri_status(record: Mapping[str, Any]) -> api.ContainerStatus:
         image=api.ImageSpec(image=config.image.image, user_specified_image=config.image.image),
         image_ref=image.get("id", ""), image_id=image.get("id", ""),
         reason=record.get("reason", ""), message=record.get("message", ""),
-        labels=config.labels, annotations=config.annotations, mounts=config.mounts,
+        labels=config.labels, annotations=config.annotations,
+        mounts=_status_mounts(config, record.get("image_volumes") or []),
         log_path=record.get("log_path", ""),
         stop_signal=cri_signal)
     # What the container was given; the kubelet compares it during in-place
@@ -365,6 +371,20 @@ def cri_status(record: Mapping[str, Any]) -> api.ContainerStatus:
             uid=user.get("uid", 0), gid=user.get("gid", 0),
             supplemental_groups=user.get("additionalGids", [])))
     return status
+
+
+def _status_mounts(config: api.ContainerConfig,
+                   volumes: list[dict[str, str]]) -> list[api.Mount]:
+    """The config's mounts, each image mount with the id of the image it
+    got (the CRI's Mount.image.image_ref)."""
+    mounts = [api.Mount.FromString(m.SerializeToString()) for m in config.mounts]
+    images = iter(volumes)
+    for mount in mounts:
+        if mount.image.image:
+            volume = next(images, None)
+            if volume is not None:
+                mount.image.image_ref = volume["image_id"]
+    return mounts
 
 
 def list_containers(layout: Layout, ctx: OpContext,

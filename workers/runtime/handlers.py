@@ -37,6 +37,7 @@ class Runtimes:
     handlers: Mapping[str, Handler]
     default_runtime: str
     cgroups: Driver
+    seccomp_default_when_empty: bool = False
 
     @classmethod
     def from_settings(cls, runtime: Mapping[str, Any]) -> Runtimes:
@@ -47,7 +48,8 @@ class Runtimes:
         table = {name: Handler(name, spec["runtime_path"], spec["runtime_root"],
                                systemd_cgroup=cgroups.systemd)
                  for name, spec in runtime["runtimes"].items()}
-        return cls(table, runtime["default_runtime"], cgroups)
+        return cls(table, runtime["default_runtime"], cgroups,
+                   runtime["seccomp_use_default_when_empty"])
 
     def resolve(self, requested: str) -> str:
         """The handler a new pod runs with: the one it names, else the default."""

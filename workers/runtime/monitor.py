@@ -108,10 +108,12 @@ class Handler:
         never less than ``RUN_FLOOR``."""
         return max(RUN_FLOOR, deadline - time.monotonic())
 
-    def run(self, *args: str, deadline: float) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, deadline: float,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run([self.path, *self.global_args(), *args], capture_output=True,
-                                  text=True, timeout=self.time_left(deadline), check=False)
+                                  text=True, timeout=self.time_left(deadline), check=False,
+                                  input=stdin)
         except subprocess.TimeoutExpired:
             raise DeadlineExceeded(f"{self.name} {args[0]} did not finish before the "
                                    "deadline") from None

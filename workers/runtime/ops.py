@@ -8,6 +8,7 @@ declared in proto/runtime_ops.py. The ops are served by:
                          status, list                       (sandbox.py)
     runtime.container_*  reserve, create, start, stop, remove, status,
                          list, exec_sync, reopen_log        (containers.py)
+    runtime.container_update  new resources in place        (update.py)
     runtime.exec_plan, attach_plan, port_forward_plan
                          streaming requests checked, and their plans (streaming.py)
     runtime.container_stats, sandbox_stats
@@ -41,7 +42,7 @@ from ...proto.errors import NotFound
 from ...proto.stats import ContainerSamples, PodSamples, StatsQuery
 from ...proto.stream_ops import AttachPlan, ExecPlan, PortForwardPlan
 from ..base import OpContext, OpTable, Served, serve
-from . import changes, containers, handlers, reconcile, sandbox, stats, streaming
+from . import changes, containers, handlers, reconcile, sandbox, stats, streaming, update
 from .changes import Change, Entry, Journal
 from .handlers import Runtimes
 from .layout import Layout
@@ -91,6 +92,7 @@ class RuntimeService:
             Served(rt.CONTAINER_LIST, self.container_list),
             Served(rt.CONTAINER_EXEC_SYNC, self.container_exec_sync),
             Served(rt.CONTAINER_REOPEN_LOG, self.container_reopen_log),
+            Served(rt.CONTAINER_UPDATE, self.container_update),
             Served(rt.EXEC_PLAN, self.exec_plan),
             Served(rt.ATTACH_PLAN, self.attach_plan),
             Served(rt.PORT_FORWARD_PLAN, self.port_forward_plan),
@@ -205,6 +207,10 @@ class RuntimeService:
 
     def container_reopen_log(self, ctx: OpContext, args: rt.Ref) -> Empty:
         containers.reopen_log(self.layout, ctx, args)
+        return Empty()
+
+    def container_update(self, ctx: OpContext, args: rt.ContainerUpdate) -> Empty:
+        update.update(self.layout, self.runtimes, ctx, args)
         return Empty()
 
     def exec_plan(self, ctx: OpContext, args: rt.StreamRequest) -> ExecPlan:

@@ -31,11 +31,12 @@ from ...proto.errors import FailedPrecondition, Internal, InvalidArgument, NotFo
 from ...proto.limits import check_path
 from ...proto.naming import sandbox_name
 from ..base import OpContext
-from . import configs, ids, infra, names, podfiles, podns
+from . import configs, ids, infra, names, podfiles, podns, spec_seccomp, spec_security
 from .cgroup import pods
 from .cgroup.driver import Driver
 from .handlers import Runtimes
 from .layout import Layout
+from .spec_context import apparmor_enabled, selinux_enabled
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def reserve(layout: Layout, runtimes: Runtimes, pause_image: str, ctx: OpContext
     check_log_path("log_directory", config.log_directory, absolute=True)
     if modes["network"] == TARGET or modes["ipc"] == TARGET:
         raise InvalidArgument("namespace mode TARGET applies to pid only")
+    _check_security(config.linux.security_context)
     with layout.name_lock(name, "pod", ctx.deadline):
         names.reserve(layout.names_dir, name, sandbox_id, "pod sandbox",
                       lambda other: layout.sandboxes.load(other) is not None)
@@ -107,6 +109,16 @@ def reserve(layout: Layout, runtimes: Runtimes, pause_image: str, ctx: OpContext
     pause = pause_image if modes["pid"] == POD else ""
     return ops.SandboxReserved(id=sandbox_id, name=name, runtime_handler=handler,
                                host_network=host_network, pause_image=pause)
+
+
+def _check_security(sc: api.LinuxSandboxSecurityContext) -> None:
+    """Refuse, before anything exists, the pod-level profiles this node
+    cannot apply (a missing seccomp file, an LSM it does not run); the
+    infra spec applies them, and each container asks again for its own."""
+    pod_sc = spec_security.pod_security(sc)
+    spec_seccomp.seccomp(pod_sc, frozenset(), sc.privileged)
+    spec_security.apparmor_profile(pod_sc, sc.privileged, apparmor_enabled())
+    spec_security.check_selinux(pod_sc.selinux_options, selinux_enabled(), "pod sandbox")
 
 
 def pod_hostname(config: api.PodSandboxConfig, host_network: bool) -> str:

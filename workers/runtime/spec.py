@@ -10,7 +10,8 @@ their choices come from:
 
     spec_process     args, env, cwd, stop signal
     spec_user        uid/gid/groups from the image's passwd and group
-    spec_security    capabilities, masked and read-only paths, no LSMs
+    spec_security    capabilities, masked and read-only paths, AppArmor, SELinux
+    spec_seccomp     the seccomp filter (seccomp_default: RuntimeDefault)
     spec_mounts      system, pod and CRI mounts, their order
     spec_namespaces  which namespaces to create or join
     spec_resources   cgroupsPath and cgroup limits
@@ -27,20 +28,26 @@ Invariants:
       (INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED) whose message
       names the field or path; nothing is silently dropped except what the
       module docstrings list (selinux_relabel, Mount.mount_options, image
-      Volumes, LSM profiles, hugepage limits without
-      a hugetlb controller).
+      Volumes, hugepage limits without a hugetlb controller).
     - The same inputs give the same document: lists are in a fixed order,
       so a retried create writes an identical config.json.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...proto import api_pb2 as api
 from ...proto.errors import InvalidArgument
-from . import spec_devices, spec_mounts, spec_process, spec_resources, spec_security
+from . import (
+    spec_devices,
+    spec_mounts,
+    spec_process,
+    spec_resources,
+    spec_seccomp,
+    spec_security,
+)
 from .spec_context import NodeFacts, PodContext, bounding_caps, detect_node, own_oom_score_adj
 from .spec_namespaces import container_namespaces, infra_namespaces
 from .spec_sysctl import pod_sysctls
@@ -96,8 +103,12 @@ def build_container_spec(container_config: api.ContainerConfig,
                          image_config: Mapping[str, Any], rootfs: str, pod: PodContext, *,
                          container_id: str, node: NodeFacts | None = None,
                          users: UserDb | None = None, target_pid_ns: str | None = None,
-                         mountinfo: str | None = None, dev_root: str = "/dev") -> dict[str, Any]:
+                         mountinfo: str | None = None, dev_root: str = "/dev",
+                         image_volumes: Sequence[str] = ()) -> dict[str, Any]:
     """The config.json of container ``container_id`` of ``pod``.
+
+    ``image_volumes`` are the mounted images of the config's image mounts,
+    in their order.
 
     ``users`` defaults to the rootfs's own passwd and group files, read
     safely; ``target_pid_ns`` is the PID namespace of the container named
@@ -122,14 +133,16 @@ def build_container_spec(container_config: api.ContainerConfig,
 
     if users is None:
         users = UserDb.from_rootfs(rootfs)
+    caps = spec_security.capabilities(sc.capabilities, privileged, pod.privileged_caps)
+    apparmor = spec_security.apparmor_profile(sc, privileged, node.apparmor)
+    spec_security.check_selinux(sc.selinux_options, node.selinux, "container")
     process: dict[str, Any] = {
         "terminal": container_config.tty,
         "user": oci_user(sc, image_user, users),
         "args": spec_process.process_args(container_config, image),
         "env": spec_process.process_env(container_config, image, pod.hostname),
         "cwd": spec_process.process_cwd(container_config, image),
-        "capabilities": spec_security.capabilities(sc.capabilities, privileged,
-                                                   pod.privileged_caps),
+        "capabilities": caps,
         "noNewPrivileges": sc.no_new_privs,
         "rlimits": _rlimits(node),
     }
@@ -139,7 +152,7 @@ def build_container_spec(container_config: api.ContainerConfig,
         process["oomScoreAdj"] = spec_resources.oom_score_adj(resources, pod.oom_score_adj_floor)
 
     requested, rootfs_propagation = spec_mounts.cri_mounts(container_config.mounts, node,
-                                                           mountinfo)
+                                                           mountinfo, image_volumes)
     defaults = [*spec_mounts.system_mounts(privileged), spec_mounts.shm_mount(pod),
                 *spec_mounts.pod_file_mounts(pod, readonly)]
     nodes, rules = spec_devices.devices(container_config.devices, privileged, dev_root)
@@ -157,6 +170,12 @@ def build_container_spec(container_config: api.ContainerConfig,
     }
     if rootfs_propagation:
         linux["rootfsPropagation"] = rootfs_propagation
+    seccomp = spec_seccomp.seccomp(sc, frozenset(caps["bounding"]), privileged,
+                                   node.seccomp_default_when_empty)
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
+    if apparmor is not None:
+        process["apparmorProfile"] = apparmor
 
     image_spec = container_config.image
     annotations = {
@@ -196,6 +215,9 @@ def build_infra_spec(sandbox_config: api.PodSandboxConfig, pod: PodContext, root
     node = node or NodeFacts()
     if not args:
         raise InvalidArgument("the pause command is empty")
+    pod_sc = spec_security.pod_security(sandbox_config.linux.security_context)
+    apparmor = spec_security.apparmor_profile(pod_sc, pod_sc.privileged, node.apparmor)
+    spec_security.check_selinux(pod_sc.selinux_options, node.selinux, "pod sandbox")
     process: dict[str, Any] = {
         "terminal": False,
         "user": oci_user(sandbox_config.linux.security_context, "", UserDb()),
@@ -220,6 +242,13 @@ def build_infra_spec(sandbox_config: api.PodSandboxConfig, pod: PodContext, root
         "maskedPaths": list(spec_security.DEFAULT_MASKED_PATHS),
         "readonlyPaths": list(spec_security.DEFAULT_READONLY_PATHS),
     }
+    # The pod's own profiles confine its infra process (it has no capabilities).
+    seccomp = spec_seccomp.seccomp(pod_sc, frozenset(), pod_sc.privileged,
+                                   node.seccomp_default_when_empty)
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
+    if apparmor is not None:
+        process["apparmorProfile"] = apparmor
     annotations = {
         **sandbox_config.annotations,
         **_sandbox_annotations(sandbox_config, pod),

@@ -85,6 +85,11 @@ class NodeFacts:
     cpus: frozenset[int] | None = None         # online CPUs
     mems: frozenset[int] | None = None         # memory (NUMA) nodes with memory
     hugepage_sizes: frozenset[str] | None = None  # "2MB", "1GB", as runc names them
+    apparmor: bool = False                     # the AppArmor LSM is enabled here
+    selinux: bool = False                      # SELinux is enabled here
+    # [podvisor.runtime] seccomp_use_default_when_empty: RuntimeDefault for
+    # a container that names no seccomp profile at all.
+    seccomp_default_when_empty: bool = False
 
 
 def bounding_caps(status: str | None = None) -> tuple[str, ...]:
@@ -137,8 +142,9 @@ def _effective_caps() -> tuple[str, ...]:
 
 def detect_node(cgroup_manager: str = "cgroupfs", mount_options: frozenset[str] = frozenset(),
                 min_memory: int = MIN_MEMORY_RUNC, cgroup_root: str = "/sys/fs/cgroup",
-                pids_limit: int = 0) -> NodeFacts:
-    """Read the cgroup layout of this host; the handler's facts come from its probe."""
+                pids_limit: int = 0, seccomp_default_when_empty: bool = False) -> NodeFacts:
+    """Read the cgroup layout and the LSMs of this host; the handler's facts
+    come from its probe."""
     v2 = os.path.exists(os.path.join(cgroup_root, "cgroup.controllers"))
     if v2:
         with open(os.path.join(cgroup_root, "cgroup.controllers"), encoding="ascii") as f:
@@ -153,7 +159,23 @@ def detect_node(cgroup_manager: str = "cgroupfs", mount_options: frozenset[str] 
     return with_cpusets(NodeFacts(
         cgroup_manager=cgroup_manager, cgroup_v2=v2, controllers=controllers,
         swap_accounting=swap, mount_options=mount_options, min_memory=min_memory,
-        nofile=nofile_ceiling(), pids_limit=pids_limit, hugepage_sizes=hugepage_sizes()))
+        nofile=nofile_ceiling(), pids_limit=pids_limit, hugepage_sizes=hugepage_sizes(),
+        apparmor=apparmor_enabled(), selinux=selinux_enabled(),
+        seccomp_default_when_empty=seccomp_default_when_empty))
+
+
+def apparmor_enabled(parameter: str = "/sys/module/apparmor/parameters/enabled") -> bool:
+    """The AppArmor LSM is on (the kernel's own switch, as runc reads it)."""
+    try:
+        with open(parameter, encoding="ascii") as f:
+            return f.read().strip() == "Y"
+    except OSError:
+        return False
+
+
+def selinux_enabled(root: str = "/sys/fs/selinux") -> bool:
+    """SELinux is on: selinuxfs is mounted and has its enforce switch."""
+    return os.path.exists(os.path.join(root, "enforce"))
 
 
 def with_cpusets(node: NodeFacts) -> NodeFacts:

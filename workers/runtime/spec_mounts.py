@@ -45,11 +45,18 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from ...proto import api_pb2 as api
-from ...proto.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from ...proto.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+    shorten,
+)
 from .spec_context import NodeFacts, PodContext
 
 Mount = dict[str, Any]
@@ -196,23 +203,29 @@ def _check_propagation(source: str, propagation: int, mountinfo: str) -> None:
                                  "shared or slave mount (host-to-container propagation needs one)")
 
 
-def cri_mounts(mounts: Iterable[api.Mount], node: NodeFacts,
-               mountinfo: str | None = None) -> tuple[list[Mount], str | None]:
+def cri_mounts(mounts: Iterable[api.Mount], node: NodeFacts, mountinfo: str | None = None,
+               image_volumes: Sequence[str] = ()) -> tuple[list[Mount], str | None]:
     """The OCI mounts for CRI ``Mount`` messages, and the rootfs propagation they need.
 
     ``mountinfo`` is read from /proc/self/mountinfo when a mount asks for
-    propagation and none is given.
+    propagation and none is given. ``image_volumes`` are where the images
+    of the image mounts are mounted, in their order.
     """
     result: list[Mount] = []
     seen: set[str] = set()
     wanted: set[str] = set()
+    volumes = iter(image_volumes)
     for mount in mounts:
         destination = _clean_destination(mount.container_path)
         if destination in seen:
             raise InvalidArgument(f"mount: {destination} is mounted twice")
         seen.add(destination)
         if mount.image.image:
-            raise Unimplemented(f"mount: image volumes are not supported ({destination})")
+            root = next(volumes, None)
+            if root is None:
+                raise Internal(f"mount: the image of {destination} was not mounted")
+            result.append(_image_mount(destination, root, mount))
+            continue
         if mount.uidMappings or mount.gidMappings:
             raise Unimplemented(f"mount: idmapped mounts are not supported ({destination})")
         host = _host_path(mount)
@@ -248,6 +261,34 @@ def cri_mounts(mounts: Iterable[api.Mount], node: NodeFacts,
     rootfs_propagation = ("rshared" if "rshared" in wanted
                           else "rslave" if "rslave" in wanted else None)
     return result, rootfs_propagation
+
+
+def check_image_mount(mount: api.Mount) -> str:
+    """An image mount's ``image_sub_path``, checked: read-only (the CRI
+    says so), relative and inside the image."""
+    if not mount.readonly:
+        raise InvalidArgument(f"mount: the image volume {shorten(mount.container_path)} must be "
+                              "read-only")
+    sub = mount.image_sub_path
+    if sub.startswith("/") or ".." in sub.split("/") or "\0" in sub:
+        raise InvalidArgument(f"mount: image_sub_path {shorten(sub)} must be a path inside the "
+                              "image (relative, without '..')")
+    return posixpath.normpath(sub) if sub else ""
+
+
+def _image_mount(destination: str, root: str, mount: api.Mount) -> Mount:
+    """A read-only bind of the mounted image, or of a directory in it.
+    Exec stays allowed: an image volume may carry tools to run."""
+    sub = check_image_mount(mount)
+    source = os.path.join(root, sub) if sub else root
+    # The image's own symlinks must not lead out of it.
+    real = os.path.realpath(source)
+    if real != root and not real.startswith(root.rstrip("/") + "/"):
+        raise InvalidArgument(f"mount: image_sub_path {shorten(sub)} leads out of the image")
+    if not os.path.exists(real):
+        raise NotFound(f"mount: image_sub_path {shorten(sub)} does not exist in image "
+                       f"{shorten(mount.image.image)}")
+    return _mount(destination, "bind", real, ["rbind", "rprivate", "ro", "nosuid", "nodev"])
 
 
 def _depth(mount: Mount) -> int:

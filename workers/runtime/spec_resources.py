@@ -104,8 +104,11 @@ def linux_resources(resources: api.LinuxContainerResources, node: NodeFacts) -> 
     cpu: dict[str, Any] = {}
     shares = _positive(resources.cpu_shares, "cpu_shares")
     period = _positive(resources.cpu_period, "cpu_period")
-    # -1 is "no quota" in the cgroup files; the kubelet sends 0 for that.
+    # The kubelet sends 0 for "no quota"; the -1 of the cgroup files is
+    # refused with every other negative value, so no typo lifts a limit.
     quota = resources.cpu_quota
+    if quota < 0:
+        raise InvalidArgument(f"cpu_quota {quota} is negative; 0 means no quota")
     if shares and not CPU_SHARES_MIN <= shares <= CPU_SHARES_MAX:
         raise InvalidArgument(f"cpu_shares {shares} is outside {CPU_SHARES_MIN}.."
                               f"{CPU_SHARES_MAX}, the kernel's range (0 leaves it unset)")
@@ -113,7 +116,7 @@ def linux_resources(resources: api.LinuxContainerResources, node: NodeFacts) -> 
         cpu["shares"] = shares
     if quota > 0 and not CPU_QUOTA_MIN <= quota <= CPU_QUOTA_MAX:
         raise InvalidArgument(f"cpu_quota {quota} is outside {CPU_QUOTA_MIN}..{CPU_QUOTA_MAX} "
-                              "microseconds, the kernel's range (negative: no limit)")
+                              "microseconds, the kernel's range (0: no quota)")
     if quota:
         cpu["quota"] = quota
     if period and not CPU_PERIOD_MIN <= period <= CPU_PERIOD_MAX:

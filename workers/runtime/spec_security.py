@@ -20,12 +20,21 @@ list. An empty list cannot be told from an absent one in proto3, so it
 means the defaults (``procMount: Unmasked`` needs user namespaces, which
 podvisor does not offer). Privileged containers get neither list.
 
-Not confined, on purpose: podvisor has no seccomp profile support yet,
-and this node runs no AppArmor or SELinux LSM, so every container runs
-with seccomp, AppArmor and SELinux unconfined whatever the CRI asks
-(RuntimeDefault and Localhost included), exactly as CRI-O does when
-seccomp is disabled (``setupSeccomp``: ``Linux.Seccomp = nil``). The spec
-carries no ``seccomp``, ``apparmorProfile`` or ``selinuxLabel`` at all.
+Linux security modules. Seccomp is spec_seccomp.py's. AppArmor and
+SELinux are applied where the node runs them and refused where it does
+not, never dropped:
+
+- AppArmor (``apparmor``, else the deprecated ``apparmor_profile``):
+  ``Unconfined`` and empty run unconfined. ``Localhost`` names a profile
+  that must be loaded in the kernel; it becomes ``process.apparmorProfile``.
+  ``RuntimeDefault`` is the profile ``podvisor-default``, which the node's
+  administrator loads (``contrib/apparmor``): podvisor does not run
+  apparmor_parser itself. On a node without AppArmor any profile but
+  Unconfined is FAILED_PRECONDITION, as the kubelet's own admission
+  refuses such pods. A privileged container runs unconfined.
+- SELinux: any ``selinux_options`` field set on a node without SELinux is
+  FAILED_PRECONDITION. podvisor does not label processes or mounts yet,
+  so on a node with SELinux a label request is refused the same way.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ...proto import api_pb2 as api
-from ...proto.errors import FailedPrecondition, InvalidArgument
+from ...proto.errors import FailedPrecondition, InvalidArgument, shorten
 
 # Linux capability numbers 0..40 (include/uapi/linux/capability.h); the
 # index in this tuple is the bit in /proc/<pid>/status Cap* masks.
@@ -136,3 +145,72 @@ def _absolute(paths: list[str], field: str) -> list[str]:
         if not path.startswith("/"):
             raise InvalidArgument(f"{field}: {path!r} is not an absolute path")
     return paths
+
+
+APPARMOR_DEFAULT = "podvisor-default"
+APPARMOR_PROFILES = "/sys/kernel/security/apparmor/profiles"
+
+
+def apparmor_profile(sc: api.LinuxContainerSecurityContext, privileged: bool, enabled: bool,
+                     loaded: str = APPARMOR_PROFILES) -> str | None:
+    """The ``process.apparmorProfile`` of the container; None: unconfined."""
+    if sc.HasField("apparmor"):
+        kind = api.SecurityProfile.ProfileType.Name(sc.apparmor.profile_type)
+        name = sc.apparmor.localhost_ref
+    else:
+        legacy = sc.apparmor_profile
+        if legacy in ("", "unconfined"):
+            return None
+        if legacy == "runtime/default":
+            kind, name = "RuntimeDefault", ""
+        elif legacy.startswith("localhost/"):
+            kind, name = "Localhost", legacy.removeprefix("localhost/")
+        else:
+            raise InvalidArgument(f"apparmor_profile {shorten(legacy)}: expected "
+                                  "runtime/default, unconfined or localhost/<profile>")
+    if kind == "Unconfined" or privileged:
+        return None
+    wanted = APPARMOR_DEFAULT if kind == "RuntimeDefault" else name
+    if not wanted:
+        raise InvalidArgument("apparmor: a Localhost profile needs localhost_ref")
+    if not enabled:
+        raise FailedPrecondition(f"AppArmor profile {shorten(wanted)} ({kind}) was asked for, "
+                                 "but AppArmor is not enabled on this node")
+    if wanted not in _loaded_profiles(loaded):
+        raise FailedPrecondition(f"AppArmor profile {shorten(wanted)} ({kind}) is not loaded "
+                                 "on this node")
+    return wanted
+
+
+def _loaded_profiles(path: str) -> set[str]:
+    """Profile names from the kernel's list ("name (mode)" lines)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return {line.rsplit(" (", 1)[0] for line in f if line.strip()}
+    except OSError:
+        return set()
+
+
+def check_selinux(options: api.SELinuxOption, enabled: bool, what: str) -> None:
+    """Refuse an SELinux label podvisor cannot apply."""
+    asked = {field: getattr(options, field) for field in ("user", "role", "type", "level")
+             if getattr(options, field)}
+    if not asked:
+        return
+    label = ":".join(shorten(v) for v in asked.values())
+    why = ("podvisor does not apply SELinux labels yet" if enabled
+           else "SELinux is not enabled on this node")
+    raise FailedPrecondition(f"{what} selinux_options {label} were asked for, but {why}")
+
+
+def pod_security(sc: api.LinuxSandboxSecurityContext) -> api.LinuxContainerSecurityContext:
+    """The pod's seccomp, AppArmor and SELinux requests (for its infra
+    process) in the container message the checks read."""
+    out = api.LinuxContainerSecurityContext(seccomp_profile_path=sc.seccomp_profile_path,
+                                            selinux_options=sc.selinux_options,
+                                            privileged=sc.privileged)
+    if sc.HasField("seccomp"):
+        out.seccomp.CopyFrom(sc.seccomp)
+    if sc.HasField("apparmor"):
+        out.apparmor.CopyFrom(sc.apparmor)
+    return out

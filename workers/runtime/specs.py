@@ -29,17 +29,19 @@ from .spec_mounts import ensure_mount_sources
 
 
 def node_facts(cgroup_manager: str, handler: str, handler_path: str,
-               handler_root: str = "") -> NodeFacts:
+               handler_root: str = "", seccomp_default_when_empty: bool = False) -> NodeFacts:
     """The facts of this node and handler as they are now."""
-    return with_cpusets(_detected(cgroup_manager, handler, handler_path, handler_root))
+    return with_cpusets(_detected(cgroup_manager, handler, handler_path, handler_root,
+                                  seccomp_default_when_empty))
 
 
 @functools.cache
 def _detected(cgroup_manager: str, handler: str, handler_path: str,
-              handler_root: str) -> NodeFacts:
+              handler_root: str, seccomp_default_when_empty: bool) -> NodeFacts:
     probe = handlers.probe(handler, handler_path, handler_root)
     return detect_node(cgroup_manager, probe.mount_options,
-                       MIN_MEMORY_CRUN if "crun" in handler_path else MIN_MEMORY_RUNC)
+                       MIN_MEMORY_CRUN if "crun" in handler_path else MIN_MEMORY_RUNC,
+                       seccomp_default_when_empty=seccomp_default_when_empty)
 
 
 @functools.cache
@@ -73,7 +75,9 @@ def container_spec(node: NodeFacts, pod: Mapping[str, Any], record: Mapping[str,
     ensure_mount_sources(config)
     return build_container_spec(config, configs.sandbox_config(pod), image_config, rootfs,
                                 pod_context(pod), container_id=record["id"], node=node,
-                                target_pid_ns=target_pid_ns)
+                                target_pid_ns=target_pid_ns,
+                                image_volumes=[v["path"] for v in record.get("image_volumes",
+                                                                             [])])
 
 
 def infra_spec(node: NodeFacts, pod: Mapping[str, Any], rootfs: str,

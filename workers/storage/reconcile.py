@@ -33,7 +33,7 @@ import shutil
 from collections.abc import Callable, Collection
 
 from ...proto.errors import FailedPrecondition
-from ...proto.storage_ops import Reconciled
+from ...proto.storage_ops import Reconciled, volume_owner
 from .. import locks
 from . import layers, records, rootfs
 from .layout import RM_PREFIX, TMP_PREFIX, USAGE_SUFFIX, Layout, is_chain_hex
@@ -138,7 +138,8 @@ def _containers(layout: Layout, live: set[str], report: Report) -> None:
     known = set(records.container_ids(layout))
     with contextlib.suppress(FileNotFoundError):
         known |= {n for n in os.listdir(layout.mounts_dir) if not n.startswith(".")}
-    for cid in sorted(known - live):
+    # A live container's image volumes live with it.
+    for cid in sorted(c for c in known if volume_owner(c) not in live):
         lock = locks.try_acquire(layout.locks_dir, rootfs.lock_name(cid))
         if lock is None:
             report["busy"].append(cid)

@@ -42,7 +42,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from ...proto.errors import AlreadyExists, NotFound
-from ...proto.storage_ops import CreatedRootfs, RemovedRootfs
+from ...proto.storage_ops import IMAGE_VOLUME_INFIX, CreatedRootfs, RemovedRootfs
 from .. import locks
 from . import layers, overlay, records, usage_cache
 from .layout import LOCK_HOLDER, RM_PREFIX, TMP_PREFIX, Layout
@@ -192,15 +192,30 @@ def _ensure_mounted(layout: Layout, record: dict[str, Any]) -> bool:
 
 
 def remove(layout: Layout, container_id: str, deadline: float) -> RemovedRootfs:
-    lock = locks.acquire(layout.locks_dir, lock_name(container_id), deadline,
-                         f"container {container_id}", holder=LOCK_HOLDER)
-    try:
-        removed = delete_held(layout, container_id)
-    finally:
-        lock.release(unlink=True)
-    if removed:
-        log.info("Removed rootfs of container %s", container_id)
+    """Remove the container's rootfs and then its image volumes', each
+    under its own lock."""
+    removed = False
+    for rootfs_id in [container_id, *_image_volumes(layout, container_id)]:
+        lock = locks.acquire(layout.locks_dir, lock_name(rootfs_id), deadline,
+                             f"container {rootfs_id}", holder=LOCK_HOLDER)
+        try:
+            gone = delete_held(layout, rootfs_id)
+        finally:
+            lock.release(unlink=True)
+        if gone:
+            log.info("Removed rootfs %s", rootfs_id)
+        removed = removed or gone
     return RemovedRootfs(container_id=container_id, removed=removed)
+
+
+def _image_volumes(layout: Layout, container_id: str) -> list[str]:
+    """The image volumes' rootfs ids of ``container_id`` on disk or mounted."""
+    prefix = f"{container_id}{IMAGE_VOLUME_INFIX}"
+    found: set[str] = set()
+    for parent in (layout.containers_dir, layout.mounts_dir):
+        with contextlib.suppress(FileNotFoundError):
+            found |= {name for name in os.listdir(parent) if name.startswith(prefix)}
+    return sorted(found)
 
 
 def delete_held(layout: Layout, container_id: str) -> bool:

@@ -1,0 +1,58 @@
+"""UpdateContainerResources: new limits for a container, in place.
+
+The new ``LinuxContainerResources`` are checked by the same rules as at
+create (spec_resources.py), so a value the create would refuse is refused
+here too, before anything changes. A created or running container gets
+them through its OCI runtime's ``update --resources -`` (runc and crun
+take the OCI ``linux.resources`` on stdin): the runtime writes the cgroup
+files on either hierarchy, sets the unit's properties under the systemd
+driver (where systemd would otherwise put its own values back), and keeps
+its own state in step. Then the record's config carries them, so
+ContainerStatus reports what the container now has (the kubelet compares
+it during an in-place resize).
+
+An exited container has no cgroup: its record alone takes the update, as
+containerd does. One still being created is FAILED_PRECONDITION (the
+kubelet retries).
+
+A refusal by the kernel (memory below what is in use, EBUSY) comes back
+from the runtime as FAILED_PRECONDITION naming it; the record is then
+left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ...proto import api_pb2 as api
+from ...proto import runtime_ops as ops
+from ...proto.errors import FailedPrecondition
+from ..base import OpContext
+from . import configs, containers, monitor, spec_resources, specs
+from .handlers import Runtimes
+from .layout import Layout
+
+
+def update(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.ContainerUpdate) -> None:
+    container_id = containers.resolve_id(layout, args.id)
+    resources = configs.parse(api.LinuxContainerResources, args.resources, "linux")
+    with layout.container_lock(container_id, ctx.deadline):
+        raw = containers.load(layout, container_id)
+        record = containers.current(layout, raw)
+        if record["state"] == containers.CREATING:
+            raise FailedPrecondition(f"container {container_id} is still being created")
+        handler = runtimes.handlers[record["runtime_handler"]]
+        node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path,
+                                handler.root, runtimes.seccomp_default_when_empty)
+        wanted = spec_resources.linux_resources(resources, node)
+        if record["state"] in (containers.CREATED, containers.RUNNING):
+            done = handler.run("update", "--resources", "-", container_id,
+                               deadline=ctx.deadline, stdin=json.dumps(wanted))
+            if done.returncode != 0:
+                raise FailedPrecondition(
+                    f"{handler.name} update of container {container_id} failed: "
+                    f"{monitor.compact(done.stderr or done.stdout)}")
+        config = configs.container_config(raw)
+        config.linux.resources.CopyFrom(resources)
+        raw[configs.FIELD] = configs.stored(config.SerializeToString())
+        layout.containers.save(container_id, raw)
