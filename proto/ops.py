@@ -33,10 +33,10 @@ def pool_ops(pool: str) -> frozenset[str]:
 
 
 # CRI RPCs podvisor does not serve yet, each until the issue that brings
-# it: pod-level resource updates, checkpoints, and the Stream* list forms
-# (the kubelet calls the List* ones).
+# it: checkpoints, and the Stream* list forms (the kubelet calls the List*
+# ones).
 UNSERVED_RPCS = frozenset({
-    "StreamPodSandboxes", "StreamContainers", "StreamImages", "UpdatePodSandboxResources",
+    "StreamPodSandboxes", "StreamContainers", "StreamImages",
     "StreamContainerStats", "StreamPodSandboxStats", "StreamPodSandboxMetrics",
     "CheckpointContainer", "CheckpointPod", "RestorePod",
 })

@@ -298,6 +298,18 @@ class ContainerUpdate(Record, frozen=True, kw_only=True):
     """The CRI LinuxContainerResources, serialized."""
 
 
+class SandboxUpdate(Record, frozen=True, kw_only=True):
+    """A pod's new resources, after an in-place resize: recorded, and
+    written to the pod cgroup when podvisor made it (the kubelet writes
+    its own)."""
+
+    id: str
+    resources: bytes
+    """The CRI LinuxContainerResources of the whole pod, serialized."""
+    overhead: bytes
+    """The pod overhead's LinuxContainerResources, serialized."""
+
+
 class StreamRequest(Record, frozen=True, kw_only=True):
     """Exec or Attach, before a URL is issued: the container and the
     streams asked for (proto/stream_ops.py has what comes back)."""
@@ -368,6 +380,7 @@ CONTAINER_LIST = Op("runtime.container_list", ContainerListQuery, ContainerList,
 CONTAINER_EXEC_SYNC = Op("runtime.container_exec_sync", ExecSync, ExecResult)
 CONTAINER_REOPEN_LOG = Op("runtime.container_reopen_log", Ref, Empty)
 CONTAINER_UPDATE = Op("runtime.container_update", ContainerUpdate, Empty)
+SANDBOX_UPDATE = Op("runtime.sandbox_update", SandboxUpdate, Empty)
 EXEC_PLAN = Op("runtime.exec_plan", StreamRequest, ExecPlan, read_only=True)
 ATTACH_PLAN = Op("runtime.attach_plan", StreamRequest, AttachPlan, read_only=True)
 PORT_FORWARD_PLAN = Op("runtime.port_forward_plan", Ref, PortForwardPlan, read_only=True)
@@ -380,6 +393,7 @@ OPS = (
     VERSION, STATUS, RUNTIME_CONFIG, SANDBOX_RESERVE, SANDBOX_START, SANDBOX_STOP_CONTAINERS,
     SANDBOX_STOP, SANDBOX_REMOVE, SANDBOX_STATUS, SANDBOX_LIST, CONTAINER_RESERVE,
     CONTAINER_CREATE, CONTAINER_START, CONTAINER_STOP, CONTAINER_REMOVE, CONTAINER_STATUS,
-    CONTAINER_LIST, CONTAINER_EXEC_SYNC, CONTAINER_REOPEN_LOG, CONTAINER_UPDATE, EXEC_PLAN,
-    ATTACH_PLAN, PORT_FORWARD_PLAN, CONTAINER_STATS, SANDBOX_STATS, RECONCILE, CHANGES_SINCE,
+    CONTAINER_LIST, CONTAINER_EXEC_SYNC, CONTAINER_REOPEN_LOG, CONTAINER_UPDATE, SANDBOX_UPDATE,
+    EXEC_PLAN, ATTACH_PLAN, PORT_FORWARD_PLAN, CONTAINER_STATS, SANDBOX_STATS, RECONCILE,
+    CHANGES_SINCE,
 )

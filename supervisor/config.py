@@ -275,6 +275,10 @@ class RuntimeConfig:
     conmon_cgroup: str = _key("pod", _conmon_cgroup)
     """"pod", or a cgroup path (cgroupfs) or slice (systemd) for every conmon
     (CRI-O name). Default "pod"."""
+    cdi_spec_dirs: tuple[str, ...] = _key(
+        ("/etc/cdi", "/var/run/cdi"), _str_list(_abs_path, "a list of absolute paths"))
+    """Directories of CDI device specs, the later ones overriding (CRI-O
+    name). Default ["/etc/cdi", "/var/run/cdi"]."""
     seccomp_use_default_when_empty: bool = _key(False, _bool)
     """A container that names no seccomp profile at all gets RuntimeDefault
     (CRI-O name); else it runs unconfined, as the CRI says. The kubelet

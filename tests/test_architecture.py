@@ -23,8 +23,9 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     # google: the protobuf runtime under the generated CRI stubs, with which
     # a worker parses the CRI messages that travel serialized.
     "workers": ({"zmq", "setproctitle", "google"}, {"proto", "workers"}),
-    # jeepney: systemd's D-Bus API, for the systemd cgroup driver.
-    "workers/runtime": ({"zmq", "setproctitle", "google", "jeepney"},
+    # jeepney: systemd's D-Bus API, for the systemd cgroup driver; yaml:
+    # CDI device specs.
+    "workers/runtime": ({"zmq", "setproctitle", "google", "jeepney", "yaml"},
                         {"proto", "workers", "workers/runtime"}),
     "workers/net": ({"zmq", "setproctitle", "pyroute2"}, {"proto", "workers", "workers/net"}),
     "workers/image": ({"zmq", "setproctitle", "cryptography", "google"},

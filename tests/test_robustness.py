@@ -30,7 +30,7 @@ IMPLEMENTED = {
     "RunPodSandbox", "StopPodSandbox", "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox",
     "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
     "ContainerStatus", "ReopenContainerLog", "ExecSync", "GetContainerEvents",
-    "UpdateContainerResources",
+    "UpdateContainerResources", "UpdatePodSandboxResources",
     "Exec", "Attach", "PortForward",
     "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats",
     "ListMetricDescriptors", "ListPodSandboxMetrics",

@@ -105,3 +105,28 @@ def test_a_container_past_its_memory_limit_ends_oom_killed(
     status = n.wait_state(cid, api.CONTAINER_EXITED, timeout=60)
     assert (status.exit_code, status.reason) == (137, "OOMKilled")
     assert b"survived" not in Path(pod[1].log_directory, "hog.log").read_bytes()
+
+
+def test_pod_resources_go_to_a_pod_cgroup_podvisor_made(
+        n: Node, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    runtime = n.daemon.runtime
+    pod_dir = CGROUP_ROOT / "memory" / pod[1].linux.cgroup_parent.lstrip("/")
+    runtime.UpdatePodSandboxResources(api.UpdatePodSandboxResourcesRequest(
+        pod_sandbox_id=pod[0], overhead=api.LinuxContainerResources(cpu_shares=16),
+        resources=api.LinuxContainerResources(memory_limit_in_bytes=256 * MiB, cpu_shares=700,
+                                              cpu_period=100000, cpu_quota=150000)),
+        timeout=30)
+    assert (pod_dir / "memory.limit_in_bytes").read_text().strip() == str(256 * MiB)
+    cpu_dir = CGROUP_ROOT / "cpu" / pod[1].linux.cgroup_parent.lstrip("/")
+    assert (cpu_dir / "cpu.shares").read_text().strip() == "700"
+    assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "150000"
+    for request, code in (
+            (api.UpdatePodSandboxResourcesRequest(
+                pod_sandbox_id=pod[0], resources=api.LinuxContainerResources(cpu_quota=-5)),
+             grpc.StatusCode.INVALID_ARGUMENT),
+            (api.UpdatePodSandboxResourcesRequest(pod_sandbox_id="e" * 64),
+             grpc.StatusCode.NOT_FOUND)):
+        with pytest.raises(grpc.RpcError) as caught:
+            runtime.UpdatePodSandboxResources(request, timeout=30)
+        assert caught.value.code() == code
+    assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "150000"

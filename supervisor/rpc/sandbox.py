@@ -1,5 +1,5 @@
 """Pod sandbox RPCs: Run/Stop/RemovePodSandbox, PodSandboxStatus,
-ListPodSandbox.
+ListPodSandbox, UpdatePodSandboxResources.
 
 RunPodSandbox is orchestrated here, one narrow op per pool:
 
@@ -172,6 +172,13 @@ class SandboxService:
             filter=request.filter.SerializeToString()))
         return api.ListPodSandboxResponse(
             items=[api.PodSandbox.FromString(item) for item in result.items])
+
+    async def update_pod_sandbox_resources(self, request: api.UpdatePodSandboxResourcesRequest
+                                           ) -> api.UpdatePodSandboxResourcesResponse:
+        await self.ops(runtime_ops.SANDBOX_UPDATE, runtime_ops.SandboxUpdate(
+            id=request.pod_sandbox_id, resources=request.resources.SerializeToString(),
+            overhead=request.overhead.SerializeToString()))
+        return api.UpdatePodSandboxResourcesResponse()
 
 
 def _net_setup(sandbox_id: str, config: api.PodSandboxConfig,

@@ -131,7 +131,7 @@ def create(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
         bundle = layout.bundle_dir(container_id)
         os.makedirs(bundle, mode=0o700, exist_ok=True)
         node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path,
-                                 handler.root, runtimes.seccomp_default_when_empty)
+                                 handler.root, runtimes.spec_settings)
         config = configs.container_config(record)
         record["image_volumes"] = [{"path": v.path, "image_id": v.image_id}
                                    for v in args.image_volumes]

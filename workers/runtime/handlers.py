@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...proto.errors import InvalidArgument
@@ -24,6 +24,7 @@ from ...proto.runtime_ops import HandlerProbe
 from .cgroup import hierarchy
 from .cgroup.driver import Driver
 from .monitor import Handler
+from .spec_context import SpecSettings
 
 PROBE_TTL = 5.0
 PROBE_TIMEOUT = 5.0
@@ -37,7 +38,7 @@ class Runtimes:
     handlers: Mapping[str, Handler]
     default_runtime: str
     cgroups: Driver
-    seccomp_default_when_empty: bool = False
+    spec_settings: SpecSettings = field(default_factory=SpecSettings)
 
     @classmethod
     def from_settings(cls, runtime: Mapping[str, Any]) -> Runtimes:
@@ -48,8 +49,9 @@ class Runtimes:
         table = {name: Handler(name, spec["runtime_path"], spec["runtime_root"],
                                systemd_cgroup=cgroups.systemd)
                  for name, spec in runtime["runtimes"].items()}
-        return cls(table, runtime["default_runtime"], cgroups,
-                   runtime["seccomp_use_default_when_empty"])
+        return cls(table, runtime["default_runtime"], cgroups, SpecSettings(
+            seccomp_default_when_empty=runtime["seccomp_use_default_when_empty"],
+            cdi_spec_dirs=tuple(runtime["cdi_spec_dirs"])))
 
     def resolve(self, requested: str) -> str:
         """The handler a new pod runs with: the one it names, else the default."""

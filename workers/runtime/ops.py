@@ -8,7 +8,8 @@ declared in proto/runtime_ops.py. The ops are served by:
                          status, list                       (sandbox.py)
     runtime.container_*  reserve, create, start, stop, remove, status,
                          list, exec_sync, reopen_log        (containers.py)
-    runtime.container_update  new resources in place        (update.py)
+    runtime.container_update, sandbox_update
+                         new resources in place             (update.py)
     runtime.exec_plan, attach_plan, port_forward_plan
                          streaming requests checked, and their plans (streaming.py)
     runtime.container_stats, sandbox_stats
@@ -93,6 +94,7 @@ class RuntimeService:
             Served(rt.CONTAINER_EXEC_SYNC, self.container_exec_sync),
             Served(rt.CONTAINER_REOPEN_LOG, self.container_reopen_log),
             Served(rt.CONTAINER_UPDATE, self.container_update),
+            Served(rt.SANDBOX_UPDATE, self.sandbox_update),
             Served(rt.EXEC_PLAN, self.exec_plan),
             Served(rt.ATTACH_PLAN, self.attach_plan),
             Served(rt.PORT_FORWARD_PLAN, self.port_forward_plan),
@@ -211,6 +213,10 @@ class RuntimeService:
 
     def container_update(self, ctx: OpContext, args: rt.ContainerUpdate) -> Empty:
         update.update(self.layout, self.runtimes, ctx, args)
+        return Empty()
+
+    def sandbox_update(self, ctx: OpContext, args: rt.SandboxUpdate) -> Empty:
+        update.update_sandbox(self.layout, self.runtimes, ctx, args)
         return Empty()
 
     def exec_plan(self, ctx: OpContext, args: rt.StreamRequest) -> ExecPlan:

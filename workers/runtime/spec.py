@@ -16,6 +16,7 @@ their choices come from:
     spec_namespaces  which namespaces to create or join
     spec_resources   cgroupsPath and cgroup limits
     spec_devices     device nodes and the device cgroup
+    spec_cdi         CDI devices: nodes, env, mounts and hooks from CDI specs
     spec_sysctl      namespaced sysctls
 
 Invariants:
@@ -41,6 +42,7 @@ from typing import Any
 from ...proto import api_pb2 as api
 from ...proto.errors import InvalidArgument
 from . import (
+    spec_cdi,
     spec_devices,
     spec_mounts,
     spec_process,
@@ -171,7 +173,7 @@ def build_container_spec(container_config: api.ContainerConfig,
     if rootfs_propagation:
         linux["rootfsPropagation"] = rootfs_propagation
     seccomp = spec_seccomp.seccomp(sc, frozenset(caps["bounding"]), privileged,
-                                   node.seccomp_default_when_empty)
+                                   node.settings.seccomp_default_when_empty)
     if seccomp is not None:
         linux["seccomp"] = seccomp
     if apparmor is not None:
@@ -196,6 +198,8 @@ def build_container_spec(container_config: api.ContainerConfig,
     }
     if pod.uts_ns_path and pod.hostname:
         spec["hostname"] = pod.hostname
+    spec_cdi.apply(spec, spec_cdi.resolve(spec_cdi.requested(container_config),
+                                          node.settings.cdi_spec_dirs))
     return spec
 
 
@@ -244,7 +248,7 @@ def build_infra_spec(sandbox_config: api.PodSandboxConfig, pod: PodContext, root
     }
     # The pod's own profiles confine its infra process (it has no capabilities).
     seccomp = spec_seccomp.seccomp(pod_sc, frozenset(), pod_sc.privileged,
-                                   node.seccomp_default_when_empty)
+                                   node.settings.seccomp_default_when_empty)
     if seccomp is not None:
         linux["seccomp"] = seccomp
     if apparmor is not None:

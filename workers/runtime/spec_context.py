@@ -26,7 +26,7 @@ import glob
 import os
 import re
 import resource
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .cgroup.driver import PREFIX
 from .spec_security import CAPABILITIES
@@ -67,6 +67,17 @@ class PodContext:
 
 
 @dataclass(frozen=True)
+class SpecSettings:
+    """The ``[podvisor.runtime]`` keys the spec builder follows."""
+
+    # seccomp_use_default_when_empty: RuntimeDefault for a container that
+    # names no seccomp profile at all.
+    seccomp_default_when_empty: bool = False
+    # Where CDI device specs are read, in rising priority.
+    cdi_spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
+
+
+@dataclass(frozen=True)
 class NodeFacts:
     """Per node and OCI runtime handler; ``detect_node`` fills it from the host."""
 
@@ -87,9 +98,7 @@ class NodeFacts:
     hugepage_sizes: frozenset[str] | None = None  # "2MB", "1GB", as runc names them
     apparmor: bool = False                     # the AppArmor LSM is enabled here
     selinux: bool = False                      # SELinux is enabled here
-    # [podvisor.runtime] seccomp_use_default_when_empty: RuntimeDefault for
-    # a container that names no seccomp profile at all.
-    seccomp_default_when_empty: bool = False
+    settings: SpecSettings = field(default_factory=lambda: SpecSettings())
 
 
 def bounding_caps(status: str | None = None) -> tuple[str, ...]:
@@ -142,7 +151,7 @@ def _effective_caps() -> tuple[str, ...]:
 
 def detect_node(cgroup_manager: str = "cgroupfs", mount_options: frozenset[str] = frozenset(),
                 min_memory: int = MIN_MEMORY_RUNC, cgroup_root: str = "/sys/fs/cgroup",
-                pids_limit: int = 0, seccomp_default_when_empty: bool = False) -> NodeFacts:
+                pids_limit: int = 0, settings: SpecSettings | None = None) -> NodeFacts:
     """Read the cgroup layout and the LSMs of this host; the handler's facts
     come from its probe."""
     v2 = os.path.exists(os.path.join(cgroup_root, "cgroup.controllers"))
@@ -161,7 +170,7 @@ def detect_node(cgroup_manager: str = "cgroupfs", mount_options: frozenset[str] 
         swap_accounting=swap, mount_options=mount_options, min_memory=min_memory,
         nofile=nofile_ceiling(), pids_limit=pids_limit, hugepage_sizes=hugepage_sizes(),
         apparmor=apparmor_enabled(), selinux=selinux_enabled(),
-        seccomp_default_when_empty=seccomp_default_when_empty))
+        settings=settings or SpecSettings()))
 
 
 def apparmor_enabled(parameter: str = "/sys/module/apparmor/parameters/enabled") -> bool:

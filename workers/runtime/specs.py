@@ -20,6 +20,7 @@ from .spec_context import (
     MIN_MEMORY_RUNC,
     NodeFacts,
     PodContext,
+    SpecSettings,
     bounding_caps,
     detect_node,
     own_oom_score_adj,
@@ -29,19 +30,19 @@ from .spec_mounts import ensure_mount_sources
 
 
 def node_facts(cgroup_manager: str, handler: str, handler_path: str,
-               handler_root: str = "", seccomp_default_when_empty: bool = False) -> NodeFacts:
+               handler_root: str = "", settings: SpecSettings | None = None) -> NodeFacts:
     """The facts of this node and handler as they are now."""
     return with_cpusets(_detected(cgroup_manager, handler, handler_path, handler_root,
-                                  seccomp_default_when_empty))
+                                  settings or SpecSettings()))
 
 
 @functools.cache
 def _detected(cgroup_manager: str, handler: str, handler_path: str,
-              handler_root: str, seccomp_default_when_empty: bool) -> NodeFacts:
+              handler_root: str, settings: SpecSettings) -> NodeFacts:
     probe = handlers.probe(handler, handler_path, handler_root)
     return detect_node(cgroup_manager, probe.mount_options,
                        MIN_MEMORY_CRUN if "crun" in handler_path else MIN_MEMORY_RUNC,
-                       seccomp_default_when_empty=seccomp_default_when_empty)
+                       settings=settings)
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""UpdateContainerResources: new limits for a container, in place.
+"""UpdateContainerResources and UpdatePodSandboxResources: new limits, in
+place.
 
 The new ``LinuxContainerResources`` are checked by the same rules as at
 create (spec_resources.py), so a value the create would refuse is refused
@@ -18,6 +19,12 @@ kubelet retries).
 A refusal by the kernel (memory below what is in use, EBUSY) comes back
 from the runtime as FAILED_PRECONDITION naming it; the record is then
 left as it was.
+
+A pod's new resources (the kubelet sends them after it has resized the
+pod cgroup itself) are checked the same way and recorded; they are
+written to the pod cgroup only where podvisor made that cgroup (a pod
+with no kubelet parent, under cgroupfs), through the cgroup layer. The
+kubelet's own pod cgroups and systemd's slices are theirs to set.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from ...proto import api_pb2 as api
 from ...proto import runtime_ops as ops
 from ...proto.errors import FailedPrecondition
 from ..base import OpContext
-from . import configs, containers, monitor, spec_resources, specs
+from . import configs, containers, monitor, sandbox, spec_resources, specs
+from .cgroup import limits
 from .handlers import Runtimes
 from .layout import Layout
 
@@ -43,7 +51,7 @@ def update(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
             raise FailedPrecondition(f"container {container_id} is still being created")
         handler = runtimes.handlers[record["runtime_handler"]]
         node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path,
-                                handler.root, runtimes.seccomp_default_when_empty)
+                                handler.root, runtimes.spec_settings)
         wanted = spec_resources.linux_resources(resources, node)
         if record["state"] in (containers.CREATED, containers.RUNNING):
             done = handler.run("update", "--resources", "-", container_id,
@@ -56,3 +64,30 @@ def update(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
         config.linux.resources.CopyFrom(resources)
         raw[configs.FIELD] = configs.stored(config.SerializeToString())
         layout.containers.save(container_id, raw)
+
+
+def update_sandbox(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+                   args: ops.SandboxUpdate) -> None:
+    sandbox_id = sandbox.resolve_id(layout, args.id)
+    resources = configs.parse(api.LinuxContainerResources, args.resources, "resources")
+    overhead = configs.parse(api.LinuxContainerResources, args.overhead, "overhead")
+    with layout.pod_lock(sandbox_id, ctx.deadline):
+        record = sandbox.load(layout, sandbox_id)
+        if record["state"] == sandbox.CREATING:
+            raise FailedPrecondition(f"pod sandbox {sandbox_id} is still being created")
+        handler = runtimes.handlers[record["runtime_handler"]]
+        node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path,
+                                handler.root, runtimes.spec_settings)
+        for message in (resources, overhead):
+            spec_resources.linux_resources(message, node)
+        driver = runtimes.cgroups
+        parent = str(record.get("cgroup_parent") or "")
+        if record["state"] == sandbox.READY and parent and not driver.systemd \
+                and layout.cgroups.load(driver.path(parent)) is not None:
+            limits.write(driver.hierarchy, driver.path(parent), limits.from_cri(
+                resources.cpu_shares, resources.cpu_quota, resources.cpu_period,
+                resources.memory_limit_in_bytes, resources.memory_swap_limit_in_bytes,
+                resources.cpuset_cpus, resources.cpuset_mems, resources.unified))
+        record["resources"] = {"resources": configs.stored(resources.SerializeToString()),
+                               "overhead": configs.stored(overhead.SerializeToString())}
+        layout.sandboxes.save(sandbox_id, record)

@@ -90,6 +90,16 @@ class Limits:
     unified: Mapping[str, str] = field(default_factory=dict)
 
 
+def from_cri(cpu_shares: int, cpu_quota: int, cpu_period: int, memory: int, swap: int,
+             cpuset_cpus: str, cpuset_mems: str, unified: Mapping[str, str]) -> Limits:
+    """The limits a CRI LinuxContainerResources asks for (its fields,
+    already checked): 0 and "" leave a limit as it is, as the CRI means."""
+    return Limits(memory_bytes=memory or None, memory_swap_bytes=swap or None,
+                  cpu_shares=cpu_shares or None, cpu_quota_us=cpu_quota or None,
+                  cpu_period_us=cpu_period or None, cpuset_cpus=cpuset_cpus or None,
+                  cpuset_mems=cpuset_mems or None, unified=dict(unified))
+
+
 def write(h: Hierarchy, path: str, limits: Limits) -> None:
     """Write ``limits`` to cgroup ``path`` ("/a/b")."""
     writes = _plan_v2(h, path, limits) if h.is_v2 else _plan_v1(h, path, limits)
