@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from benchlib import percentiles, timed
 from podfixtures import Node, node
 
 from podvisor.proto import api_pb2 as api
@@ -39,20 +37,6 @@ from podvisor.workers.runtime.cgroup.driver import Driver
 IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 PER_POD = 10
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    q = statistics.quantiles(samples, n=100, method="inclusive")
-    return q[49] * 1e3, q[94] * 1e3
-
-
-def timed(call: Callable[[], object], rounds: int) -> list[float]:
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def add_pod(n: Node, index: int) -> list[tuple[str, str]]:

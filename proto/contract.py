@@ -60,6 +60,11 @@ class Op(Generic[A, R]):
       already there, or already gone for a removal), retried the same way.
       Cleanup stacks rely on it: an undo step must not fail just because a
       worker died beside it.
+
+    ``waits``: the op spends most of its time waiting (a stop's grace
+    period), as a coroutine on the worker's loop rather than in one of its
+    threads, so the bus does not count it against the worker's
+    ``max_inflight``: a drain of many pods must not starve Status or probes.
     """
 
     name: str
@@ -67,6 +72,7 @@ class Op(Generic[A, R]):
     result: type[R]
     read_only: bool = False
     idempotent: bool = False
+    waits: bool = False
 
     @property
     def pool(self) -> str:

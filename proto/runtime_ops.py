@@ -371,7 +371,7 @@ CONTAINER_RESERVE = Op("runtime.container_reserve", ContainerReserve, ContainerR
                        idempotent=True)
 CONTAINER_CREATE = Op("runtime.container_create", ContainerCreate, Empty)
 CONTAINER_START = Op("runtime.container_start", Ref, ContainerStarted)
-CONTAINER_STOP = Op("runtime.container_stop", ContainerStop, ContainerStopped)
+CONTAINER_STOP = Op("runtime.container_stop", ContainerStop, ContainerStopped, waits=True)
 CONTAINER_REMOVE = Op("runtime.container_remove", Ref, ContainerRemoved, idempotent=True)
 CONTAINER_STATUS = Op("runtime.container_status", StatusQuery, ContainerStatus,
                       read_only=True)

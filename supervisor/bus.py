@@ -7,7 +7,9 @@ the routing id ``<pool>/<index>/<pid>``. Frames are in proto/envelope.py.
 Dispatch
     A request goes to the READY worker with the fewest requests in flight
     that still has room under the ``max_inflight`` it announced. With no
-    room anywhere the caller waits, never past its deadline.
+    room anywhere the caller waits, never past its deadline. An op that
+    ``waits`` (proto/contract.py) runs on the worker's loop, not in one of
+    its threads, so it is not counted against that room.
 
 Request Ids
     Each send has a fresh bus id (``id``), which matches the reply; a retry
@@ -106,11 +108,16 @@ class Link:
     ops: frozenset[str]
     last_seen: float
     inflight: set[bytes] = field(default_factory=set)
+    waiting: set[bytes] = field(default_factory=set)  # of inflight: ops that wait on the loop
     suspect: bool = False   # reported unresponsive; gets no new work
 
     @property
     def has_room(self) -> bool:
-        return not self.suspect and len(self.inflight) < self.max_inflight
+        return not self.suspect and len(self.inflight) - len(self.waiting) < self.max_inflight
+
+    def done(self, request_id: bytes) -> None:
+        self.inflight.discard(request_id)
+        self.waiting.discard(request_id)
 
 
 @dataclass
@@ -221,7 +228,7 @@ class PoolBus:
     # -- the caller's side ----------------------------------------------------
 
     async def call(self, op: str, args: dict[str, Any], *, deadline: float,
-                   retryable: bool = False) -> Any:
+                   retryable: bool = False, waits: bool = False) -> Any:
         """Run ``op`` on some worker of this pool and return its result.
 
         Raises the op's ``BusError``, ``DeadlineExceeded`` once ``deadline``
@@ -233,18 +240,18 @@ class PoolBus:
         """
         call_id = request_id_var.get()
         if call_id != NO_CALL:
-            return await self._call(op, args, deadline, retryable, call_id)
+            return await self._call(op, args, deadline, retryable, waits, call_id)
         # Set here too, not only sent: the bus's own lines about this op
         # (retries, a dead worker) then carry the id the worker logs.
         call_id = f"bg-{secrets.token_hex(4)}"
         token = request_id_var.set(call_id)
         try:
-            return await self._call(op, args, deadline, retryable, call_id)
+            return await self._call(op, args, deadline, retryable, waits, call_id)
         finally:
             request_id_var.reset(token)
 
     async def _call(self, op: str, args: dict[str, Any], deadline: float, retryable: bool,
-                    call_id: str) -> Any:
+                    waits: bool, call_id: str) -> Any:
         retried = False
         undelivered = 0
         while True:
@@ -252,11 +259,13 @@ class PoolBus:
             frames = envelope.request(op, args, deadline=deadline, call_id=call_id,
                                       request_id=request_id)
             envelope.check_size(frames, self.max_payload, f"the {op} request")
-            link = await self._acquire(deadline, op)
+            link = await self._acquire(deadline, op, waits)
             log.debug("Sending %s to %s (pid %d)", op, self._name(link), link.pid)
             pending = _Pending(op, link, deadline, asyncio.get_running_loop().create_future())
             self._pending[request_id] = pending
             link.inflight.add(request_id)
+            if waits:
+                link.waiting.add(request_id)
             try:
                 return await self._exchange(request_id, pending, frames)
             except WorkerLost as lost:
@@ -298,9 +307,10 @@ class PoolBus:
             await self._abandon(request_id, pending)
             raise
 
-    async def _acquire(self, deadline: float, op: str) -> Link:
+    async def _acquire(self, deadline: float, op: str, waits: bool = False) -> Link:
         while True:
-            candidates = [lk for lk in self._links.values() if lk.has_room]
+            candidates = [lk for lk in self._links.values()
+                          if lk.has_room or (waits and not lk.suspect)]
             if candidates:
                 return min(candidates, key=lambda lk: len(lk.inflight))
             if self._is_fatal():
@@ -407,7 +417,7 @@ class PoolBus:
 
     def _on_reply(self, link: Link, payload: dict[str, Any]) -> None:
         request_id = payload["id"]
-        link.inflight.discard(request_id)
+        link.done(request_id)
         self._notify()
         pending = self._pending.pop(request_id, None)
         if pending is None or pending.abandoned:
@@ -467,12 +477,13 @@ class PoolBus:
             if pending and not pending.future.done():
                 pending.future.set_exception(lost)
         link.inflight.clear()
+        link.waiting.clear()
         self._notify()
 
     def _forget(self, request_id: bytes) -> None:
         pending = self._pending.pop(request_id, None)
         if pending is not None:
-            pending.link.inflight.discard(request_id)
+            pending.link.done(request_id)
 
     # -- helpers -------------------------------------------------------------
 
@@ -504,4 +515,5 @@ class Bus:
         if entry is None:
             raise Internal(f"unknown op {op}")
         return await self.pools[entry.pool].call(
-            op, args, deadline=deadline, retryable=entry.read_only or entry.idempotent)
+            op, args, deadline=deadline, retryable=entry.read_only or entry.idempotent,
+            waits=entry.waits)

@@ -13,10 +13,18 @@ around these ops.
 
 Idempotence (CRI): StopContainer and RemoveContainer of an absent container
 succeed; stopping a stopped container is a no-op.
+
+Stopping with a grace period (``stop_gracefully``) holds no thread while
+it waits: the stop signal is sent under the container's lock, the wait for
+the exit file runs on the worker's event loop, and only a container still
+running at the end of the grace period is taken again under its lock and
+killed. Meanwhile a StopContainer with a shorter timeout, or a removal,
+may kill it sooner, as the CRI allows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -127,11 +135,9 @@ def create(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
         if pod["state"] != sandbox.READY:
             raise FailedPrecondition(f"pod sandbox {pod['id']} stopped while the container "
                                      "was being created")
-        handler = runtimes.handlers[record["runtime_handler"]]
+        handler, node = specs.handler_facts(runtimes, record["runtime_handler"])
         bundle = layout.bundle_dir(container_id)
         os.makedirs(bundle, mode=0o700, exist_ok=True)
-        node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path,
-                                 handler.root, runtimes.spec_settings)
         config = configs.container_config(record)
         record["image_volumes"] = [{"path": v.path, "image_id": v.image_id}
                                    for v in args.image_volumes]
@@ -248,13 +254,66 @@ def stop(layout: Layout, runtimes: Runtimes, ctx: OpContext,
         return ops.ContainerStopped(found=False)
     with layout.container_lock(container_id, ctx.deadline):
         record = current(layout, load(layout, container_id))
-        running = record["state"] in (RUNNING, CREATED) or (monitor.process_alive(
-            record.get("pid")) and not monitor.read_exit(layout.exits_dir, container_id))
+        running = _running(layout, record)
         if running:
             _kill_and_wait(ctx, layout, runtimes.handlers[record["runtime_handler"]], record,
                            float(args.timeout))
         return ops.ContainerStopped(found=True, id=container_id,
                                     sandbox_id=record["sandbox_id"], stopped=running)
+
+
+async def stop_gracefully(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+                          args: ops.ContainerStop) -> ops.ContainerStopped:
+    """``stop``, with the grace period waited out on the event loop."""
+    stopped, waiting = await asyncio.to_thread(_signal_stop, layout, runtimes, ctx, args)
+    if waiting:
+        until = min(ctx.deadline, time.monotonic() + args.timeout)
+        if not await monitor.wait_exit_async(layout.exits_dir, stopped.id, until,
+                                             ctx.cancelled):
+            if ctx.cancelled.is_set():
+                ctx.check()  # the caller is gone: it raises
+            await asyncio.to_thread(_finish_stop, layout, runtimes, ctx, stopped.id)
+    return stopped
+
+
+def _signal_stop(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+                 args: ops.ContainerStop) -> tuple[ops.ContainerStopped, bool]:
+    """Send the stop signal (or, with no grace period, kill now); whether
+    the caller is to wait for the exit."""
+    if args.timeout <= 0:
+        return stop(layout, runtimes, ctx, args), False
+    try:
+        container_id = resolve_id(layout, args.id)
+    except NotFound:
+        return ops.ContainerStopped(found=False), False
+    with layout.container_lock(container_id, ctx.deadline):
+        record = current(layout, load(layout, container_id))
+        running = _running(layout, record)
+        if running:
+            handler = runtimes.handlers[record["runtime_handler"]]
+            sig = stop_signal(record, configs.container_config(record))
+            log.info("Stopping container %s with %s, %ds before SIGKILL", container_id,
+                     sig.name, args.timeout)
+            handler.run("kill", container_id, str(int(sig)), deadline=ctx.deadline)
+        return ops.ContainerStopped(found=True, id=container_id,
+                                    sandbox_id=record["sandbox_id"], stopped=running), running
+
+
+def _finish_stop(layout: Layout, runtimes: Runtimes, ctx: OpContext, container_id: str) -> None:
+    """The grace period is over: kill the container if it still runs."""
+    try:
+        with layout.container_lock(container_id, ctx.deadline):
+            record = current(layout, load(layout, container_id))
+            if _running(layout, record):
+                _kill_and_wait(ctx, layout, runtimes.handlers[record["runtime_handler"]],
+                               record, 0)
+    except NotFound:
+        return  # removed meanwhile: nothing left to stop
+
+
+def _running(layout: Layout, record: Mapping[str, Any]) -> bool:
+    return record["state"] in (RUNNING, CREATED) or (monitor.process_alive(
+        record.get("pid")) and not monitor.read_exit(layout.exits_dir, record["id"]))
 
 
 def _kill_and_wait(ctx: OpContext, layout: Layout, handler: monitor.Handler,

@@ -24,6 +24,7 @@ is INTERNAL.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import errno
@@ -36,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -290,6 +292,19 @@ def wait_exit(exit_dir: str, container_id: str, deadline: float) -> dict[str, An
             return record
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+async def wait_exit_async(exit_dir: str, container_id: str, deadline: float,
+                          cancelled: threading.Event) -> bool:
+    """``wait_exit`` on the worker's event loop, holding no thread: whether
+    the exit file came before ``deadline`` (or the op was cancelled)."""
+    delay = 0.005
+    while read_exit(exit_dir, container_id) is None:
+        if time.monotonic() >= deadline or cancelled.is_set():
+            return False
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.1)
+    return True
 
 
 def ctl(state_dir: str, command: str, deadline: float) -> None:

@@ -29,6 +29,7 @@ module only the pieces it uses; no op reads the settings again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -181,13 +182,16 @@ class RuntimeService:
     def _started(self, container_id: str, sandbox_id: str) -> None:
         self.journal.note(Change.STARTED, container_id, sandbox_id)
 
-    def container_stop(self, ctx: OpContext, args: rt.ContainerStop) -> rt.ContainerStopped:
-        stopped = containers.stop(self.layout, self.runtimes, ctx, args)
+    async def container_stop(self, ctx: OpContext,
+                             args: rt.ContainerStop) -> rt.ContainerStopped:
+        # A coroutine: the grace period holds no thread (containers.py).
+        stopped = await containers.stop_gracefully(self.layout, self.runtimes, ctx, args)
         if stopped.stopped:
             # Its exit file says so too, but a removal right after deletes
             # that file, maybe before the feed reads it; the hub sends a
             # container's STOPPED once.
-            self.journal.note(Change.STOPPED, stopped.id, stopped.sandbox_id)
+            await asyncio.to_thread(self.journal.note, Change.STOPPED, stopped.id,
+                                    stopped.sandbox_id)
         return stopped
 
     def container_remove(self, ctx: OpContext, args: rt.Ref) -> rt.ContainerRemoved:

@@ -37,6 +37,7 @@ from .cgroup.driver import Driver
 from .handlers import Runtimes
 from .layout import Layout
 from .spec_context import apparmor_enabled, selinux_enabled
+from .spec_namespaces import check_userns
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def reserve(layout: Layout, runtimes: Runtimes, pause_image: str, ctx: OpContext
     if modes["network"] == TARGET or modes["ipc"] == TARGET:
         raise InvalidArgument("namespace mode TARGET applies to pid only")
     _check_security(config.linux.security_context)
+    check_userns(config.linux.security_context.namespace_options, "pod sandbox")
     with layout.name_lock(name, "pod", ctx.deadline):
         names.reserve(layout.names_dir, name, sandbox_id, "pod sandbox",
                       lambda other: layout.sandboxes.load(other) is not None)

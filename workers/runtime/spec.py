@@ -51,7 +51,7 @@ from . import (
     spec_security,
 )
 from .spec_context import NodeFacts, PodContext, bounding_caps, detect_node, own_oom_score_adj
-from .spec_namespaces import container_namespaces, infra_namespaces
+from .spec_namespaces import check_userns, container_namespaces, infra_namespaces
 from .spec_sysctl import pod_sysctls
 from .spec_user import UserDb, oci_user
 
@@ -138,6 +138,7 @@ def build_container_spec(container_config: api.ContainerConfig,
     caps = spec_security.capabilities(sc.capabilities, privileged, pod.privileged_caps)
     apparmor = spec_security.apparmor_profile(sc, privileged, node.apparmor)
     spec_security.check_selinux(sc.selinux_options, node.selinux, "container")
+    check_userns(sc.namespace_options, f"container {name}")
     process: dict[str, Any] = {
         "terminal": container_config.tty,
         "user": oci_user(sc, image_user, users),

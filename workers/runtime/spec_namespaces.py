@@ -15,13 +15,18 @@ debug containers), as CRI-O's ``SpecAddNamespaces``:
   be set: the runtime refuses a hostname without a private UTS namespace);
 - mount: always new;
 - cgroup: new on cgroup v2 for unprivileged containers (CRI-O
-  ``setupCgroupNamespace``), so /sys/fs/cgroup shows only their own tree.
+  ``setupCgroupNamespace``), so /sys/fs/cgroup shows only their own tree;
+- user: the host's. ``userns_options`` is checked (``check_userns``), never
+  ignored: NODE (or none) is the host's; POD with a valid mapping is
+  UNIMPLEMENTED, as no handler advertises user namespaces in Status (so
+  the kubelet does not send it); CONTAINER and TARGET, or a bad mapping,
+  are INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 from ...proto import api_pb2 as api
-from ...proto.errors import FailedPrecondition, InvalidArgument
+from ...proto.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from .spec_context import NodeFacts, PodContext
 
 Namespace = dict[str, str]
@@ -35,6 +40,41 @@ def _mode(value: int, field: str) -> int:
         raise InvalidArgument(f"namespace_options.{field}: unknown value {value} "
                               f"(expected one of {names})")
     return value
+
+
+# The highest id a mapping may reach (uid_t is 32 bits; -1 is "no id").
+ID_LIMIT = 1 << 32
+
+
+def check_userns(options: api.NamespaceOption, where: str) -> None:
+    """Refuse a user namespace request podvisor cannot honour (see the
+    module docstring)."""
+    if not options.HasField("userns_options"):
+        return
+    userns = options.userns_options
+    mode = _mode(userns.mode, "userns_options.mode")
+    mappings = (("uids", userns.uids), ("gids", userns.gids))
+    if mode == api.NODE:
+        if userns.uids or userns.gids:
+            raise InvalidArgument(f"{where}: userns_options mode NODE takes no id mappings")
+        return
+    if mode != api.POD:
+        raise InvalidArgument(f"{where}: userns_options mode {api.NamespaceMode.Name(mode)} is "
+                              "not supported; a user namespace is the pod's (POD) or the "
+                              "node's (NODE)")
+    for field, found in mappings:
+        if len(found) != 1:
+            raise InvalidArgument(f"{where}: userns_options.{field} must hold exactly one "
+                                  f"mapping, got {len(found)}")
+        [mapping] = found
+        if mapping.container_id != 0:
+            raise InvalidArgument(f"{where}: userns_options.{field} must map container id 0, "
+                                  f"not start at {mapping.container_id}")
+        if mapping.length == 0 or mapping.host_id + mapping.length > ID_LIMIT:
+            raise InvalidArgument(f"{where}: userns_options.{field} maps {mapping.length} ids "
+                                  f"from host id {mapping.host_id}, outside the 32-bit range")
+    raise Unimplemented(f"{where}: user namespaces (userns_options mode POD) are not "
+                        "implemented by podvisor yet; no runtime handler advertises them")
 
 
 def _join(kind: str, path: str | None) -> list[Namespace]:

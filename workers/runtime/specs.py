@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import configs, handlers
+from .monitor import Handler
 from .spec import INFRA_ARGS, build_container_spec, build_infra_spec
 from .spec_context import (
     MIN_MEMORY_CRUN,
@@ -34,6 +35,13 @@ def node_facts(cgroup_manager: str, handler: str, handler_path: str,
     """The facts of this node and handler as they are now."""
     return with_cpusets(_detected(cgroup_manager, handler, handler_path, handler_root,
                                   settings or SpecSettings()))
+
+
+def handler_facts(runtimes: handlers.Runtimes, name: str) -> tuple[Handler, NodeFacts]:
+    """Handler ``name`` of the node's table, and the node facts for it."""
+    handler = runtimes.handlers[name]
+    return handler, node_facts(runtimes.cgroups.manager, handler.name, handler.path,
+                               handler.root, runtimes.spec_settings)
 
 
 @functools.cache

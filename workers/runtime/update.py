@@ -49,9 +49,7 @@ def update(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
         record = containers.current(layout, raw)
         if record["state"] == containers.CREATING:
             raise FailedPrecondition(f"container {container_id} is still being created")
-        handler = runtimes.handlers[record["runtime_handler"]]
-        node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path,
-                                handler.root, runtimes.spec_settings)
+        handler, node = specs.handler_facts(runtimes, record["runtime_handler"])
         wanted = spec_resources.linux_resources(resources, node)
         if record["state"] in (containers.CREATED, containers.RUNNING):
             done = handler.run("update", "--resources", "-", container_id,
@@ -75,9 +73,7 @@ def update_sandbox(layout: Layout, runtimes: Runtimes, ctx: OpContext,
         record = sandbox.load(layout, sandbox_id)
         if record["state"] == sandbox.CREATING:
             raise FailedPrecondition(f"pod sandbox {sandbox_id} is still being created")
-        handler = runtimes.handlers[record["runtime_handler"]]
-        node = specs.node_facts(runtimes.cgroups.manager, handler.name, handler.path,
-                                handler.root, runtimes.spec_settings)
+        _handler, node = specs.handler_facts(runtimes, record["runtime_handler"])
         for message in (resources, overhead):
             spec_resources.linux_resources(message, node)
         driver = runtimes.cgroups
