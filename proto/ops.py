@@ -32,14 +32,8 @@ def pool_ops(pool: str) -> frozenset[str]:
     return frozenset(name for name, op in CATALOGUE.items() if op.pool == pool)
 
 
-# CRI RPCs podvisor does not serve yet, each until the issue that brings
-# it: checkpoints, and the Stream* list forms (the kubelet calls the List*
-# ones).
-UNSERVED_RPCS = frozenset({
-    "StreamPodSandboxes", "StreamContainers", "StreamImages",
-    "StreamContainerStats", "StreamPodSandboxStats", "StreamPodSandboxMetrics",
-    "CheckpointContainer", "CheckpointPod", "RestorePod",
-})
+# CRI RPCs podvisor does not serve yet: checkpoint and restore.
+UNSERVED_RPCS = frozenset({"CheckpointContainer", "CheckpointPod", "RestorePod"})
 
 
 def unserved_message(rpc: str) -> str:

@@ -31,6 +31,8 @@ IMPLEMENTED = {
     "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
     "ContainerStatus", "ReopenContainerLog", "ExecSync", "GetContainerEvents",
     "UpdateContainerResources", "UpdatePodSandboxResources",
+    "StreamPodSandboxes", "StreamContainers", "StreamImages", "StreamContainerStats",
+    "StreamPodSandboxStats", "StreamPodSandboxMetrics",
     "Exec", "Attach", "PortForward",
     "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats",
     "ListMetricDescriptors", "ListPodSandboxMetrics",

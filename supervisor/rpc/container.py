@@ -1,4 +1,4 @@
-"""Container RPCs: Create/Start/Stop/Remove/ListContainers, ContainerStatus,
+"""Container RPCs: Create/Start/Stop/Remove/List/StreamContainers, ContainerStatus,
 ReopenContainerLog, ExecSync and UpdateContainerResources.
 
 CreateContainer is orchestrated here across three pools:
@@ -20,11 +20,13 @@ runtime pool builds as the CRI message, and this module only parses.
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 
 from ...proto import api_pb2 as api
 from ...proto import image_ops, runtime_ops, storage_ops
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
+from .chunks import chunked
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
 from .metadata import check_metadata
@@ -140,6 +142,12 @@ class ContainerService:
             filter=request.filter.SerializeToString()))
         return api.ListContainersResponse(
             containers=[api.Container.FromString(item) for item in result.items])
+
+    async def stream_containers(self, request: api.StreamContainersRequest
+                                ) -> AsyncIterator[api.StreamContainersResponse]:
+        listed = await self.list_containers(api.ListContainersRequest(filter=request.filter))
+        for part in chunked(listed.containers):
+            yield api.StreamContainersResponse(containers=part)
 
     async def container_status(self, request: api.ContainerStatusRequest
                                ) -> api.ContainerStatusResponse:

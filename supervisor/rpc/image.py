@@ -1,4 +1,4 @@
-"""ListImages, ImageStatus, PullImage, RemoveImage, ImageFsInfo.
+"""ListImages (and StreamImages), ImageStatus, PullImage, RemoveImage, ImageFsInfo.
 
 PullImage is the image pool's pull plus the storage pool's unpack of every
 layer (a layer that fails to unpack, e.g. one escaping its root, takes the
@@ -8,6 +8,8 @@ RemoveImage also removes unpacked layers no other image uses.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from ...proto import api_pb2 as api
 from ...proto import image_ops, storage_ops
 from ...proto.codes import Code
@@ -15,6 +17,7 @@ from ...proto.contract import Empty
 from ...proto.errors import BusError, InvalidArgument
 from ..metrics import Metrics
 from ..opclient import Deadline, OpClient
+from .chunks import chunked
 from .layers import ensure_unpacked, remove_unused
 
 
@@ -29,6 +32,12 @@ class ImageService:
         result = await self.ops(image_ops.LIST_IMAGES,
                                 image_ops.ListImages(request=request.SerializeToString()))
         return api.ListImagesResponse.FromString(result.response)
+
+    async def stream_images(self, request: api.StreamImagesRequest
+                            ) -> AsyncIterator[api.StreamImagesResponse]:
+        listed = await self.list_images(api.ListImagesRequest(filter=request.filter))
+        for part in chunked(listed.images):
+            yield api.StreamImagesResponse(images=part)
 
     async def image_status(self, request: api.ImageStatusRequest) -> api.ImageStatusResponse:
         result = await self.ops(image_ops.IMAGE_STATUS,

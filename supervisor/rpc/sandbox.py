@@ -1,5 +1,5 @@
 """Pod sandbox RPCs: Run/Stop/RemovePodSandbox, PodSandboxStatus,
-ListPodSandbox, UpdatePodSandboxResources.
+ListPodSandbox and StreamPodSandboxes, UpdatePodSandboxResources.
 
 RunPodSandbox is orchestrated here, one narrow op per pool:
 
@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import AsyncIterator
 
 from ...proto import api_pb2 as api
 from ...proto import image_ops, net_ops, runtime_ops, storage_ops
 from ...proto.errors import FailedPrecondition, NotFound
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
+from .chunks import chunked
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
 from .metadata import check_metadata
@@ -172,6 +174,12 @@ class SandboxService:
             filter=request.filter.SerializeToString()))
         return api.ListPodSandboxResponse(
             items=[api.PodSandbox.FromString(item) for item in result.items])
+
+    async def stream_pod_sandboxes(self, request: api.StreamPodSandboxesRequest
+                                   ) -> AsyncIterator[api.StreamPodSandboxesResponse]:
+        listed = await self.list_pod_sandbox(api.ListPodSandboxRequest(filter=request.filter))
+        for part in chunked(listed.items):
+            yield api.StreamPodSandboxesResponse(pod_sandboxes=part)
 
     async def update_pod_sandbox_resources(self, request: api.UpdatePodSandboxResourcesRequest
                                            ) -> api.UpdatePodSandboxResourcesResponse:

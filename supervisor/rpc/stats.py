@@ -1,5 +1,6 @@
 """ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats,
-ListMetricDescriptors and ListPodSandboxMetrics.
+ListMetricDescriptors and ListPodSandboxMetrics, and the Stream* forms of
+the three lists.
 
 Each is orchestrated across three pools, all reads:
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 from ...proto import api_pb2 as api
 from ...proto import net_ops, runtime_ops, storage_ops
@@ -32,6 +34,7 @@ from ...proto.stats import (
 )
 from ..opclient import OpClient
 from . import stats_build as build
+from .chunks import chunked
 from .metric_build import Catalogue
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,26 @@ class StatsService:
         return api.ListPodSandboxMetricsResponse(pod_metrics=[
             catalogue.pod_metrics(pod, disk.layers, disk.filesystem, nets.get(pod.id), now)
             for pod in pods])
+
+    async def stream_container_stats(self, request: api.StreamContainerStatsRequest
+                                     ) -> AsyncIterator[api.StreamContainerStatsResponse]:
+        listed = await self.list_container_stats(
+            api.ListContainerStatsRequest(filter=request.filter))
+        for part in chunked(listed.stats):
+            yield api.StreamContainerStatsResponse(container_stats=part)
+
+    async def stream_pod_sandbox_stats(self, request: api.StreamPodSandboxStatsRequest
+                                       ) -> AsyncIterator[api.StreamPodSandboxStatsResponse]:
+        listed = await self.list_pod_sandbox_stats(
+            api.ListPodSandboxStatsRequest(filter=request.filter))
+        for part in chunked(listed.stats):
+            yield api.StreamPodSandboxStatsResponse(pod_sandbox_stats=part)
+
+    async def stream_pod_sandbox_metrics(self, request: api.StreamPodSandboxMetricsRequest
+                                         ) -> AsyncIterator[api.StreamPodSandboxMetricsResponse]:
+        listed = await self.list_pod_sandbox_metrics(api.ListPodSandboxMetricsRequest())
+        for part in chunked(listed.pod_metrics):
+            yield api.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=part)
 
     async def _containers(self, query: StatsQuery) -> list[ContainerSample]:
         return (await self.ops(runtime_ops.CONTAINER_STATS, query)).items
