@@ -10,6 +10,9 @@ The CRI socket comes last so that nothing reaches a half-built daemon;
 calls that arrive before a pool is READY wait on the bus, within their
 deadline.
 
+systemd hears READY=1 only then (sdnotify.py), and STOPPING=1 as a stop
+begins.
+
 Stop (SIGTERM/SIGINT): CRI socket closed with a short grace → health
 endpoint → workers SIGTERMed and reaped → buses closed. Containers are
 never touched: they belong to conmon, which is not our child.
@@ -51,6 +54,7 @@ from .rpc.runtime_info import RuntimeInfoService
 from .rpc.sandbox import SandboxService
 from .rpc.stats import StatsService
 from .rpc.streaming import StreamingService
+from .sdnotify import Notifier
 from .supervision import Supervision
 
 log = logging.getLogger(__name__)
@@ -115,6 +119,8 @@ class Daemon:
     def __init__(self, config: cfg.Config) -> None:
         self.config = config
         self._stop = asyncio.Event()
+        # Read before any worker is started: they must not inherit it.
+        self.notifier = Notifier()
 
     async def run(self) -> int:
         config = self.config
@@ -193,9 +199,14 @@ class Daemon:
         server = await serve(front, table, config.api.listen, config.api.grpc_max_send_msg_size,
                              config.api.grpc_max_recv_msg_size)
         log.info("podvisor serving CRI v1 on %s (pid %d)", config.api.listen, os.getpid())
+        self.notifier.notify("READY=1", f"STATUS=serving CRI v1 on {config.api.listen}",
+                             f"MAINPID={os.getpid()}")
+        watchdog = asyncio.create_task(self.notifier.keep_alive())
 
         await self._stop.wait()
         log.info("Stopping podvisor")
+        self.notifier.notify("STOPPING=1")
+        watchdog.cancel()
 
         await hub.stop()
         await server.stop(GRPC_STOP_GRACE)

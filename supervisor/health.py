@@ -2,7 +2,8 @@
 
 A tiny HTTP/1.1 server on the loop (loopback by default) answers
 ``GET /status`` (the JSON ``podvisor status`` prints), ``GET /metrics``
-(Prometheus text format) and ``GET /healthz``. It reads the pools and buses
+(Prometheus text, or OpenMetrics when the Accept header asks for it) and
+``GET /healthz``; gzip-compressed when Accept-Encoding allows it. It reads the pools and buses
 directly, and asks the stream pool for its sessions (``stream.stats``), so
 the numbers are never staler than the request; a stream pool that does
 not answer within ``STREAM_STATS_TIMEOUT`` shows as ``null``. The bound
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -22,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import psutil
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from ..proto import stream_ops
 from ..proto.contract import Empty, to_wire
@@ -131,14 +133,22 @@ class HealthServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5.0)
-            # Drain the headers; the body of a GET is ignored.
+            # The headers a client negotiates with; the body of a GET is ignored.
+            headers: dict[bytes, bytes] = {}
             while (header := await asyncio.wait_for(reader.readline(), 5.0)) not in (
                     b"\r\n", b"\n", b""):
                 if len(header) > MAX_REQUEST_LINE:
                     break
-            status, ctype, body = await self._route(line)
-            writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-                         b"Connection: close\r\n\r\n" % (status, ctype.encode(), len(body)))
+                name, _, value = header.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            status, ctype, body = await self._route(line, headers)
+            extra = b""
+            if status == b"200 OK" and gzip_accepted(
+                    headers.get(b"accept-encoding", b"").decode("latin-1")):
+                body, extra = gzip.compress(body), b"Content-Encoding: gzip\r\n"
+            writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s"
+                         b"Connection: close\r\n\r\n" % (status, ctype.encode(), len(body),
+                                                          extra))
             writer.write(body)
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError):
@@ -153,7 +163,8 @@ class HealthServer:
         self._metrics.observe_streaming(doc)
         return doc
 
-    async def _route(self, line: bytes) -> tuple[bytes, str, bytes]:
+    async def _route(self, line: bytes, headers: dict[bytes, bytes]
+                     ) -> tuple[bytes, str, bytes]:
         parts = line.split()
         if len(parts) < 2 or parts[0] != b"GET":
             return b"405 Method Not Allowed", "text/plain", b"only GET\n"
@@ -164,7 +175,10 @@ class HealthServer:
             return b"200 OK", "application/json", json.dumps(doc).encode()
         if path == b"/metrics":
             await self._streaming()
-            return b"200 OK", CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry)
+            # The text format or OpenMetrics, by Accept, as prometheus_client's
+            # own exporter chooses.
+            encode, ctype = choose_encoder(headers.get(b"accept", b"").decode("latin-1"))
+            return b"200 OK", ctype, encode(self._metrics.registry)
         if path == b"/healthz":
             return b"200 OK", "text/plain", b"ok\n"
         return b"404 Not Found", "text/plain", b"not found\n"

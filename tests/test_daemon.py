@@ -4,10 +4,12 @@ reports its workers through `podvisor status` and /metrics."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import re
 import stat
+import urllib.request
 
 import grpc
 import pytest
@@ -92,6 +94,26 @@ def test_podvisor_status_lists_every_worker(daemon: Daemon) -> None:
         assert worker["pid"] > 0 and worker["rss"] > 0
         assert set(worker) >= {"pool", "index", "pid", "state", "uptime", "restarts",
                                "inflight", "rss", "cpu_percent"}
+
+
+def fetch_metrics(daemon: Daemon, **headers: str) -> tuple[dict[str, str], bytes]:
+    addr = (daemon.runroot / "health.addr").read_text().strip()
+    request = urllib.request.Request(f"http://{addr}/metrics",
+                                     headers={k.replace("_", "-"): v for k, v in headers.items()})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return dict(resp.headers.items()), resp.read()
+
+
+def test_metrics_negotiate_openmetrics_and_gzip(daemon: Daemon) -> None:
+    plain_headers, plain = fetch_metrics(daemon)
+    assert plain_headers["Content-Type"].startswith("text/plain")
+    assert b"podvisor_workers_up" in plain and "Content-Encoding" not in plain_headers
+    om_headers, om = fetch_metrics(daemon, Accept="application/openmetrics-text")
+    assert om_headers["Content-Type"].startswith("application/openmetrics-text")
+    assert om.rstrip().endswith(b"# EOF")
+    gz_headers, packed = fetch_metrics(daemon, Accept_Encoding="gzip")
+    assert gz_headers["Content-Encoding"] == "gzip"
+    assert b"podvisor_workers_up" in gzip.decompress(packed)
 
 
 def test_metrics_count_rpcs_by_code_and_workers_up(daemon: Daemon) -> None:
