@@ -25,7 +25,8 @@ class _ContextFilter(logging.Filter):
 def configure(level: int, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
-    handler.setFormatter(JsonFormatter(("rpc", "request_id")) if fmt == "json" else TextFormatter(
+    handler.setFormatter(JsonFormatter("supervisor", ("rpc", "request_id")) if fmt == "json"
+                         else TextFormatter(
         "%(asctime)s %(levelname)s [supervisor] [%(rpc)s req=%(request_id)s] "
         "%(name)s: %(message)s"))
     root = logging.getLogger()

@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -304,6 +305,11 @@ def test_log_formatters_escape_every_record(root_logging: None, fmt: str, room: 
     if fmt == "json":
         entries = [json.loads(line) for line in lines]
         assert len(entries) == 3
+        # RFC 3339 in UTC, and which process wrote it.
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entries[0]["time"])
+        assert entries[0]["role"] == ("supervisor" if room == "supervisor"
+                                      else "runtime worker 1")
+        assert "request_id" in entries[0]
         assert "\n" not in entries[0]["msg"] and "pod\\x0aFAKE" in entries[0]["msg"]
         assert "Traceback" in entries[2]["exc"]
     else:

@@ -36,7 +36,8 @@ def configure_logging(pool: str, index: int, level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
     if fmt == "json":
-        handler.setFormatter(JsonFormatter(("request_id",), {"pool": pool, "worker": index}))
+        handler.setFormatter(JsonFormatter(f"{pool} worker {index}", ("request_id",),
+                                           {"pool": pool, "worker": index}))
     else:
         handler.setFormatter(TextFormatter(
             f"%(asctime)s %(levelname)s [{pool} worker {index}] [req=%(request_id)s] "
