@@ -30,7 +30,8 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "workers/net": ({"zmq", "setproctitle", "pyroute2"}, {"proto", "workers", "workers/net"}),
     "workers/image": ({"zmq", "setproctitle", "cryptography", "google"},
                       {"proto", "workers", "workers/image"}),
-    "workers/storage": ({"zmq", "setproctitle", "zstandard"},
+    # zlib_ng: the faster inflate behind gzip layers.
+    "workers/storage": ({"zmq", "setproctitle", "zstandard", "zlib_ng"},
                         {"proto", "workers", "workers/storage"}),
     # h11 and wsproto: the streaming server's HTTP upgrades and WebSockets.
     "workers/stream": ({"zmq", "setproctitle", "h11", "wsproto"},

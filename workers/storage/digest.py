@@ -29,6 +29,12 @@ class HashingReader:
         self.size += len(data)
         return data
 
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        # zlib-ng's gzip reader fills its buffers with readinto.
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
     def drain(self, chunk: int = 1 << 20) -> None:
         """Read to the end, so the digest covers the whole stream."""
         while self.read(chunk):
