@@ -1,4 +1,5 @@
-"""Fixtures: daemons started and stopped per test or per module."""
+"""Fixtures: daemons started and stopped per test or per module, and the
+node (registry, CNI world, daemon) a module of pod tests shares."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from daemonlib import Daemon, write_config
+from podfixtures import Node, node
 
 
 @pytest.fixture
@@ -46,3 +48,11 @@ def daemon() -> Iterator[Daemon]:
     d.stop()
     d.remove_leftovers()
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", name="n")
+def module_node() -> Iterator[Node]:
+    """One node for a whole module, whose tests share its daemon. A module
+    that needs a node per test imports podfixtures' ``n`` instead."""
+    with node() as here:
+        yield here

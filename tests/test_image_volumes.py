@@ -5,24 +5,17 @@ container."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from podfixtures import Node, node
+from podfixtures import Node
 
 from podvisor.proto import api_pb2 as api
 
 pytestmark = pytest.mark.timeout(240)
 
 IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
-
-
-@pytest.fixture(scope="module")
-def n() -> Iterator[Node]:
-    with node() as here:
-        yield here
 
 
 @pytest.fixture(scope="module")

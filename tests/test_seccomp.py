@@ -9,12 +9,11 @@ FAILED_PRECONDITION, and nothing of the refused container is left.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from podfixtures import Node, node
+from podfixtures import Node
 
 from podvisor.proto import api_pb2 as api
 
@@ -26,12 +25,6 @@ BLOCK_CHMOD = {"defaultAction": "SCMP_ACT_ALLOW",
                              "action": "SCMP_ACT_ERRNO"}]}
 DEFAULT = api.SecurityProfile(profile_type=api.SecurityProfile.RuntimeDefault)
 UNCONFINED = api.SecurityProfile(profile_type=api.SecurityProfile.Unconfined)
-
-
-@pytest.fixture(scope="module")
-def n() -> Iterator[Node]:
-    with node() as here:
-        yield here
 
 
 @pytest.fixture(scope="module")

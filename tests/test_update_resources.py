@@ -5,12 +5,11 @@ runtime writes v2's in the VM the same way).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from podfixtures import CGROUP_ROOT, Node, node
+from podfixtures import CGROUP_ROOT, Node
 
 from podvisor.proto import api_pb2 as api
 
@@ -20,12 +19,6 @@ MiB = 1 << 20
 IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 # 100 MiB of "y\n" in a shell variable: anonymous memory past a 20 MiB limit.
 HOG = "a=$(yes | head -c 104857600); echo survived"
-
-
-@pytest.fixture(scope="module")
-def n() -> Iterator[Node]:
-    with node() as here:
-        yield here
 
 
 @pytest.fixture(scope="module")

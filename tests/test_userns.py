@@ -8,23 +8,15 @@ INVALID_ARGUMENT; NODE runs on the node's, as the kubelet asks for
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
-from podfixtures import Node, node
+from podfixtures import Node
 
 from podvisor.proto import api_pb2 as api
 
 pytestmark = pytest.mark.timeout(180)
 
 ONE = [api.IDMapping(container_id=0, host_id=100000, length=65536)]
-
-
-@pytest.fixture(scope="module")
-def n() -> Iterator[Node]:
-    with node() as here:
-        yield here
 
 
 def pod_with(n: Node, name: str, userns: api.UserNamespace) -> api.PodSandboxConfig:

@@ -33,8 +33,10 @@ from ...proto.stats import (
 # A baseline younger than this is kept, not replaced: two clients polling
 # a moment apart would otherwise each see the rate of a few milliseconds.
 MIN_WINDOW_NS = 1_000_000_000
-# Baselines of objects not sampled for this long are dropped.
+# Baselines of objects not sampled for this long are dropped, in a sweep
+# at most once a minute (not on every sample of a large listing).
 FORGET_AFTER_NS = 600 * 1_000_000_000
+SWEEP_EVERY_NS = 60 * 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class CpuRates:
     def __init__(self) -> None:
         self._baselines: dict[str, _Baseline] = {}
         self._lock = threading.Lock()
+        self._swept_ns = 0
 
     def rate(self, key: str, sample: CgroupSample) -> int | None:
         """Nanocores used between the baseline and ``sample``; None for the
@@ -73,6 +76,9 @@ class CpuRates:
         return rate
 
     def _forget(self, now: int) -> None:
+        if now - self._swept_ns < SWEEP_EVERY_NS:
+            return
+        self._swept_ns = now
         stale = [key for key, base in self._baselines.items()
                  if now - base.seen_ns > FORGET_AFTER_NS]
         for key in stale:

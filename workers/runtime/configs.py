@@ -30,6 +30,11 @@ FIELD = "config_pb"
 LEGACY_FIELD = "config"
 
 
+def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    """The CRI's label selector: every key present with that value."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
 def parse(kind: type[M], data: bytes, what: str) -> M:
     """A CRI message that arrived serialized; INVALID_ARGUMENT if it does
     not parse."""

@@ -31,7 +31,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ...proto import api_pb2 as api
@@ -446,26 +446,37 @@ def _status_mounts(config: api.ContainerConfig,
     return mounts
 
 
+def selected(layout: Layout, *, id_prefix: str = "", pod_prefix: str = "",
+             sandbox_id: str = "", labels: Mapping[str, str] | None = None,
+             creating: bool = False) -> Iterator[tuple[dict[str, Any], api.ContainerConfig]]:
+    """The containers a CRI filter selects: each record with its exit
+    folded in (``current``) and its config, parsed once. Ids and pod ids
+    match by prefix, as the kubelet may send them, ``sandbox_id`` exactly;
+    the ones still being created only with ``creating``."""
+    for container_id in layout.containers.ids():
+        if id_prefix and not container_id.startswith(id_prefix):
+            continue
+        raw = layout.containers.load(container_id)
+        if raw is None or (raw["state"] == CREATING and not creating):
+            continue
+        if (sandbox_id and raw["sandbox_id"] != sandbox_id) \
+                or (pod_prefix and not raw["sandbox_id"].startswith(pod_prefix)):
+            continue
+        config = configs.container_config(raw)
+        if labels and not configs.labels_match(config.labels, labels):
+            continue
+        yield current(layout, raw), config
+
+
 def list_containers(layout: Layout, ctx: OpContext,
                     args: ops.ContainerListQuery) -> ops.ContainerList:
     flt = configs.parse(api.ContainerFilter, args.filter, "filter")
     items = []
-    for container_id in layout.containers.ids():
-        raw = layout.containers.load(container_id)
-        # Creating ones are not the kubelet's to see; "all" is for removal.
-        if raw is None or (raw["state"] == CREATING and not args.all):
-            continue
-        if args.sandbox_id and raw["sandbox_id"] != args.sandbox_id:
-            continue
-        if flt.id and not container_id.startswith(flt.id):
-            continue
-        if flt.pod_sandbox_id and not raw["sandbox_id"].startswith(flt.pod_sandbox_id):
-            continue
-        record = current(layout, raw)
+    # Creating ones are not the kubelet's to see; "all" is for removal.
+    for record, config in selected(layout, id_prefix=flt.id, pod_prefix=flt.pod_sandbox_id,
+                                   sandbox_id=args.sandbox_id, labels=flt.label_selector,
+                                   creating=args.all):
         if flt.HasField("state") and CRI_STATES[record["state"]] != flt.state.state:
-            continue
-        config = configs.container_config(record)
-        if any(config.labels.get(k) != v for k, v in flt.label_selector.items()):
             continue
         image_id = record.get("image", {}).get("id", "")
         items.append(api.Container(

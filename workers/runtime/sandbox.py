@@ -369,7 +369,7 @@ def list_sandboxes(layout: Layout, ctx: OpContext,
         if flt.HasField("state") and CRI_STATES[record["state"]] != flt.state.state:
             continue
         config = configs.sandbox_config(record)
-        if any(config.labels.get(k) != v for k, v in flt.label_selector.items()):
+        if not configs.labels_match(config.labels, flt.label_selector):
             continue
         items.append(api.PodSandbox(
             id=sandbox_id, metadata=config.metadata, state=CRI_STATES[record["state"]],

@@ -42,25 +42,32 @@ from .cgroup import usage
 from .cgroup.driver import Driver
 from .layout import Layout
 
+# A container as the selection gives it: its record, exit folded in, and
+# its config, parsed once.
+Member = tuple[dict[str, Any], api.ContainerConfig]
+
 
 def container_samples(layout: Layout, driver: Driver, ctx: OpContext,
                       query: StatsQuery) -> ContainerSamples:
     if query.id:
-        record = containers.load(layout, containers.resolve_id(layout, query.id))
-        if record["state"] == containers.CREATING:
-            raise NotFound(f"container {record['id']} is still being created")
-        records = [record]
+        raw = containers.load(layout, containers.resolve_id(layout, query.id))
+        if raw["state"] == containers.CREATING:
+            raise NotFound(f"container {raw['id']} is still being created")
+        chosen: list[Member] = [(containers.current(layout, raw),
+                                 configs.container_config(raw))]
     else:
         flt = configs.parse(api.ContainerStatsFilter, query.filter, "filter")
-        records = list(_containers(layout, flt))
+        chosen = list(containers.selected(layout, id_prefix=flt.id,
+                                          pod_prefix=flt.pod_sandbox_id,
+                                          labels=flt.label_selector))
     pods: dict[str, str] = {}
     items = []
-    for record in records:
+    for member in chosen:
         ctx.check()
-        sandbox_id = record["sandbox_id"]
+        sandbox_id = member[0]["sandbox_id"]
         if sandbox_id not in pods:
             pods[sandbox_id] = _pod_parent(layout, sandbox_id)
-        items.append(_container(layout, driver, record, pods[sandbox_id], query.processes))
+        items.append(_container(driver, member, pods[sandbox_id], query.processes))
     return ContainerSamples(items=items)
 
 
@@ -74,31 +81,17 @@ def pod_samples(layout: Layout, driver: Driver, ctx: OpContext,
     else:
         flt = configs.parse(api.PodSandboxStatsFilter, query.filter, "filter")
         pods = list(_pods(layout, flt))
-    members: dict[str, list[dict[str, Any]]] = {pod["id"]: [] for pod in pods}
-    for record in _containers(layout, api.ContainerStatsFilter()):
-        if record["sandbox_id"] in members:
-            members[record["sandbox_id"]].append(record)
+    members: dict[str, list[Member]] = {pod["id"]: [] for pod in pods}
+    # One pod asked for: only its containers are read.
+    only = pods[0]["id"] if query.id else ""
+    for member in containers.selected(layout, sandbox_id=only):
+        if member[0]["sandbox_id"] in members:
+            members[member[0]["sandbox_id"]].append(member)
     items = []
     for pod in pods:
         ctx.check()
-        items.append(_pod(layout, driver, pod, members[pod["id"]], query.processes))
+        items.append(_pod(driver, pod, members[pod["id"]], query.processes))
     return PodSamples(items=items)
-
-
-def _containers(layout: Layout, flt: api.ContainerStatsFilter) -> Iterator[dict[str, Any]]:
-    """The records ``flt`` selects (ids by prefix, as ListContainers takes
-    them), exits folded in."""
-    for container_id in layout.containers.ids():
-        if flt.id and not container_id.startswith(flt.id):
-            continue
-        raw = layout.containers.load(container_id)
-        if raw is None or raw["state"] == containers.CREATING:
-            continue
-        if flt.pod_sandbox_id and not raw["sandbox_id"].startswith(flt.pod_sandbox_id):
-            continue
-        if not _labels_match(configs.container_config(raw).labels, flt.label_selector):
-            continue
-        yield containers.current(layout, raw)
 
 
 def _pods(layout: Layout, flt: api.PodSandboxStatsFilter) -> Iterator[dict[str, Any]]:
@@ -108,13 +101,9 @@ def _pods(layout: Layout, flt: api.PodSandboxStatsFilter) -> Iterator[dict[str, 
         record = layout.sandboxes.load(sandbox_id)
         if record is None or record["state"] == sandbox.CREATING:
             continue
-        if not _labels_match(configs.sandbox_config(record).labels, flt.label_selector):
+        if not configs.labels_match(configs.sandbox_config(record).labels, flt.label_selector):
             continue
         yield record
-
-
-def _labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
-    return all(labels.get(key) == value for key, value in selector.items())
 
 
 def _pod_parent(layout: Layout, sandbox_id: str) -> str:
@@ -124,9 +113,8 @@ def _pod_parent(layout: Layout, sandbox_id: str) -> str:
         return ""  # removed meanwhile: its containers go with it
 
 
-def _container(layout: Layout, driver: Driver, record: Mapping[str, Any], parent: str,
-               processes: bool) -> ContainerSample:
-    config = configs.container_config(record)
+def _container(driver: Driver, member: Member, parent: str, processes: bool) -> ContainerSample:
+    record, config = member
     attributes = api.ContainerAttributes(id=record["id"], metadata=config.metadata,
                                          labels=config.labels, annotations=config.annotations)
     cgroup: CgroupSample | None = None
@@ -148,8 +136,8 @@ def _container(layout: Layout, driver: Driver, record: Mapping[str, Any], parent
                           memory_swap_limit_bytes=resources.memory_swap_limit_in_bytes))
 
 
-def _pod(layout: Layout, driver: Driver, record: Mapping[str, Any],
-         members: list[dict[str, Any]], processes: bool) -> PodSample:
+def _pod(driver: Driver, record: Mapping[str, Any], members: list[Member],
+         processes: bool) -> PodSample:
     config = configs.sandbox_config(record)
     attributes = api.PodSandboxAttributes(id=record["id"], metadata=config.metadata,
                                           labels=config.labels, annotations=config.annotations)
@@ -163,8 +151,7 @@ def _pod(layout: Layout, driver: Driver, record: Mapping[str, Any],
         id=record["id"], attributes=attributes.SerializeToString(),
         ready=record["state"] == sandbox.READY,
         host_network=record["modes"]["network"] == "NODE", cgroup=cgroup, processes=procs,
-        containers=[_container(layout, driver, member, parent, processes)
-                    for member in members])
+        containers=[_container(driver, member, parent, processes) for member in members])
 
 
 def _cgroup(driver: Driver, path: str) -> CgroupSample | None:
