@@ -412,6 +412,9 @@ class WorkersConfig:
     """Processes in the runtime pool. Default 2."""
     net: int = _key(2, _int_range(1, 64))
     """Processes in the net pool. Default 2."""
+    fork_from_zygote: bool = _key(True, _bool)
+    """Fork workers from one process that imported every pool's modules, so
+    they share those pages; false starts each by fork+exec. Default true."""
     max_inflight: int = _key(16, _int_range(1, 1024))
     """Requests one worker serves at once. Default 16."""
     heartbeat_interval: float = _key(0.5, _seconds(0, inclusive=False))

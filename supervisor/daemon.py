@@ -56,6 +56,7 @@ from .rpc.stats import StatsService
 from .rpc.streaming import StreamingService
 from .sdnotify import Notifier
 from .supervision import Supervision
+from .zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class Daemon:
         self._stop = asyncio.Event()
         # Read before any worker is started: they must not inherit it.
         self.notifier = Notifier()
+        self.zygote = (Zygote(cfg.python_log_level(config.log_level), config.log_format)
+                       if config.workers.fork_from_zygote else None)
 
     async def run(self) -> int:
         config = self.config
@@ -170,6 +173,8 @@ class Daemon:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(config.runroot, "health.addr"))
             await supervision.stop(config.workers.stop_timeout)
+            if self.zygote is not None:
+                self.zygote.stop()
             for pool_bus in buses.values():
                 await pool_bus.stop()
             events.close()
@@ -223,7 +228,7 @@ class Daemon:
                            heartbeat_liveness=workers.heartbeat_liveness,
                            overrun_grace=workers.overrun_grace)
         command = WorkerCommand(endpoint_for=lambda pool: bus_endpoint(config.runroot, pool),
-                                settings_path=settings_path)
+                                settings_path=settings_path, zygote=self.zygote)
         pools: dict[str, WorkerPool] = {}
         buses: dict[str, PoolBus] = {}
         for name, size in workers.pool_sizes().items():

@@ -34,12 +34,13 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from .zygote import Zygote, ZygoteError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,6 @@ class WorkerSlot:
     last_exit: str = ""
     kill_sent: int = 0               # last signal sent to the live process, 0 if none
     kill_sent_at: float = 0.0
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def move(self, new: SlotState) -> None:
         if (self.state, new) not in TRANSITIONS:
@@ -132,7 +132,6 @@ class WorkerSlot:
     def exited(self, now: float, how: str, policy: RestartPolicy) -> None:
         """Record the end of the slot's process and decide what comes next."""
         self.pid = None
-        self.process = None
         self.last_exit = how
         if self.state is SlotState.STOPPING:
             # STOPPING -> EXITED: we asked it to go.
@@ -153,25 +152,36 @@ class WorkerSlot:
         self.next_spawn_at = now + policy.delay(self.fast_failures)
 
 
-Spawner = Callable[[str, int], "subprocess.Popen[bytes]"]
+# Starts the worker of a pool's slot; returns its pid. The process must be
+# the supervisor's child by the time this returns (the reap sweep owns it).
+Spawner = Callable[[str, int], int]
 
 
 @dataclass(frozen=True)
 class WorkerCommand:
-    """How to start a worker: ``python -m podvisor.workers.<pool>``."""
+    """How to start a worker: forked from the zygote, or, without one (or
+    when it fails), ``python -m podvisor.workers.<pool>`` by fork+exec."""
 
     endpoint_for: Callable[[str], str]
     settings_path: str
     python: str = sys.executable
+    zygote: Zygote | None = None
 
-    def __call__(self, pool: str, index: int) -> subprocess.Popen[bytes]:
-        argv = [self.python, "-m", f"podvisor.workers.{pool}", "--index", str(index),
-                "--endpoint", self.endpoint_for(pool), "--settings", self.settings_path,
-                "--parent-pid", str(os.getpid())]
-        # fork+exec from the main thread (grpc and zmq forbid bare fork);
-        # same process group and cgroup as the supervisor so that a stop of
-        # the daemon's unit reaches workers.
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
+    def __call__(self, pool: str, index: int) -> int:
+        args = ["--index", str(index), "--endpoint", self.endpoint_for(pool),
+                "--settings", self.settings_path, "--parent-pid", str(os.getpid())]
+        if self.zygote is not None:
+            try:
+                return self.zygote.fork_worker(pool, args)
+            except ZygoteError as exc:
+                log.error("Starting %s worker %d by exec instead: %s", pool, index, exc)
+        argv = [self.python, "-m", f"podvisor.workers.{pool}", *args]
+        # From the main thread (grpc and zmq forbid a bare fork here); every
+        # fd the supervisor opens is close-on-exec (PEP 446), so only stdio
+        # passes. Same process group and cgroup as the supervisor, so that a
+        # stop of the daemon's unit reaches workers.
+        return os.posix_spawn(self.python, argv, os.environ,
+                              file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
 
 
 def write_settings(path: str, settings: dict[str, Any]) -> None:
@@ -219,15 +229,14 @@ class WorkerPool:
             if slot.state is SlotState.BACKOFF:
                 slot.restarts += 1
             try:
-                process = self._spawn(self.name, slot.index)
+                pid = self._spawn(self.name, slot.index)
             except OSError as exc:
                 log.error("Cannot spawn %s: %s", slot.name, exc)
                 # Counts as a fast failure, so a missing interpreter ends FATAL.
                 slot.spawned(None, now)
                 slot.exited(now, f"spawn failed: {exc}", self.policy)
                 continue
-            slot.process = process
-            slot.spawned(process.pid, now)
+            slot.spawned(pid, now)
             started.append(slot)
             self._on_event("spawn", slot, {"restarts": slot.restarts})
         return started
@@ -245,8 +254,6 @@ class WorkerPool:
         how = describe_exit(status)
         pid = slot.pid
         stopping = slot.state is SlotState.STOPPING
-        if slot.process is not None:
-            slot.process.returncode = os.waitstatus_to_exitcode(status)
         slot.exited(now, how, self.policy)
         if stopping:
             log.info("%s (pid %s) stopped: %s", slot.name, pid, how)

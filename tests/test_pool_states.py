@@ -146,12 +146,12 @@ class Spawner:
     fail: bool = False
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def __call__(self, pool: str, index: int) -> subprocess.Popen[bytes]:
+    def __call__(self, pool: str, index: int) -> int:
         if self.fail:
             raise FileNotFoundError(2, "No such file or directory", "python")
         child = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
         self.children.append(child)
-        return child
+        return child.pid
 
 
 @dataclass
@@ -193,11 +193,11 @@ def make_pool() -> Iterator[Callable[..., Harness]]:
 def end(slot: WorkerSlot, sig: int = signal.SIGKILL) -> int:
     """Kill the slot's process with ``sig`` (0: it was already asked to go)
     and reap it; returns the wait status ``WorkerPool.reaped`` takes."""
-    assert slot.process is not None
+    assert slot.pid is not None
     if sig:
-        slot.process.send_signal(sig)
-    code = slot.process.wait(timeout=10)
-    return -code if code < 0 else code << 8
+        os.kill(slot.pid, sig)
+    _, status = os.waitpid(slot.pid, 0)
+    return status
 
 
 def to_starting(h: Harness, now: float = 0.0) -> None:

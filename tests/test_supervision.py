@@ -168,6 +168,56 @@ def _kill_one_worker_per_pool(daemon: Daemon, prefix: str) -> None:
     assert leftovers(daemon, prefix) == []
 
 
+def children_of(pid: int) -> dict[int, bytes]:
+    """Live children of ``pid``: their cmdline (as setproctitle left it)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or not pid_alive(int(entry.name)):
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().rstrip(b"\0")
+    return found
+
+
+def zygote_of(daemon: Daemon) -> int | None:
+    return next((pid for pid, cmdline in children_of(daemon.pid).items()
+                 if cmdline.startswith(b"podvisor: worker zygote")), None)
+
+
+def test_workers_forked_from_the_zygote_outlive_it(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon(workers={"runtime": 1, "net": 1})
+    zygote = zygote_of(daemon)
+    assert zygote is not None
+    before = daemon.workers()
+    children = children_of(daemon.pid)
+    # Each worker is the supervisor's own child (the zygote double-forks),
+    # titled for its pool, not an exec of python.
+    for (pool, index), worker in before.items():
+        assert children.get(worker["pid"], b"").startswith(
+            f"podvisor: {pool} worker {index}".encode()), (pool, children)
+
+    os.kill(zygote, signal.SIGKILL)
+    poll_until(lambda: not pid_alive(zygote), 10, what="zygote gone")
+    assert daemon.runtime.Version(api.VersionRequest(), timeout=10).runtime_name == "podvisor"
+    assert {key: w["pid"] for key, w in daemon.workers().items()} == \
+        {key: w["pid"] for key, w in before.items()}
+
+    # A worker killed afterwards is replaced by a fork from a new zygote.
+    victim = before[("runtime", 1)]["pid"]
+    os.kill(victim, signal.SIGKILL)
+
+    def restored() -> bool:
+        now = daemon.workers()[("runtime", 1)]
+        return now["pid"] not in (None, victim) and now["state"] == "READY"
+    poll_until(restored, RESTORE_WAIT, what="runtime worker restored")
+    replacement = daemon.workers()[("runtime", 1)]["pid"]
+    assert children_of(daemon.pid)[replacement].startswith(b"podvisor: runtime worker 1")
+    assert zygote_of(daemon) not in (None, zygote)
+    assert daemon.runtime.Version(api.VersionRequest(), timeout=10).runtime_name == "podvisor"
+
+
 def test_hung_worker_is_killed_and_its_requests_fail_unavailable(
         make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon(workers={"runtime": 1})
@@ -194,7 +244,8 @@ def test_hung_worker_is_killed_and_its_requests_fail_unavailable(
 
 def test_crash_looping_pool_goes_fatal_and_status_says_so(
         make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
-    # A boot failure injected from outside: every net worker dies on import.
+    # A boot failure injected from outside: every net worker dies on import,
+    # which needs workers started by exec, not forked from the zygote.
     (tmp_path / "sitecustomize.py").write_text(
         "import os\n"
         "if b'podvisor.workers.net' in open('/proc/self/cmdline', 'rb').read():\n"
@@ -202,7 +253,7 @@ def test_crash_looping_pool_goes_fatal_and_status_says_so(
     env = {"PYTHONPATH": str(tmp_path)}
     ctx = zmq.Context()
     daemon = make_daemon(workers={"net": 1}, env=env, start=False,
-                         extra="backoff_base = 0.1\nfatal_after = 3")
+                         extra="backoff_base = 0.1\nfatal_after = 3\nfork_from_zygote = false")
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"worker.net.")
@@ -303,8 +354,9 @@ def test_a_worker_of_another_build_is_refused_and_its_pool_goes_fatal(
         "    def patched(self, options, ops, startup=None):\n"
         "        init(self, options, {**ops, 'image.frobnicate': lambda c, a: None}, startup)\n"
         "    base.WorkerProcess.__init__ = patched\n")
+    # Injected at import, so by exec, not by a fork from the zygote.
     daemon = make_daemon(env={"PYTHONPATH": str(tmp_path)}, start=False,
-                         extra="backoff_base = 0.1\nfatal_after = 3")
+                         extra="backoff_base = 0.1\nfatal_after = 3\nfork_from_zygote = false")
     daemon.start(wait_ready=False)
 
     def fatal() -> bool:

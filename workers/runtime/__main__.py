@@ -5,5 +5,10 @@ from __future__ import annotations
 from ..cli import main
 from .ops import build
 
+
+def run() -> int:
+    return main("runtime", build)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main("runtime", build))
+    raise SystemExit(run())
