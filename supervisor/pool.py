@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .zygote import Zygote, ZygoteError
+from .zygote import Zygote, ZygoteError, spawn
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +176,10 @@ class WorkerCommand:
             except ZygoteError as exc:
                 log.error("Starting %s worker %d by exec instead: %s", pool, index, exc)
         argv = [self.python, "-m", f"podvisor.workers.{pool}", *args]
-        # From the main thread (grpc and zmq forbid a bare fork here); every
-        # fd the supervisor opens is close-on-exec (PEP 446), so only stdio
-        # passes. Same process group and cgroup as the supervisor, so that a
-        # stop of the daemon's unit reaches workers.
-        return os.posix_spawn(self.python, argv, os.environ,
-                              file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
+        # From the main thread (grpc and zmq forbid a bare fork here); same
+        # process group and cgroup as the supervisor, so that a stop of the
+        # daemon's unit reaches workers.
+        return spawn(argv)
 
 
 def write_settings(path: str, settings: dict[str, Any]) -> None:

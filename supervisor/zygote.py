@@ -98,8 +98,7 @@ class Zygote:
         try:
             theirs.set_inheritable(True)
             argv = [*self._argv, "--control-fd", str(theirs.fileno())]
-            self._pid = os.posix_spawn(argv[0], argv, os.environ,
-                                       file_actions=[_stdin_from_devnull()])
+            self._pid = spawn(argv)
         except OSError:
             ours.close()
             raise
@@ -110,5 +109,8 @@ class Zygote:
         return ours
 
 
-def _stdin_from_devnull() -> tuple[int, int, str, int, int]:
-    return (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
+def spawn(argv: list[str]) -> int:
+    """fork+exec ``argv`` with stdin from /dev/null; its pid. Every fd the
+    supervisor opens is close-on-exec (PEP 446), so only stdio passes."""
+    return os.posix_spawn(argv[0], argv, os.environ,
+                          file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
