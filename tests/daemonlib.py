@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,7 +152,15 @@ class Daemon:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # workers share its process group
         self.proc.wait()
+        self._keep_log()
         return code
+
+    def _keep_log(self) -> None:
+        """Copy the daemon's log where ``PODVISOR_TEST_LOGS`` says (CI sets
+        it), so a failure's traceback outlives the test's temporary dirs."""
+        keep = os.environ.get("PODVISOR_TEST_LOGS")
+        if keep and self.log_path.exists():
+            shutil.copyfile(self.log_path, Path(keep) / f"{self.base.name}-{time.time_ns()}.log")
 
     def remove_leftovers(self) -> list[str]:
         """Whatever a failed test left running or mounted under this daemon's

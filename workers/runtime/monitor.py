@@ -279,7 +279,9 @@ def process_alive(pid: int | None) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, IndexError):
+    except (OSError, IndexError):
+        # A process that goes between the open and the read fails the read
+        # with ESRCH, not ENOENT: gone either way.
         return False
 
 
