@@ -404,17 +404,25 @@ class StatsConfig:
 class WorkersConfig:
     """``[podvisor.workers]``: podvisor's own, the worker pools and their supervision."""
 
-    image: int = _key(2, _int_range(1, 64))
-    """Processes in the image pool. Default 2."""
-    storage: int = _key(2, _int_range(1, 64))
-    """Processes in the storage pool. Default 2."""
-    runtime: int = _key(2, _int_range(1, 64))
-    """Processes in the runtime pool. Default 2."""
-    net: int = _key(2, _int_range(1, 64))
-    """Processes in the net pool. Default 2."""
+    # One process per pool is the default: each worker serves up to
+    # max_inflight ops at once on its threads, long waits hold no thread, and
+    # a killed worker is forked again from the zygote in milliseconds, so a
+    # second process buys a 2-core node little but its memory (README,
+    # "Pool sizes").
+    image: int = _key(1, _int_range(1, 64))
+    """Processes in the image pool. Default 1."""
+    storage: int = _key(1, _int_range(1, 64))
+    """Processes in the storage pool. Default 1."""
+    runtime: int = _key(1, _int_range(1, 64))
+    """Processes in the runtime pool. Default 1."""
+    net: int = _key(1, _int_range(1, 64))
+    """Processes in the net pool. Default 1."""
     fork_from_zygote: bool = _key(True, _bool)
     """Fork workers from one process that imported every pool's modules, so
     they share those pages; false starts each by fork+exec. Default true."""
+    zygote_idle_exit: float = _key(60.0, _seconds(0, inclusive=True))
+    """Seconds the zygote waits for another fork before it exits and gives its
+    own pages back (the next spawn starts a new one); 0 keeps it. Default 60."""
     max_inflight: int = _key(16, _int_range(1, 1024))
     """Requests one worker serves at once. Default 16."""
     heartbeat_interval: float = _key(0.5, _seconds(0, inclusive=False))

@@ -122,7 +122,8 @@ class Daemon:
         self._stop = asyncio.Event()
         # Read before any worker is started: they must not inherit it.
         self.notifier = Notifier()
-        self.zygote = (Zygote(cfg.python_log_level(config.log_level), config.log_format)
+        self.zygote = (Zygote(cfg.python_log_level(config.log_level), config.log_format,
+                              config.workers.zygote_idle_exit)
                        if config.workers.fork_from_zygote else None)
 
     async def run(self) -> int:

@@ -9,6 +9,9 @@ Invariants:
   child), so the pool records it, watches its pidfd and reaps it exactly as
   a worker it had exec'd; the call runs on the loop thread like any spawn,
   so no reap sweep can run between the fork and the slot taking the pid.
+- An idle zygote exits (``idle_exit``): once the workers are up it would
+  only hold its own copy of every page they wrote to. Its closed socket is
+  how we learn it; the next spawn starts another, quietly.
 - The zygote is a convenience, never a dependency: when it does not answer
   (dead, hung, refused) it is killed and replaced once, and if that fails
   too this spawn falls back to fork+exec. Its exit is reaped by the
@@ -21,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -41,9 +45,11 @@ class ZygoteError(OSError):
 class Zygote:
     """Starts the zygote on first use and asks it for workers."""
 
-    def __init__(self, log_level: int, log_format: str, python: str = sys.executable) -> None:
+    def __init__(self, log_level: int, log_format: str, idle_exit: float,
+                 python: str = sys.executable) -> None:
         self._argv = [python, "-m", "podvisor.workers.zygote", "--parent-pid", str(os.getpid()),
-                      "--log-level", str(log_level), "--log-format", log_format]
+                      "--log-level", str(log_level), "--log-format", log_format,
+                      "--idle-exit", str(idle_exit)]
         self._sock: socket.socket | None = None
         self._pid: int | None = None
         self._answered = False
@@ -60,6 +66,8 @@ class Zygote:
         if self._given_up:
             raise ZygoteError("the worker zygote failed twice; workers are exec'd")
         request = json.dumps({"pool": pool, "argv": argv}).encode()
+        if self._left():
+            self.stop()
         for attempt in (1, 2):
             try:
                 return self._ask(request)
@@ -79,6 +87,18 @@ class Zygote:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
             self._pid = None
+
+    def _left(self) -> bool:
+        """Has the zygote closed its end (it exits when idle)? Between two
+        requests it sends nothing, so anything readable is its EOF."""
+        if self._sock is None:
+            return False
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        if not poller.poll(0):
+            return False
+        log.debug("Worker zygote (pid %s) has exited; the next spawn starts another", self._pid)
+        return True
 
     def _ask(self, request: bytes) -> int:
         sock = self._sock or self._start()

@@ -57,7 +57,7 @@ def test_defaults_when_default_paths_are_absent(
         runtime_path="/usr/sbin/runc", runtime_root="/run/podvisor/runc")
     assert loaded.runtime.runtimes["crun"].runtime_root == "/run/podvisor/crun"
     assert loaded.network.plugin_dirs == ("/opt/cni/bin", "/usr/lib/cni")
-    assert loaded.workers.pool_sizes() == {"image": 2, "storage": 2, "runtime": 2, "net": 2,
+    assert loaded.workers.pool_sizes() == {"image": 1, "storage": 1, "runtime": 1, "net": 1,
                                            "stream": 1}
     assert loaded.stream.address == "127.0.0.1" and loaded.stream.port == 0
     assert loaded.stream.token_ttl == 60.0 and loaded.stream.stream_idle_timeout == 14400.0
@@ -96,7 +96,7 @@ plugin_dirs = ["/usr/libexec/cni"]
     assert loaded.api.request_timeout == 30.0
     assert isinstance(loaded.api.request_timeout, float)
     assert loaded.workers.image == 4
-    assert loaded.workers.storage == 2
+    assert loaded.workers.storage == 1
     assert loaded.network.plugin_dirs == ("/usr/libexec/cni",)
     assert loaded.log_format == "text"
 

@@ -218,6 +218,24 @@ def test_workers_forked_from_the_zygote_outlive_it(make_daemon: Callable[..., Da
     assert daemon.runtime.Version(api.VersionRequest(), timeout=10).runtime_name == "podvisor"
 
 
+def test_an_idle_zygote_exits_and_the_next_restart_forks_from_a_new_one(
+        make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon(workers={"runtime": 1, "net": 1}, extra="zygote_idle_exit = 0.5")
+    poll_until(lambda: zygote_of(daemon) is None, 10, what="idle zygote gone")
+    victim = daemon.workers()[("runtime", 1)]["pid"]
+    os.kill(victim, signal.SIGKILL)
+
+    def restored() -> bool:
+        now = daemon.workers()[("runtime", 1)]
+        return now["pid"] not in (None, victim) and now["state"] == "READY"
+    poll_until(restored, RESTORE_WAIT, what="runtime worker restored")
+    replacement = daemon.workers()[("runtime", 1)]["pid"]
+    # Forked (titled for its pool), not exec'd: the zygote was started anew.
+    assert children_of(daemon.pid)[replacement].startswith(b"podvisor: runtime worker 1")
+    assert daemon.runtime.Version(api.VersionRequest(), timeout=10).runtime_name == "podvisor"
+    poll_until(lambda: zygote_of(daemon) is None, 10, what="new zygote gone when idle")
+
+
 def test_hung_worker_is_killed_and_its_requests_fail_unavailable(
         make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon(workers={"runtime": 1})

@@ -20,6 +20,9 @@ Invariants:
 - It dies with the supervisor (PR_SET_PDEATHSIG) and serves one request at a
   time; when it is gone, the supervisor starts another or falls back to
   fork+exec (supervisor/zygote.py).
+- It exits after ``--idle-exit`` seconds without a request: every page a
+  worker wrote to is then held twice, the zygote's copy serving nobody. A
+  burst of restarts within that time still costs a fork each.
 
 Protocol, on a SOCK_SEQPACKET socket: the request is a JSON object
 ``{"pool": name, "argv": [...]}``, the answer ``{"pid": N}`` or
@@ -65,12 +68,16 @@ def preload() -> dict[str, Callable[[], int]]:
 
 
 def serve(control: socket.socket, entries: dict[str, Callable[[], int]],
-          supervisor: int) -> None:
+          supervisor: int, idle_exit: float) -> None:
+    control.settimeout(idle_exit or None)
     while True:
         try:
             request = control.recv(MAX_REQUEST)
         except InterruptedError:
             continue
+        except TimeoutError:
+            log.debug("Worker zygote idle for %gs; exiting", idle_exit)
+            return
         if not request:
             return  # the supervisor closed its end
         answer: dict[str, int | str]
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--log-level", type=int, default=logging.INFO)
     parser.add_argument("--log-format", default="text")
+    parser.add_argument("--idle-exit", type=float, default=0.0)
     args = parser.parse_args(argv)
     configure_logging("zygote", 0, args.log_level, args.log_format)
     set_parent_death_signal(signal.SIGKILL)
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     # collector from writing to those pages in each of them.
     gc.collect()
     gc.freeze()
-    serve(control, entries, args.parent_pid)
+    serve(control, entries, args.parent_pid, args.idle_exit)
     return 0
 
 
