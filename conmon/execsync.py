@@ -11,6 +11,8 @@ How the command is run and waited for
     process's own, and no runtime sits between the process and its output.
 
 Killing at the deadline
+    A runtime still running at the deadline gets ``RUNTIME_SETTLE`` more to
+    finish, so the pid file names the process before anything is killed.
     The runtime runs in a new session, and runc and crun give the exec'd
     process a process group of its own, which its background children
     share unless they call setsid themselves. At the deadline conmon
@@ -49,6 +51,9 @@ READ_MAX = 64 * 1024
 # Reported when the process's status is lost: no pid file, or reaped by
 # someone else (neither is expected).
 UNKNOWN_EXIT = -1
+# How long past the deadline a runtime still starting the exec may take to
+# write the process's pid file; well within the worker's EXEC_GRACE.
+RUNTIME_SETTLE = 2.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,10 @@ def _execute(opts: ExecOptions, runtime: Runtime, pid_file: str) -> dict[str, ob
         else:
             code = _cri_code(returncode)  # the runtime failed: runtime_error says why
     else:
+        # A runtime still starting the process may have it running already
+        # with no pid file yet: killed now, it would leave the process
+        # behind, adopted by the container's init. Let it finish first.
+        _wait_exit(proc.pid, captures, time.monotonic() + RUNTIME_SETTLE)
         _kill_groups(proc.pid, pid_file)
         proc.wait()
     for capture in captures:
