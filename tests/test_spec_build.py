@@ -12,6 +12,7 @@ import pytest
 
 from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import FailedPrecondition, InvalidArgument
+from podvisor.workers.runtime import specs
 from podvisor.workers.runtime.spec import (
     INFRA_ARGS,
     NodeFacts,
@@ -142,6 +143,26 @@ def test_container_spec(rootfs: str) -> None:
 
 def test_same_inputs_same_document(rootfs: str) -> None:
     assert json.dumps(build(rootfs), sort_keys=True) == json.dumps(build(rootfs), sort_keys=True)
+
+
+def test_the_handlers_annotations_win_over_the_cris(rootfs: str) -> None:
+    # crun under the systemd driver: the container stays in its scope,
+    # whatever a pod's annotations ask.
+    node = NodeFacts(runtime_annotations=(("run.oci.systemd.subgroup", ""),))
+    asked = container(annotations={"run.oci.systemd.subgroup": "elsewhere"})
+    spec = build_container_spec(asked, pod_sandbox(), IMAGE, rootfs, pod_context(),
+                                container_id="c1", node=node)
+    assert spec["annotations"]["run.oci.systemd.subgroup"] == ""
+    infra = build_infra_spec(pod_sandbox(), pod_context(), rootfs, node=node)
+    assert infra["annotations"]["run.oci.systemd.subgroup"] == ""
+    assert "run.oci.systemd.subgroup" not in build(rootfs)["annotations"]
+
+
+def test_crun_under_systemd_is_told_to_keep_containers_in_their_scope() -> None:
+    assert specs.node_facts("systemd", "crun", "/usr/bin/crun").runtime_annotations == \
+        (("run.oci.systemd.subgroup", ""),)
+    assert specs.node_facts("systemd", "runc", "/usr/sbin/runc").runtime_annotations == ()
+    assert specs.node_facts("cgroupfs", "crun", "/usr/bin/crun").runtime_annotations == ()
 
 
 def test_image_config_section_alone_is_accepted(rootfs: str) -> None:

@@ -188,6 +188,7 @@ def build_container_spec(container_config: api.ContainerConfig,
         A_CONTAINER_NAME: name,
         A_IMAGE_NAME: image_spec.user_specified_image or image_spec.image,
         spec_process.STOP_SIGNAL_ANNOTATION: spec_process.stop_signal(container_config, image),
+        **dict(node.runtime_annotations),
     }
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
@@ -259,6 +260,7 @@ def build_infra_spec(sandbox_config: api.PodSandboxConfig, pod: PodContext, root
         **_sandbox_annotations(sandbox_config, pod),
         A_CONTAINER_TYPE: "sandbox",
         A_SANDBOX_LOG_DIR: sandbox_config.log_directory,
+        **dict(node.runtime_annotations),
     }
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,

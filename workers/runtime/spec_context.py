@@ -42,6 +42,10 @@ DEFAULT_NOFILE = 1048576
 # init inside the cgroup.
 MIN_MEMORY_RUNC = 12 * 1024 * 1024
 MIN_MEMORY_CRUN = 500 * 1024
+# crun's systemd driver on cgroup v2 moves the container into a "container"
+# child of its scope unless told otherwise; podvisor reads and updates a
+# container's cgroup at the scope, as with runc (CRI-O sets the same).
+CRUN_SYSTEMD_ANNOTATIONS = (("run.oci.systemd.subgroup", ""),)
 
 # Where the kernel lists online CPUs and memory nodes.
 SYS_DEVICES = "/sys/devices/system"
@@ -98,6 +102,8 @@ class NodeFacts:
     hugepage_sizes: frozenset[str] | None = None  # "2MB", "1GB", as runc names them
     apparmor: bool = False                     # the AppArmor LSM is enabled here
     selinux: bool = False                      # SELinux is enabled here
+    # Set on every spec for this handler, over any the CRI asked for.
+    runtime_annotations: tuple[tuple[str, str], ...] = ()
     settings: SpecSettings = field(default_factory=lambda: SpecSettings())
 
 
@@ -151,7 +157,8 @@ def _effective_caps() -> tuple[str, ...]:
 
 def detect_node(cgroup_manager: str = "cgroupfs", mount_options: frozenset[str] = frozenset(),
                 min_memory: int = MIN_MEMORY_RUNC, cgroup_root: str = "/sys/fs/cgroup",
-                pids_limit: int = 0, settings: SpecSettings | None = None) -> NodeFacts:
+                pids_limit: int = 0, settings: SpecSettings | None = None,
+                runtime_annotations: tuple[tuple[str, str], ...] = ()) -> NodeFacts:
     """Read the cgroup layout and the LSMs of this host; the handler's facts
     come from its probe."""
     v2 = os.path.exists(os.path.join(cgroup_root, "cgroup.controllers"))
@@ -170,7 +177,7 @@ def detect_node(cgroup_manager: str = "cgroupfs", mount_options: frozenset[str] 
         swap_accounting=swap, mount_options=mount_options, min_memory=min_memory,
         nofile=nofile_ceiling(), pids_limit=pids_limit, hugepage_sizes=hugepage_sizes(),
         apparmor=apparmor_enabled(), selinux=selinux_enabled(),
-        settings=settings or SpecSettings()))
+        settings=settings or SpecSettings(), runtime_annotations=runtime_annotations))
 
 
 def apparmor_enabled(parameter: str = "/sys/module/apparmor/parameters/enabled") -> bool:

@@ -17,6 +17,7 @@ from . import configs, handlers
 from .monitor import Handler
 from .spec import INFRA_ARGS, build_container_spec, build_infra_spec
 from .spec_context import (
+    CRUN_SYSTEMD_ANNOTATIONS,
     MIN_MEMORY_CRUN,
     MIN_MEMORY_RUNC,
     NodeFacts,
@@ -48,9 +49,11 @@ def handler_facts(runtimes: handlers.Runtimes, name: str) -> tuple[Handler, Node
 def _detected(cgroup_manager: str, handler: str, handler_path: str,
               handler_root: str, settings: SpecSettings) -> NodeFacts:
     probe = handlers.probe(handler, handler_path, handler_root)
+    crun = "crun" in handler_path
     return detect_node(cgroup_manager, probe.mount_options,
-                       MIN_MEMORY_CRUN if "crun" in handler_path else MIN_MEMORY_RUNC,
-                       settings=settings)
+                       MIN_MEMORY_CRUN if crun else MIN_MEMORY_RUNC, settings=settings,
+                       runtime_annotations=CRUN_SYSTEMD_ANNOTATIONS
+                       if crun and cgroup_manager == "systemd" else ())
 
 
 @functools.cache
