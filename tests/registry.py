@@ -75,12 +75,13 @@ def openssl(*args: str, stdin: bytes | None = None) -> bytes:
                           check=True).stdout
 
 
-def make_cert(directory: Path, name: str, cn: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
+def make_cert(directory: Path, name: str, cn: str = "127.0.0.1",
+              address: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for ``address`` and its key."""
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
             "-out", str(cert), "-days", "2", "-subj", f"/CN={cn}",
-            "-addext", "subjectAltName=IP:127.0.0.1")
+            "-addext", f"subjectAltName=IP:{address}")
     return cert, key
 
 
@@ -110,8 +111,10 @@ class Registry:
 
 
 def start_registry(workdir: Path, *, users: dict[str, str] | None = None,
-                   token: TokenIssuer | None = None, tls: bool = False) -> Registry:
-    """Start docker-registry under ``workdir``; return once it answers."""
+                   token: TokenIssuer | None = None, tls: bool = False,
+                   address: str = "127.0.0.1") -> Registry:
+    """Start docker-registry under ``workdir`` listening on ``address`` (a
+    local IPv4 address); return once it answers."""
     workdir.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "version": 0.1,
@@ -133,18 +136,18 @@ def start_registry(workdir: Path, *, users: dict[str, str] | None = None,
                                     "rootcertbundle": str(token.cert)}}
     context = None
     if tls:
-        cert, key = make_cert(workdir, "tls")
+        cert, key = make_cert(workdir, "tls", address=address)
         config["http"]["tls"] = {"certificate": str(cert), "key": str(key)}
         context = ssl.create_default_context(cafile=str(cert))
     for _ in range(5):
         port = free_port()
-        config["http"]["addr"] = f"127.0.0.1:{port}"
+        config["http"]["addr"] = f"{address}:{port}"
         path = workdir / "config.yml"
         path.write_text(json.dumps(config))
         with open(workdir / "registry.log", "ab") as log:
             proc = subprocess.Popen([REGISTRY_BIN, "serve", str(path)], stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        registry = Registry(f"127.0.0.1:{port}", "https" if tls else "http", workdir, proc,
+        registry = Registry(f"{address}:{port}", "https" if tls else "http", workdir, proc,
                             context)
         if _wait_ready(registry):
             return registry
@@ -449,10 +452,13 @@ class ImageNode:
     (a real OpContext, no bus) on a service built from the settings as a
     worker builds it: a fresh service, so no state is shared with another
     test. ``image`` overrides keys of the config's ``[podvisor.image]``
-    defaults; the certs.d root is the node's own."""
+    defaults; the certs.d root is the node's own, and ``environ`` (empty
+    unless given, so the runner's proxy variables never leak in) is the
+    worker environment the proxy settings are read from."""
 
     base: Path
     image: dict[str, Any] = field(default_factory=dict)
+    environ: dict[str, str] = field(default_factory=dict)
     service: ImageService = field(init=False)
     ops: dict[str, Served[Any, Any]] = field(init=False)
 
@@ -464,7 +470,8 @@ class ImageNode:
         # writes one with ``policy``.
         self.image.setdefault("signature_policy", str(self.base / "policy.json"))
         self.service = ImageService(ImageSettings.from_settings(self.settings()),
-                                    certs_dirs=(str(self.base / "certs.d"),))
+                                    certs_dirs=(str(self.base / "certs.d"),),
+                                    environ=self.environ)
         self.ops = self.service.ops()
 
     @property
