@@ -262,7 +262,8 @@ def main() -> None:
                         help="only the registry client comparison, no daemon or skopeo")
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="pv-bench-pull-"))
+    # Short: the daemon's runroot (base/d/run) may be at most 32 bytes.
+    base = Path(tempfile.mkdtemp(prefix="pv-bp-"))
     registry = daemon = None
     try:
         image = make_image(args.layers, args.layer_mb)

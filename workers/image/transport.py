@@ -160,7 +160,7 @@ class Response:
 
     def read_chunk(self, size: int) -> bytes:
         """Up to ``size`` bytes of the body; b"" at its end."""
-        return self.raw.read(size)
+        return self.raw.read1(size, decode_content=False)
 
     def close(self) -> None:
         unwatch, self._unwatch = self._unwatch, None
