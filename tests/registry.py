@@ -320,8 +320,10 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)
     stall: set[str] = field(default_factory=set)
     cut_once: set[str] = field(default_factory=set)
-    # Answer this many requests to any blob with 503 first.
+    # Answer this many requests to any blob with 503 first, with this
+    # Retry-After header when it is set.
     unavailable: int = 0
+    retry_after: str = ""
     # Answer blob GETs with a 307 to the upstream registry itself.
     redirect: bool = False
 
@@ -333,6 +335,7 @@ class FaultProxy:
         self.upstream = upstream
         self.faults = faults or Faults()
         self.log: list[tuple[str, str, str]] = []  # (method, path, range)
+        self.times: list[float] = []  # time.monotonic() of each log entry
         self.connections = 0
         self.release = threading.Event()
         self.stalled = threading.Event()
@@ -379,11 +382,15 @@ class FaultProxy:
         range_header = handler.headers.get("Range", "")
         with self._lock:
             self.log.append((handler.command, handler.path, range_header))
+            self.times.append(time.monotonic())
         digest = handler.path.rsplit("/blobs/", 1)[1] if "/blobs/" in handler.path else ""
         if digest and self.faults.unavailable > 0:
             with self._lock:
                 self.faults.unavailable -= 1
-            self._send(handler, 503, {"Content-Type": "application/json"},
+            headers = {"Content-Type": "application/json"}
+            if self.faults.retry_after:
+                headers["Retry-After"] = self.faults.retry_after
+            self._send(handler, 503, headers,
                        b'{"errors":[{"code":"UNAVAILABLE","message":"try later"}]}')
             return
         if digest and handler.command == "GET" and self.faults.redirect:
