@@ -188,6 +188,11 @@ def http_get(registry: Registry, path: str,
 # ---- token issuer -----------------------------------------------------------
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client refusing our certificate is what some tests want."""
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -200,7 +205,9 @@ class TokenIssuer:
     issuer = "podvisor-test-issuer"
 
     def __init__(self, workdir: Path, users: dict[str, str],
-                 refresh_tokens: dict[str, str] | None = None) -> None:
+                 refresh_tokens: dict[str, str] | None = None, tls: bool = False) -> None:
+        """``tls``: serve https with a self-signed certificate for
+        127.0.0.1 (``tls_cert``), trusted by nobody unless told."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.users = users
         # OAuth2 refresh token -> user (the CRI identity_token flow).
@@ -221,15 +228,28 @@ class TokenIssuer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self.tls_cert: Path | None = None
+        if tls:
+            self.tls_cert, tls_key = make_cert(workdir, "token-tls")
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.tls_cert, tls_key)
+            # The handshake runs in the handler thread, not in accept().
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        scheme = "https" if self.tls_cert is not None else "http"
+        return f"{scheme}://{self.host}/token"
 
     def stop(self) -> None:
         self._server.shutdown()
