@@ -16,24 +16,43 @@ build time), pushes it to Debian's docker-registry started here on
 The order inside a round alternates (ABBA) and one untimed round of each
 warms the registry's page cache, so neither side is favoured. Prints MB/s
 (MB = 10^6 bytes of blobs: layers + config) per round, the medians and the
-podvisor/skopeo ratio. Everything started here is stopped by its pid, and
-the temp dir is removed.
+podvisor/skopeo ratio.
 
-    /tmp/pv/bin/python bench/pull.py [--layers 4] [--layer-mb 50] [--rounds 9]
+Before that, the registry client alone (no daemon, no store), layer blobs
+fetched in this process into a sha256 sink, rotating round by round among:
+
+- ``socket``: a raw socket sending the GET and ``recv_into`` one buffer
+  (the floor any HTTP client pays, plus the same hashing);
+- ``curl``: ``curl -o /dev/null`` of each blob (no hashing);
+- ``http.client``: the hand-written transport podvisor had before urllib3,
+  loaded from git (the last revision of workers/image/transport.py built
+  on http.client) together with the registry.py of that revision;
+- ``urllib3``: today's RegistryClient on today's transport.
+
+Everything started here is stopped by its pid, and the temp dir is removed.
+
+    .venv/bin/python bench/pull.py [--layers 4] [--layer-mb 50] [--rounds 9]
+                                   [--transport-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import secrets
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # The image builder, the registry runner and the daemon runner of the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -43,9 +62,148 @@ from daemonlib import Daemon
 from registry import start_registry
 
 from podvisor.proto import api_pb2 as api
+from podvisor.workers.base import OpContext
+from podvisor.workers.image import registry as new_registry
+from podvisor.workers.image.tls import TlsPolicy
+from podvisor.workers.image.transport import Transport
+from podvisor.workers.image.watchdog import Watchdog
 
 REPO, TAG = "bench/random", "1"
 PULL_DEADLINE = 600.0
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "podvisor.workers.image"
+
+
+# ---- the registry client alone -------------------------------------------------
+
+
+class HashSink:
+    """A BlobSink that only hashes (the store's ingest also writes a file)."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, data: memoryview) -> None:
+        self._hash.update(data)
+        self.offset += len(data)
+
+    def reset(self) -> None:
+        self.offset = 0
+        self._hash = hashlib.sha256()
+
+    def digest(self) -> str:
+        return f"sha256:{self._hash.hexdigest()}"
+
+
+def old_registry_module() -> types.ModuleType:
+    """registry.py + transport.py of the last http.client revision, loaded
+    beside today's modules (auth, errors, watchdog are unchanged)."""
+    revs = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%H", "--",
+                           "workers/image/transport.py"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    for rev in revs:
+        transport = subprocess.run(["git", "-C", str(ROOT), "show",
+                                    f"{rev}:workers/image/transport.py"],
+                                   capture_output=True, text=True, check=True).stdout
+        if "import http.client" in transport and "urllib3" not in transport:
+            break
+    else:
+        raise SystemExit("no http.client revision of workers/image/transport.py in git")
+    registry = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:workers/image/registry.py"],
+                              capture_output=True, text=True, check=True).stdout
+    registry = registry.replace("from .transport import", "from ._bench_old_transport import")
+    modules = {}
+    for name, source in (("_bench_old_transport", transport), ("_bench_old_registry", registry)):
+        module = types.ModuleType(f"{PACKAGE}.{name}")
+        module.__package__ = PACKAGE
+        sys.modules[module.__name__] = module
+        exec(compile(source, f"{rev[:10]}:{name}", "exec"), module.__dict__)
+        modules[name] = module
+    print(f"http.client transport from revision {rev[:10]}", flush=True)
+    return modules["_bench_old_registry"]
+
+
+def client_fetcher(registry_module: types.ModuleType, transport: Any, host: str
+                   ) -> Callable[[str], str]:
+    def fetch(digest: str) -> str:
+        ctx = OpContext(request_id=secrets.token_bytes(16), op="bench", deadline=time.monotonic()
+                        + PULL_DEADLINE)
+        with Watchdog(ctx, 0, digest) as watchdog:
+            client = registry_module.RegistryClient(transport, host, insecure=True,
+                                                    credentials=None, watchdog=watchdog)
+            sink = HashSink()
+            client.fetch_blob(REPO, digest, sink)
+        return sink.digest()
+    return fetch
+
+
+def socket_fetcher(host: str) -> Callable[[str], str]:
+    address, port = host.rsplit(":", 1)
+
+    def fetch(digest: str) -> str:
+        with socket.create_connection((address, int(port))) as sock:
+            sock.sendall(f"GET /v2/{REPO}/blobs/{digest} HTTP/1.1\r\nHost: {host}\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            buffer = memoryview(bytearray(1 << 20))
+            digest_of = hashlib.sha256()
+            head = b""
+            while True:
+                count = sock.recv_into(buffer)
+                if not count:
+                    break
+                if head is not None:
+                    head += bytes(buffer[:count])
+                    if b"\r\n\r\n" not in head:
+                        continue
+                    digest_of.update(head.split(b"\r\n\r\n", 1)[1])
+                    head = None
+                    continue
+                digest_of.update(buffer[:count])
+        return f"sha256:{digest_of.hexdigest()}"
+    return fetch
+
+
+def curl_fetcher(host: str) -> Callable[[str], str]:
+    def fetch(digest: str) -> str:
+        subprocess.run(["curl", "-sf", "-o", "/dev/null",
+                        f"http://{host}/v2/{REPO}/blobs/{digest}"], check=True)
+        return digest  # curl hashes nothing
+    return fetch
+
+
+def transport_bench(host: str, image: build.Image, megabytes: float, rounds: int) -> None:
+    fetchers = {
+        "socket": socket_fetcher(host),
+        "http.client": client_fetcher(old_registry_module(),
+                                      sys.modules[f"{PACKAGE}._bench_old_transport"].Transport(
+                                          TlsPolicy(())), host),
+        "urllib3": client_fetcher(new_registry, Transport(TlsPolicy(())), host),
+    }
+    if shutil.which("curl"):
+        fetchers["curl"] = curl_fetcher(host)
+    digests = [b.digest for b in image.layers] + [image.config.digest]
+    for fetch in fetchers.values():  # warm-up, untimed (and a check)
+        for digest in digests:
+            got = fetch(digest)
+            if got != digest:
+                raise SystemExit(f"fetched {digest} but it hashes to {got}")
+    names = list(fetchers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        # Rotate the order so no client always follows another.
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            started = time.perf_counter()
+            for digest in digests:
+                fetchers[name](digest)
+            times[name].append(time.perf_counter() - started)
+        print(f"round {i + 1}: " + "  ".join(
+            f"{name} {megabytes / times[name][-1]:7.1f}" for name in names) + " MB/s", flush=True)
+    print("| client | median MB/s | range MB/s |\n| --- | --- | --- |")
+    for name in names:
+        samples = times[name]
+        print(f"| {name} | {megabytes / statistics.median(samples):.0f} | "
+              f"{megabytes / max(samples):.0f}-{megabytes / min(samples):.0f} |")
 
 
 def make_image(layers: int, layer_mb: int) -> build.Image:
@@ -100,9 +258,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--layer-mb", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--transport-only", action="store_true",
+                        help="only the registry client comparison, no daemon or skopeo")
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="pv-bench-pull-"))
+    # Short: the daemon's runroot (base/d/run) may be at most 32 bytes.
+    base = Path(tempfile.mkdtemp(prefix="pv-bp-"))
     registry = daemon = None
     try:
         image = make_image(args.layers, args.layer_mb)
@@ -110,6 +271,9 @@ def main() -> None:
         registry = start_registry(base / "registry")
         build.Pusher(registry.host).push_image(REPO, TAG, image)
         name = f"{registry.host}/{REPO}:{TAG}"
+        transport_bench(registry.host, image, megabytes, args.rounds)
+        if args.transport_only:
+            return
 
         conf = base / "registries.conf"
         conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')

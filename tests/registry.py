@@ -75,12 +75,13 @@ def openssl(*args: str, stdin: bytes | None = None) -> bytes:
                           check=True).stdout
 
 
-def make_cert(directory: Path, name: str, cn: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
+def make_cert(directory: Path, name: str, cn: str = "127.0.0.1",
+              address: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for ``address`` and its key."""
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
             "-out", str(cert), "-days", "2", "-subj", f"/CN={cn}",
-            "-addext", "subjectAltName=IP:127.0.0.1")
+            "-addext", f"subjectAltName=IP:{address}")
     return cert, key
 
 
@@ -110,8 +111,10 @@ class Registry:
 
 
 def start_registry(workdir: Path, *, users: dict[str, str] | None = None,
-                   token: TokenIssuer | None = None, tls: bool = False) -> Registry:
-    """Start docker-registry under ``workdir``; return once it answers."""
+                   token: TokenIssuer | None = None, tls: bool = False,
+                   address: str = "127.0.0.1") -> Registry:
+    """Start docker-registry under ``workdir`` listening on ``address`` (a
+    local IPv4 address); return once it answers."""
     workdir.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "version": 0.1,
@@ -133,18 +136,18 @@ def start_registry(workdir: Path, *, users: dict[str, str] | None = None,
                                     "rootcertbundle": str(token.cert)}}
     context = None
     if tls:
-        cert, key = make_cert(workdir, "tls")
+        cert, key = make_cert(workdir, "tls", address=address)
         config["http"]["tls"] = {"certificate": str(cert), "key": str(key)}
         context = ssl.create_default_context(cafile=str(cert))
     for _ in range(5):
         port = free_port()
-        config["http"]["addr"] = f"127.0.0.1:{port}"
+        config["http"]["addr"] = f"{address}:{port}"
         path = workdir / "config.yml"
         path.write_text(json.dumps(config))
         with open(workdir / "registry.log", "ab") as log:
             proc = subprocess.Popen([REGISTRY_BIN, "serve", str(path)], stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        registry = Registry(f"127.0.0.1:{port}", "https" if tls else "http", workdir, proc,
+        registry = Registry(f"{address}:{port}", "https" if tls else "http", workdir, proc,
                             context)
         if _wait_ready(registry):
             return registry
@@ -185,6 +188,11 @@ def http_get(registry: Registry, path: str,
 # ---- token issuer -----------------------------------------------------------
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client refusing our certificate is what some tests want."""
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -197,7 +205,9 @@ class TokenIssuer:
     issuer = "podvisor-test-issuer"
 
     def __init__(self, workdir: Path, users: dict[str, str],
-                 refresh_tokens: dict[str, str] | None = None) -> None:
+                 refresh_tokens: dict[str, str] | None = None, tls: bool = False) -> None:
+        """``tls``: serve https with a self-signed certificate for
+        127.0.0.1 (``tls_cert``), trusted by nobody unless told."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.users = users
         # OAuth2 refresh token -> user (the CRI identity_token flow).
@@ -218,15 +228,28 @@ class TokenIssuer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self.tls_cert: Path | None = None
+        if tls:
+            self.tls_cert, tls_key = make_cert(workdir, "token-tls")
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.tls_cert, tls_key)
+            # The handshake runs in the handler thread, not in accept().
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        scheme = "https" if self.tls_cert is not None else "http"
+        return f"{scheme}://{self.host}/token"
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -317,8 +340,10 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)
     stall: set[str] = field(default_factory=set)
     cut_once: set[str] = field(default_factory=set)
-    # Answer this many requests to any blob with 503 first.
+    # Answer this many requests to any blob with 503 first, with this
+    # Retry-After header when it is set.
     unavailable: int = 0
+    retry_after: str = ""
     # Answer blob GETs with a 307 to the upstream registry itself.
     redirect: bool = False
 
@@ -330,6 +355,7 @@ class FaultProxy:
         self.upstream = upstream
         self.faults = faults or Faults()
         self.log: list[tuple[str, str, str]] = []  # (method, path, range)
+        self.times: list[float] = []  # time.monotonic() of each log entry
         self.connections = 0
         self.release = threading.Event()
         self.stalled = threading.Event()
@@ -376,11 +402,15 @@ class FaultProxy:
         range_header = handler.headers.get("Range", "")
         with self._lock:
             self.log.append((handler.command, handler.path, range_header))
+            self.times.append(time.monotonic())
         digest = handler.path.rsplit("/blobs/", 1)[1] if "/blobs/" in handler.path else ""
         if digest and self.faults.unavailable > 0:
             with self._lock:
                 self.faults.unavailable -= 1
-            self._send(handler, 503, {"Content-Type": "application/json"},
+            headers = {"Content-Type": "application/json"}
+            if self.faults.retry_after:
+                headers["Retry-After"] = self.faults.retry_after
+            self._send(handler, 503, headers,
                        b'{"errors":[{"code":"UNAVAILABLE","message":"try later"}]}')
             return
         if digest and handler.command == "GET" and self.faults.redirect:
@@ -449,10 +479,13 @@ class ImageNode:
     (a real OpContext, no bus) on a service built from the settings as a
     worker builds it: a fresh service, so no state is shared with another
     test. ``image`` overrides keys of the config's ``[podvisor.image]``
-    defaults; the certs.d root is the node's own."""
+    defaults; the certs.d root is the node's own, and ``environ`` (empty
+    unless given, so the runner's proxy variables never leak in) is the
+    worker environment the proxy settings are read from."""
 
     base: Path
     image: dict[str, Any] = field(default_factory=dict)
+    environ: dict[str, str] = field(default_factory=dict)
     service: ImageService = field(init=False)
     ops: dict[str, Served[Any, Any]] = field(init=False)
 
@@ -464,7 +497,8 @@ class ImageNode:
         # writes one with ``policy``.
         self.image.setdefault("signature_policy", str(self.base / "policy.json"))
         self.service = ImageService(ImageSettings.from_settings(self.settings()),
-                                    certs_dirs=(str(self.base / "certs.d"),))
+                                    certs_dirs=(str(self.base / "certs.d"),),
+                                    environ=self.environ)
         self.ops = self.service.ops()
 
     @property

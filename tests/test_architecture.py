@@ -28,7 +28,8 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "workers/runtime": ({"zmq", "setproctitle", "google", "jeepney", "yaml"},
                         {"proto", "workers", "workers/runtime"}),
     "workers/net": ({"zmq", "setproctitle", "pyroute2"}, {"proto", "workers", "workers/net"}),
-    "workers/image": ({"zmq", "setproctitle", "cryptography", "google"},
+    # urllib3: registry HTTP, its pools and proxies.
+    "workers/image": ({"zmq", "setproctitle", "cryptography", "google", "urllib3"},
                       {"proto", "workers", "workers/image"}),
     # zlib_ng: the faster inflate behind gzip layers.
     "workers/storage": ({"zmq", "setproctitle", "zstandard", "zlib_ng"},

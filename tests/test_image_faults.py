@@ -109,6 +109,19 @@ def test_5xx_answers_are_retried(tmp_path: Path, proxy: FaultProxy,
     assert proxy.faults.unavailable == 0
 
 
+def test_retry_after_is_waited_for(tmp_path: Path, proxy: FaultProxy,
+                                   image: build.Image) -> None:
+    node = ImageNode(tmp_path / "node", image={"max_parallel_downloads": 1})
+    node.insecure(proxy.host)
+    # Without the header the first retry goes at once (urllib3's backoff
+    # starts at 0); with it, not before the registry said.
+    proxy.faults = Faults(unavailable=1, retry_after="1")
+    assert node.pull(f"{proxy.host}/app:1") == image.id
+    blob_times = [t for (_, path, _), t in zip(proxy.log, proxy.times, strict=True)
+                  if "/blobs/" in path]
+    assert blob_times[1] - blob_times[0] >= 1.0
+
+
 def test_a_stalled_registry_is_cancelled_after_the_progress_timeout(
         tmp_path: Path, proxy: FaultProxy, image: build.Image) -> None:
     node = ImageNode(tmp_path / "node", image={"pull_progress_timeout": 1.0})

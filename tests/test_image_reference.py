@@ -33,6 +33,9 @@ def test_parse_splits_domain_path_tag_and_digest(text: str, expected: Reference)
 
 @pytest.mark.parametrize(("text", "fragment"), [
     ("", "empty"),
+    ("registry.example.com:65536/app", "port 65536 is not between 1 and 65535"),
+    ("127.0.0.1:0/app", "port 0 is not between 1 and 65535"),
+    ("[::1]:99999/app", "port 99999"),
     ("Busybox", "must be lowercase"),
     ("foo/Bar", "must be lowercase"),
     ("foo:", "tag ''"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import ssl
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,22 @@ def tls_registry(workdir: Path, image: build.Image) -> Iterator[Registry]:
         yield registry
     finally:
         registry.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_token(workdir: Path, image: build.Image) -> Iterator[tuple[Registry, TokenIssuer]]:
+    """A plain-HTTP registry whose token server speaks TLS on another port."""
+    issuer = TokenIssuer(workdir / "tls-issuer", USERS, tls=True)
+    registry = start_registry(workdir / "tls-token", token=issuer)
+    try:
+        assert issuer.tls_cert is not None
+        build.Pusher(registry.host, username="alice", password="wonderland",
+                     ssl_context=ssl.create_default_context(cafile=str(issuer.tls_cert))
+                     ).push_image("private/app", "1", image)
+        yield registry, issuer
+    finally:
+        registry.stop()
+        issuer.stop()
 
 
 def node_for(tmp_path: Path, registry: Registry) -> ImageNode:
@@ -187,6 +204,22 @@ def test_identity_token_is_exchanged_at_the_token_endpoint(
 
 
 # ---- TLS --------------------------------------------------------------------
+
+
+def test_an_insecure_registry_does_not_relax_tls_for_its_token_server(
+        tmp_path: Path, tls_token: tuple[Registry, TokenIssuer], image: build.Image) -> None:
+    registry, issuer = tls_token
+    node = node_for(tmp_path, registry)  # the registry is insecure, its token server not
+    alice = {"username": "alice", "password": "wonderland"}
+    with pytest.raises(FailedPrecondition) as info:
+        node.pull(f"{registry.host}/private/app:1", auth=alice)
+    assert f"TLS verification of token server {issuer.host} failed" in info.value.message
+    assert node.blobs == []
+    assert issuer.tls_cert is not None
+    certs = tmp_path / "node" / "certs.d" / issuer.host
+    certs.mkdir(parents=True)
+    shutil.copy(issuer.tls_cert, certs / "ca.crt")
+    assert node.pull(f"{registry.host}/private/app:1", auth=alice) == image.id
 
 
 def test_tls_registry_trusted_through_certs_d(tmp_path: Path, tls_registry: Registry,

@@ -4,8 +4,9 @@ Modules, from names to bytes on disk:
 
 - ``reference``: docker reference grammar and Docker Hub normalisation;
 - ``registries_conf``: containers-registries.conf(5) v2, sources and short names;
-- ``auth``, ``tls``, ``transport``, ``registry``: the OCI distribution client
-  (credentials and challenges, certs.d, keep-alive HTTP, pull API);
+- ``auth``, ``tls``, ``proxy``, ``transport``, ``registry``: the OCI
+  distribution client (credentials and challenges, certs.d, the proxy
+  variables, keep-alive HTTP on urllib3's pools, pull API);
 - ``watchdog``: per-attempt progress timeout and cancellation;
 - ``manifest``: media types, manifest/index/config parsing, platforms;
 - ``policy``, ``identity``, ``sigstore``, ``trust``: containers-policy.json(5),

@@ -9,7 +9,9 @@ as serialized protobuf, built here (cri.py).
 (settings.py), and each op is one of its methods, named after the op's
 verb. It holds what lives as long as the process: the store (opened and
 swept by the first op that needs it), the HTTP transport (kept-alive
-connections shared by pulls), the pull coalescer, and registries.conf and
+connections shared by pulls, and the proxies of the worker's environment,
+read once: the supervisor passes its own environment on, so the proxy
+variables of podvisor's systemd unit reach every pull), the pull coalescer, and registries.conf and
 the signature policy as parsed, each parsed again only when its files
 change (filecache.py).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -33,6 +36,7 @@ from . import auth, cri, lookup, manifest, registries_conf
 from .coalesce import Coalescer
 from .errors import DataLoss
 from .policy import PolicyLoader
+from .proxy import ProxyEnvironment
 from .pull import Puller, PullOptions
 from .records import BlobRecord, ImageRecord
 from .settings import ImageSettings
@@ -55,14 +59,15 @@ class ImageService:
     """The image pool's settings, what it parsed from them, and its ops."""
 
     def __init__(self, settings: ImageSettings,
-                 certs_dirs: tuple[str, ...] = DEFAULT_CERTS_DIRS) -> None:
+                 certs_dirs: tuple[str, ...] = DEFAULT_CERTS_DIRS,
+                 environ: Mapping[str, str] = os.environ) -> None:
         self.settings = settings
         self._lock = threading.Lock()
         self._store: ImageStore | None = None
         # The read timeout only backs up the watchdog (which owns stalls).
         stall = settings.pull_progress_timeout
-        self._transport = Transport(TlsPolicy(certs_dirs), CONNECT_TIMEOUT,
-                                    stall + 30.0 if stall > 0 else 600.0)
+        self._transport = Transport(TlsPolicy(certs_dirs), ProxyEnvironment.from_environ(environ),
+                                    CONNECT_TIMEOUT, stall + 30.0 if stall > 0 else 600.0)
         self._pulls: Coalescer[str] = Coalescer()
         self._registries = registries_conf.cached(settings.registries_conf)
         self._policy = PolicyLoader(settings.signature_policy)

@@ -131,6 +131,12 @@ def _split_domain(name: str, text: str) -> tuple[str, str]:
         if not _DOMAIN.fullmatch(first):
             raise InvalidArgument(
                 f"invalid image reference {text!r}: {first!r} is not a valid registry host[:port]")
+        # After an IPv6 literal's "]", a ":" can only start the port.
+        _, colon, port = first.rpartition("]")[2].rpartition(":")
+        if colon and not 0 < int(port) <= 65535:
+            raise InvalidArgument(
+                f"invalid image reference {text[:200]!r}: registry port {port[:20]} is not "
+                "between 1 and 65535")
         domain, name = first, remainder
     for component in name.split("/"):
         if _COMPONENT.fullmatch(component):

@@ -17,9 +17,12 @@ Authentication
 
 Retries
     Connection resets, timeouts, truncated bodies, 429 and 5xx answers are
-    retried ``attempts`` times with capped exponential backoff (honouring a
-    small ``Retry-After``). A refused connection or an unknown host is not
-    retried: the next mirror is the better bet. Blob bodies cut short resume
+    retried ``attempts`` times. urllib3's ``Retry`` counts them and computes
+    the wait: exponential backoff with jitter, or the answer's
+    ``Retry-After`` (seconds or an HTTP date), both capped at ``max_delay``
+    so a wait never outlasts the progress watchdog. The wait itself is the
+    watchdog's, so a cancel ends it. A refused connection or an unknown
+    host is not retried: the next mirror is the better bet. Blob bodies cut short resume
     with ``Range: bytes=<received>-`` when the registry answers 206, and
     start over when it answers 200.
 
@@ -30,7 +33,15 @@ Cancellation
     message says *why* the read failed, and nothing is retried after it.
 
 Redirects (blob storage often answers 307 to a CDN) are followed up to five
-hops; credentials are never sent to another origin.
+hops; credentials are never sent to another origin, and an insecure
+registry's relaxed TLS never extends to another host (its token server
+included).
+
+Proxies
+    The transport picks the proxy (transport.py, proxy.py). A proxy that
+    cannot be reached is UNAVAILABLE naming the proxy; one that wants other
+    credentials (407) is FAILED_PRECONDITION: the node's proxy variables
+    are wrong, and no retry mends them.
 """
 
 from __future__ import annotations
@@ -38,7 +49,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -47,11 +57,15 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
+import urllib3
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProxyError
+from urllib3.util import Retry
+
 from ...proto.errors import BusError, FailedPrecondition, NotFound, Unavailable
 from . import auth
 from .auth import Challenge, Credentials, Token
 from .errors import DataLoss, PermissionDenied, Unauthenticated
-from .transport import Origin, Response, Transport
+from .transport import Response, Transport
 from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -68,16 +82,50 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How often and how long to retry; ``start()`` gives the urllib3
+    ``Retry`` one request's failures are counted on."""
+
     attempts: int = 5
     base_delay: float = 0.2
     max_delay: float = 5.0
+    jitter: float = 0.2
 
-    def delay(self, attempt: int, retry_after: str = "") -> float:
-        """Backoff before retry number ``attempt`` (1-based), with jitter."""
-        if retry_after.isdigit():
-            return min(float(retry_after), self.max_delay)
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+    def start(self) -> Retry:
+        # Only ``total`` counts: what is retried is decided by the caller.
+        # allowed_methods=None: the token server's POST is retried too.
+        return Retry(total=self.attempts - 1, connect=None, read=None, redirect=None,
+                     status=None, other=None, allowed_methods=None,
+                     backoff_factor=self.base_delay, backoff_max=self.max_delay,
+                     backoff_jitter=self.jitter, respect_retry_after_header=True,
+                     raise_on_status=False)
+
+
+class _Attempts:
+    """One request's retry count, on urllib3's ``Retry``."""
+
+    def __init__(self, policy: RetryPolicy, method: str, url: str) -> None:
+        self._policy = policy
+        self._retry = policy.start()
+        self._method = method
+        self._url = url
+        self.failures = 0
+
+    def failed(self, response: Response | None = None) -> float | None:
+        """Count a failure; the wait before the next try, None when spent."""
+        self.failures += 1
+        raw = response.raw if response is not None else None
+        try:
+            self._retry = self._retry.increment(self._method, self._url, response=raw,
+                                                error=None if raw is not None else _Failure())
+        except MaxRetryError:
+            return None
+        after = self._retry.get_retry_after(raw) if raw is not None else None
+        wait = after if after is not None else self._retry.get_backoff_time()
+        return min(wait, self._policy.max_delay)
+
+
+class _Failure(Exception):
+    """Stands for a failed try in urllib3's retry history."""
 
 
 class BlobSink(Protocol):
@@ -93,6 +141,10 @@ class BlobSink(Protocol):
 
 class _Retry(Exception):
     """One try failed in a way worth another try."""
+
+
+# What a transport or body read can raise that is not ours.
+_IO_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
 
 
 @dataclass(frozen=True)
@@ -151,7 +203,7 @@ class RegistryClient:
         """
         what = f"blob {repository}@{digest}"
         path = f"/v2/{repository}/blobs/{digest}"
-        failures = 0
+        attempts = _Attempts(self._retry, "GET", path)
         while True:
             offset = sink.offset
             headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -167,41 +219,38 @@ class RegistryClient:
                 self._stream(response, sink)
                 return
             except _Retry as exc:
-                failures += 1
-                if failures >= self._retry.attempts:
+                wait = attempts.failed()
+                if wait is None:
                     raise Unavailable(f"{what}: {self.host} kept dropping the connection: "
                                       f"{exc}") from None
                 log.info("Download of %s from %s broke at %d bytes (%s); resuming",
                          digest, self.host, sink.offset, exc)
-                self._watchdog.sleep(self._retry.delay(failures))
+                self._watchdog.sleep(wait)
             finally:
                 response.close()
 
     # ---- streaming ------------------------------------------------------
 
     def _stream(self, response: Response, sink: BlobSink) -> None:
-        buffer = memoryview(bytearray(_CHUNK))
         while True:
             try:
-                count = response.readinto(buffer)
-            except (OSError, http.client.HTTPException) as exc:
+                data = response.read_chunk(_CHUNK)
+            except _IO_ERRORS as exc:
+                # urllib3 enforces Content-Length: a body cut short lands here.
                 self._watchdog.raise_if_tripped()
                 raise _Retry(_describe(exc)) from None
             self._watchdog.raise_if_tripped()
-            if count == 0:
-                if response.missing:
-                    raise _Retry(f"connection closed with {response.missing} bytes of the "
-                                 "body still to come")
+            if not data:
                 return
-            sink.write(buffer[:count])
-            self._watchdog.progress(count)
+            sink.write(memoryview(data))
+            self._watchdog.progress(len(data))
 
     def _read_all(self, response: Response, limit: int, what: str) -> bytes:
         try:
             body = response.read(limit)
         except ValueError as exc:
             raise DataLoss(f"{what} from {self.host}: {exc}") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except _IO_ERRORS as exc:
             self._watchdog.raise_if_tripped()
             raise Unavailable(f"{what}: reading from {self.host} failed: "
                               f"{_describe(exc)}") from None
@@ -216,7 +265,7 @@ class RegistryClient:
         base = self._ensure_base(what)
         scope = auth.pull_scope(repository)
         refreshed_auth = False
-        failures = 0
+        attempts = _Attempts(self._retry, method, base + path)
         while True:
             self._watchdog.raise_if_tripped()
             all_headers = dict(headers)
@@ -226,21 +275,21 @@ class RegistryClient:
             try:
                 response = self._follow(method, base + path, all_headers)
             except _Retry as exc:
-                failures += 1
-                if failures >= self._retry.attempts:
-                    raise Unavailable(f"{what}: {self.host} failed {failures} times; "
+                wait = attempts.failed()
+                if wait is None:
+                    raise Unavailable(f"{what}: {self.host} failed {attempts.failures} times; "
                                       f"last: {exc}") from None
-                self._watchdog.sleep(self._retry.delay(failures))
+                self._watchdog.sleep(wait)
                 continue
             if 200 <= response.status < 300:
                 return response
             detail = self._error_detail(response)
             if response.status in _RETRY_STATUSES:
-                failures += 1
-                if failures >= self._retry.attempts:
+                wait = attempts.failed(response)
+                if wait is None:
                     raise Unavailable(f"{what}: {self.host} answered {response.status} "
-                                      f"{failures} times{detail}")
-                self._watchdog.sleep(self._retry.delay(failures, response.header("Retry-After")))
+                                      f"{attempts.failures} times{detail}")
+                self._watchdog.sleep(wait)
                 continue
             if response.status == 401 and not refreshed_auth:
                 # The token may lack this scope or have expired, or this
@@ -254,9 +303,9 @@ class RegistryClient:
             raise self._status_error(response.status, what, detail)
 
     def _follow(self, method: str, url: str, headers: dict[str, str]) -> Response:
-        origin = Origin.of(url)
+        origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
-            same_origin = Origin.of(url) == origin
+            same_origin = _origin(url) == origin
             if not same_origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             response = self._send(method, url, headers, insecure=self.insecure and same_origin)
@@ -271,30 +320,57 @@ class RegistryClient:
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], *,
               insecure: bool) -> Response:
-        host = urlsplit(url).netloc
         try:
-            return self._transport.request(method, url, headers, insecure=insecure,
-                                           on_socket=self._watch)
-        except ssl.SSLCertVerificationError as exc:
-            raise FailedPrecondition(
-                f"TLS verification of {host} failed ({exc.verify_message}): put its CA "
-                f"certificate in a certs.d directory for {host}, or mark it insecure in "
-                "registries.conf") from None
-        except ssl.SSLError as exc:
+            response = self._transport.request(method, url, headers, insecure=insecure,
+                                               on_socket=self._watch)
+        except _IO_ERRORS as exc:
             self._watchdog.raise_if_tripped()
-            if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-                raise _Retry(_describe(exc)) from None
+            raise self._transport_error(exc, url, "registry") from None
+        if response.status == 407:
+            self._drain(response)
+            raise self._proxy_refused(url, f"{response.status} {response.reason}")
+        return response
+
+    def _transport_error(self, exc: BaseException, url: str, role: str) -> Exception:
+        """What a failed request means: a BusError to give up with, or
+        ``_Retry``. ``role`` names the server ("registry", "token server")."""
+        host = urlsplit(url).netloc
+        root = _root_cause(exc)
+        if isinstance(exc, ProxyError):
+            proxy = self._transport.proxy_for(url)
+            where = proxy.netloc if proxy is not None else "the proxy"
+            if "407" in str(root):
+                return self._proxy_refused(url, str(root))
+            if isinstance(root, ConnectionRefusedError | socket.gaierror | NewConnectionError):
+                return Unavailable(f"cannot reach proxy {where} (for {role} {host}): "
+                                   f"{_describe(root)}; check HTTPS_PROXY/HTTP_PROXY")
+            if not isinstance(root, ssl.SSLError):
+                return _Retry(f"proxy {where}: {_describe(root)}")
+        if isinstance(root, ssl.SSLCertVerificationError):
+            return FailedPrecondition(
+                f"TLS verification of {role} {host} failed ({root.verify_message}): put its "
+                f"CA certificate in a certs.d directory for {host}, or mark it insecure in "
+                "registries.conf")
+        if isinstance(root, ssl.SSLError):
+            if isinstance(root, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+                return _Retry(_describe(root))
             # A handshake failure does not heal on retry; the usual cause is
             # a plain-HTTP registry addressed over HTTPS.
-            raise FailedPrecondition(
-                f"TLS handshake with {host} failed ({exc.reason or exc}); if it is a "
-                "plain-HTTP registry, mark it insecure in registries.conf") from None
-        except (ConnectionRefusedError, socket.gaierror) as exc:
-            self._watchdog.raise_if_tripped()
-            raise Unavailable(f"cannot reach registry {host}: {_describe(exc)}") from None
-        except (OSError, http.client.HTTPException) as exc:
-            self._watchdog.raise_if_tripped()
-            raise _Retry(_describe(exc)) from None
+            return FailedPrecondition(
+                f"TLS handshake with {host} failed ({root.reason or root}); if it is a "
+                "plain-HTTP registry, mark it insecure in registries.conf")
+        if isinstance(root, ConnectionRefusedError | socket.gaierror):
+            return Unavailable(f"cannot reach {role} {host}: {_describe(root)}")
+        return _Retry(_describe(root))
+
+    def _proxy_refused(self, url: str, why: str) -> FailedPrecondition:
+        proxy = self._transport.proxy_for(url)
+        where = proxy.netloc if proxy is not None else "the proxy"
+        given = "the credentials in the proxy URL" if proxy is not None and proxy.username \
+            else "no credentials (the proxy URL names no user)"
+        return FailedPrecondition(
+            f"proxy {where} refused the request for {urlsplit(url).netloc} with {given}: "
+            f"{why[:200]}; check HTTPS_PROXY/HTTP_PROXY")
 
     def _watch(self, sock: socket.socket) -> Callable[[], None]:
         return self._watchdog.watch(sock)
@@ -302,7 +378,7 @@ class RegistryClient:
     def _drain(self, response: Response) -> bytes:
         try:
             return response.read(_ERROR_BODY_LIMIT)
-        except (ValueError, OSError, http.client.HTTPException):
+        except (ValueError, *_IO_ERRORS):
             response.close()
             return b""
 
@@ -365,24 +441,25 @@ class RegistryClient:
         raise last
 
     def _ping(self, base: str, attempts: int) -> Response:
-        failures = 0
+        tries = _Attempts(RetryPolicy(attempts, self._retry.base_delay, self._retry.max_delay,
+                                      self._retry.jitter), "GET", f"{base}/v2/")
         while True:
             self._watchdog.raise_if_tripped()
             try:
                 response = self._send("GET", f"{base}/v2/", {}, insecure=self.insecure)
             except _Retry as exc:
-                failures += 1
-                if failures >= attempts:
+                wait = tries.failed()
+                if wait is None:
                     raise Unavailable(f"cannot reach registry {self.host}: {exc}") from None
-                self._watchdog.sleep(self._retry.delay(failures))
+                self._watchdog.sleep(wait)
                 continue
             if response.status in _RETRY_STATUSES:
-                failures += 1
                 detail = self._error_detail(response)
-                if failures >= attempts:
+                wait = tries.failed(response)
+                if wait is None:
                     raise Unavailable(f"registry {self.host} answered {response.status} "
-                                      f"{failures} times{detail}")
-                self._watchdog.sleep(self._retry.delay(failures, response.header("Retry-After")))
+                                      f"{tries.failures} times{detail}")
+                self._watchdog.sleep(wait)
                 continue
             return response
 
@@ -424,30 +501,36 @@ class RegistryClient:
         except ValueError as exc:
             raise Unavailable(f"{what}: {exc}") from None
         realm_host = urlsplit(request.url).netloc
-        failures = 0
+        tries = _Attempts(self._retry, request.method, request.url)
         while True:
             self._watchdog.raise_if_tripped()
             try:
+                # An insecure registry relaxes TLS for its own host only:
+                # never for a token server elsewhere.
                 response = self._transport.request(
                     request.method, request.url, request.headers, body=request.body,
                     insecure=self.insecure and realm_host == self.host, on_socket=self._watch)
-            except ssl.SSLCertVerificationError as exc:
-                raise FailedPrecondition(f"TLS verification of token server {realm_host} "
-                                         f"failed ({exc.verify_message})") from None
-            except (OSError, http.client.HTTPException) as exc:
+            except _IO_ERRORS as exc:
                 self._watchdog.raise_if_tripped()
-                failures += 1
-                if failures >= self._retry.attempts:
+                error = self._transport_error(exc, request.url, "token server")
+                if not isinstance(error, _Retry):
+                    raise error from None
+                wait = tries.failed()
+                if wait is None:
                     raise Unavailable(f"{what}: cannot reach token server {realm_host}: "
-                                      f"{_describe(exc)}") from None
-                self._watchdog.sleep(self._retry.delay(failures))
+                                      f"{error}") from None
+                self._watchdog.sleep(wait)
                 continue
             with response:
-                if response.status in _RETRY_STATUSES and failures + 1 < self._retry.attempts:
-                    failures += 1
-                    self._drain(response)
-                    self._watchdog.sleep(self._retry.delay(failures))
-                    continue
+                if response.status == 407:
+                    raise self._proxy_refused(request.url,
+                                              f"{response.status} {response.reason}")
+                if response.status in _RETRY_STATUSES:
+                    wait = tries.failed(response)
+                    if wait is not None:
+                        self._drain(response)
+                        self._watchdog.sleep(wait)
+                        continue
                 if response.status in (401, 403):
                     who = self._creds.describe() if self._creds else "anonymous access"
                     raise Unauthenticated(f"{what}: token server {realm_host} rejected {who}"
@@ -459,9 +542,30 @@ class RegistryClient:
                     return auth.parse_token_response(response.read(_ERROR_BODY_LIMIT))
                 except ValueError as exc:
                     raise Unavailable(f"{what}: token server {realm_host}: {exc}") from None
-                except (OSError, http.client.HTTPException) as exc:
+                except _IO_ERRORS as exc:
                     raise Unavailable(f"{what}: token server {realm_host}: "
                                       f"{_describe(exc)}") from None
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The OS or TLS error under urllib3's wrappers (ProxyError, SSLError,
+    ProtocolError and NewConnectionError carry it as an argument or cause)."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLError | ConnectionRefusedError | socket.gaierror):
+            return exc
+        inner = next((a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)),
+                     None) or exc.__cause__ or exc.__context__
+        if inner is None:
+            return exc
+        exc = inner
+    return exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,69 +1,138 @@
-"""HTTP/1.1 with keep-alive connection reuse, over ``http.client``.
+"""HTTP/1.1 to registries over urllib3's connection pools, direct or through
+the proxy the environment names (proxy.py).
 
-A ``Transport`` keeps idle connections per origin (scheme, host[:port]) and
-hands each request a connection of its own: connections are never shared by
-two requests at once, so any number of threads may use one transport.
+A ``Transport`` holds one urllib3 ``PoolManager`` for direct traffic and
+one ``ProxyManager`` per proxy in use. It sends one request and returns
+once the response headers are in; retries, redirects and authentication
+stay with the caller (registry.py), so urllib3 is always called with
+``retries=False, redirect=False``. Any number of threads may share it.
 
-Invariants:
-- A connection goes back to the idle pool only after its response body was
-  read to the end and the server did not ask to close; anything else closes
-  it. A half-read body can therefore never leak into the next request.
-- A request on a *reused* connection that fails before any response byte
-  (the server closed an idle keep-alive connection) is sent once more on a
-  fresh connection; that is not counted as a retry by callers.
-- Timeouts: ``connect_timeout`` bounds connecting, ``read_timeout`` every
-  blocking read afterwards (a backstop: the watchdog usually acts first).
+TLS
+    Each https origin gets the SSLContext ``TlsPolicy`` builds for it
+    (certs.d CA and client certificate; verification relaxed only when
+    the caller says the host is insecure). The context is part of urllib3's
+    pool key, so a CA dropped into certs.d starts a new pool, and a verified
+    and an insecure connection to one host never share a socket. Through a
+    proxy an https registry is reached by CONNECT and the same context is
+    used inside the tunnel; an http registry gets absolute-form requests.
+
+Connections
+    urllib3 keeps up to ``MAX_IDLE_PER_ORIGIN`` idle connections per pool
+    and drops one the server closed before reusing it. A response returns
+    its connection only once its body was read to the end; ``close()`` on a
+    half-read one closes the connection, so no stale bytes reach the next
+    request.
+
+Watching sockets
+    The caller's ``on_socket`` hook (the pull attempt's watchdog) is handed
+    every socket a request uses, fresh or reused, before anything is sent;
+    the response undoes it on close. urllib3 makes sockets deep inside its
+    pools, so the hook travels in a context variable read by our connection
+    classes, on the calling thread.
+
+Timeouts: ``connect_timeout`` bounds connecting, ``read_timeout`` every
+blocking read afterwards (a backstop: the watchdog usually acts first).
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
+import contextvars
+import logging
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import InsecureRequestWarning, LocationParseError
+from urllib3.util import parse_url
+
+from ...proto.errors import FailedPrecondition
+from .proxy import Proxy, ProxyEnvironment
 from .tls import TlsPolicy
 
-# Idle connections kept per origin; more are closed when returned.
+# Idle connections kept per pool; more are closed when returned.
 MAX_IDLE_PER_ORIGIN = 8
-
-
-@dataclass(frozen=True)
-class Origin:
-    scheme: str
-    host: str
-
-    @classmethod
-    def of(cls, url: str) -> Origin:
-        parts = urlsplit(url)
-        return cls(parts.scheme, parts.netloc)
-
+# Pools kept per manager (one per origin and TLS context).
+MAX_POOLS = 32
 
 SocketHook = Callable[[socket.socket], Callable[[], None]]
 
+_ON_SOCKET: contextvars.ContextVar[SocketHook | None] = contextvars.ContextVar(
+    "podvisor_image_on_socket", default=None)
 
-class _StaleConnection(Exception):
-    """A reused keep-alive connection was closed by the server meanwhile."""
+
+class _Watched:
+    """Mixin for urllib3 connections: hand the socket to the current hook."""
+
+    sock: Any
+    # The undo of the hook that last saw this connection's socket.
+    _undo: Callable[[], None] | None = None
+
+    def _watch(self) -> None:
+        # A reused connection leaves the previous watcher first (the
+        # undo is idempotent: that response may call it again).
+        self.unwatch()
+        hook = _ON_SOCKET.get()
+        # TLS inside an https proxy's tunnel wraps an SSLTransport; the
+        # socket to shut down is the one under it.
+        sock = getattr(self.sock, "socket", self.sock)
+        if hook is not None and isinstance(sock, socket.socket):
+            self._undo = hook(sock)
+
+    def unwatch(self) -> None:
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()
+
+    def watcher(self) -> Callable[[], None]:
+        """The undo for this request, kept by its response: once the
+        connection is back in the pool it may belong to another watcher."""
+        return self._undo or _nothing
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        self._watch()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self.sock is not None:  # reused: connect() will not run
+            self._watch()
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        self._watch()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self.sock is not None:
+            self._watch()
+        super().request(*args, **kwargs)
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
 
 
 class Response:
-    """A response whose connection returns to the pool once fully read."""
+    """A response whose connection returns to its pool once fully read."""
 
-    def __init__(self, transport: Transport, origin: Origin, insecure: bool,
-                 conn: http.client.HTTPConnection, raw: http.client.HTTPResponse,
-                 unwatch: Callable[[], None] | None) -> None:
-        self._transport = transport
-        self._origin = origin
-        self._insecure = insecure
-        self._conn: http.client.HTTPConnection | None = conn
-        self._unwatch = unwatch
+    def __init__(self, raw: urllib3.BaseHTTPResponse, unwatch: Callable[[], None]) -> None:
         self.raw = raw
+        self._unwatch: Callable[[], None] | None = unwatch
         self.status = raw.status
-        self.reason = raw.reason
+        self.reason = raw.reason or ""
         self.headers = raw.headers
 
     def header(self, name: str, default: str = "") -> str:
@@ -71,43 +140,38 @@ class Response:
         return value if value is not None else default
 
     def read(self, limit: int) -> bytes:
-        """Read the whole body, refusing one larger than ``limit`` bytes."""
-        length = self.raw.length
+        """Read the whole body, refusing one larger than ``limit`` bytes.
+
+        A body cut short raises urllib3's ``ProtocolError`` (urllib3
+        enforces Content-Length)."""
+        length = self.raw.length_remaining
         if length is not None and length > limit:
             self.close()
             raise ValueError(f"response body of {length} bytes exceeds the {limit}-byte limit")
         try:
             data = self.raw.read(limit + 1)
-            missing = self.missing
+            if len(data) <= limit:
+                self.raw.read()  # nothing left: lets urllib3 see the end
         finally:
             self.close()
         if len(data) > limit:
             raise ValueError(f"response body exceeds the {limit}-byte limit")
-        if missing:
-            raise http.client.IncompleteRead(data, missing)
         return data
 
-    @property
-    def missing(self) -> int:
-        """Bytes the Content-Length promised that have not arrived."""
-        # http.client's readinto returns 0 at a premature EOF instead of
-        # raising, leaving ``length`` at what is still owed.
-        return self.raw.length or 0
-
-    def readinto(self, buffer: memoryview) -> int:
-        return self.raw.readinto(buffer)
+    def read_chunk(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the body; b"" at its end."""
+        return self.raw.read1(size, decode_content=False)
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is None:
             return
-        if self._unwatch is not None:
-            self._unwatch()
-        if self.raw.isclosed() and not self.raw.will_close and not self.missing:
-            self._transport._release(self._origin, self._insecure, conn)
-        else:
+        unwatch()
+        # A body read to the end has already given its connection back;
+        # anything else must not be reused.
+        if not self.raw.closed:
             self.raw.close()
-            conn.close()
+        self.raw.release_conn()
 
     def __enter__(self) -> Response:
         return self
@@ -118,13 +182,33 @@ class Response:
 
 
 class Transport:
-    def __init__(self, tls: TlsPolicy, connect_timeout: float = 30.0,
-                 read_timeout: float = 300.0) -> None:
+    def __init__(self, tls: TlsPolicy, proxies: ProxyEnvironment | None = None,
+                 connect_timeout: float = 30.0, read_timeout: float = 300.0) -> None:
         self._tls = tls
+        self._proxies = proxies or ProxyEnvironment()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._idle: dict[tuple[Origin, bool], list[http.client.HTTPConnection]] = {}
+        self._pool_kw: dict[str, Any] = {
+            "maxsize": MAX_IDLE_PER_ORIGIN, "block": False,
+            "timeout": urllib3.Timeout(connect=connect_timeout, read=read_timeout)}
+        self._direct = self._prepare(urllib3.PoolManager(MAX_POOLS, **self._pool_kw))
+        self._via: dict[Proxy, urllib3.ProxyManager] = {}
         self._lock = threading.Lock()
+        # urllib3 logs every new connection at DEBUG; our records say more.
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+        # Unverified TLS happens only to hosts registries.conf marks
+        # insecure: an operator's decision, not something to warn of per call.
+        urllib3.disable_warnings(InsecureRequestWarning)
+
+    @staticmethod
+    def _prepare(manager: urllib3.PoolManager) -> urllib3.PoolManager:
+        manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        return manager
+
+    def proxy_for(self, url: str) -> Proxy | None:
+        """The proxy a request to ``url`` goes through (None: direct)."""
+        parts = _parse(url)
+        return self._proxies.proxy_for(parts.scheme or "", parts.host or "", parts.port)
 
     def request(self, method: str, url: str, headers: Mapping[str, str], *,
                 insecure: bool = False, body: bytes | None = None,
@@ -135,75 +219,61 @@ class Transport:
         ``on_socket`` is called with the connection's socket before anything
         is sent, and must return a callable that undoes it; the response
         calls that when it is closed (the watchdog uses this to interrupt
-        stalled reads).
+        stalled reads). urllib3's exceptions pass through unchanged.
         """
-        origin = Origin.of(url)
-        parts = urlsplit(url)
-        target = parts.path or "/"
-        if parts.query:
-            target += f"?{parts.query}"
-        conn, reused = self._acquire(origin, insecure)
+        parts = _parse(url)
+        scheme, host = parts.scheme or "", parts.host or ""
+        # certs.d directories are named host[:port] as the URL spells it.
+        netloc = urlsplit(url).netloc
+        if scheme not in ("http", "https"):
+            raise FailedPrecondition(f"unsupported URL scheme {scheme[:20]!r} in {url[:200]}")
+        proxy = self._proxies.proxy_for(scheme, host, parts.port)
+        manager = self._direct if proxy is None else self._manager(proxy)
+        pool_kwargs = None
+        if scheme == "https":
+            pool_kwargs = {"ssl_context": self._tls.context(netloc, insecure)}
+        pool = manager.connection_from_host(host, parts.port, scheme, pool_kwargs=pool_kwargs)
+        send = dict(headers)
+        target = parts.request_uri
+        if proxy is not None and scheme == "http":
+            # Forwarded, not tunnelled: the proxy needs the whole URL (the
+            # pool adds Proxy-Authorization itself).
+            target = url
+            send.setdefault("Host", netloc)
+        token = _ON_SOCKET.set(on_socket)
         try:
-            return self._send(conn, reused, origin, insecure, method, target, headers, body,
-                              on_socket)
-        except _StaleConnection:
-            conn = self._connect(origin, insecure)
-            return self._send(conn, False, origin, insecure, method, target, headers, body,
-                              on_socket)
+            raw = pool.urlopen(method, target, body=body, headers=send, retries=False,
+                               redirect=False, assert_same_host=False, preload_content=False,
+                               decode_content=False, release_conn=False)
+        finally:
+            _ON_SOCKET.reset(token)
+        conn = raw.connection
+        return Response(raw, conn.watcher() if isinstance(conn, _Watched) else _nothing)
 
-    def _send(self, conn: http.client.HTTPConnection, reused: bool, origin: Origin,
-              insecure: bool, method: str, target: str, headers: Mapping[str, str],
-              body: bytes | None, on_socket: SocketHook | None) -> Response:
-        unwatch = None
-        try:
-            if conn.sock is None:
-                conn.connect()
-            sock = conn.sock
-            assert sock is not None
-            sock.settimeout(self.read_timeout)
-            if on_socket is not None:
-                unwatch = on_socket(sock)
-            conn.request(method, target, body=body, headers=dict(headers))
-            raw = conn.getresponse()
-        except BaseException as exc:
-            if unwatch is not None:
-                unwatch()
-            conn.close()
-            stale = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-            if reused and isinstance(exc, stale):
-                raise _StaleConnection from exc
-            raise
-        return Response(self, origin, insecure, conn, raw, unwatch)
-
-    def _acquire(self, origin: Origin, insecure: bool) -> tuple[http.client.HTTPConnection, bool]:
+    def _manager(self, proxy: Proxy) -> urllib3.PoolManager:
         with self._lock:
-            idle = self._idle.get((origin, insecure))
-            if idle:
-                return idle.pop(), True
-        return self._connect(origin, insecure), False
-
-    def _connect(self, origin: Origin, insecure: bool) -> http.client.HTTPConnection:
-        if origin.scheme == "https":
-            return http.client.HTTPSConnection(
-                origin.host, timeout=self.connect_timeout,
-                context=self._tls.context(origin.host, insecure))
-        if origin.scheme == "http":
-            return http.client.HTTPConnection(origin.host, timeout=self.connect_timeout)
-        raise ValueError(f"unsupported URL scheme {origin.scheme!r}")
-
-    def _release(self, origin: Origin, insecure: bool, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            idle = self._idle.setdefault((origin, insecure), [])
-            if len(idle) < MAX_IDLE_PER_ORIGIN:
-                idle.append(conn)
-                return
-        conn.close()
+            manager = self._via.get(proxy)
+            if manager is None:
+                manager = urllib3.ProxyManager(proxy.url, MAX_POOLS,
+                                               proxy_headers=proxy.headers(), **self._pool_kw)
+                self._prepare(manager)
+                self._via[proxy] = manager
+            return manager
 
     def close(self) -> None:
         """Close every idle connection."""
         with self._lock:
-            pools, self._idle = list(self._idle.values()), {}
-        for idle in pools:
-            for conn in idle:
-                with contextlib.suppress(OSError):
-                    conn.close()
+            managers = [self._direct, *self._via.values()]
+        for manager in managers:
+            manager.clear()
+
+
+def _parse(url: str) -> urllib3.util.Url:
+    try:
+        return parse_url(url)
+    except LocationParseError as exc:
+        raise FailedPrecondition(f"invalid registry URL {url[:200]!r}: {exc}") from None
+
+
+def _nothing() -> None:
+    pass
