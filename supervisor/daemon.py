@@ -157,6 +157,7 @@ class Daemon:
             pool_bus.start()
         supervision.start()
         metrics.watch(pools, buses)
+        metrics.watch_cache(cache)
 
         health = None
         if config.metrics.enable_metrics:

@@ -91,6 +91,9 @@ class StatusCache:
         self._sequence = 0
         # (sequence, pool, ids dropped or None for all of the pool)
         self._log: deque[tuple[int, str, frozenset[str] | None]] = deque(maxlen=LOG_SIZE)
+        # Reads answered from memory, reads that asked the pool, and answers
+        # not kept because something they depend on changed meanwhile (metrics.py).
+        self.stats = {"hit": 0, "miss": 0, "stale": 0}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -176,11 +179,13 @@ class StatusCache:
         """The kept answer for ``key``, or ``fetch``'s, kept if still fresh."""
         value = self.get(key)
         if value is not None:
+            self.stats["hit"] += 1
             return value
+        self.stats["miss"] += 1
         token = self._sequence
         value, ids = await fetch()
-        if ids is not None:
-            self.put(key, value, ids, token)
+        if ids is not None and self.size > 0 and not self.put(key, value, ids, token):
+            self.stats["stale"] += 1
         return value
 
     # ---- what the runtime pool's change feed reports ----
