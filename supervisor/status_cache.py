@@ -30,16 +30,21 @@ right after the start; it is kept if nothing else of the pool was dropped
 meanwhile, so the first read after a start hits (critest reads each fresh
 object once). PullImage seeds the pulled name's ImageStatus (rpc/image.py).
 
-The one window: an exit is seen when the feed reports it (its 0.1 s poll
-plus a bus round trip), as CRI-O learns of exits from inotify.
+The windows: an exit is seen when the feed reports it (its 0.1 s poll
+plus a bus round trip), as CRI-O learns of exits from inotify. A container
+whose monitor and process were both killed leaves no exit file: answers
+holding a created or running container are kept ``LIVE_TTL`` at most, so
+the pool's liveness check (workers/runtime/containers.py ``current``) is
+read again within that.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..proto import api_pb2 as api
 from ..proto import runtime_ops
@@ -58,10 +63,24 @@ FULL_ID_LEN = 64
 # containers those are, so they drop all the runtime pool's entries.
 POD_WIDE = frozenset({runtime_ops.SANDBOX_STOP_CONTAINERS.name, runtime_ops.SANDBOX_UPDATE.name})
 
+# How long an answer holding a created or running container is kept at
+# most. The feed reports every exit conmon records; but a container whose
+# monitor was killed and whose process is gone too has no exit file, and
+# the runtime pool reports it exited (code 255) only when it reads the
+# status again: this bounds how late that is seen. Two kubelet relists.
+LIVE_TTL = 2.0
+
 Key = tuple[str, str]
-# What a miss fetches: the answer, and the ids it depends on (None: not to
-# be kept, e.g. a read by prefix).
-Fetched = tuple[bytes, frozenset[str] | None]
+
+
+class Answer(NamedTuple):
+    """A serialized CRI response, the ids it depends on (None: not to be
+    kept, e.g. one read by prefix) and whether it holds a created or running
+    container (kept ``LIVE_TTL`` at most)."""
+
+    value: bytes
+    ids: frozenset[str] | None
+    live: bool = False
 
 
 def container_key(container_id: str) -> Key:
@@ -85,7 +104,9 @@ class StatusCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[Key, tuple[bytes, frozenset[str]]] = OrderedDict()
+        # key -> (answer, the ids it depends on, when it expires or None)
+        self._entries: OrderedDict[Key, tuple[bytes, frozenset[str], float | None]] = \
+            OrderedDict()
         # Which keys depend on each id (full ids: a drop by prefix scans).
         self._by_id: dict[str, set[Key]] = {}
         self._sequence = 0
@@ -106,16 +127,21 @@ class StatusCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
+        if entry[2] is not None and time.monotonic() >= entry[2]:
+            self._remove(key)
+            return None
         self._entries.move_to_end(key)
         return entry[0]
 
-    def put(self, key: Key, value: bytes, ids: frozenset[str], token: int) -> bool:
-        """Keep ``value`` unless something it depends on was dropped since
+    def put(self, key: Key, answer: Answer, token: int) -> bool:
+        """Keep ``answer`` unless something it depends on was dropped since
         ``token``; true if kept."""
-        if self.size <= 0 or not self._fresh(key[0], ids, token):
+        ids = answer.ids
+        if self.size <= 0 or ids is None or not self._fresh(key[0], ids, token):
             return False
         self._remove(key)
-        self._entries[key] = (value, ids)
+        expires = time.monotonic() + LIVE_TTL if answer.live else None
+        self._entries[key] = (answer.value, ids, expires)
         for object_id in ids:
             self._by_id.setdefault(object_id, set()).add(key)
         while len(self._entries) > self.size:
@@ -175,7 +201,7 @@ class StatusCache:
                 if not keys:
                     del self._by_id[object_id]
 
-    async def read(self, key: Key, fetch: Callable[[], Awaitable[Fetched]]) -> bytes:
+    async def read(self, key: Key, fetch: Callable[[], Awaitable[Answer]]) -> bytes:
         """The kept answer for ``key``, or ``fetch``'s, kept if still fresh."""
         value = self.get(key)
         if value is not None:
@@ -183,10 +209,10 @@ class StatusCache:
             return value
         self.stats["miss"] += 1
         token = self._sequence
-        value, ids = await fetch()
-        if ids is not None and self.size > 0 and not self.put(key, value, ids, token):
+        answer = await fetch()
+        if answer.ids is not None and self.size > 0 and not self.put(key, answer, token):
             self.stats["stale"] += 1
-        return value
+        return answer.value
 
     # ---- what the runtime pool's change feed reports ----
 
@@ -210,21 +236,28 @@ class StatusCache:
 # ---- the answers, built the same way on a miss and from a seed ----
 
 
-def container_answer(status: bytes) -> tuple[bytes, str]:
+_LIVE = frozenset({api.CONTAINER_CREATED, api.CONTAINER_RUNNING})
+
+
+def container_answer(status: bytes, asked: str) -> Answer:
     """A ContainerStatusResponse (no info) from the pool's serialized
-    ContainerStatus; and the container's full id."""
+    ContainerStatus; kept only if ``asked`` is the full id."""
     parsed = api.ContainerStatus.FromString(status)
-    return api.ContainerStatusResponse(status=parsed).SerializeToString(), parsed.id
+    return Answer(api.ContainerStatusResponse(status=parsed).SerializeToString(),
+                  frozenset([parsed.id]) if parsed.id == asked else None,
+                  parsed.state in _LIVE)
 
 
-def pod_answer(status: bytes, containers: list[bytes]) -> tuple[bytes, frozenset[str]]:
+def pod_answer(status: bytes, containers: list[bytes], asked: str) -> Answer:
     """A PodSandboxStatusResponse without info and timestamp (set per
-    answer), and the ids it depends on: the pod's and its containers'."""
+    answer), depending on the pod's id and its containers'; kept only if
+    ``asked`` is the pod's full id."""
     response = api.PodSandboxStatusResponse(
         status=api.PodSandboxStatus.FromString(status),
         containers_statuses=[api.ContainerStatus.FromString(c) for c in containers])
     ids = frozenset([response.status.id, *(c.id for c in response.containers_statuses)])
-    return response.SerializeToString(), ids
+    return Answer(response.SerializeToString(), ids if response.status.id == asked else None,
+                  any(c.state in _LIVE for c in response.containers_statuses))
 
 
 def _seed(cache: StatusCache, op: str, result: Any, token: int) -> None:
@@ -232,12 +265,12 @@ def _seed(cache: StatusCache, op: str, result: Any, token: int) -> None:
     if not isinstance(result, dict):
         return
     if op == runtime_ops.CONTAINER_START.name and result.get("status"):
-        value, full_id = container_answer(result["status"])
-        cache.put(container_key(full_id), value, frozenset([full_id]), token)
+        cache.put(container_key(result["id"]), container_answer(result["status"], result["id"]),
+                  token)
     elif op == runtime_ops.SANDBOX_START.name and result.get("status"):
-        value, ids = pod_answer(result["status"], list(result.get("containers") or []))
         sandbox_id = api.PodSandboxStatus.FromString(result["status"]).id
-        cache.put(pod_key(sandbox_id), value, ids, token)
+        cache.put(pod_key(sandbox_id), pod_answer(
+            result["status"], list(result.get("containers") or []), sandbox_id), token)
 
 
 class CacheGuard:

@@ -20,7 +20,7 @@ from podvisor.proto import api_pb2 as api
 from podvisor.proto import runtime_ops
 from podvisor.proto.errors import NotFound, Unavailable
 from podvisor.proto.ops import CATALOGUE
-from podvisor.supervisor import opclient
+from podvisor.supervisor import opclient, status_cache
 from podvisor.supervisor.container_events import EventHub
 from podvisor.supervisor.creates import CreateTable
 from podvisor.supervisor.opclient import OpClient
@@ -30,6 +30,7 @@ from podvisor.supervisor.rpc.sandbox import SandboxService
 from podvisor.supervisor.status_cache import (
     IMAGE,
     RUNTIME,
+    Answer,
     CacheGuard,
     StatusCache,
     container_key,
@@ -241,19 +242,35 @@ def test_a_start_seeds_its_status_unless_something_else_changed_meanwhile() -> N
     assert status_reads(rig) == 1
 
 
+def test_answers_holding_a_running_container_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A monitor and its container both killed leave no exit file: only
+    asking the pool again shows it (module docstring)."""
+    monkeypatch.setattr(status_cache, "LIVE_TTL", 0.0)
+    rig = make_rig()
+    worker = Worker(rig.bus)
+    read(rig)
+    read(rig)
+    assert status_reads(rig) == 2
+    worker.state = api.CONTAINER_EXITED
+    read(rig)
+    read(rig)
+    assert status_reads(rig) == 3
+
+
 def test_the_log_forgets_old_drops_and_refuses_fills_older_than_it() -> None:
     cache = StatusCache(10)
     token = cache.token()
     for _ in range(2000):
         cache.drop(RUNTIME, [OTHER])
-    assert not cache.put(container_key(CID), b"x", frozenset([CID]), token)
-    assert cache.put(container_key(CID), b"x", frozenset([CID]), cache.token())
+    assert not cache.put(container_key(CID), Answer(b"x", frozenset([CID])), token)
+    assert cache.put(container_key(CID), Answer(b"x", frozenset([CID])), cache.token())
 
 
 def test_the_cache_is_bounded_least_recently_used_first() -> None:
     cache = StatusCache(2)
     for name in ("1", "2", "3"):
-        cache.put(container_key(name * 64), b"x", frozenset([name * 64]), cache.token())
+        cache.put(container_key(name * 64), Answer(b"x", frozenset([name * 64])),
+                  cache.token())
         cache.get(container_key("1" * 64))
     assert len(cache) == 2
     assert cache.get(container_key("1" * 64)) is not None

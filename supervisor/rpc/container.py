@@ -26,7 +26,7 @@ from ...proto import api_pb2 as api
 from ...proto import image_ops, runtime_ops, storage_ops
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
-from ..status_cache import Fetched, StatusCache, container_answer, container_key
+from ..status_cache import Answer, StatusCache, container_answer, container_key
 from .chunks import chunked
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
@@ -159,12 +159,10 @@ class ContainerService:
             return api.ContainerStatusResponse(
                 status=api.ContainerStatus.FromString(result.status), info=result.info)
 
-        async def fetch() -> Fetched:
+        async def fetch() -> Answer:
             result = await self.ops(runtime_ops.CONTAINER_STATUS, runtime_ops.StatusQuery(
                 id=request.container_id, verbose=False))
-            answer, full_id = container_answer(result.status)
-            # Kept under the full id only (status_cache.py).
-            return answer, frozenset([full_id]) if full_id == request.container_id else None
+            return container_answer(result.status, request.container_id)
 
         return api.ContainerStatusResponse.FromString(
             await self.cache.read(container_key(request.container_id), fetch))

@@ -23,7 +23,7 @@ from ...proto.contract import Empty
 from ...proto.errors import BusError, InvalidArgument
 from ..metrics import Metrics
 from ..opclient import Deadline, OpClient
-from ..status_cache import Fetched, StatusCache, image_key, images_key
+from ..status_cache import Answer, StatusCache, image_key, images_key
 from .chunks import chunked
 from .layers import ensure_unpacked, remove_unused
 
@@ -41,10 +41,10 @@ class ImageService:
         self.cache = cache
 
     async def list_images(self, request: api.ListImagesRequest) -> api.ListImagesResponse:
-        async def fetch() -> Fetched:
+        async def fetch() -> Answer:
             result = await self.ops(image_ops.LIST_IMAGES,
                                     image_ops.ListImages(request=request.SerializeToString()))
-            return result.response, NO_IDS
+            return Answer(result.response, NO_IDS)
 
         # The filter's image name is all the pool reads of the request.
         return api.ListImagesResponse.FromString(
@@ -66,11 +66,11 @@ class ImageService:
         return api.ImageStatusResponse.FromString(
             await self.cache.read(image_key(name), lambda: self._status_answer(name)))
 
-    async def _status_answer(self, name: str) -> Fetched:
+    async def _status_answer(self, name: str) -> Answer:
         request = api.ImageStatusRequest(image=api.ImageSpec(image=name))
         result = await self.ops(image_ops.IMAGE_STATUS,
                                 image_ops.ImageStatus(request=request.SerializeToString()))
-        return result.response, NO_IDS
+        return Answer(result.response, NO_IDS)
 
     async def pull_image(self, request: api.PullImageRequest) -> api.PullImageResponse:
         try:
@@ -93,8 +93,7 @@ class ImageService:
                 await seed
             raise
         with contextlib.suppress(BusError):  # only a seed: the read asks again
-            value, _ = await seed
-            self.cache.put(image_key(name), value, NO_IDS, token)
+            self.cache.put(image_key(name), await seed, token)
         return response
 
     async def _unpack(self, image_ref: str) -> None:

@@ -26,7 +26,7 @@ from ...proto import image_ops, net_ops, runtime_ops, storage_ops
 from ...proto.errors import FailedPrecondition, NotFound
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
-from ..status_cache import Fetched, StatusCache, pod_answer, pod_key
+from ..status_cache import Answer, StatusCache, pod_answer, pod_key
 from .chunks import chunked
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
@@ -172,13 +172,10 @@ class SandboxService:
                                      for c in result.containers],
                 info=result.info, timestamp=time.time_ns())
 
-        async def fetch() -> Fetched:
+        async def fetch() -> Answer:
             result = await self.ops(runtime_ops.SANDBOX_STATUS, runtime_ops.StatusQuery(
                 id=request.pod_sandbox_id, verbose=False))
-            answer, ids = pod_answer(result.status, result.containers)
-            # Kept under the full id only (status_cache.py).
-            full = api.PodSandboxStatus.FromString(result.status).id == request.pod_sandbox_id
-            return answer, ids if full else None
+            return pod_answer(result.status, result.containers, request.pod_sandbox_id)
 
         response = api.PodSandboxStatusResponse.FromString(
             await self.cache.read(pod_key(request.pod_sandbox_id), fetch))

@@ -139,8 +139,11 @@ class RuntimeService:
         self.journal.note(Change.CREATED, args.id, args.id)
         self.journal.note(Change.STARTED, args.id, args.id)
         # The status as it is now, for the supervisor's status cache: the
-        # kubelet reads it next.
-        now = self.sandbox_status(ctx, rt.StatusQuery(id=args.id, verbose=False))
+        # kubelet reads it next. Only a seed: a pod removed meanwhile has none.
+        try:
+            now = self.sandbox_status(ctx, rt.StatusQuery(id=args.id, verbose=False))
+        except NotFound:
+            return rt.SandboxStarted()
         return rt.SandboxStarted(status=now.status, containers=now.containers)
 
     def sandbox_stop_containers(self, ctx: OpContext, args: rt.Ref) -> rt.Found:
@@ -182,9 +185,14 @@ class RuntimeService:
     def container_start(self, ctx: OpContext, args: rt.Ref) -> rt.ContainerStarted:
         started = containers.start(self.layout, self.runtimes, ctx, args, self._started)
         # The status as it is now, for the supervisor's status cache: the
-        # kubelet reads it next.
-        status = containers.status(self.layout, ctx, rt.StatusQuery(id=started.id, verbose=False))
-        return rt.ContainerStarted(id=started.id, status=status.status)
+        # kubelet reads it next. Only a seed: a container removed meanwhile
+        # has none.
+        try:
+            now = containers.status(self.layout, ctx, rt.StatusQuery(id=started.id,
+                                                                     verbose=False))
+        except NotFound:
+            return started
+        return rt.ContainerStarted(id=started.id, status=now.status)
 
     def _started(self, container_id: str, sandbox_id: str) -> None:
         self.journal.note(Change.STARTED, container_id, sandbox_id)
