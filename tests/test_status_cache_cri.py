@@ -59,10 +59,11 @@ def waiting_container(n: Node, name: str) -> tuple[str, str, api.PodSandboxConfi
 def test_a_container_exiting_on_its_own_shows_exited_3(n: Node) -> None:
     pod_id, container_id, _pod, folder = waiting_container(n, "quits")
     hits = cache_reads(n, "hit")
-    # Kept since its start: these are answered from memory.
-    assert n.status(container_id).state == api.CONTAINER_RUNNING
+    # Read from memory once the feed has reported the start (which drops
+    # the seed when it comes after it).
+    poll_until(lambda: n.status(container_id).state == api.CONTAINER_RUNNING
+               and cache_reads(n, "hit") > hits, FEED_WAIT, what="a status read from memory")
     assert n.pod_status(pod_id).containers_statuses[0].state == api.CONTAINER_RUNNING
-    assert cache_reads(n, "hit") >= hits + 1
     (folder / "go").touch()
     status = poll_until(lambda: exited(n, container_id), FEED_WAIT, what="Exited")
     assert status.exit_code == 3
@@ -136,7 +137,7 @@ def test_image_reads_follow_pulls_and_removals(n: Node) -> None:
     hits = cache_reads(n, "hit")
     images.PullImage(api.PullImageRequest(image=api.ImageSpec(image=other)), timeout=120)
     assert status(other).image.id  # seeded by the pull: from memory
-    assert cache_reads(n, "hit") == hits + 1
+    assert cache_reads(n, "hit") >= hits + 1
     assert other in listed()
     images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=other)), timeout=60)
     assert not status(other).image.id
