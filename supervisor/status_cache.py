@@ -26,8 +26,8 @@ the drops logged since (an older fill than the log remembers is refused).
 
 Seeds: the answers of ``runtime.sandbox_start`` and
 ``runtime.container_start`` carry the object's status as the pool built it
-right after the start; it is kept if nothing else of the pool was dropped
-meanwhile, so the first read after a start hits (critest reads each fresh
+right after the start; it is kept unless a drop by another (the feed,
+another op) concerned it meanwhile, so the first read after a start hits (critest reads each fresh
 object once). PullImage seeds the pulled name's ImageStatus (rpc/image.py).
 
 The windows: an exit is seen when the feed reports it (its 0.1 s poll
@@ -133,11 +133,12 @@ class StatusCache:
         self._entries.move_to_end(key)
         return entry[0]
 
-    def put(self, key: Key, answer: Answer, token: int) -> bool:
+    def put(self, key: Key, answer: Answer, token: int, own: int = 0) -> bool:
         """Keep ``answer`` unless something it depends on was dropped since
-        ``token``; true if kept."""
+        ``token`` (but by the drop numbered ``own``: a seed's own op's);
+        true if kept."""
         ids = answer.ids
-        if self.size <= 0 or ids is None or not self._fresh(key[0], ids, token):
+        if self.size <= 0 or ids is None or not self._fresh(key[0], ids, token, own):
             return False
         self._remove(key)
         expires = time.monotonic() + LIVE_TTL if answer.live else None
@@ -167,9 +168,9 @@ class StatusCache:
     def flush(self, pool: str) -> None:
         self.drop(pool, None)
 
-    def _fresh(self, pool: str, ids: frozenset[str] | None, token: int) -> bool:
-        """No drop of ``pool`` after ``token`` concerns ``ids`` (None: any
-        drop of the pool does)."""
+    def _fresh(self, pool: str, ids: frozenset[str] | None, token: int, own: int = 0) -> bool:
+        """No drop of ``pool`` after ``token`` (``own`` aside) concerns
+        ``ids`` (None: any drop of the pool does)."""
         if token == self._sequence:
             return True
         if not self._log or self._log[0][0] > token + 1:
@@ -177,7 +178,7 @@ class StatusCache:
         for sequence, dropped_pool, dropped in reversed(self._log):
             if sequence <= token:
                 break
-            if dropped_pool != pool:
+            if dropped_pool != pool or sequence == own:
                 continue
             if ids is None or dropped is None or any(
                     object_id.startswith(name) for name in dropped for object_id in ids):
@@ -260,17 +261,17 @@ def pod_answer(status: bytes, containers: list[bytes], asked: str) -> Answer:
                   any(c.state in _LIVE for c in response.containers_statuses))
 
 
-def _seed(cache: StatusCache, op: str, result: Any, token: int) -> None:
+def _seed(cache: StatusCache, op: str, result: Any, token: int, own: int) -> None:
     """Keep the status a start op answered (module docstring, "Seeds")."""
     if not isinstance(result, dict):
         return
     if op == runtime_ops.CONTAINER_START.name and result.get("status"):
         cache.put(container_key(result["id"]), container_answer(result["status"], result["id"]),
-                  token)
+                  token, own)
     elif op == runtime_ops.SANDBOX_START.name and result.get("status"):
         sandbox_id = api.PodSandboxStatus.FromString(result["status"]).id
         cache.put(pod_key(sandbox_id), pod_answer(
-            result["status"], list(result.get("containers") or []), sandbox_id), token)
+            result["status"], list(result.get("containers") or []), sandbox_id), token, own)
 
 
 class CacheGuard:
@@ -300,10 +301,10 @@ class CacheGuard:
             cache.drop(pool, ids)
             raise
         after = cache.drop(pool, ids)
-        if after == token + 1:
-            # Nothing else dropped during the op: its answer is the newest
-            # state there is. No await since the drop above.
-            _seed(cache, op, result, after)
+        # The op's answer is the newest state there is of what it names,
+        # unless a drop by another (the feed, another op) concerned it
+        # meanwhile. No await since the drop above.
+        _seed(cache, op, result, token, after)
         return result
 
 
