@@ -156,6 +156,7 @@ class StatusCache:
         self._sequence += 1
         self._log.append((self._sequence, pool, dropped))
         if dropped is None:
+            log.debug("Flushing the status cache's %s answers", pool)
             for key in [k for k in self._entries if k[0] == pool]:
                 self._remove(key)
         else:
