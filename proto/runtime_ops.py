@@ -160,6 +160,15 @@ class SandboxStatus(Record, frozen=True, kw_only=True):
     """The CRI verbose info; empty unless asked."""
 
 
+class SandboxStarted(Record, frozen=True, kw_only=True):
+    """The pod's status right after its start, as ``SandboxStatus`` answers
+    it without info: the supervisor's status cache keeps it
+    (supervisor/status_cache.py). Empty fields: nothing to keep."""
+
+    status: bytes = b""
+    containers: list[bytes] = []
+
+
 class SandboxListQuery(Record, frozen=True, kw_only=True):
     filter: bytes = b""
     """The CRI PodSandboxFilter, serialized; empty for all."""
@@ -230,6 +239,9 @@ class ContainerCreate(Record, frozen=True, kw_only=True):
 class ContainerStarted(Record, frozen=True, kw_only=True):
     id: str
     """The full id."""
+    status: bytes = b""
+    """The CRI ContainerStatus right after the start, serialized: the
+    supervisor's status cache keeps it (supervisor/status_cache.py)."""
 
 
 class ContainerStop(Record, frozen=True, kw_only=True):
@@ -361,7 +373,7 @@ STATUS = Op("runtime.status", Empty, RuntimeStatus, read_only=True)
 RUNTIME_CONFIG = Op("runtime.runtime_config", Empty, RuntimeConfig, read_only=True)
 SANDBOX_RESERVE = Op("runtime.sandbox_reserve", SandboxReserve, SandboxReserved,
                      idempotent=True)
-SANDBOX_START = Op("runtime.sandbox_start", SandboxStart, Empty)
+SANDBOX_START = Op("runtime.sandbox_start", SandboxStart, SandboxStarted)
 SANDBOX_STOP_CONTAINERS = Op("runtime.sandbox_stop_containers", Ref, Found)
 SANDBOX_STOP = Op("runtime.sandbox_stop", Ref, SandboxStopped, idempotent=True)
 SANDBOX_REMOVE = Op("runtime.sandbox_remove", Ref, Found, idempotent=True)

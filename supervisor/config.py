@@ -242,6 +242,10 @@ class ApiConfig:
     fits on the bus too (see grpc_max_send_msg_size)."""
     request_timeout: float = _key(120.0, _seconds(0, inclusive=False))
     """Seconds a request may take when the caller set no gRPC deadline. Default 120."""
+    status_cache_size: int = _key(4096, _int_range(0, 1_000_000))
+    """PodSandboxStatus, ContainerStatus, ImageStatus and ListImages answers
+    the supervisor keeps in memory, kept true by every change it sends and by
+    the runtime pool's change feed; 0 turns the cache off. Default 4096."""
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ answers each change as a whole CRI event, with the pod's status and its
 containers' statuses, so the hub only relays: no handler emits events, and
 an event costs no bus call of its own.
 
-The feed is polled only while someone subscribes, from the moment the first
+The feed is polled while someone subscribes, from the moment the first
 subscriber arrives (the runtime pool's few seconds of look-back may add
 changes from just before): as with CRI-O, a kubelet that (re)subscribes
-relists first, so nothing from before is owed to it.
+relists first, so nothing from before is owed to it. With a status cache
+(status_cache.py) it is polled for the daemon's whole life (``keep``): the
+cache learns of exits only from it, so each answer drops what it names and
+a failed poll flushes the runtime pool's entries.
 
 Delivery: each subscriber has a bounded queue; one that falls
 ``QUEUE_SIZE`` events behind is dropped (its stream ends with an error)
@@ -30,6 +33,7 @@ from ..proto import api_pb2 as api
 from ..proto import runtime_ops
 from ..proto.errors import BusError, Unavailable
 from .opclient import Sender, send
+from .status_cache import RUNTIME, StatusCache
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +50,29 @@ STOPPED_MEMORY = 10000
 
 
 class EventHub:
-    def __init__(self, bus: Sender) -> None:
+    def __init__(self, bus: Sender, cache: StatusCache | None = None) -> None:
         self._bus = bus
+        self._cache = cache
         self._subscribers: set[asyncio.Queue[api.ContainerEventResponse | None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._stopped: OrderedDict[str, None] = OrderedDict()
+        self._keep = False
+
+    def keep(self) -> None:
+        """Poll the feed from now until ``stop``, subscribers or not (for
+        the status cache). Call before the first read the cache may keep."""
+        self._keep = True
+        self._start_watching()
+
+    def _start_watching(self) -> None:
+        if self._watcher is None:
+            # The cursor is taken now, not when the task first runs: reads
+            # served from here on must not miss a change made after them.
+            self._watcher = asyncio.create_task(self._watch(time.time_ns()),
+                                                name="change feed")
 
     async def stop(self) -> None:
+        self._keep = False
         await self._stop_watching()
         for queue in self._subscribers:
             with contextlib.suppress(asyncio.QueueFull):
@@ -61,8 +81,7 @@ class EventHub:
     async def subscribe(self) -> AsyncIterator[api.ContainerEventResponse]:
         queue: asyncio.Queue[api.ContainerEventResponse | None] = asyncio.Queue(QUEUE_SIZE)
         self._subscribers.add(queue)
-        if self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch(), name="change feed")
+        self._start_watching()
         try:
             while True:
                 event = await queue.get()
@@ -72,7 +91,7 @@ class EventHub:
                 yield event
         finally:
             self._subscribers.discard(queue)
-            if not self._subscribers:
+            if not self._subscribers and not self._keep:
                 await self._stop_watching()
 
     async def _stop_watching(self) -> None:
@@ -99,8 +118,13 @@ class EventHub:
                     queue.get_nowait()
                 queue.put_nowait(None)
 
-    async def _watch(self) -> None:
-        cursor = time.time_ns()
+    def _feed_lost(self) -> None:
+        # Changes may be reported late now (the next poll resumes from the
+        # cursor): nothing kept may outlive them meanwhile.
+        if self._cache is not None:
+            self._cache.flush(RUNTIME)
+
+    async def _watch(self, cursor: int) -> None:
         recent: dict[str, int] = {}  # keys answered within the look-back
         while True:
             try:
@@ -110,18 +134,23 @@ class EventHub:
                                      time.monotonic() + WATCH_WAIT + 5)
             except BusError as exc:
                 log.warning("Change feed: %s", exc.message)
+                self._feed_lost()
                 await asyncio.sleep(WATCH_RETRY)
                 continue
             except Exception:
                 # The watcher must outlive any bug in one round.
                 log.exception("Change feed failed; retrying")
+                self._feed_lost()
                 await asyncio.sleep(WATCH_RETRY)
                 continue
             cursor = changes.cursor
             for key in changes.keys:
                 recent[key] = cursor
-            for raw in changes.events:
-                self._publish(api.ContainerEventResponse.FromString(raw))
+            events = [api.ContainerEventResponse.FromString(raw) for raw in changes.events]
+            if self._cache is not None:
+                self._cache.feed_changed(changes, events)
+            for event in events:
+                self._publish(event)
             for key, seen in list(recent.items()):
                 if seen < cursor - LOOKBACK_NS:
                     del recent[key]

@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import setproctitle
@@ -55,6 +56,7 @@ from .rpc.sandbox import SandboxService
 from .rpc.stats import StatsService
 from .rpc.streaming import StreamingService
 from .sdnotify import Notifier
+from .status_cache import POOLS, CacheGuard, StatusCache
 from .supervision import Supervision
 from .zygote import Zygote
 
@@ -147,13 +149,16 @@ class Daemon:
         zctx = zmq.asyncio.Context()
         events = EventPublisher(zmq.Context.instance(), events_endpoint(config.runroot))
         metrics = Metrics()
-        pools, buses = self._build_pools(config, settings_path, events)
+        # Built before the pools: a worker that becomes READY flushes its pool's entries.
+        cache = StatusCache(config.api.status_cache_size)
+        pools, buses = self._build_pools(config, settings_path, events, cache)
         supervision = Supervision(pools, buses)
         for pool_bus in buses.values():
             pool_bus.bind(zctx)
             pool_bus.start()
         supervision.start()
         metrics.watch(pools, buses)
+        metrics.watch_cache(cache)
 
         health = None
         if config.metrics.enable_metrics:
@@ -167,7 +172,7 @@ class Daemon:
         try:
             refused = await hostcheck.refusal(bus, config.workers.start_timeout)
             if refused is None:
-                await self._serve(bus, pools, metrics)
+                await self._serve(bus, pools, metrics, cache)
         finally:
             if health is not None:
                 await health.stop()
@@ -186,21 +191,25 @@ class Daemon:
         log.info("podvisor stopped")
         return 0
 
-    async def _serve(self, bus: Bus, pools: dict[str, WorkerPool], metrics: Metrics) -> None:
+    async def _serve(self, bus: Bus, pools: dict[str, WorkerPool], metrics: Metrics,
+                     cache: StatusCache) -> None:
         """Reconcile, then serve CRI calls until told to stop."""
         config = self.config
         # Records first, then calls: nothing may see a half-created object
         # from before a crash.
         await recovery.reconcile(bus)
-        hub = EventHub(bus)
+        hub = EventHub(bus, cache)
+        if cache.size > 0:
+            hub.keep()  # the cache learns of exits from the change feed only
         # Each RPC group's service is built once and holds only what it uses.
-        client, creates = OpClient(bus), CreateTable()
+        # Their ops pass the cache's guard: what may change a kept status drops it.
+        client, creates = OpClient(CacheGuard(bus, cache, ops.CATALOGUE)), CreateTable()
         metric_groups = config.stats.included_pod_metrics
         table = routes(RuntimeInfoService(client, pools, metric_groups),
-                       SandboxService(client, creates),
-                       ContainerService(client, creates), StreamingService(client),
+                       SandboxService(client, creates, cache),
+                       ContainerService(client, creates, cache), StreamingService(client),
                        StatsService(client, Catalogue(metric_groups)),
-                       ImageService(client, metrics), hub)
+                       ImageService(client, metrics, cache), hub)
         front = Front(metrics, config.api.request_timeout)
         server = await serve(front, table, config.api.listen, config.api.grpc_max_send_msg_size,
                              config.api.grpc_max_recv_msg_size)
@@ -219,8 +228,9 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(config.api.listen)
 
-    def _build_pools(self, config: cfg.Config, settings_path: str,
-                     events: EventPublisher) -> tuple[dict[str, WorkerPool], dict[str, PoolBus]]:
+    def _build_pools(self, config: cfg.Config, settings_path: str, events: EventPublisher,
+                     cache: StatusCache
+                     ) -> tuple[dict[str, WorkerPool], dict[str, PoolBus]]:
         workers = config.workers
         policy = RestartPolicy(backoff_base=workers.backoff_base, backoff_cap=workers.backoff_cap,
                                startsecs=workers.startsecs, fatal_after=workers.fatal_after,
@@ -235,6 +245,18 @@ class Daemon:
         for name, size in workers.pool_sizes().items():
             pool = pools[name] = WorkerPool(name, size, command, policy, events.publish)
             buses[name] = PoolBus(name, bus_endpoint(config.runroot, name), timing,
-                                  admit=pool.mark_ready, on_unresponsive=pool.kill_unresponsive,
+                                  admit=_admit(pool, cache), on_unresponsive=pool.kill_unresponsive,
                                   is_fatal=pool.is_fatal, max_payload=bus_max_payload(config))
         return pools, buses
+
+
+def _admit(pool: WorkerPool, cache: StatusCache) -> Callable[[int, int], bool]:
+    """The bus's READY check for ``pool``; a worker admitted (a restart, most
+    often) flushes what the cache keeps of its pool: whatever a dead worker
+    may have left half done is read afresh."""
+    def admit(index: int, pid: int) -> bool:
+        admitted = pool.mark_ready(index, pid)
+        if admitted and pool.name in POOLS:
+            cache.flush(pool.name)
+        return admitted
+    return admit

@@ -1,7 +1,7 @@
 """Prometheus metrics of the daemon, on a registry of its own.
 
 RPC counts and latencies are recorded by the gRPC front for every call;
-worker gauges and bus counters are read from the pools and buses at scrape
+worker gauges, bus counters and the status cache's figures are read at scrape
 time, so there is one source of truth and nothing to keep in sync.
 """
 
@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from ..proto import stream_ops
 from .bus import PoolBus
 from .pool import SlotState, WorkerPool
+from .status_cache import StatusCache
 
 # From 1 ms to 2 min: Version takes under a millisecond, pulls take minutes.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -68,6 +69,9 @@ class Metrics:
     def watch(self, pools: Mapping[str, WorkerPool], buses: Mapping[str, PoolBus]) -> None:
         self.registry.register(_PoolCollector(pools, buses))
 
+    def watch_cache(self, cache: StatusCache) -> None:
+        self.registry.register(_CacheCollector(cache))
+
     def observe_pull(self, result: str, received: int = 0, layers: int = 0) -> None:
         self.pulls.labels(result).inc()
         self.pull_bytes.inc(received)
@@ -103,3 +107,20 @@ class _PoolCollector(Collector):
             for kind, count in sorted(pool_bus.stats.items()):
                 bus.add_metric([name, kind], count)
         yield from (up, size, fatal, restarts, bus)
+
+
+class _CacheCollector(Collector):
+    def __init__(self, cache: StatusCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        entries = GaugeMetricFamily("podvisor_status_cache_entries",
+                                    "Status answers kept in memory (status_cache.py)")
+        entries.add_metric([], len(self._cache))
+        reads = CounterMetricFamily(
+            "podvisor_status_cache_reads", "Status reads: hit (from memory), miss (asked "
+            "the pool), stale (asked, and not kept: it changed meanwhile)",
+            labels=["result"])
+        for result, count in sorted(self._cache.stats.items()):
+            reads.add_metric([result], count)
+        yield from (entries, reads)

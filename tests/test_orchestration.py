@@ -41,12 +41,14 @@ from podvisor.proto.errors import (
 )
 from podvisor.proto.layers import chain_id
 from podvisor.proto.naming import sandbox_name
+from podvisor.proto.ops import CATALOGUE
 from podvisor.supervisor import opclient
 from podvisor.supervisor.container_events import EventHub
 from podvisor.supervisor.creates import CreateTable
 from podvisor.supervisor.opclient import CLEANUP_TIMEOUT, CREATE_GRACE, Deadline, OpClient
 from podvisor.supervisor.rpc.container import ContainerService
 from podvisor.supervisor.rpc.sandbox import SandboxService
+from podvisor.supervisor.status_cache import CacheGuard, StatusCache
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -78,10 +80,12 @@ class Rig:
 def make_rig(claim_timeout: float = 60.0) -> Rig:
     """The services as daemon.py builds them, each holding only what it uses."""
     bus = FakeBus()
-    ops = OpClient(bus)
+    cache = StatusCache(4096)
+    ops = OpClient(CacheGuard(bus, cache, CATALOGUE))
     creates = CreateTable(claim_timeout)
-    events = EventHub(bus)
-    return Rig(bus, creates, events, SandboxService(ops, creates), ContainerService(ops, creates))
+    events = EventHub(bus, cache)
+    return Rig(bus, creates, events, SandboxService(ops, creates, cache),
+               ContainerService(ops, creates, cache))
 
 
 async def serve(deadline: float, rpc: Coroutine[Any, Any, T]) -> T:

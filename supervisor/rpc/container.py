@@ -26,6 +26,7 @@ from ...proto import api_pb2 as api
 from ...proto import image_ops, runtime_ops, storage_ops
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
+from ..status_cache import Answer, StatusCache, container_answer, container_key
 from .chunks import chunked
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
@@ -33,12 +34,13 @@ from .metadata import check_metadata
 
 
 class ContainerService:
-    """The container RPCs; holds the op client and the create table
-    (their events come from the runtime pool's change feed)."""
+    """The container RPCs; holds the op client, the create table (their
+    events come from the runtime pool's change feed) and the status cache."""
 
-    def __init__(self, ops: OpClient, creates: CreateTable) -> None:
+    def __init__(self, ops: OpClient, creates: CreateTable, cache: StatusCache) -> None:
         self.ops = ops
         self.creates = creates
+        self.cache = cache
 
     async def create_container(self, request: api.CreateContainerRequest
                                ) -> api.CreateContainerResponse:
@@ -151,10 +153,19 @@ class ContainerService:
 
     async def container_status(self, request: api.ContainerStatusRequest
                                ) -> api.ContainerStatusResponse:
-        result = await self.ops(runtime_ops.CONTAINER_STATUS, runtime_ops.StatusQuery(
-            id=request.container_id, verbose=request.verbose))
-        return api.ContainerStatusResponse(status=api.ContainerStatus.FromString(result.status),
-                                           info=result.info)
+        if request.verbose:  # the info is built fresh, never kept
+            result = await self.ops(runtime_ops.CONTAINER_STATUS, runtime_ops.StatusQuery(
+                id=request.container_id, verbose=True))
+            return api.ContainerStatusResponse(
+                status=api.ContainerStatus.FromString(result.status), info=result.info)
+
+        async def fetch() -> Answer:
+            result = await self.ops(runtime_ops.CONTAINER_STATUS, runtime_ops.StatusQuery(
+                id=request.container_id, verbose=False))
+            return container_answer(result.status, request.container_id)
+
+        return api.ContainerStatusResponse.FromString(
+            await self.cache.read(container_key(request.container_id), fetch))
 
     async def reopen_container_log(self, request: api.ReopenContainerLogRequest
                                    ) -> api.ReopenContainerLogResponse:

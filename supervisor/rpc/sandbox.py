@@ -26,6 +26,7 @@ from ...proto import image_ops, net_ops, runtime_ops, storage_ops
 from ...proto.errors import FailedPrecondition, NotFound
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
+from ..status_cache import Answer, StatusCache, pod_answer, pod_key
 from .chunks import chunked
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
@@ -33,12 +34,13 @@ from .metadata import check_metadata
 
 
 class SandboxService:
-    """The pod sandbox RPCs; holds the op client and the create table
-    (their events come from the runtime pool's change feed)."""
+    """The pod sandbox RPCs; holds the op client, the create table (their
+    events come from the runtime pool's change feed) and the status cache."""
 
-    def __init__(self, ops: OpClient, creates: CreateTable) -> None:
+    def __init__(self, ops: OpClient, creates: CreateTable, cache: StatusCache) -> None:
         self.ops = ops
         self.creates = creates
+        self.cache = cache
 
     async def run_pod_sandbox(self, request: api.RunPodSandboxRequest
                               ) -> api.RunPodSandboxResponse:
@@ -160,13 +162,27 @@ class SandboxService:
 
     async def pod_sandbox_status(self, request: api.PodSandboxStatusRequest
                                  ) -> api.PodSandboxStatusResponse:
-        result = await self.ops(runtime_ops.SANDBOX_STATUS, runtime_ops.StatusQuery(
-            id=request.pod_sandbox_id, verbose=request.verbose))
         # The evented PLEG reads the pod's containers from this answer too.
-        return api.PodSandboxStatusResponse(
-            status=api.PodSandboxStatus.FromString(result.status),
-            containers_statuses=[api.ContainerStatus.FromString(c) for c in result.containers],
-            info=result.info, timestamp=time.time_ns())
+        if request.verbose:  # the info is built fresh, never kept
+            result = await self.ops(runtime_ops.SANDBOX_STATUS, runtime_ops.StatusQuery(
+                id=request.pod_sandbox_id, verbose=True))
+            return api.PodSandboxStatusResponse(
+                status=api.PodSandboxStatus.FromString(result.status),
+                containers_statuses=[api.ContainerStatus.FromString(c)
+                                     for c in result.containers],
+                info=result.info, timestamp=time.time_ns())
+
+        async def fetch() -> Answer:
+            result = await self.ops(runtime_ops.SANDBOX_STATUS, runtime_ops.StatusQuery(
+                id=request.pod_sandbox_id, verbose=False))
+            return pod_answer(result.status, result.containers, request.pod_sandbox_id)
+
+        response = api.PodSandboxStatusResponse.FromString(
+            await self.cache.read(pod_key(request.pod_sandbox_id), fetch))
+        # When the statuses were read: they are still true now, or the
+        # cache would have dropped them.
+        response.timestamp = time.time_ns()
+        return response
 
     async def list_pod_sandbox(self, request: api.ListPodSandboxRequest
                                ) -> api.ListPodSandboxResponse:

@@ -133,12 +133,18 @@ class RuntimeService:
     def sandbox_reserve(self, ctx: OpContext, args: rt.SandboxReserve) -> rt.SandboxReserved:
         return sandbox.reserve(self.layout, self.runtimes, self.pause_image, ctx, args)
 
-    def sandbox_start(self, ctx: OpContext, args: rt.SandboxStart) -> Empty:
+    def sandbox_start(self, ctx: OpContext, args: rt.SandboxStart) -> rt.SandboxStarted:
         sandbox.start(self.layout, self.runtimes, ctx, args)
         # As containerd does, a sandbox's own events carry its id.
         self.journal.note(Change.CREATED, args.id, args.id)
         self.journal.note(Change.STARTED, args.id, args.id)
-        return Empty()
+        # The status as it is now, for the supervisor's status cache: the
+        # kubelet reads it next. Only a seed: a pod removed meanwhile has none.
+        try:
+            now = self.sandbox_status(ctx, rt.StatusQuery(id=args.id, verbose=False))
+        except NotFound:
+            return rt.SandboxStarted()
+        return rt.SandboxStarted(status=now.status, containers=now.containers)
 
     def sandbox_stop_containers(self, ctx: OpContext, args: rt.Ref) -> rt.Found:
         return containers.stop_pod_containers(self.layout, self.runtimes, ctx, args)
@@ -177,7 +183,16 @@ class RuntimeService:
         return Empty()
 
     def container_start(self, ctx: OpContext, args: rt.Ref) -> rt.ContainerStarted:
-        return containers.start(self.layout, self.runtimes, ctx, args, self._started)
+        started = containers.start(self.layout, self.runtimes, ctx, args, self._started)
+        # The status as it is now, for the supervisor's status cache: the
+        # kubelet reads it next. Only a seed: a container removed meanwhile
+        # has none.
+        try:
+            now = containers.status(self.layout, ctx, rt.StatusQuery(id=started.id,
+                                                                     verbose=False))
+        except NotFound:
+            return started
+        return rt.ContainerStarted(id=started.id, status=now.status)
 
     def _started(self, container_id: str, sandbox_id: str) -> None:
         self.journal.note(Change.STARTED, container_id, sandbox_id)
