@@ -8,6 +8,7 @@ argparse does, before any sync line could be expected.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -21,7 +22,10 @@ if TYPE_CHECKING:
 SOCKET_PATH_MAX = 107 - len("/console")
 
 
+@functools.cache
 def _parser() -> argparse.ArgumentParser:
+    """Built once per process: the zygote (zygote.py) builds it before it
+    forks, so that its monitors share it instead of each building one."""
     parser = argparse.ArgumentParser(prog="podvisor-conmon",
                                      description="podvisor's per-container monitor")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_max=args.output_max, process=args.process, args=tuple(args.args)))
     from .monitor import start
     return start(_monitor_options(parser, args))
+
+
+def warm_up() -> None:
+    """Build the parser and run one parse, for a zygote about to fork."""
+    parse_monitor(["monitor", "--id", "warm-up", "--bundle", "/", "--runtime", "/",
+                   "--runtime-root", "/", "--state-dir", "/", "--exit-dir", "/",
+                   "--log-path", "/"])
 
 
 def parse_monitor(argv: Sequence[str]) -> MonitorOptions:

@@ -7,18 +7,24 @@ reach (``gc.freeze``) and forks one monitor per request: the monitors share
 its pages copy-on-write and each keeps only the pages it writes.
 
 Invariants
-    - The zygote is never the parent a container depends on. Its fork runs
-      ``podvisor-conmon monitor`` (cli.main) as an exec'd one would: that
-      process checks its arguments, forks the detached monitor (detach.py:
-      setsid, subreaper, adopted by the runtime worker's nearest subreaper
-      ancestor) and exits; the zygote reaps it at once and answers with its
+    - The zygote is never the parent a container depends on. It parses the
+      request's ``monitor`` arguments itself (cli.parse_monitor: the same
+      checks and messages as an exec'd monitor), then forks; the fork runs
+      monitor.start, which forks the detached monitor (detach.py: setsid,
+      subreaper, adopted by the runtime worker's nearest subreaper
+      ancestor) and exits. The zygote reaps it at once and answers with its
       exit status. Killing the zygote loses no monitor.
     - A forked monitor starts from the state an exec'd one would have, not
-      the zygote's: the default signal handlers and an empty signal mask,
-      no wakeup fd, no logging handlers, the request's environment and cwd,
-      and no fd but stdin and stdout (/dev/null), stderr (the request's)
-      and the sync fd, at 3. The random module, if anything imports it,
-      reseeds itself in every fork (CPython's at-fork hook).
+      the zygote's: the zygote sets every signal to its default at start
+      and never installs a handler, has no wakeup fd or blocked signal; the
+      fork drops the logging handlers, takes the request's environment
+      and cwd, and keeps no fd but stdin and stdout (/dev/null), stderr
+      (the request's) and the sync fd, at 3. The random module, if anything
+      imports it, reseeds itself in every fork (CPython's at-fork hook).
+    - Memory: a forked page stays shared until either side writes it. What
+      each monitor runs before it idles, and what the zygote runs per
+      request, are kept small for that reason (the parser is built once,
+      the environment rewritten only if it differs).
     - One zygote per DIR: it holds ``DIR/monitor-zygote.lock`` (flock) for
       its life, and a second one started for the same DIR exits 0 at once.
     - It exits when the process that started it does (a pidfd on its parent,
@@ -75,6 +81,9 @@ PRELOAD = ("encodings.ascii", "ctypes")
 MAX_MESSAGE = 4096
 
 
+START_ENV = dict(os.environ)
+
+
 class RequestError(ValueError):
     """A request the zygote will not fork for; the reason goes back."""
 
@@ -129,8 +138,12 @@ def main(run_dir: str) -> int:
     listener.listen(BACKLOG)
     bound = os.stat(path).st_ino
     set_title(f"{TITLE} {run_dir}")
+    # Left so for good (no handler is ever set here): the forks start with
+    # them, at no cost to each.
+    _reset_signals()
     for name in PRELOAD:
         importlib.import_module(name)
+    cli.warm_up()
     # Everything imported so far is shared with every monitor; keep the
     # collector from writing to those pages in each of them.
     gc.collect()
@@ -178,9 +191,6 @@ def handle(conn: socket.socket, listener: socket.socket) -> dict[str, int | str]
             options = _parse(request.args, fds[0])
             if isinstance(options, int):
                 return {"status": options}
-            # What parsing left for the collector goes before the fork, so
-            # that no fork's collector walks it.
-            gc.collect()
             pid = os.fork()
             if pid == 0:
                 _monitor(request, options, fds, (listener, conn))
@@ -223,10 +233,12 @@ def _monitor(request: Request, options: MonitorOptions, fds: list[int],
         # Named as the monitor it is about to be from the start: the worker
         # finds a monitor of an id by its title (proctitle.py).
         set_title(f"podvisor-conmon {options.cid}")
-        _reset_signals()
         logging.root.handlers.clear()
-        os.environ.clear()
-        os.environ.update(request.env)
+        # Usually the environment the zygote started with: rewriting it
+        # would only dirty pages.
+        if request.env != START_ENV:
+            os.environ.clear()
+            os.environ.update(request.env)
         sys.argv = ["podvisor-conmon", *request.args]
         status = monitor.start(options)
     except BaseException:  # the monitor's last word before _exit
