@@ -6,11 +6,14 @@ the few names and formats used here are restated, and the tests run both
 sides together.
 
 Spawning: ``podvisor-conmon monitor`` is started with a sync pipe; it forks
-a detached monitor and exits at once. We reap that first process here (the
-monitor itself is adopted by the supervisor, a subreaper, or PID 1 if the
-supervisor is gone), then read the one JSON sync line: the container's pid,
-or the runtime's error. A dead or silent monitor before the deadline is an
-error naming the container.
+a detached monitor and exits at once. We learn that first process's exit
+status (the monitor itself is adopted by the supervisor, a subreaper, or
+PID 1 if the supervisor is gone), then read the one JSON sync line: the
+container's pid, or the runtime's error. A dead or silent monitor before
+the deadline is an error naming the container. The first process is
+forked by the monitor zygote (``MonitorZygote``, conmon/zygote.py), which
+reaps it and tells its status, so that monitors share the zygote's pages;
+when the zygote cannot take the request it is exec'd here, and we reap it.
 
 Time: every wait here (the runtime's subcommands, the monitor's start,
 its create, an exec, a control command) is bounded by the deadline of the
