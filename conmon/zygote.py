@@ -72,6 +72,8 @@ MAX_REQUEST = 256 * 1024
 FDS = 2
 SYNC_FD = 3
 BACKLOG = 64
+# How long a connected client may take to send its request.
+REQUEST_TIMEOUT = 5.0
 # Room a monitor's title needs in the argv it inherits from the zygote:
 # "podvisor-conmon " and a 64-character id, with its NUL.
 TITLE_ROOM = len("podvisor-conmon ") + 64 + 1
@@ -170,6 +172,9 @@ def serve(listener: socket.socket, parent: int) -> None:
         except OSError:
             continue  # the client gave up before we got to it
         with conn:
+            # A client that connects and then sends nothing must not stall
+            # every later request.
+            conn.settimeout(REQUEST_TIMEOUT)
             answer = handle(conn, listener)
             with contextlib.suppress(OSError):  # the client gave up waiting
                 conn.send(json.dumps(answer).encode())

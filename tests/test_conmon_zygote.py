@@ -12,8 +12,15 @@ kills a process it did not find by pid under its own daemon's run dir.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -146,3 +153,50 @@ def test_kill_9_of_the_zygote_loses_no_container(n: Node) -> None:
         assert n.status(ticker).exit_code == 137
     finally:
         n.remove_pod(pod_id)
+
+
+def test_the_zygote_refuses_bad_requests_and_reports_bad_arguments() -> None:
+    # Short: the socket path must fit in sun_path.
+    run_dir = Path(tempfile.mkdtemp(prefix="pvz-"))
+    bootstrap = Path(__file__).resolve().parent.parent / "conmon" / "bootstrap.py"
+    proc = subprocess.Popen([sys.executable, "-I", "-S", str(bootstrap), "zygote", str(run_dir)],
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        path = run_dir / "monitor-zygote.sock"
+
+        def ask(request: bytes) -> tuple[dict[str, object], bytes]:
+            err_r, err_w = os.pipe()
+            sync_r, sync_w = os.pipe()
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                    sock.settimeout(30)
+                    sock.connect(str(path))
+                    socket.send_fds(sock, [request], [err_w, sync_w])
+                    os.close(err_w)
+                    answer = json.loads(sock.recv(4096))
+                return answer, os.read(err_r, 4096) if "status" in answer else b""
+            finally:
+                for fd in (err_r, sync_r, sync_w):
+                    os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.close(err_w)
+
+        poll_until(path.exists, 30, what="the zygote's socket")
+        answer, _ = ask(b"not json")
+        assert "error" in answer
+        answer, _ = ask(json.dumps({"version": 1, "args": ["exec", "--id", "x"], "env": {},
+                                    "cwd": "/"}).encode())
+        assert "error" in answer
+        # Arguments are checked as an exec'd monitor checks them: status 2
+        # and argparse's message on the request's stderr.
+        answer, err = ask(json.dumps({"version": 1, "args": ["monitor", "--id", "x"],
+                                      "env": {}, "cwd": "/"}).encode())
+        assert answer == {"status": 2}
+        assert b"the following arguments are required" in err
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+        shutil.rmtree(run_dir)
