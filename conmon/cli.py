@@ -8,16 +8,24 @@ argparse does, before any sync line could be expected.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .contract import EXEC_OUTPUT_MAX
+
+if TYPE_CHECKING:
+    from .monitor import MonitorOptions
 
 # sun_path is 108 bytes with its NUL; "/console" is the longest name we bind.
 SOCKET_PATH_MAX = 107 - len("/console")
 
 
+@functools.cache
 def _parser() -> argparse.ArgumentParser:
+    """Built once per process: the zygote (zygote.py) builds it before it
+    forks, so that its monitors share it instead of each building one."""
     parser = argparse.ArgumentParser(prog="podvisor-conmon",
                                      description="podvisor's per-container monitor")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="close stdin when the first attach session ends")
     monitor.add_argument("--sync-fd", type=int, help="fd for the one-line JSON create result")
     monitor.add_argument("--create-timeout", type=float, default=240.0, metavar="SECONDS")
+
+    zygote = commands.add_parser(
+        "zygote", help="fork monitors on request from one preloaded process (zygote.py)")
+    zygote.add_argument("run_dir", metavar="DIR", help="where its socket and lock are")
 
     exec_ = commands.add_parser("exec", help="run a command in a container (ExecSync)")
     _common(exec_)
@@ -57,6 +69,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "zygote":
+        from .zygote import main as run_zygote
+        return run_zygote(os.path.abspath(args.run_dir))
     if args.command == "exec":
         if bool(args.process) == bool(args.args):
             parser.error("exec needs --process FILE or -- ARG..., not both")
@@ -70,6 +85,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             cid=args.cid, runtime=args.runtime, runtime_root=args.runtime_root,
             systemd_cgroup=args.systemd_cgroup, timeout=args.timeout,
             output_max=args.output_max, process=args.process, args=tuple(args.args)))
+    from .monitor import start
+    return start(_monitor_options(parser, args))
+
+
+def warm_up() -> None:
+    """Build the parser and run one parse, for a zygote about to fork."""
+    parse_monitor(["monitor", "--id", "warm-up", "--bundle", "/", "--runtime", "/",
+                   "--runtime-root", "/", "--state-dir", "/", "--exit-dir", "/",
+                   "--log-path", "/"])
+
+
+def parse_monitor(argv: Sequence[str]) -> MonitorOptions:
+    """The options of ``monitor ARG...``, checked as ``main`` checks them:
+    SystemExit(2), the message on stderr, for a bad command line. The
+    zygote parses in its own process, so that its forks need not."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "monitor":
+        parser.error("the zygote runs only the monitor command")
+    return _monitor_options(parser, args)
+
+
+def _monitor_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> MonitorOptions:
     state_dir = os.path.abspath(args.state_dir)
     if len(state_dir.encode()) > SOCKET_PATH_MAX:
         parser.error(f"--state-dir must be at most {SOCKET_PATH_MAX} bytes (unix sockets)")
@@ -80,11 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.fstat(args.sync_fd)
         except OSError:
             parser.error(f"--sync-fd {args.sync_fd} is not an open fd")
-    from .monitor import MonitorOptions, start
-    return start(MonitorOptions(
+    from .monitor import MonitorOptions
+    return MonitorOptions(
         cid=args.cid, bundle=os.path.abspath(args.bundle), runtime=args.runtime,
         runtime_root=args.runtime_root, systemd_cgroup=args.systemd_cgroup,
         state_dir=state_dir,
         exit_dir=os.path.abspath(args.exit_dir), log_path=os.path.abspath(args.log_path),
         terminal=args.terminal, stdin=args.stdin, stdin_once=args.stdin_once,
-        sync_fd=args.sync_fd, create_timeout=args.create_timeout))
+        sync_fd=args.sync_fd, create_timeout=args.create_timeout)

@@ -12,6 +12,15 @@ Command line
         [--create-timeout SECONDS]
     podvisor-conmon exec --id ID --runtime PATH --runtime-root DIR
         [--systemd-cgroup] --timeout SECONDS [--output-max BYTES] (--process FILE | -- ARG...)
+    podvisor-conmon zygote DIR
+
+zygote: the same monitor, forked instead of exec'd
+    A long-lived process serving SOCK_SEQPACKET DIR/monitor-zygote.sock:
+    each request (zygote.py has the protocol) carries the arguments of
+    ``monitor``, its environment, cwd, stderr and sync fd, and is run as
+    if exec'd with them: everything below holds for a forked monitor too.
+    The answer is the exit status of the spawned process. The zygote exits
+    with the process that started it; its death touches no monitor.
 
 monitor: spawn, sync, detach
     The spawned process checks its arguments, creates the state and exit

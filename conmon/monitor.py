@@ -43,7 +43,7 @@ from .detach import detach
 from .loop import READ, Loop, SignalQueue
 from .oom import OomWatch
 from .proctitle import set_title
-from .reap import exit_code, reap_ready, wait_all
+from .reap import exit_code, reap_ready, wait_all, wait_exit
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -228,14 +228,24 @@ class Container:
             # The container holds its ends; ours would keep its pipes open.
             for fd in child_ends:
                 os.close(fd)
-        try:
-            _, stderr = proc.communicate(timeout=opts.create_timeout)
-        except subprocess.TimeoutExpired:
+        # Woken by the runtime's exit (a pidfd), not by polling for it.
+        if not wait_exit(proc.pid, opts.create_timeout):
             proc.kill()
             proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
             self._created = True  # perhaps half-way: abandon deletes it
             raise CreateError(f"{_name(runtime)} create timed out after "
-                              f"{opts.create_timeout:g}s") from None
+                              f"{opts.create_timeout:g}s")
+        proc.wait()
+        stderr = b""
+        if proc.stderr is not None:
+            # Whatever the runtime wrote is there now; nothing is waited for
+            # (a process it left could hold the pipe open).
+            os.set_blocking(proc.stderr.fileno(), False)
+            with contextlib.suppress(OSError, TypeError):
+                stderr = proc.stderr.read() or b""
+            proc.stderr.close()
         # Only a create that succeeded made this id ours to delete: a failure
         # may be "id already exists", someone else's container.
         self._created = proc.returncode == 0

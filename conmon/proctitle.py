@@ -26,11 +26,25 @@ def set_title(title: str) -> None:
     with contextlib.suppress(OSError):
         prctl(PR_SET_NAME, raw[:15])
     with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/self/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        # fields[0] is field 3 of the stat line.
-        start, end = int(fields[45]), int(fields[46])
+        start, end = _argv_area()
         size = end - start
         if size <= 1:
             return
         ctypes.memmove(start, raw[:size - 1].ljust(size, b"\0"), size)
+
+
+def argv_room() -> int:
+    """Bytes a title may take, its NUL included (0 if unknown). A process
+    forked without exec (conmon/zygote.py) has its parent's argv area."""
+    try:
+        start, end = _argv_area()
+    except (OSError, ValueError, IndexError):
+        return 0
+    return end - start
+
+
+def _argv_area() -> tuple[int, int]:
+    with open("/proc/self/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 of the stat line.
+    return int(fields[45]), int(fields[46])

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import signal
+import time
 from collections.abc import Iterator
 
 PR_SET_NAME = 15
@@ -57,6 +59,37 @@ def children() -> list[int]:
                 open(f"{task_dir}/{tid}/children", encoding="ascii") as f:
             pids += [int(p) for p in f.read().split()]
     return pids
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Whether child ``pid`` exits within ``timeout`` seconds; it is left
+    for the caller to reap. A pidfd wakes us at the exit (Linux 5.3+);
+    where there is none, the child is polled without being reaped."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return _poll_exit(pid, timeout)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
+    finally:
+        os.close(pidfd)
+
+
+def _poll_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def wait_all() -> None:

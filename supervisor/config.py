@@ -283,6 +283,10 @@ class RuntimeConfig:
         ("/etc/cdi", "/var/run/cdi"), _str_list(_abs_path, "a list of absolute paths"))
     """Directories of CDI device specs, the later ones overriding (CRI-O
     name). Default ["/etc/cdi", "/var/run/cdi"]."""
+    monitor_zygote: bool = _key(True, _bool)
+    """Fork each container's monitor from one preloaded process (the monitor
+    zygote), sharing its pages; false execs each one. Either way a monitor
+    outlives every podvisor process. Default true."""
     seccomp_use_default_when_empty: bool = _key(False, _bool)
     """A container that names no seccomp profile at all gets RuntimeDefault
     (CRI-O name); else it runs unconfined, as the CRI says. The kubelet

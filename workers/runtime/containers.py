@@ -156,7 +156,7 @@ def create(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
         started = monitor.spawn(
             handler, container_id, bundle, layout.state_dir(container_id), layout.exits_dir,
             log_path, deadline=ctx.deadline, terminal=config.tty, stdin=config.stdin,
-            stdin_once=config.stdin_once)
+            stdin_once=config.stdin_once, zygote=runtimes.zygote)
         runtimes.cgroups.place_conmon(started.conmon_pid, container_id, pod["cgroup_parent"],
                                       ctx.deadline)
         record.update(state=CREATED, pid=started.pid, conmon_pid=started.conmon_pid)

@@ -23,7 +23,7 @@ from ...proto.errors import InvalidArgument
 from ...proto.runtime_ops import HandlerProbe
 from .cgroup import hierarchy
 from .cgroup.driver import Driver
-from .monitor import Handler
+from .monitor import Handler, MonitorZygote
 from .spec_context import SpecSettings
 
 PROBE_TTL = 5.0
@@ -39,11 +39,14 @@ class Runtimes:
     default_runtime: str
     cgroups: Driver
     spec_settings: SpecSettings = field(default_factory=SpecSettings)
+    # Forks the monitors (monitor.py); None: each is exec'd.
+    zygote: MonitorZygote | None = None
 
     @classmethod
-    def from_settings(cls, runtime: Mapping[str, Any]) -> Runtimes:
-        """From the ``runtime`` section of the worker settings. The
-        supervisor validated it and writes every key, so none has a default
+    def from_settings(cls, runtime: Mapping[str, Any], run_dir: str) -> Runtimes:
+        """From the ``runtime`` section of the worker settings, and the
+        pool's run dir (where the monitor zygote listens). The supervisor
+        validated the section and writes every key, so none has a default
         here: a missing one is a bug that stops the worker at start."""
         cgroups = Driver(runtime["cgroup_manager"], hierarchy.host(), runtime["conmon_cgroup"])
         table = {name: Handler(name, spec["runtime_path"], spec["runtime_root"],
@@ -51,7 +54,8 @@ class Runtimes:
                  for name, spec in runtime["runtimes"].items()}
         return cls(table, runtime["default_runtime"], cgroups, SpecSettings(
             seccomp_default_when_empty=runtime["seccomp_use_default_when_empty"],
-            cdi_spec_dirs=tuple(runtime["cdi_spec_dirs"])))
+            cdi_spec_dirs=tuple(runtime["cdi_spec_dirs"])),
+            MonitorZygote.for_run_dir(run_dir) if runtime["monitor_zygote"] else None)
 
     def resolve(self, requested: str) -> str:
         """The handler a new pod runs with: the one it names, else the default."""

@@ -48,7 +48,8 @@ def ensure_rootfs(layout: Layout) -> str:
 
 
 def start(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroups: Driver,
-          pod: Mapping[str, Any], image: InfraImage | None = None) -> dict[str, Any]:
+          pod: Mapping[str, Any], image: InfraImage | None = None,
+          zygote: monitor.MonitorZygote | None = None) -> dict[str, Any]:
     """Run the infra process: catatonit from the built-in rootfs, or the
     configured pause image's command from the rootfs the supervisor had the
     storage pool mount (``image``)."""
@@ -64,7 +65,7 @@ def start(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroups: Dri
         json.dump(document, f)
     started = monitor.spawn(handler, infra_id, bundle, layout.state_dir(infra_id),
                             layout.exits_dir, os.devnull, deadline=ctx.deadline,
-                            terminal=False, stdin=False, stdin_once=False)
+                            terminal=False, stdin=False, stdin_once=False, zygote=zygote)
     cgroups.place_conmon(started.conmon_pid, infra_id, pod["cgroup_parent"], ctx.deadline)
     done = handler.run("start", infra_id, deadline=ctx.deadline)
     if done.returncode != 0:

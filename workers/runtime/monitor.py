@@ -6,11 +6,14 @@ the few names and formats used here are restated, and the tests run both
 sides together.
 
 Spawning: ``podvisor-conmon monitor`` is started with a sync pipe; it forks
-a detached monitor and exits at once. We reap that first process here (the
-monitor itself is adopted by the supervisor, a subreaper, or PID 1 if the
-supervisor is gone), then read the one JSON sync line: the container's pid,
-or the runtime's error. A dead or silent monitor before the deadline is an
-error naming the container.
+a detached monitor and exits at once. We learn that first process's exit
+status (the monitor itself is adopted by the supervisor, a subreaper, or
+PID 1 if the supervisor is gone), then read the one JSON sync line: the
+container's pid, or the runtime's error. A dead or silent monitor before
+the deadline is an error naming the container. The first process is
+forked by the monitor zygote (``MonitorZygote``, conmon/zygote.py), which
+reaps it and tells its status, so that monitors share the zygote's pages;
+when the zygote cannot take the request it is exec'd here, and we reap it.
 
 Time: every wait here (the runtime's subcommands, the monitor's start,
 its create, an exec, a control command) is bounded by the deadline of the
@@ -27,14 +30,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import errno
+import importlib.util
 import json
+import logging
 import os
 import re
 import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -52,7 +59,22 @@ from ...proto.errors import (
     shorten,
 )
 
+log = logging.getLogger(__name__)
+
 CONMON = "podvisor-conmon"
+# conmon/zygote.py's names, restated (the rooms rule): its socket and log in
+# the run dir, the fd its forks get the sync pipe on, the status it exits
+# with when it can never serve, and the size of its answers.
+ZYGOTE_SOCKET = "monitor-zygote.sock"
+ZYGOTE_LOG = "monitor-zygote.log"
+ZYGOTE_SYNC_FD = 3
+ZYGOTE_UNUSABLE = 2
+MAX_ANSWER = 4096
+# How long a connect or send to the zygote may block (a full backlog)
+# before the monitor is exec'd instead.
+ZYGOTE_CONNECT = 0.5
+# sun_path holds 108 bytes with its NUL.
+SUN_PATH_MAX = 107
 # A runtime command or monitor start is never given less than this, even at
 # or past the deadline: a kill or delete issued then (a stop whose grace
 # used the whole call) must still run. The supervisor lets an op overrun
@@ -150,25 +172,57 @@ class Started:
 
 def spawn(handler: Handler, container_id: str, bundle: str, state_dir: str, exit_dir: str,
           log_path: str, *, deadline: float, terminal: bool, stdin: bool,
-          stdin_once: bool) -> Started:
+          stdin_once: bool, zygote: MonitorZygote | None = None) -> Started:
     """Start a monitor that runs ``<runtime> create``; wait for its sync line.
 
-    Should the deadline pass first, our end of the sync pipe is closed on
-    the way out: a monitor that then creates the container finds nobody to
-    tell and deletes it again (contract.py), so nothing is left running.
+    The monitor is forked by ``zygote`` when it takes the request, else
+    exec'd. Should the deadline pass first, our end of the sync pipe is
+    closed on the way out: a monitor that then creates the container finds
+    nobody to tell and deletes it again (contract.py), so nothing is left
+    running.
     """
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    argv = [conmon_binary(), "monitor", "--id", container_id, "--bundle", bundle,
-            *handler.conmon_args(),
+    args = ["monitor", "--id", container_id, "--bundle", bundle, *handler.conmon_args(),
             "--state-dir", state_dir, "--exit-dir", exit_dir, "--log-path", log_path,
-            "--sync-fd", str(write_fd),
             "--create-timeout", f"{handler.time_left(deadline):.3f}"]
     if terminal:
-        argv.append("--terminal")
+        args.append("--terminal")
     if stdin:
-        argv.append("--stdin")
+        args.append("--stdin")
         if stdin_once:
-            argv.append("--stdin-once")
+            args.append("--stdin-once")
+    line = ""
+    if zygote is not None:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            taken = zygote.fork(args, write_fd, deadline, container_id)
+            os.close(write_fd)
+            write_fd = -1
+            if taken is not Taken.NO:
+                line = _read_line(read_fd, deadline, container_id)
+        finally:
+            if write_fd >= 0:
+                os.close(write_fd)
+            os.close(read_fd)
+        if not line and taken is Taken.YES:
+            raise _died_early(container_id)
+        # Taken.MAYBE with no line: the zygote died with our request and no
+        # monitor holds the pipe; the exec below starts one.
+    if not line:
+        line = _exec_monitor(handler, args, deadline, container_id)
+    try:
+        sync = json.loads(line)
+    except ValueError:
+        raise Internal(f"podvisor-conmon for {container_id} sent {line[:200]!r}") from None
+    if "error" in sync:
+        raise runtime_failure(f"creating container {container_id}", str(sync["error"]))
+    return Started(int(sync["pid"]), int(sync["conmon_pid"]))
+
+
+def _exec_monitor(handler: Handler, args: list[str], deadline: float,
+                  container_id: str) -> str:
+    """``podvisor-conmon monitor`` by fork+exec; its sync line."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    argv = [conmon_binary(), *args, "--sync-fd", str(write_fd)]
     try:
         os.set_inheritable(write_fd, True)
         proc = subprocess.Popen(argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
@@ -183,23 +237,29 @@ def spawn(handler: Handler, container_id: str, bundle: str, state_dir: str, exit
             raise DeadlineExceeded(f"podvisor-conmon for {container_id} did not start before "
                                    "the deadline") from None
         if proc.returncode != 0:
-            raise Internal(f"podvisor-conmon for {container_id} failed: "
-                           f"{compact(err.decode(errors='replace'))}")
+            raise _failed(container_id, err)
         line = _read_line(read_fd, deadline, container_id)
     finally:
         if write_fd >= 0:
             os.close(write_fd)
         os.close(read_fd)
-    try:
-        sync = json.loads(line)
-    except ValueError:
-        raise Internal(f"podvisor-conmon for {container_id} sent {line[:200]!r}") from None
-    if "error" in sync:
-        raise runtime_failure(f"creating container {container_id}", str(sync["error"]))
-    return Started(int(sync["pid"]), int(sync["conmon_pid"]))
+    if not line:
+        raise _died_early(container_id)
+    return line
+
+
+def _failed(container_id: str, stderr: bytes) -> Internal:
+    return Internal(f"podvisor-conmon for {container_id} failed: "
+                    f"{compact(stderr.decode(errors='replace'))}")
+
+
+def _died_early(container_id: str) -> Internal:
+    return Internal(f"podvisor-conmon for {container_id} died before the container was "
+                    "created; see its conmon.log")
 
 
 def _read_line(fd: int, deadline: float, container_id: str) -> str:
+    """The sync line; "" if every writer closed the pipe without one."""
     data = b""
     while not data.endswith(b"\n"):
         remaining = deadline - time.monotonic()
@@ -211,10 +271,149 @@ def _read_line(fd: int, deadline: float, container_id: str) -> str:
             continue
         chunk = os.read(fd, 4096)
         if not chunk:
-            raise Internal(f"podvisor-conmon for {container_id} died before the container "
-                           "was created; see its conmon.log")
+            if data:
+                raise Internal(f"podvisor-conmon for {container_id} sent a truncated sync "
+                               f"line {data[:200]!r}")
+            return ""
         data += chunk
     return data.decode(errors="replace")
+
+
+class Taken(enum.Enum):
+    """Whether the zygote forked the monitor asked for."""
+
+    YES = "yes"
+    NO = "no"  # refused or not reached: nothing was forked
+    MAYBE = "maybe"  # it died holding the request
+
+
+class MonitorZygote:
+    """The runtime pool's end of ``podvisor-conmon zygote`` (conmon/zygote.py).
+
+    One zygote serves a run dir; whichever worker finds none starts one as
+    its child (it exits with that worker) and execs this monitor meanwhile:
+    a start never waits for, or fails because of, the zygote. Connecting is
+    bounded by ``ZYGOTE_CONNECT`` (SO_SNDTIMEO), so a stuck zygote costs a
+    start that long at most before the exec; a zygote that took the request
+    is waited for until the deadline, as an exec'd monitor would be.
+    """
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, ZYGOTE_SOCKET)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._given_up = False
+
+    @classmethod
+    def for_run_dir(cls, run_dir: str) -> MonitorZygote | None:
+        """None where a zygote cannot serve: a socket path too long to bind."""
+        if len(os.path.join(run_dir, ZYGOTE_SOCKET).encode()) > SUN_PATH_MAX:
+            log.warning("Monitors are exec'd: %s is too long for a unix socket", run_dir)
+            return None
+        return cls(run_dir)
+
+    @property
+    def pid(self) -> int | None:
+        """The zygote this worker started, while it runs."""
+        with self._lock:
+            return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    def fork(self, args: list[str], sync_fd: int, deadline: float,
+             container_id: str) -> Taken:
+        """Ask the zygote to run ``podvisor-conmon <args>`` with ``sync_fd``."""
+        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(ZYGOTE_CONNECT))
+                try:
+                    sock.connect(self.path)
+                    socket.send_fds(sock, [_request(args)], [stderr_w, sync_fd])
+                except OSError as exc:
+                    # Absent, dead (refused), or too busy to take it (EAGAIN).
+                    log.debug("Monitor zygote not reached (%s); exec'ing the monitor", exc)
+                    self.start()
+                    return Taken.NO
+                os.close(stderr_w)
+                stderr_w = -1
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                _timeval(deadline - time.monotonic()))
+                try:
+                    raw = sock.recv(MAX_ANSWER)
+                except (BlockingIOError, TimeoutError):
+                    self.stop()  # a zygote that hung; the next start starts another
+                    raise DeadlineExceeded(f"podvisor-conmon for {container_id} did not start "
+                                           "before the deadline") from None
+                except OSError:
+                    raw = b""
+            if not raw:
+                return Taken.MAYBE
+            answer = json.loads(raw)
+            if "error" in answer:
+                log.warning("Monitor zygote refused %s: %s", container_id, answer["error"])
+                return Taken.NO
+            if answer["status"] != 0:
+                # It exited, and had no child to pass the pipe to: all is there.
+                os.set_blocking(stderr_r, False)
+                err = b""
+                with contextlib.suppress(OSError):
+                    err = os.read(stderr_r, 64 * 1024)
+                raise _failed(container_id, err)
+            return Taken.YES
+        finally:
+            os.close(stderr_r)
+            if stderr_w >= 0:
+                os.close(stderr_w)
+
+    def start(self) -> None:
+        """Start a zygote unless ours runs; reap ours if it has exited."""
+        with self._lock:
+            if self._given_up or (self._proc is not None and self._proc.poll() is None):
+                return
+            if self._proc is not None and self._proc.returncode == ZYGOTE_UNUSABLE:
+                # It says it can never serve here (zygote.py); exec from now on.
+                log.warning("Monitor zygote unusable (see %s); monitors are exec'd",
+                            os.path.join(self.run_dir, ZYGOTE_LOG))
+                self._given_up = True
+                return
+            try:
+                self._proc = _start_zygote(self.run_dir)
+            except OSError as exc:
+                log.warning("Cannot start the monitor zygote: %s", exc)
+
+    def stop(self) -> None:
+        """Kill and reap the zygote this worker started (others are left alone)."""
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+
+
+def _start_zygote(run_dir: str) -> subprocess.Popen[bytes]:
+    """``podvisor-conmon zygote`` on an interpreter without site (conmon/bootstrap.py)."""
+    spec = importlib.util.find_spec("podvisor.conmon")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("podvisor.conmon is not installed")
+    bootstrap = os.path.join(os.path.dirname(spec.origin), "bootstrap.py")
+    errors = os.open(os.path.join(run_dir, ZYGOTE_LOG),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        return subprocess.Popen([sys.executable, "-I", "-S", bootstrap, "zygote", run_dir],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=errors, cwd="/")
+    finally:
+        os.close(errors)
+
+
+def _request(args: list[str]) -> bytes:
+    """The zygote's request: our environment and cwd, as an exec would pass them."""
+    return json.dumps({"version": 1, "args": [*args, "--sync-fd", str(ZYGOTE_SYNC_FD)],
+                       "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+
+
+def _timeval(seconds: float) -> bytes:
+    seconds = max(0.001, seconds)
+    return struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
 
 
 def read_exit(exit_dir: str, container_id: str) -> dict[str, Any] | None:

@@ -70,7 +70,8 @@ class RuntimeService:
         # Every key is the supervisor's to write (daemon.worker_settings):
         # none has a default here. The pause image is the image section's,
         # but only sandbox reserve reads it, to tell the supervisor to pull it.
-        return cls(Layout.from_settings(settings), Runtimes.from_settings(settings["runtime"]),
+        layout = Layout.from_settings(settings)
+        return cls(layout, Runtimes.from_settings(settings["runtime"], layout.runroot),
                    settings["image"]["pause_image"])
 
     def ops(self) -> OpTable:

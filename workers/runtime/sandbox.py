@@ -201,7 +201,7 @@ def start(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.SandboxS
             layout.sandboxes.save(sandbox_id, record)
             record["infra"] = infra.start(
                 ctx, layout, runtimes.handlers[record["runtime_handler"]],
-                runtimes.cgroups, record, args.infra_image)
+                runtimes.cgroups, record, args.infra_image, runtimes.zygote)
         record["state"] = READY
         layout.sandboxes.save(sandbox_id, record)
         log.info("Pod sandbox %s (%s) is ready", sandbox_id, record["name"])
