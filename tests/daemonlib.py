@@ -156,11 +156,13 @@ class Daemon:
         return code
 
     def _keep_log(self) -> None:
-        """Copy the daemon's log where ``PODVISOR_TEST_LOGS`` says (CI sets
+        """Copy the daemon's log where ``PODVISOR_CI_LOGS`` says (.ci/run sets
         it), so a failure's traceback outlives the test's temporary dirs."""
-        keep = os.environ.get("PODVISOR_TEST_LOGS")
+        keep = os.environ.get("PODVISOR_CI_LOGS")
         if keep and self.log_path.exists():
-            shutil.copyfile(self.log_path, Path(keep) / f"{self.base.name}-{time.time_ns()}.log")
+            with contextlib.suppress(OSError):  # a copy for the reader, never a failure
+                shutil.copyfile(self.log_path,
+                                Path(keep) / f"{self.base.name}-{time.time_ns()}.log")
 
     def remove_leftovers(self) -> list[str]:
         """Whatever a failed test left running or mounted under this daemon's

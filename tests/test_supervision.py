@@ -186,6 +186,19 @@ def zygote_of(daemon: Daemon) -> int | None:
                  if cmdline.startswith(b"podvisor: worker zygote")), None)
 
 
+def kill_and_see_a_forked_replacement(daemon: Daemon, victim: int) -> None:
+    """kill -9 runtime worker 1 (``victim``); its replacement comes READY,
+    forked (titled for its pool), not exec'd."""
+    os.kill(victim, signal.SIGKILL)
+
+    def restored() -> bool:
+        now = daemon.workers()[("runtime", 1)]
+        return now["pid"] not in (None, victim) and now["state"] == "READY"
+    poll_until(restored, RESTORE_WAIT, what="runtime worker restored")
+    replacement = daemon.workers()[("runtime", 1)]["pid"]
+    assert children_of(daemon.pid)[replacement].startswith(b"podvisor: runtime worker 1")
+
+
 def test_workers_forked_from_the_zygote_outlive_it(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon(workers={"runtime": 1, "net": 1})
     zygote = zygote_of(daemon)
@@ -205,15 +218,7 @@ def test_workers_forked_from_the_zygote_outlive_it(make_daemon: Callable[..., Da
         {key: w["pid"] for key, w in before.items()}
 
     # A worker killed afterwards is replaced by a fork from a new zygote.
-    victim = before[("runtime", 1)]["pid"]
-    os.kill(victim, signal.SIGKILL)
-
-    def restored() -> bool:
-        now = daemon.workers()[("runtime", 1)]
-        return now["pid"] not in (None, victim) and now["state"] == "READY"
-    poll_until(restored, RESTORE_WAIT, what="runtime worker restored")
-    replacement = daemon.workers()[("runtime", 1)]["pid"]
-    assert children_of(daemon.pid)[replacement].startswith(b"podvisor: runtime worker 1")
+    kill_and_see_a_forked_replacement(daemon, before[("runtime", 1)]["pid"])
     assert zygote_of(daemon) not in (None, zygote)
     assert daemon.runtime.Version(api.VersionRequest(), timeout=10).runtime_name == "podvisor"
 
@@ -222,16 +227,8 @@ def test_an_idle_zygote_exits_and_the_next_restart_forks_from_a_new_one(
         make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon(workers={"runtime": 1, "net": 1}, extra="zygote_idle_exit = 0.5")
     poll_until(lambda: zygote_of(daemon) is None, 10, what="idle zygote gone")
-    victim = daemon.workers()[("runtime", 1)]["pid"]
-    os.kill(victim, signal.SIGKILL)
-
-    def restored() -> bool:
-        now = daemon.workers()[("runtime", 1)]
-        return now["pid"] not in (None, victim) and now["state"] == "READY"
-    poll_until(restored, RESTORE_WAIT, what="runtime worker restored")
-    replacement = daemon.workers()[("runtime", 1)]["pid"]
-    # Forked (titled for its pool), not exec'd: the zygote was started anew.
-    assert children_of(daemon.pid)[replacement].startswith(b"podvisor: runtime worker 1")
+    # The zygote is started anew for the replacement.
+    kill_and_see_a_forked_replacement(daemon, daemon.workers()[("runtime", 1)]["pid"])
     assert daemon.runtime.Version(api.VersionRequest(), timeout=10).runtime_name == "podvisor"
     poll_until(lambda: zygote_of(daemon) is None, 10, what="new zygote gone when idle")
 
