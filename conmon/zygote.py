@@ -127,7 +127,9 @@ def main(run_dir: str) -> int:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # another zygote serves this dir
-    parent = os.pidfd_open(os.getppid())
+    parent = _watch_parent()
+    if parent is None:
+        return 0  # whoever started us is gone already: nobody to serve
     path = os.path.join(run_dir, SOCKET)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a dead zygote's; the lock says none is alive
@@ -159,6 +161,26 @@ def main(run_dir: str) -> int:
                 os.unlink(path)
         listener.close()
     return 0
+
+
+def _watch_parent() -> int | None:
+    """A pidfd on our parent, or None if it has already gone.
+
+    A parent that died before this line (a daemon stopped just after it
+    started us) has left us to PID 1, whose pidfd never becomes readable:
+    watching it would keep us forever.
+    """
+    parent_pid = os.getppid()
+    if parent_pid == 1:
+        return None
+    try:
+        parent = os.pidfd_open(parent_pid)
+    except ProcessLookupError:
+        return None
+    if os.getppid() != parent_pid:  # it went between the two reads
+        os.close(parent)
+        return None
+    return parent
 
 
 def serve(listener: socket.socket, parent: int) -> None:

@@ -200,3 +200,23 @@ def test_the_zygote_refuses_bad_requests_and_reports_bad_arguments() -> None:
         assert proc.stderr is not None
         proc.stderr.close()
         shutil.rmtree(run_dir)
+
+
+def test_a_zygote_whose_starter_is_already_gone_exits() -> None:
+    # The shell that starts it exits at once, before the zygote can watch
+    # it: left to PID 1, it must not serve (and live) forever.
+    run_dir = Path(tempfile.mkdtemp(prefix="pvz-"))
+    bootstrap = Path(__file__).resolve().parent.parent / "conmon" / "bootstrap.py"
+    started = subprocess.run(
+        ["sh", "-c", '"$@" </dev/null >/dev/null 2>&1 & echo $!', "sh",
+         sys.executable, "-I", "-S", str(bootstrap), "zygote", str(run_dir)],
+        capture_output=True, text=True, check=True, timeout=30)
+    pid = int(started.stdout)
+    try:
+        poll_until(lambda: not alive(pid), 30, what="orphaned zygote gone")
+        assert not (run_dir / "monitor-zygote.sock").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(run_dir, ignore_errors=True)
