@@ -414,9 +414,9 @@ class WorkersConfig:
 
     # One process per pool is the default: each worker serves up to
     # max_inflight ops at once on its threads, long waits hold no thread, and
-    # a killed worker is forked again from the zygote in milliseconds, so a
-    # second process buys a 2-core node little but its memory (README,
-    # "Pool sizes").
+    # a killed worker is restarted at once (a fork from the zygote, or from a
+    # new one after an idle exit), so a second process buys a 2-core node
+    # little but its memory (README, "Pool sizes").
     image: int = _key(1, _int_range(1, 64))
     """Processes in the image pool. Default 1."""
     storage: int = _key(1, _int_range(1, 64))
