@@ -5,9 +5,9 @@
 #   sudo contrib/install.sh --no-start   # install only (CI, packaging)
 #
 # Installs the OS packages podvisor runs on (runc, crun, CNI plugins,
-# catatonit) and the ones its tests use (docker-registry, busybox-static,
-# skopeo, htpasswd, nftables, xz), creates .venv with the project and its
-# test tools, writes a default pod network (contrib/default-cni.sh) and
+# catatonit) and the ones its tests and benches use (docker-registry,
+# busybox-static, skopeo, htpasswd, nftables, xz; containerd, left off),
+# creates .venv with the project and its test tools, writes a default pod network (contrib/default-cni.sh) and
 # /etc/crictl.yaml where none exist, and starts podvisor: as the systemd
 # unit contrib/podvisor.service where systemd runs, otherwise in the
 # background with its log in /var/log/podvisor.log.
@@ -26,6 +26,17 @@ apt-get install -y -q --no-install-recommends \
 # ../shared/vm/build.sh).
 apt-get install -y -q --no-install-recommends \
     qemu-system-x86 qemu-utils mmdebstrap cpio e2fsprogs
+
+# containerd: the peer runtime bench/density.py measures podvisor against
+# (../shared/conformance/containerd-up.sh starts it by hand). Two runtimes
+# must never run at once, so where it was not installed before, its service
+# stays off.
+had_containerd=0
+dpkg -s containerd >/dev/null 2>&1 && had_containerd=1
+apt-get install -y -q --no-install-recommends containerd
+if [ "$had_containerd" = 0 ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now containerd.service >/dev/null 2>&1 || true
+fi
 
 # Debian starts its registry on :5000 where systemd runs; podvisor's tests
 # start their own on loopback, so keep the packaged one off.

@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from registry import serve_in_thread
+
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authorization", "proxy-authenticate",
                "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
 
@@ -57,10 +59,7 @@ class ForwardProxy:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self._server)
 
     @property
     def address(self) -> str:

@@ -188,6 +188,16 @@ def http_get(registry: Registry, path: str,
 # ---- token issuer -----------------------------------------------------------
 
 
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    """Serve ``server`` from a daemon thread, each request on one of its own,
+    until ``server.shutdown()``."""
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    return thread
+
+
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client refusing our certificate is what some tests want."""
@@ -229,7 +239,6 @@ class TokenIssuer:
                 pass
 
         self._server = _QuietServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
         self.tls_cert: Path | None = None
         if tls:
             self.tls_cert, tls_key = make_cert(workdir, "token-tls")
@@ -238,9 +247,7 @@ class TokenIssuer:
             # The handshake runs in the handler thread, not in accept().
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
                                                       do_handshake_on_connect=False)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self._server)
 
     @property
     def host(self) -> str:
@@ -380,10 +387,7 @@ class FaultProxy:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self._server)
 
     @property
     def host(self) -> str:
