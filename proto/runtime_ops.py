@@ -162,11 +162,12 @@ class SandboxStatus(Record, frozen=True, kw_only=True):
 
 class SandboxStarted(Record, frozen=True, kw_only=True):
     """The pod's status right after its start, as ``SandboxStatus`` answers
-    it without info: the supervisor's status cache keeps it
-    (supervisor/status_cache.py). Empty fields: nothing to keep."""
+    it, info too: the supervisor's status cache keeps it for plain and
+    verbose reads (supervisor/status_cache.py). Empty fields: nothing to keep."""
 
     status: bytes = b""
     containers: list[bytes] = []
+    info: dict[str, str] = {}
 
 
 class SandboxListQuery(Record, frozen=True, kw_only=True):
@@ -242,6 +243,8 @@ class ContainerStarted(Record, frozen=True, kw_only=True):
     status: bytes = b""
     """The CRI ContainerStatus right after the start, serialized: the
     supervisor's status cache keeps it (supervisor/status_cache.py)."""
+    info: dict[str, str] = {}
+    """Its verbose info then, kept for verbose reads."""
 
 
 class ContainerStop(Record, frozen=True, kw_only=True):

@@ -3,10 +3,13 @@ ImageStatus and ListImages cost no bus round trip when nothing changed
 (issue 15, part 4).
 
 What is kept: the last answer the owning pool built for an object, as the
-serialized CRI response (``verbose`` ones are never kept: their info is
-built fresh), in one LRU of at most ``size`` entries. Keys are
+serialized CRI response, in one LRU of at most ``size`` entries. Keys are
 ``(pool, "<what> <id or name>")``; pods and containers are kept only under
 their full id, so a read by a unique prefix (crictl) always asks the pool.
+A pod's or container's verbose answer (critest reads those) is kept under a
+key of its own and dropped with the plain one: its info (pids, paths, the
+pod's namespaces) changes only by the ops and exits that drop both. An
+image's verbose answer is never kept: its info is built fresh.
 
 Kept true by dropping, never by patching:
 
@@ -15,7 +18,11 @@ Kept true by dropping, never by patching:
   sent and again when it returns, failed or not (``CacheGuard``), whatever
   sent it: an RPC, a cleanup stack, the pause image's pull;
 - the runtime pool's change feed (container_events.py) drops the container
-  and the pod of every change it reports: exits come only from there;
+  and the pod of every exit and removal it reports: exits come only from
+  there. Its creations and starts are made by ops, which drop (and seed)
+  already: dropping again when the feed reports them, a moment after the
+  op's answer, would lose the seed the next read wants (critest reads each
+  object right after its start);
 - a feed poll that fails, and a runtime or image worker becoming READY,
   flush that pool's entries.
 
@@ -25,8 +32,8 @@ a fill carries the number current when it was sent, and ``_fresh`` reads
 the drops logged since (an older fill than the log remembers is refused).
 
 Seeds: the answers of ``runtime.sandbox_start`` and
-``runtime.container_start`` carry the object's status as the pool built it
-right after the start; it is kept unless a drop by another (the feed,
+``runtime.container_start`` carry the object's status and verbose info as
+the pool built them right after the start; both answers are kept unless a drop by another (the feed,
 another op) concerned it meanwhile, so the first read after a start hits (critest reads each fresh
 object once). PullImage seeds the pulled name's ImageStatus (rpc/image.py).
 
@@ -43,7 +50,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from ..proto import api_pb2 as api
@@ -83,12 +90,12 @@ class Answer(NamedTuple):
     live: bool = False
 
 
-def container_key(container_id: str) -> Key:
-    return (RUNTIME, f"container {container_id}")
+def container_key(container_id: str, verbose: bool = False) -> Key:
+    return (RUNTIME, f"container{'+info' if verbose else ''} {container_id}")
 
 
-def pod_key(sandbox_id: str) -> Key:
-    return (RUNTIME, f"pod {sandbox_id}")
+def pod_key(sandbox_id: str, verbose: bool = False) -> Key:
+    return (RUNTIME, f"pod{'+info' if verbose else ''} {sandbox_id}")
 
 
 def image_key(name: str) -> Key:
@@ -220,9 +227,10 @@ class StatusCache:
 
     def feed_changed(self, changes: runtime_ops.Changes,
                      events: list[api.ContainerEventResponse]) -> None:
-        """Drop the containers and pods the feed's answer names. A change
-        that made no event (an infra container's exit, an exit read after
-        the removal) names nothing: everything of the pool goes."""
+        """Drop the containers and pods of the exits and removals the feed's
+        answer names (module docstring). A change that made no event (an
+        infra container's exit, an exit read after the removal) names
+        nothing: everything of the pool goes."""
         if not changes.keys:
             return
         if len(events) < len(changes.keys):
@@ -230,9 +238,16 @@ class StatusCache:
             return
         ids = set()
         for event in events:
-            ids.add(event.container_id)
-            ids.add(event.pod_sandbox_status.id)
-        self.drop(RUNTIME, ids)
+            if event.container_event_type not in _MADE_BY_OPS:
+                ids.add(event.container_id)
+                ids.add(event.pod_sandbox_status.id)
+        if ids:
+            self.drop(RUNTIME, ids)
+
+
+# Changes only an op makes (runtime.container_create, container_start,
+# sandbox_start), and CacheGuard drops around every op.
+_MADE_BY_OPS = frozenset({api.CONTAINER_CREATED_EVENT, api.CONTAINER_STARTED_EVENT})
 
 
 # ---- the answers, built the same way on a miss and from a seed ----
@@ -241,22 +256,24 @@ class StatusCache:
 _LIVE = frozenset({api.CONTAINER_CREATED, api.CONTAINER_RUNNING})
 
 
-def container_answer(status: bytes, asked: str) -> Answer:
-    """A ContainerStatusResponse (no info) from the pool's serialized
-    ContainerStatus; kept only if ``asked`` is the full id."""
+def container_answer(status: bytes, asked: str, info: Mapping[str, str] | None = None
+                     ) -> Answer:
+    """A ContainerStatusResponse from the pool's serialized ContainerStatus
+    (and verbose info); kept only if ``asked`` is the full id."""
     parsed = api.ContainerStatus.FromString(status)
-    return Answer(api.ContainerStatusResponse(status=parsed).SerializeToString(),
+    return Answer(api.ContainerStatusResponse(status=parsed, info=info).SerializeToString(),
                   frozenset([parsed.id]) if parsed.id == asked else None,
                   parsed.state in _LIVE)
 
 
-def pod_answer(status: bytes, containers: list[bytes], asked: str) -> Answer:
-    """A PodSandboxStatusResponse without info and timestamp (set per
-    answer), depending on the pod's id and its containers'; kept only if
-    ``asked`` is the pod's full id."""
+def pod_answer(status: bytes, containers: list[bytes], asked: str,
+               info: Mapping[str, str] | None = None) -> Answer:
+    """A PodSandboxStatusResponse without timestamp (set per answer),
+    depending on the pod's id and its containers'; kept only if ``asked``
+    is the pod's full id."""
     response = api.PodSandboxStatusResponse(
         status=api.PodSandboxStatus.FromString(status),
-        containers_statuses=[api.ContainerStatus.FromString(c) for c in containers])
+        containers_statuses=[api.ContainerStatus.FromString(c) for c in containers], info=info)
     ids = frozenset([response.status.id, *(c.id for c in response.containers_statuses)])
     return Answer(response.SerializeToString(), ids if response.status.id == asked else None,
                   any(c.state in _LIVE for c in response.containers_statuses))
@@ -266,13 +283,21 @@ def _seed(cache: StatusCache, op: str, result: Any, token: int, own: int) -> Non
     """Keep the status a start op answered (module docstring, "Seeds")."""
     if not isinstance(result, dict):
         return
-    if op == runtime_ops.CONTAINER_START.name and result.get("status"):
-        cache.put(container_key(result["id"]), container_answer(result["status"], result["id"]),
-                  token, own)
-    elif op == runtime_ops.SANDBOX_START.name and result.get("status"):
-        sandbox_id = api.PodSandboxStatus.FromString(result["status"]).id
-        cache.put(pod_key(sandbox_id), pod_answer(
-            result["status"], list(result.get("containers") or []), sandbox_id), token, own)
+    status, info = result.get("status"), result.get("info")
+    if not status:
+        return
+    if op == runtime_ops.CONTAINER_START.name:
+        cid = result["id"]
+        cache.put(container_key(cid), container_answer(status, cid), token, own)
+        if info:
+            cache.put(container_key(cid, True), container_answer(status, cid, info), token, own)
+    elif op == runtime_ops.SANDBOX_START.name:
+        sandbox_id = api.PodSandboxStatus.FromString(status).id
+        containers = list(result.get("containers") or [])
+        cache.put(pod_key(sandbox_id), pod_answer(status, containers, sandbox_id), token, own)
+        if info:
+            cache.put(pod_key(sandbox_id, True),
+                      pod_answer(status, containers, sandbox_id, info), token, own)
 
 
 class CacheGuard:

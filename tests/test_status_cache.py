@@ -123,14 +123,31 @@ def test_a_second_read_is_answered_from_memory() -> None:
     assert rig.cache.stats == {"hit": 1, "miss": 1, "stale": 0}
 
 
-def test_verbose_reads_and_reads_by_prefix_always_ask_the_pool() -> None:
+def test_reads_by_prefix_always_ask_the_pool() -> None:
     rig = make_rig()
     Worker(rig.bus)
     for _ in range(2):
-        assert read(rig, verbose=True).info == {"info": "{}"}
         assert read(rig, CID[:12]).status.id == CID
-    assert status_reads(rig) == 4
+    assert status_reads(rig) == 2
     assert len(rig.cache) == 0
+
+
+def test_verbose_reads_are_kept_apart_and_dropped_with_the_plain_ones() -> None:
+    rig = make_rig()
+    worker = Worker(rig.bus)
+    for _ in range(2):
+        assert read(rig, verbose=True).info == {"info": "{}"}
+        assert not read(rig).info
+    assert status_reads(rig) == 2
+
+    def stop(args: dict[str, Any]) -> dict[str, Any]:
+        worker.state = api.CONTAINER_EXITED
+        return {"found": True, "id": CID, "sandbox_id": POD, "stopped": True}
+    rig.bus.on("runtime.container_stop", stop)
+    serve(rig.containers.stop_container(api.StopContainerRequest(container_id=CID)))
+    assert read(rig, verbose=True).status.state == api.CONTAINER_EXITED
+    assert read(rig).status.state == api.CONTAINER_EXITED
+    assert status_reads(rig) == 4
 
 
 def test_a_stop_drops_the_container_and_the_read_after_it_sees_the_exit() -> None:
@@ -209,10 +226,18 @@ def test_the_change_feed_drops_what_it_names_and_a_failed_poll_flushes() -> None
         pod_sandbox_status=api.PodSandboxStatus(id=POD))
     changes = runtime_ops.Changes(cursor=1, keys=[f"exit.{CID}"],
                                   events=[exited.SerializeToString()])
-    # Another container's change leaves this one kept.
-    other = api.ContainerEventResponse(container_id=OTHER)
+    # Another container's change leaves this one kept...
+    other = api.ContainerEventResponse(container_id=OTHER,
+                                       container_event_type=api.CONTAINER_STOPPED_EVENT)
     rig.cache.feed_changed(runtime_ops.Changes(cursor=1, keys=["x"], events=[b""]), [other])
     assert read(rig).status.state == api.CONTAINER_RUNNING
+    # ...and so do this one's start and creation, which ops made (and dropped for).
+    for kind in (api.CONTAINER_CREATED_EVENT, api.CONTAINER_STARTED_EVENT):
+        made = api.ContainerEventResponse(container_id=CID, container_event_type=kind,
+                                          pod_sandbox_status=api.PodSandboxStatus(id=POD))
+        rig.cache.feed_changed(runtime_ops.Changes(cursor=1, keys=["z"], events=[b""]), [made])
+        assert read(rig).status.state == api.CONTAINER_RUNNING
+    assert status_reads(rig) == 1
     rig.cache.feed_changed(changes, [exited])
     assert read(rig).status.exit_code == 3
     # A change that made no event (an infra container's exit) flushes the pool.
@@ -227,13 +252,15 @@ def test_a_start_seeds_its_status_unless_it_was_dropped_meanwhile() -> None:
     def start_dropping(dropped: str) -> None:
         async def start(args: dict[str, Any]) -> dict[str, Any]:
             rig.cache.drop(RUNTIME, [dropped])  # the feed, meanwhile
-            return {"id": CID, "status": container_status(CID, api.CONTAINER_RUNNING)}
+            return {"id": CID, "status": container_status(CID, api.CONTAINER_RUNNING),
+                    "info": {"info": '{"pid": 7}'}}
         rig.bus.on("runtime.container_start", start)
         serve(rig.containers.start_container(api.StartContainerRequest(container_id=CID)))
 
-    # Another container's change leaves the seed good...
+    # Another container's change leaves the seed good, plain and verbose...
     start_dropping(OTHER)
     assert read(rig).status.state == api.CONTAINER_RUNNING
+    assert read(rig, verbose=True).info == {"info": '{"pid": 7}'}
     assert status_reads(rig) == 0
     # ...this one's (its exit, say) does not.
     start_dropping(CID)

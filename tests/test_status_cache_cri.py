@@ -6,7 +6,7 @@ never outlives the change it missed (supervisor/status_cache.py).
   the exit;
 - a stop, a removal, a pull or a removal of an image is seen by the very
   next read, without polling;
-- verbose reads carry their info.
+- verbose reads carry their info, and right after a start come from memory.
 
 The reads are served from memory (the metrics say hits), so each test
 proves the cache was in play, not bypassed.
@@ -14,6 +14,7 @@ proves the cache was in play, not bypassed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -59,8 +60,7 @@ def waiting_container(n: Node, name: str) -> tuple[str, str, api.PodSandboxConfi
 def test_a_container_exiting_on_its_own_shows_exited_3(n: Node) -> None:
     pod_id, container_id, _pod, folder = waiting_container(n, "quits")
     hits = cache_reads(n, "hit")
-    # Read from memory once the feed has reported the start (which drops
-    # the seed when it comes after it).
+    # Read from memory (the start's seed, or a fill after it).
     poll_until(lambda: n.status(container_id).state == api.CONTAINER_RUNNING
                and cache_reads(n, "hit") > hits, FEED_WAIT, what="a status read from memory")
     assert n.pod_status(pod_id).containers_statuses[0].state == api.CONTAINER_RUNNING
@@ -101,13 +101,36 @@ def test_a_stop_and_a_removal_are_seen_by_the_next_read(n: Node) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def verbose_status(n: Node, container_id: str) -> api.ContainerStatusResponse:
+    return n.daemon.runtime.ContainerStatus(api.ContainerStatusRequest(
+        container_id=container_id, verbose=True), timeout=10)
+
+
+def test_verbose_reads_right_after_the_start_come_from_memory(n: Node) -> None:
+    """critest's pattern: each verbose read right after the start; the
+    feed's report of the start, a moment later, must not drop the seed."""
+    pod = n.pod_config("verbose")
+    pod_id = n.run_pod(pod)
+    hits, misses = cache_reads(n, "hit"), cache_reads(n, "miss")
+    assert json.loads(n.pod_status(pod_id, verbose=True).info["info"])["netns_path"]
+    assert (cache_reads(n, "hit"), cache_reads(n, "miss")) == (hits + 1, misses)
+    container_id = n.run(pod_id, pod, n.container_config("idle", "sleep 3600"))
+    hits = cache_reads(n, "hit")
+    info = json.loads(verbose_status(n, container_id).info["info"])
+    assert info["pid"] > 0 and info["sandbox_id"] == pod_id
+    assert (cache_reads(n, "hit"), cache_reads(n, "miss")) == (hits + 1, misses)
+    n.daemon.runtime.StopContainer(api.StopContainerRequest(container_id=container_id,
+                                                            timeout=0), timeout=30)
+    assert verbose_status(n, container_id).status.state == api.CONTAINER_EXITED
+    n.remove_pod(pod_id)
+
+
 def test_verbose_reads_carry_their_info(n: Node) -> None:
     pod = n.pod_config("verbose")
     pod_id = n.run_pod(pod)
     container_id = n.run(pod_id, pod, n.container_config("idle", "sleep 3600"))
     assert "info" in n.pod_status(pod_id, verbose=True).info
-    assert "info" in n.daemon.runtime.ContainerStatus(api.ContainerStatusRequest(
-        container_id=container_id, verbose=True), timeout=10).info
+    assert "info" in verbose_status(n, container_id).info
     image = n.daemon.images.ImageStatus(api.ImageStatusRequest(
         image=api.ImageSpec(image=n.image), verbose=True), timeout=10)
     assert image.info

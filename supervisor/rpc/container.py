@@ -153,19 +153,15 @@ class ContainerService:
 
     async def container_status(self, request: api.ContainerStatusRequest
                                ) -> api.ContainerStatusResponse:
-        if request.verbose:  # the info is built fresh, never kept
-            result = await self.ops(runtime_ops.CONTAINER_STATUS, runtime_ops.StatusQuery(
-                id=request.container_id, verbose=True))
-            return api.ContainerStatusResponse(
-                status=api.ContainerStatus.FromString(result.status), info=result.info)
+        wanted, verbose = request.container_id, request.verbose
 
         async def fetch() -> Answer:
             result = await self.ops(runtime_ops.CONTAINER_STATUS, runtime_ops.StatusQuery(
-                id=request.container_id, verbose=False))
-            return container_answer(result.status, request.container_id)
+                id=wanted, verbose=verbose))
+            return container_answer(result.status, wanted, result.info)
 
         return api.ContainerStatusResponse.FromString(
-            await self.cache.read(container_key(request.container_id), fetch))
+            await self.cache.read(container_key(wanted, verbose), fetch))
 
     async def reopen_container_log(self, request: api.ReopenContainerLogRequest
                                    ) -> api.ReopenContainerLogResponse:

@@ -163,22 +163,15 @@ class SandboxService:
     async def pod_sandbox_status(self, request: api.PodSandboxStatusRequest
                                  ) -> api.PodSandboxStatusResponse:
         # The evented PLEG reads the pod's containers from this answer too.
-        if request.verbose:  # the info is built fresh, never kept
-            result = await self.ops(runtime_ops.SANDBOX_STATUS, runtime_ops.StatusQuery(
-                id=request.pod_sandbox_id, verbose=True))
-            return api.PodSandboxStatusResponse(
-                status=api.PodSandboxStatus.FromString(result.status),
-                containers_statuses=[api.ContainerStatus.FromString(c)
-                                     for c in result.containers],
-                info=result.info, timestamp=time.time_ns())
+        wanted, verbose = request.pod_sandbox_id, request.verbose
 
         async def fetch() -> Answer:
             result = await self.ops(runtime_ops.SANDBOX_STATUS, runtime_ops.StatusQuery(
-                id=request.pod_sandbox_id, verbose=False))
-            return pod_answer(result.status, result.containers, request.pod_sandbox_id)
+                id=wanted, verbose=verbose))
+            return pod_answer(result.status, result.containers, wanted, result.info)
 
         response = api.PodSandboxStatusResponse.FromString(
-            await self.cache.read(pod_key(request.pod_sandbox_id), fetch))
+            await self.cache.read(pod_key(wanted, verbose), fetch))
         # When the statuses were read: they are still true now, or the
         # cache would have dropped them.
         response.timestamp = time.time_ns()

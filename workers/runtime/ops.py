@@ -142,10 +142,10 @@ class RuntimeService:
         # The status as it is now, for the supervisor's status cache: the
         # kubelet reads it next. Only a seed: a pod removed meanwhile has none.
         try:
-            now = self.sandbox_status(ctx, rt.StatusQuery(id=args.id, verbose=False))
+            now = self.sandbox_status(ctx, rt.StatusQuery(id=args.id, verbose=True))
         except NotFound:
             return rt.SandboxStarted()
-        return rt.SandboxStarted(status=now.status, containers=now.containers)
+        return rt.SandboxStarted(status=now.status, containers=now.containers, info=now.info)
 
     def sandbox_stop_containers(self, ctx: OpContext, args: rt.Ref) -> rt.Found:
         return containers.stop_pod_containers(self.layout, self.runtimes, ctx, args)
@@ -190,10 +190,10 @@ class RuntimeService:
         # has none.
         try:
             now = containers.status(self.layout, ctx, rt.StatusQuery(id=started.id,
-                                                                     verbose=False))
+                                                                     verbose=True))
         except NotFound:
             return started
-        return rt.ContainerStarted(id=started.id, status=now.status)
+        return rt.ContainerStarted(id=started.id, status=now.status, info=now.info)
 
     def _started(self, container_id: str, sandbox_id: str) -> None:
         self.journal.note(Change.STARTED, container_id, sandbox_id)
