@@ -1,22 +1,41 @@
-"""User namespace requests through the CRI socket: never ignored.
+"""User namespaces through the CRI socket (``userns_options``).
 
-No runtime handler advertises user namespaces in Status yet, so a pod
-asking for its own (mode POD) is UNIMPLEMENTED; a malformed request is
-INVALID_ARGUMENT; NODE runs on the node's, as the kubelet asks for
-``hostUsers: true`` pods. A refused pod leaves nothing.
+Mode POD gives the pod a user namespace of its own with the requested
+maps: its containers run as root inside, a mapped id outside; what they
+write in their rootfs belongs to the mapped host ids; a volume's files
+show through an idmapped mount with their host owners; removal leaves no
+pin, mount or process. NODE runs on the node's. CONTAINER, TARGET and bad
+maps are INVALID_ARGUMENT and leave nothing.
+
+The test daemon's base dir (``mkdtemp``, mode 0700) is opened to others
+(o+x) here, as a node's /var/lib is: the mapped ids must traverse it.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import grpc
 import pytest
-from podfixtures import Node
+from podfixtures import Node, node
 
 from podvisor.proto import api_pb2 as api
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(240)
 
-ONE = [api.IDMapping(container_id=0, host_id=100000, length=65536)]
+HOST_ID = 100000
+ONE = [api.IDMapping(container_id=0, host_id=HOST_ID, length=65536)]
+SLEEP = "trap 'exit 0' TERM; sleep 86400 & wait"
+
+
+@pytest.fixture(scope="module", name="n")
+def open_node() -> Iterator[Node]:
+    with node() as here:
+        os.chmod(here.daemon.base, 0o711)
+        yield here
 
 
 def pod_with(n: Node, name: str, userns: api.UserNamespace) -> api.PodSandboxConfig:
@@ -25,9 +44,33 @@ def pod_with(n: Node, name: str, userns: api.UserNamespace) -> api.PodSandboxCon
     return config
 
 
+def with_userns(config: api.ContainerConfig, userns: api.UserNamespace) -> api.ContainerConfig:
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(userns)
+    return config
+
+
+def processes_in(ns_inode: int) -> list[int]:
+    """Pids whose user namespace is the one of inode ``ns_inode``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/user").st_ino == ns_inode:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_status_advertises_user_namespaces(n: Node) -> None:
+    status = n.daemon.runtime.Status(api.StatusRequest(), timeout=30)
+    assert status.runtime_handlers
+    assert all(h.features.user_namespaces for h in status.runtime_handlers)
+
+
 @pytest.mark.parametrize(("userns", "code"), [
-    (api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE), grpc.StatusCode.UNIMPLEMENTED),
     (api.UserNamespace(mode=api.POD, uids=ONE * 2, gids=ONE), grpc.StatusCode.INVALID_ARGUMENT),
+    (api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE * 2), grpc.StatusCode.INVALID_ARGUMENT),
     (api.UserNamespace(mode=api.POD, uids=[api.IDMapping(container_id=1, host_id=1000,
                                                          length=10)], gids=ONE),
      grpc.StatusCode.INVALID_ARGUMENT),
@@ -37,31 +80,74 @@ def pod_with(n: Node, name: str, userns: api.UserNamespace) -> api.PodSandboxCon
     (api.UserNamespace(mode=api.TARGET), grpc.StatusCode.INVALID_ARGUMENT),
     (api.UserNamespace(mode=api.NODE, uids=ONE), grpc.StatusCode.INVALID_ARGUMENT),
 ])
-def test_user_namespace_requests_are_refused_leaving_nothing(
+def test_bad_user_namespace_requests_are_refused_leaving_nothing(
         n: Node, userns: api.UserNamespace, code: grpc.StatusCode) -> None:
+    before = n.daemon.mounts()
     with pytest.raises(grpc.RpcError) as caught:
         n.run_pod(pod_with(n, "userns-refused", userns))
     assert caught.value.code() == code, caught.value.details()
     pods = n.daemon.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items
     assert "userns-refused" not in {p.metadata.name for p in pods}
+    assert n.daemon.mounts() == before
 
 
 def test_node_mode_runs_in_the_node_user_namespace(n: Node) -> None:
     node_mode = api.UserNamespace(mode=api.NODE)
     config = pod_with(n, "userns-node", node_mode)
     pod_id = n.run_pod(config)
-    container = n.container_config("maps", "trap 'exit 0' TERM; sleep 86400 & wait")
-    container.linux.security_context.namespace_options.userns_options.CopyFrom(node_mode)
-    cid = n.run(pod_id, config, container)
+    cid = n.run(pod_id, config, with_userns(n.container_config("maps", SLEEP), node_mode))
     n.wait_state(cid, api.CONTAINER_RUNNING)
     inside = n.exec(cid, "cat", "/proc/self/uid_map").stdout.decode().split()
     with open("/proc/self/uid_map", encoding="ascii") as f:
         assert inside == f.read().split()
     # A container cannot ask for a user namespace its pod does not have.
-    refused = n.container_config("own-userns", "true")
-    refused.linux.security_context.namespace_options.userns_options.CopyFrom(
-        api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE))
+    refused = with_userns(n.container_config("own-userns", "true"),
+                          api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE))
     with pytest.raises(grpc.RpcError) as caught:
         n.create(pod_id, config, refused)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     n.remove_pod(pod_id)
+
+
+def test_pod_mode_runs_in_its_own_user_namespace(n: Node) -> None:
+    pod_mode = api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE)
+    volume = Path(tempfile.mkdtemp(prefix="pv-userns-vol-"))
+    try:
+        os.chmod(volume, 0o700)
+        secret = volume / "secret"
+        secret.write_text("host root's\n")
+        os.chmod(secret, 0o600)
+        config = pod_with(n, "userns-pod", pod_mode)
+        pod_id = n.run_pod(config)
+        pin = n.daemon.runroot / "runtime" / "pods" / pod_id / "ns" / "user"
+        ns_inode = os.stat(pin).st_ino
+        assert n.pod_status(pod_id).status.network.ip
+        container = with_userns(n.container_config("inside", SLEEP), pod_mode)
+        container.mounts.append(api.Mount(container_path="/vol", host_path=str(volume)))
+        cid = n.run(pod_id, config, container)
+        n.wait_state(cid, api.CONTAINER_RUNNING)
+
+        uid_map = n.exec(cid, "cat", "/proc/self/uid_map").stdout.decode().split()
+        assert uid_map == ["0", str(HOST_ID), "65536"]
+        assert n.exec(cid, "id", "-u").stdout.decode().strip() == "0"
+        assert n.exec(cid, "touch", "/made-inside").exit_code == 0
+        upper = n.daemon.base / "root" / "storage" / "containers" / cid / "upper"
+        made = os.stat(upper / "made-inside")
+        assert (made.st_uid, made.st_gid) == (HOST_ID, HOST_ID)
+        # Host root's 0600 file reads as root's inside (idmapped volume).
+        read = n.exec(cid, "cat", "/vol/secret")
+        assert read.exit_code == 0, read.stderr
+        assert read.stdout == b"host root's\n"
+        assert n.exec(cid, "ls", "-ln", "/vol/secret").stdout.split()[2] == b"0"
+        assert processes_in(ns_inode)
+
+        n.remove_pod(pod_id)
+        assert not pin.exists()
+        assert not [m for m in n.daemon.mounts() if pod_id in m or cid in m]
+        assert processes_in(ns_inode) == []
+        assert secret.read_text() == "host root's\n"
+    finally:
+        secret_dir = volume
+        for child in secret_dir.iterdir():
+            child.unlink()
+        secret_dir.rmdir()
