@@ -13,14 +13,18 @@ The test daemon's base dir (``mkdtemp``, mode 0700) is opened to others
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from podfixtures import Node, node
+from daemonlib import poll_until
+from podfixtures import Node, in_prefix, leftovers, node
+from podfixtures import prefix as prefix
 
 from podvisor.proto import api_pb2 as api
 
@@ -109,7 +113,17 @@ def test_node_mode_runs_in_the_node_user_namespace(n: Node) -> None:
     n.remove_pod(pod_id)
 
 
-def test_pod_mode_runs_in_its_own_user_namespace(n: Node) -> None:
+def no_leftovers(n: Node, prefix: str) -> list[str]:
+    """podfixtures.leftovers, and the idmapped mounts' dirs."""
+    run = n.daemon.runroot
+    found = leftovers(n.daemon, prefix)
+    for state in (run / "runtime/idmap", run / "storage/idmap"):
+        if state.is_dir():
+            found += [str(p) for p in sorted(state.iterdir())]
+    return found
+
+
+def test_pod_mode_runs_in_its_own_user_namespace(n: Node, prefix: str) -> None:
     pod_mode = api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE)
     volume = Path(tempfile.mkdtemp(prefix="pv-userns-vol-"))
     try:
@@ -117,7 +131,8 @@ def test_pod_mode_runs_in_its_own_user_namespace(n: Node) -> None:
         secret = volume / "secret"
         secret.write_text("host root's\n")
         os.chmod(secret, 0o600)
-        config = pod_with(n, "userns-pod", pod_mode)
+        config = in_prefix(n, "userns-pod", prefix)
+        config.linux.security_context.namespace_options.userns_options.CopyFrom(pod_mode)
         pod_id = n.run_pod(config)
         pin = n.daemon.runroot / "runtime" / "pods" / pod_id / "ns" / "user"
         ns_inode = os.stat(pin).st_ino
@@ -146,8 +161,56 @@ def test_pod_mode_runs_in_its_own_user_namespace(n: Node) -> None:
         assert not [m for m in n.daemon.mounts() if pod_id in m or cid in m]
         assert processes_in(ns_inode) == []
         assert secret.read_text() == "host root's\n"
+        assert no_leftovers(n, prefix) == []
     finally:
         secret_dir = volume
         for child in secret_dir.iterdir():
             child.unlink()
         secret_dir.rmdir()
+
+
+def test_pod_mode_survives_kill_9_of_runtime_workers_and_supervisor(
+        n: Node, prefix: str) -> None:
+    pod_mode = api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE)
+    config = in_prefix(n, "userns-survivor", prefix)
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(pod_mode)
+    pod_id = n.run_pod(config)
+    pin = n.daemon.runroot / "runtime" / "pods" / pod_id / "ns" / "user"
+    ns_inode = os.stat(pin).st_ino
+    first = n.run(pod_id, config, with_userns(n.container_config("first", SLEEP), pod_mode))
+    n.wait_state(first, api.CONTAINER_RUNNING)
+
+    # Every runtime worker killed: their replacements read the pod's record.
+    workers = n.daemon.workers()
+    for slot in (("runtime", 1), ("runtime", 2)):
+        os.kill(workers[slot]["pid"], signal.SIGKILL)
+    for slot in (("runtime", 1), ("runtime", 2)):
+        poll_until(lambda slot=slot: n.daemon.workers()[slot]["restarts"] >= 1
+                   and n.daemon.workers()[slot]["pid"] != workers[slot]["pid"], 30,
+                   what=f"{slot} restarted")
+    second = n.run(pod_id, config, with_userns(n.container_config("second", SLEEP), pod_mode))
+    n.wait_state(second, api.CONTAINER_RUNNING)
+    assert os.stat(f"/proc/{_pid(n, second)}/ns/user").st_ino == ns_inode
+
+    # The supervisor killed and started again.
+    os.kill(n.daemon.pid, signal.SIGKILL)
+    assert n.daemon.proc is not None
+    n.daemon.proc.wait()
+    n.daemon.stop()
+    n.daemon.start()
+    for cid in (first, second):
+        assert n.status(cid).state == api.CONTAINER_RUNNING
+        assert n.exec(cid, "id", "-u").stdout.decode().strip() == "0"
+    assert n.exec(second, "cat", "/proc/self/uid_map").stdout.decode().split() == [
+        "0", str(HOST_ID), "65536"]
+
+    n.remove_pod(pod_id)
+    assert not pin.exists()
+    assert processes_in(ns_inode) == []
+    assert no_leftovers(n, prefix) == []
+
+
+def _pid(n: Node, container_id: str) -> int:
+    status = n.daemon.runtime.ContainerStatus(api.ContainerStatusRequest(
+        container_id=container_id, verbose=True), timeout=10)
+    return int(json.loads(status.info["info"])["pid"])
