@@ -123,7 +123,8 @@ def no_leftovers(n: Node, prefix: str) -> list[str]:
     return found
 
 
-def test_pod_mode_runs_in_its_own_user_namespace(n: Node, prefix: str) -> None:
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_pod_mode_runs_in_its_own_user_namespace(n: Node, prefix: str, handler: str) -> None:
     pod_mode = api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE)
     volume = Path(tempfile.mkdtemp(prefix="pv-userns-vol-"))
     try:
@@ -133,12 +134,14 @@ def test_pod_mode_runs_in_its_own_user_namespace(n: Node, prefix: str) -> None:
         os.chmod(secret, 0o600)
         config = in_prefix(n, "userns-pod", prefix)
         config.linux.security_context.namespace_options.userns_options.CopyFrom(pod_mode)
-        pod_id = n.run_pod(config)
+        pod_id = n.run_pod(config, handler)
         pin = n.daemon.runroot / "runtime" / "pods" / pod_id / "ns" / "user"
         ns_inode = os.stat(pin).st_ino
         assert n.pod_status(pod_id).status.network.ip
         container = with_userns(n.container_config("inside", SLEEP), pod_mode)
         container.mounts.append(api.Mount(container_path="/vol", host_path=str(volume)))
+        container.mounts.append(api.Mount(container_path="/img", readonly=True,
+                                          image=api.ImageSpec(image=n.image)))
         cid = n.run(pod_id, config, container)
         n.wait_state(cid, api.CONTAINER_RUNNING)
 
@@ -154,6 +157,11 @@ def test_pod_mode_runs_in_its_own_user_namespace(n: Node, prefix: str) -> None:
         assert read.exit_code == 0, read.stderr
         assert read.stdout == b"host root's\n"
         assert n.exec(cid, "ls", "-ln", "/vol/secret").stdout.split()[2] == b"0"
+        # The image's layers (host root's on disk) are root's inside, in
+        # the rootfs and in an image volume alike.
+        for path in ("/bin/sh", "/img/bin/sh"):
+            assert n.exec(cid, "ls", "-lnL", path).stdout.split()[2:4] == [b"0", b"0"]
+        assert n.exec(cid, "/img/bin/echo", "ok").stdout == b"ok\n"
         assert processes_in(ns_inode)
 
         n.remove_pod(pod_id)
@@ -214,3 +222,23 @@ def _pid(n: Node, container_id: str) -> int:
     status = n.daemon.runtime.ContainerStatus(api.ContainerStatusRequest(
         container_id=container_id, verbose=True), timeout=10)
     return int(json.loads(status.info["info"])["pid"])
+
+
+def test_pod_mode_with_a_pause_image(prefix: str) -> None:
+    # The infra process runs from the pause image's rootfs (idmapped
+    # layers) instead of the built-in one.
+    with node(pause_image=True) as here:
+        os.chmod(here.daemon.base, 0o711)
+        pod_mode = api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE)
+        config = in_prefix(here, "userns-pause", prefix)
+        config.linux.security_context.namespace_options.userns_options.CopyFrom(pod_mode)
+        pod_id = here.run_pod(config)
+        cid = here.run(pod_id, config,
+                       with_userns(here.container_config("inside", SLEEP), pod_mode))
+        here.wait_state(cid, api.CONTAINER_RUNNING)
+        # The infra's sleep, seen from the container's PID namespace.
+        assert b"sleep 86400" in here.exec(cid, "ps").stdout
+        assert here.exec(cid, "cat", "/proc/1/uid_map").stdout.decode().split() == [
+            "0", str(HOST_ID), "65536"]
+        here.remove_pod(pod_id)
+        assert no_leftovers(here, prefix) == []
