@@ -242,3 +242,22 @@ def test_pod_mode_with_a_pause_image(prefix: str) -> None:
             "0", str(HOST_ID), "65536"]
         here.remove_pod(pod_id)
         assert no_leftovers(here, prefix) == []
+
+
+def test_a_node_that_cannot_is_refused_leaving_nothing(prefix: str) -> None:
+    # The daemon's base dir is left 0700 (mkdtemp): the mapped ids cannot
+    # traverse it, so no handler advertises user namespaces and a pod
+    # asking for its own is FAILED_PRECONDITION.
+    with node() as here:
+        status = here.daemon.runtime.Status(api.StatusRequest(), timeout=30)
+        assert not [h.name for h in status.runtime_handlers if h.features.user_namespaces]
+        config = in_prefix(here, "userns-cannot", prefix)
+        config.linux.security_context.namespace_options.userns_options.CopyFrom(
+            api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE))
+        with pytest.raises(grpc.RpcError) as caught:
+            here.run_pod(config)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "o+x" in (caught.value.details() or "")
+        assert not here.daemon.runtime.ListPodSandbox(api.ListPodSandboxRequest(),
+                                                      timeout=10).items
+        assert no_leftovers(here, prefix) == []
