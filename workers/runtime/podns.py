@@ -84,7 +84,8 @@ def pin(ns_dir: str, hostname: str, *, ipc: bool, uts: bool,
             userns.pin_inside(in_userns, paths, 'hostname "$1" && ' if uts else "",
                               [hostname])
         except userns.UsernsError as exc:
-            unpin(ns_dir)
+            # pin_inside released its own pins; the user namespace stays
+            # pinned for the pod's removal to release.
             raise Internal(f"cannot create pod namespaces: {exc}") from exc
         return paths
     argv = ["unshare"]
