@@ -8,6 +8,10 @@ a bind of an idmapped mount keeps its map. So a file the host owns as uid
 ``u`` (say the kubelet's root-owned config maps) reads as uid ``u`` inside
 the container, as KEP-127 has it, instead of as the overflow id.
 
+Why podvisor makes them and the spec has no ``idmap`` mount option: runc
+1.1 (Debian 12's) does not know that option (``runc features`` lists no
+``idmap``), and crun 1.8 has no ``features`` to ask; one way for both.
+
 Invariants
     - Everything attached for a container is under its idmap dir, never
       under its bundle, whose removal deletes a tree: ``release`` unmounts
