@@ -96,8 +96,10 @@ def check_same_userns(options: api.NamespaceOption, pod: IdMap | None, where: st
 
 def id_mappings(pod: PodContext) -> dict[str, list[dict[str, int]]]:
     """The spec's ``uidMappings`` and ``gidMappings`` of a pod with its own
-    user namespace: runc and crun join it by path, but read the maps to
-    know the host ids of the container's root (to chown what they make)."""
+    user namespace, joined by path. crun 1.8 needs no maps then; runc 1.1
+    refuses the spec without them ("User namespaces enabled, but no uid
+    mappings found": it reads them for the host ids of the container's
+    root), so they are always given."""
     if pod.idmap is None:
         return {}
     return {key: [{"containerID": r.container_id, "hostID": r.host_id, "size": r.length}
