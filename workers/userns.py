@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import select
 import struct
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -104,7 +105,10 @@ def holder(argv: Sequence[str]) -> Iterator[int]:
         raise UsernsError(exc.errno or errno.EIO, f"cannot run {argv[0]}: {exc}") from exc
     try:
         assert proc.stdout is not None
-        if proc.stdout.readline().strip() != b"ready":
+        # A helper that never says it is ready (stuck before its exec) must
+        # not hold a worker's thread: it is killed past the timeout.
+        said = select.select([proc.stdout], [], [], HOLDER_TIMEOUT)[0]
+        if not said or proc.stdout.readline().strip() != b"ready":
             proc.kill()
             _, err = proc.communicate(timeout=HOLDER_TIMEOUT)
             raise UsernsError(errno.EIO, f"{argv[0]} failed: "
