@@ -163,6 +163,19 @@ def test_pod_mode_runs_in_its_own_user_namespace(n: Node, prefix: str, handler: 
             assert n.exec(cid, "ls", "-lnL", path).stdout.split()[2:4] == [b"0", b"0"]
         assert n.exec(cid, "/img/bin/echo", "ok").stdout == b"ok\n"
         assert processes_in(ns_inode)
+        # A container whose maps do not map container id 0, or are not its
+        # pod's, is refused before anything is made for it.
+        for name, maps in (("no-zero", [api.IDMapping(container_id=1, host_id=HOST_ID,
+                                                      length=65536)]),
+                           ("other", [api.IDMapping(container_id=0, host_id=2 * HOST_ID,
+                                                    length=65536)])):
+            bad = with_userns(n.container_config(name, "true"),
+                              api.UserNamespace(mode=api.POD, uids=maps, gids=ONE))
+            with pytest.raises(grpc.RpcError) as caught:
+                n.create(pod_id, config, bad)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [c.id for c in n.daemon.runtime.ListContainers(
+            api.ListContainersRequest(), timeout=10).containers] == [cid]
 
         n.remove_pod(pod_id)
         assert not pin.exists()
