@@ -162,6 +162,10 @@ def test_pod_mode_runs_in_its_own_user_namespace(n: Node, prefix: str, handler: 
         for path in ("/bin/sh", "/img/bin/sh"):
             assert n.exec(cid, "ls", "-lnL", path).stdout.split()[2:4] == [b"0", b"0"]
         assert n.exec(cid, "/img/bin/echo", "ok").stdout == b"ok\n"
+        # The pod's shared files and /dev/shm are its root's.
+        for path in ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/dev/shm"):
+            assert n.exec(cid, "ls", "-lnd", path).stdout.split()[2:4] == [b"0", b"0"], path
+        assert n.exec(cid, "touch", "/dev/shm/made").exit_code == 0
         assert processes_in(ns_inode)
         # A container whose maps do not map container id 0, or are not its
         # pod's, is refused before anything is made for it.
