@@ -76,6 +76,10 @@ class SetupPod(Record, frozen=True, kw_only=True):
     host_network: bool
     cgroup_parent: str
     """The ``cgroupPath`` capability; "" for none."""
+    userns_path: str = ""
+    """The pod's pinned user namespace: the network namespace is created
+    inside it, so that it owns it (runc in the pod's user namespace can
+    join only namespaces it owns). "" for the node's."""
 
 
 class PodNetwork(Record, frozen=True, kw_only=True):

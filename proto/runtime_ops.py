@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .contract import Empty, Op, Record
+from .idmap import IdMap
 from .stats import ContainerSamples, PodSamples, StatsQuery
 from .stream_ops import AttachPlan, ExecPlan, PortForwardPlan, Streams
 
@@ -45,6 +46,10 @@ class HandlerProbe(Record, frozen=True, kw_only=True):
     message: str
     """Why it is not ok; "" when it is."""
     recursive_read_only_mounts: bool
+    user_namespaces: bool = False
+    """Pods of this handler may have their own user namespace (mode POD):
+    the host makes idmapped mounts under podvisor's root and its dirs are
+    traversable by mapped ids."""
 
 
 class RuntimeStatus(Record, frozen=True, kw_only=True):
@@ -120,6 +125,11 @@ class SandboxReserved(Record, frozen=True, kw_only=True):
     """The image whose rootfs the pod's infra process runs from, for the
     supervisor to pull and mount before ``sandbox_start``; "" when the pod
     needs no infra (it does not share a PID namespace) or none is set."""
+    userns_path: str = ""
+    """The pod's pinned user namespace (mode POD), in which the net pool
+    must create the pod's network namespace; "" for the node's."""
+    idmap: IdMap | None = None
+    """Its maps, for the storage pool to idmap the pause image's rootfs."""
 
 
 class InfraImage(Record, frozen=True, kw_only=True):
@@ -211,6 +221,9 @@ class ContainerReserved(Record, frozen=True, kw_only=True):
     """The container's unique name (proto/naming.py)."""
     sandbox_id: str
     """The pod's full id."""
+    idmap: IdMap | None = None
+    """The pod's user namespace maps (mode POD), for the storage pool to
+    idmap the rootfs and image volumes with; None for the node's."""
 
 
 class ImageVolume(Record, frozen=True, kw_only=True):

@@ -9,6 +9,7 @@ this layer's diff_id).
 from __future__ import annotations
 
 from .contract import Empty, Op, Record
+from .idmap import IdMap
 from .stats import LayerUsageQuery, LayerUsages
 
 
@@ -67,6 +68,11 @@ class CreateRootfs(Record, frozen=True, kw_only=True):
     """Chain ids, bottom to top, each unpacked already."""
     mount_label: str | None = None
     """The SELinux label of the mount; ignored where SELinux is off."""
+    idmap: IdMap | None = None
+    """A pod user namespace's maps: the layers show through an idmapped
+    mount (on-disk id ``u`` reads as host id ``u + host_id``) and the upper
+    dir's root belongs to the mapped owner. Part of the rootfs's identity:
+    again with other maps is ALREADY_EXISTS."""
 
 
 class CreatedRootfs(Record, frozen=True, kw_only=True):

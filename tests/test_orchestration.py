@@ -271,7 +271,7 @@ def test_run_pod_sandbox_pulls_and_mounts_the_pause_image_reserve_names() -> Non
         assert rootfs == {"container_id": sandbox_id,
                           "layers": [chain_id(None, "sha256:d0"),
                                      chain_id(chain_id(None, "sha256:d0"), "sha256:d1")],
-                          "mount_label": None}
+                          "mount_label": None, "idmap": None}
         start = rig.bus.sent_to("runtime.sandbox_start")[0].args
         assert start["infra_image"] == {"rootfs": f"/run/rootfs/{sandbox_id}",
                                         "args": ["/pause"]}

@@ -12,6 +12,7 @@ import pytest
 
 from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import FailedPrecondition, InvalidArgument
+from podvisor.proto.idmap import IdMap, IdRange
 from podvisor.workers.runtime import specs
 from podvisor.workers.runtime.spec import (
     INFRA_ARGS,
@@ -321,3 +322,40 @@ def test_infra_spec() -> None:
     assert spec["annotations"]["io.kubernetes.cri.sandbox-log-directory"] == \
         "/var/log/pods/prod_web_pod-uid-1"
     assert spec["annotations"]["pod-note"] == "x"
+
+
+def _in_userns(options: api.NamespaceOption) -> None:
+    options.userns_options.CopyFrom(api.UserNamespace(
+        mode=api.POD, uids=[api.IDMapping(container_id=0, host_id=100000, length=65536)],
+        gids=[api.IDMapping(container_id=0, host_id=100000, length=65536)]))
+
+
+USERNS_MAP = IdMap(uids=[IdRange(container_id=0, host_id=100000, length=65536)],
+                   gids=[IdRange(container_id=0, host_id=100000, length=65536)])
+MAPPINGS = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+
+def test_a_user_namespaced_pod_is_joined_with_its_maps(rootfs: str) -> None:
+    pod = pod_context(userns_path="/run/pv/pods/sb1/ns/user", idmap=USERNS_MAP)
+    config = container()
+    _in_userns(config.linux.security_context.namespace_options)
+    spec = build(rootfs, config, pod=pod)
+    linux = spec["linux"]
+    assert linux["namespaces"][0] == {"type": "user", "path": "/run/pv/pods/sb1/ns/user"}
+    assert linux["uidMappings"] == linux["gidMappings"] == MAPPINGS
+    infra = build_infra_spec(pod_sandbox(), pod, "/run/pv/infra-rootfs", node=NODE)
+    assert infra["linux"]["namespaces"] == [
+        {"type": "user", "path": "/run/pv/pods/sb1/ns/user"}, *POD_NAMESPACES]
+    assert infra["linux"]["uidMappings"] == MAPPINGS
+    # A container asking for the node's user namespace in such a pod, or
+    # for its own in a pod on the node's, is refused.
+    with pytest.raises(InvalidArgument, match="its own user namespace"):
+        build(rootfs, container(), pod=pod)
+    with pytest.raises(InvalidArgument, match="the node's user namespace"):
+        build(rootfs, config)
+
+
+def test_a_pod_on_the_node_user_namespace_has_no_maps(rootfs: str) -> None:
+    linux = build(rootfs)["linux"]
+    assert "uidMappings" not in linux and "gidMappings" not in linux
+    assert all(ns["type"] != "user" for ns in linux["namespaces"])

@@ -277,3 +277,33 @@ def test_reconcile_keeps_a_layer_a_live_container_uses(storage: Storage) -> None
     assert report["removed_layers"] == []
     assert stat.S_ISDIR(os.lstat(storage.layers_dir / chain[0][7:]).st_mode)
     storage.call("remove_rootfs", {"container_id": "old-image"})
+
+
+IDMAP = {"uids": [{"container_id": 0, "host_id": 100000, "length": 65536}],
+         "gids": [{"container_id": 0, "host_id": 100000, "length": 65536}]}
+
+
+def test_a_rootfs_for_a_user_namespace_shows_its_layers_idmapped(storage: Storage) -> None:
+    chain = storage.stack(base_layer(), top_layer())
+    created = storage.call("create_rootfs", {"container_id": "u1", "layers": chain,
+                                             "idmap": IDMAP})
+    root = Path(created["path"])
+    # On disk the layers are host root's; through the rootfs, the pod's root's.
+    assert os.stat(storage.unpack(base_layer())["path"]).st_uid == 0
+    tool = os.stat(root / "bin/tool")
+    assert (tool.st_uid, tool.st_gid) == (100000, 100000)
+    assert (root / "bin/tool").read_bytes() == b"v2"
+    upper = os.stat(created["upper_dir"])
+    assert (upper.st_uid, upper.st_gid) == (100000, 100000)
+    # The idmapped view of the store was only there for the mount.
+    assert mounts_under(storage.runroot) == [created["path"]]
+    assert not list((storage.runroot / "storage/idmap").iterdir())
+    # Other maps for the same container: refused; a lost mount comes back idmapped.
+    other = {**IDMAP, "uids": [{"container_id": 0, "host_id": 200000, "length": 65536}]}
+    with pytest.raises(AlreadyExists, match="user namespace"):
+        storage.call("create_rootfs", {"container_id": "u1", "layers": chain, "idmap": other})
+    assert overlay.unmount(created["path"])
+    again = storage.call("create_rootfs", {"container_id": "u1", "layers": chain,
+                                           "idmap": IDMAP})
+    assert os.stat(Path(again["path"], "bin/tool")).st_uid == 100000
+    storage.call("remove_rootfs", {"container_id": "u1"})

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 
 from ...proto import api_pb2 as api
 from ...proto import image_ops, runtime_ops, storage_ops
+from ...proto.idmap import IdMap
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
 from ..status_cache import Answer, StatusCache, container_answer, container_key
@@ -81,10 +82,11 @@ class ContainerService:
             undo.push("remove the rootfs", lambda: ops(
                 storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=container_id),
                 cleanup))
+            # A pod with its own user namespace has the layers idmapped.
             rootfs = await ops(storage_ops.CREATE_ROOTFS, storage_ops.CreateRootfs(
-                container_id=container_id, layers=chain), create)
+                container_id=container_id, layers=chain, idmap=reserved.idmap), create)
             # Removed with the rootfs above (storage_ops.image_volume_id).
-            volumes = await self._image_volumes(container_id, config)
+            volumes = await self._image_volumes(container_id, config, reserved.idmap)
             await ops(runtime_ops.CONTAINER_CREATE, runtime_ops.ContainerCreate(
                 id=container_id, rootfs=rootfs.path, image_config=image.config,
                 image_volumes=volumes), create)
@@ -93,8 +95,8 @@ class ContainerService:
             raise
         return reserved
 
-    async def _image_volumes(self, container_id: str, config: api.ContainerConfig
-                             ) -> list[runtime_ops.ImageVolume]:
+    async def _image_volumes(self, container_id: str, config: api.ContainerConfig,
+                             idmap: IdMap | None) -> list[runtime_ops.ImageVolume]:
         """Each CRI mount of an image (pulled already, as the kubelet does
         before it creates the container), mounted as a rootfs of its own."""
         ops, create = self.ops, Deadline.CREATE
@@ -104,8 +106,8 @@ class ContainerService:
                               image_ops.ResolveImage(image=mount.image.image), create)
             chain = await ensure_unpacked(ops, image.layers, create)
             made = await ops(storage_ops.CREATE_ROOTFS, storage_ops.CreateRootfs(
-                container_id=storage_ops.image_volume_id(container_id, index), layers=chain),
-                create)
+                container_id=storage_ops.image_volume_id(container_id, index), layers=chain,
+                idmap=idmap), create)
             volumes.append(runtime_ops.ImageVolume(path=made.path, image_id=image.id))
         return volumes
 

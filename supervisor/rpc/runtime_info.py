@@ -55,17 +55,18 @@ class RuntimeInfoService:
                     name=handler.name,
                     features=api.RuntimeHandlerFeatures(
                         recursive_read_only_mounts=handler.recursive_read_only_mounts,
-                        user_namespaces=False))
+                        user_namespaces=handler.user_namespaces))
             # The default handler is also listed under the empty name, as the
             # kubelet looks it up by "" when a pod names no runtime class.
             default = next((h for h in runtime.handlers
                             if h.name == runtime.default_runtime), None)
             if default is not None:
                 response.runtime_handlers.add(name="", features=api.RuntimeHandlerFeatures(
-                    recursive_read_only_mounts=default.recursive_read_only_mounts))
+                    recursive_read_only_mounts=default.recursive_read_only_mounts,
+                    user_namespaces=default.user_namespaces))
         # Advertised: what the spec builder applies (spec_user.py resolves the
         # Merge and Strict supplemental groups policies). Not advertised:
-        # Mount.mount_options, which is ignored, and user namespaces.
+        # Mount.mount_options, which is ignored.
         response.features.CopyFrom(api.RuntimeFeatures(supplemental_groups_policy=True))
         if request.verbose:
             response.info["runtime"] = json.dumps(_plain(runtime))

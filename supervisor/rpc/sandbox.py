@@ -4,8 +4,10 @@ ListPodSandbox and StreamPodSandboxes, UpdatePodSandboxResources.
 RunPodSandbox is orchestrated here, one narrow op per pool:
 
     runtime.sandbox_reserve  name + "creating" record; answers the name,
-                             host network and the pause image to use
-    net.setup                namespace, CNI ADD        (not for host network)
+                             host network and the pause image to use; pins
+                             the pod's user namespace (userns mode POD)
+    net.setup                namespace (inside that user namespace), CNI ADD
+                             (not for host network)
     runtime.sandbox_start    ipc/uts pins, files, cgroup, infra; "ready"
 
 with a cleanup stack that undoes the steps done when a later one fails,
@@ -24,6 +26,7 @@ from collections.abc import AsyncIterator
 from ...proto import api_pb2 as api
 from ...proto import image_ops, net_ops, runtime_ops, storage_ops
 from ...proto.errors import FailedPrecondition, NotFound
+from ...proto.idmap import IdMap
 from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
 from ..status_cache import Answer, StatusCache, pod_answer, pod_key
@@ -78,14 +81,15 @@ class SandboxService:
             # the node's IPs, which is what the kubelet expects to see for them.
             undo.push("tear the pod network down", lambda: ops(
                 net_ops.TEARDOWN, net_ops.TeardownPod(pod_id=sandbox_id), cleanup))
-            net = await ops(net_ops.SETUP, _net_setup(sandbox_id, config,
-                                                      reserved.host_network), create)
+            net = await ops(net_ops.SETUP, _net_setup(sandbox_id, config, reserved.host_network,
+                                                      reserved.userns_path), create)
             infra_image = None
             if reserved.pause_image:
                 undo.push("remove the pause rootfs", lambda: ops(
                     storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=sandbox_id),
                     cleanup))
-                infra_image = await self._pause_rootfs(reserved.pause_image, sandbox_id)
+                infra_image = await self._pause_rootfs(reserved.pause_image, sandbox_id,
+                                                       reserved.idmap)
             await ops(runtime_ops.SANDBOX_START, runtime_ops.SandboxStart(
                 id=reserved.id, netns_path=net.netns_path or None, ips=net.ips,
                 infra_image=infra_image), create)
@@ -94,8 +98,8 @@ class SandboxService:
             raise
         return sandbox_id
 
-    async def _pause_rootfs(self, pause_image: str, sandbox_id: str
-                            ) -> runtime_ops.InfraImage:
+    async def _pause_rootfs(self, pause_image: str, sandbox_id: str,
+                            idmap: IdMap | None) -> runtime_ops.InfraImage:
         """Pull the configured pause image if absent and mount a rootfs of it."""
         ops, create = self.ops, Deadline.CREATE
         resolve = image_ops.ResolveImage(image=pause_image)
@@ -108,7 +112,7 @@ class SandboxService:
             image = await ops(image_ops.RESOLVE_IMAGE, resolve, create)
         chain = await ensure_unpacked(ops, image.layers, create)
         rootfs = await ops(storage_ops.CREATE_ROOTFS, storage_ops.CreateRootfs(
-            container_id=sandbox_id, layers=chain), create)
+            container_id=sandbox_id, layers=chain, idmap=idmap), create)
         config = image.config.get("config") or {}
         args = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
         if not args:
@@ -199,7 +203,7 @@ class SandboxService:
 
 
 def _net_setup(sandbox_id: str, config: api.PodSandboxConfig,
-               host_network: bool) -> net_ops.SetupPod:
+               host_network: bool, userns_path: str) -> net_ops.SetupPod:
     """What the net pool needs of the pod, from the CRI fields themselves."""
     meta = config.metadata
     dns = config.dns_config
@@ -214,4 +218,5 @@ def _net_setup(sandbox_id: str, config: api.PodSandboxConfig,
         dns=net_ops.DnsConfig(servers=list(dns.servers), searches=list(dns.searches),
                               options=list(dns.options))
         if config.HasField("dns_config") else None,
-        host_network=host_network, cgroup_parent=config.linux.cgroup_parent)
+        host_network=host_network, cgroup_parent=config.linux.cgroup_parent,
+        userns_path=userns_path)

@@ -13,6 +13,11 @@ loopback up through a pyroute2 netlink socket opened inside the new
 namespace, and exits. No fork: the worker is multi-threaded, and the
 namespace switch never touches the thread pool's threads.
 
+A pod with its own user namespace needs its network namespace owned by it
+(runc joins it from inside, and mounts sysfs over it): then a helper
+process enters the pinned user namespace and unshares there
+(``_create_in_userns``); this process pins what it made.
+
 Invariants
     - A path under the dir is either a mounted namespace, or a leftover of a
       creation that died between ``open`` and ``mount``; ``exists`` tells
@@ -31,6 +36,8 @@ import os
 import threading
 
 from pyroute2 import IPRoute
+
+from .. import userns
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
@@ -59,13 +66,17 @@ def exists(path: str) -> bool:
         return False
 
 
-def create(path: str) -> None:
-    """Create and pin a new network namespace at ``path`` with ``lo`` up.
+def create(path: str, userns_path: str | None = None) -> None:
+    """Create and pin a new network namespace at ``path`` with ``lo`` up,
+    owned by the pinned user namespace ``userns_path`` when given.
 
     Raises ``FileExistsError`` if ``path`` exists, ``NamespaceError`` on
     any kernel refusal; a failed creation leaves no file behind.
     """
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if userns_path:
+        _create_in_userns(path, userns_path)
+        return
     failure: list[BaseException] = []
     thread = threading.Thread(target=_create_in_thread, args=(path, failure),
                               name="netns-create", daemon=True)
@@ -94,6 +105,21 @@ def _create_in_thread(path: str, failure: list[BaseException]) -> None:
             ipr.link("set", index=1, state="up")
     except BaseException as exc:
         failure.append(exc)
+
+
+def _create_in_userns(path: str, userns_path: str) -> None:
+    # A thread cannot enter a user namespace (setns refuses a threaded
+    # process), so a helper process does: it joins the pod's user
+    # namespace, unshares the network one, brings lo up as its root, and is
+    # held while this process, host root, pins it (workers/userns.py).
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    os.close(fd)
+    try:
+        userns.pin_inside(userns_path, {"net": path}, "ip link set lo up && ")
+    except userns.UsernsError as exc:
+        remove(path)
+        raise NamespaceError(exc.errno, f"network namespace {path} in user namespace "
+                                        f"{userns_path}: {exc.strerror}") from exc
 
 
 def remove(path: str) -> None:

@@ -39,6 +39,8 @@ class SetupRequest:
     host_network: bool
     cni_args: tuple[tuple[str, str], ...]
     capability_args: dict[str, Any] = field(default_factory=dict)
+    userns_path: str = ""
+    """The pod's pinned user namespace, to own its network namespace."""
 
 
 def pod_id(value: str, name: str = "pod_id") -> str:
@@ -69,9 +71,12 @@ def setup_request(args: SetupPod) -> SetupRequest:
         caps["dns"] = dns
     if args.cgroup_parent:
         caps["cgroupPath"] = args.cgroup_parent
+    if args.userns_path and (not args.userns_path.startswith("/")
+                             or ".." in args.userns_path.split("/")):
+        raise InvalidArgument(f"userns_path {args.userns_path[:200]!r} is not an absolute path")
     return SetupRequest(pod_id=pid, name=args.name, namespace=args.namespace, uid=args.uid,
                         host_network=args.host_network, cni_args=cni_args,
-                        capability_args=caps)
+                        capability_args=caps, userns_path=args.userns_path)
 
 
 def _port_mappings(mappings: list[PortMapping]) -> list[dict[str, Any]]:

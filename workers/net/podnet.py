@@ -147,7 +147,7 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
     layout.records.save(req.pod_id, record)
     try:
         check()
-        netns.create(path)
+        netns.create(path, req.userns_path or None)
         check()
         result = cni.add(_runner(layout, deadline, lock), net, _invocation(record, path))
         # A caller that gave up during ADD will never learn of this pod:

@@ -46,9 +46,22 @@ from ...proto.errors import (
 )
 from ...proto.naming import container_name
 from ..base import OpContext
-from . import configs, ids, monitor, names, sandbox, spec_mounts, specs, teardown
+from . import (
+    configs,
+    ids,
+    idvolumes,
+    monitor,
+    names,
+    podns,
+    sandbox,
+    spec_mounts,
+    specs,
+    teardown,
+    usernsprobe,
+)
 from .handlers import Runtimes
 from .layout import Layout
+from .spec_namespaces import check_same_userns
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +123,8 @@ def reserve(layout: Layout, ctx: OpContext, args: ops.ContainerReserve) -> ops.C
     # supervisor unpacks layers and mounts a rootfs for a create that
     # could only fail.
     log_path_of(layout, container_id, config, pod_config)
+    check_same_userns(config.linux.security_context.namespace_options,
+                      podns.idmap_of(pod), f"container {config.metadata.name}")
     with layout.name_lock(name, "container", ctx.deadline):
         names.reserve(layout.names_dir, name, container_id, "container",
                       lambda other: layout.containers.load(other) is not None)
@@ -121,7 +136,8 @@ def reserve(layout: Layout, ctx: OpContext, args: ops.ContainerReserve) -> ops.C
                           "repo_digests": args.image.repo_digests},
                 "runtime_handler": pod["runtime_handler"],
             })
-    return ops.ContainerReserved(id=container_id, name=name, sandbox_id=pod["id"])
+    return ops.ContainerReserved(id=container_id, name=name, sandbox_id=pod["id"],
+                                 idmap=podns.idmap_of(pod))
 
 
 def create(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.ContainerCreate) -> None:
@@ -143,6 +159,12 @@ def create(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.Contain
                                    for v in args.image_volumes]
         document = specs.container_spec(node, pod, record, args.rootfs, args.image_config,
                                         _target_pid_ns(layout, record, config))
+        userns_path = (pod.get("ns") or {}).get("user")
+        if userns_path:
+            # runc mounts these from inside the pod's user namespace.
+            for path in [args.rootfs, *(v.path for v in args.image_volumes)]:
+                usernsprobe.open_up(path, layout.daemon_runroot)
+            idvolumes.attach(layout, container_id, config, document, userns_path)
         with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
             json.dump(document, f)
         log_path = log_path_of(layout, container_id, config, configs.sandbox_config(pod))

@@ -75,10 +75,12 @@ class Probe:
     message: str
     mount_options: frozenset[str]
 
-    def as_record(self) -> HandlerProbe:
+    def as_record(self, user_namespaces: bool = False) -> HandlerProbe:
+        """``user_namespaces``: whether the node can give pods their own."""
         return HandlerProbe(name=self.name, path=self.path, ok=self.ok, version=self.version,
                             message=self.message,
-                            recursive_read_only_mounts="rro" in self.mount_options)
+                            recursive_read_only_mounts="rro" in self.mount_options,
+                            user_namespaces=self.ok and user_namespaces)
 
 
 _cache: dict[str, tuple[float, Probe]] = {}

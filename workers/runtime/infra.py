@@ -20,7 +20,7 @@ from typing import Any
 from ...proto.errors import FailedPrecondition
 from ...proto.runtime_ops import InfraImage
 from ..base import OpContext
-from . import monitor, specs, teardown
+from . import monitor, specs, teardown, usernsprobe
 from .cgroup.driver import Driver
 from .layout import Layout
 
@@ -58,9 +58,14 @@ def start(ctx: OpContext, layout: Layout, handler: monitor.Handler, cgroups: Dri
     os.makedirs(bundle, mode=0o700, exist_ok=True)
     node = specs.node_facts(cgroups.manager, handler.name, handler.path, handler.root)
     if image:
-        document = specs.infra_spec(node, pod, image.rootfs, tuple(image.args))
+        rootfs, top = image.rootfs, layout.daemon_runroot
+        document = specs.infra_spec(node, pod, rootfs, tuple(image.args))
     else:
-        document = specs.infra_spec(node, pod, ensure_rootfs(layout))
+        rootfs, top = ensure_rootfs(layout), layout.daemon_root
+        document = specs.infra_spec(node, pod, rootfs)
+    if pod.get("idmap"):
+        # runc mounts the rootfs from inside the pod's user namespace.
+        usernsprobe.open_up(rootfs, top)
     with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
         json.dump(document, f)
     started = monitor.spawn(handler, infra_id, bundle, layout.state_dir(infra_id),

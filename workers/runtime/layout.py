@@ -42,6 +42,21 @@ class Layout:
                    os.path.join(settings["runroot"], "c"))
 
     @property
+    def daemon_root(self) -> str:
+        """podvisor's own root, above which nothing is ever chmodded."""
+        return os.path.dirname(self.root)
+
+    @property
+    def daemon_runroot(self) -> str:
+        return os.path.dirname(self.runroot)
+
+    def idmap_dir(self, object_id: str) -> str:
+        """Where a container of a user-namespaced pod has its volumes'
+        idmapped mounts attached (one per CRI mount, by index); never under
+        its bundle, whose removal deletes a tree."""
+        return os.path.join(self.runroot, "idmap", object_id)
+
+    @property
     def sandboxes(self) -> RecordDir:
         return RecordDir(os.path.join(self.root, "sandboxes"))
 

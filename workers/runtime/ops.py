@@ -44,7 +44,17 @@ from ...proto.errors import NotFound
 from ...proto.stats import ContainerSamples, PodSamples, StatsQuery
 from ...proto.stream_ops import AttachPlan, ExecPlan, PortForwardPlan
 from ..base import OpContext, OpTable, Served, serve
-from . import changes, containers, handlers, reconcile, sandbox, stats, streaming, update
+from . import (
+    changes,
+    containers,
+    handlers,
+    reconcile,
+    sandbox,
+    stats,
+    streaming,
+    update,
+    usernsprobe,
+)
 from .changes import Change, Entry, Journal
 from .handlers import Runtimes
 from .layout import Layout
@@ -116,11 +126,14 @@ class RuntimeService:
         probes = [handlers.probe(name, handler.path, handler.root)
                   for name, handler in sorted(self.runtimes.handlers.items())]
         default = next(p for p in probes if p.name == self.runtimes.default_runtime)
+        # Both runc and crun join a pinned user namespace by path; what can
+        # stop a handler's pods from having one is the node (usernsprobe.py).
+        userns = usernsprobe.problem(self.layout) is None
         return rt.RuntimeStatus(
             runtime_ready=default.ok, reason="" if default.ok else "RuntimeBinaryNotWorking",
             message=default.message, default_runtime=default.name,
-            handlers=[p.as_record() for p in probes if p.ok],
-            probes=[p.as_record() for p in probes])
+            handlers=[p.as_record(userns) for p in probes if p.ok],
+            probes=[p.as_record(userns) for p in probes])
 
     def runtime_config(self, ctx: OpContext, args: Empty) -> rt.RuntimeConfig:
         # The kubelet reads this once at start and expects it never to change

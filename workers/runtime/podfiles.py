@@ -15,7 +15,9 @@ import os
 import shutil
 
 from ...proto import api_pb2 as api
+from ...proto.idmap import IdMap
 from ..records import write_atomic
+from ..userns import map_id
 from . import mounts
 
 SHM_SIZE = 64 * 1024 * 1024
@@ -44,8 +46,9 @@ def hosts(hostname: str, ips: list[str]) -> bytes:
 
 
 def write(pod_dir: str, hostname: str, dns: api.DNSConfig | None,
-          ips: list[str]) -> dict[str, str]:
-    """Write the shared files; return {"hostname", "hosts", "resolv_conf"} paths."""
+          ips: list[str], idmap: IdMap | None = None) -> dict[str, str]:
+    """Write the shared files; return {"hostname", "hosts", "resolv_conf"} paths.
+    In a pod with its own user namespace they belong to its root."""
     os.makedirs(pod_dir, mode=0o755, exist_ok=True)
     paths = {name: os.path.join(pod_dir, name)
              for name in ("hostname", "hosts", "resolv_conf")}
@@ -56,15 +59,27 @@ def write(pod_dir: str, hostname: str, dns: api.DNSConfig | None,
         shutil.copyfile(HOST_RESOLV_CONF, paths["resolv_conf"])
     else:
         write_atomic(paths["resolv_conf"], content)
+    if idmap is not None:
+        owner = _root_of(idmap)
+        for path in paths.values():
+            os.chown(path, *owner)
     return paths
 
 
-def mount_shm(pod_dir: str) -> str:
+def _root_of(idmap: IdMap) -> tuple[int, int]:
+    """The host uid and gid of the pod's root (its maps always map id 0)."""
+    uid, gid = map_id(0, idmap.uids), map_id(0, idmap.gids)
+    assert uid is not None and gid is not None
+    return uid, gid
+
+
+def mount_shm(pod_dir: str, idmap: IdMap | None = None) -> str:
     path = os.path.join(pod_dir, "shm")
     os.makedirs(path, mode=0o755, exist_ok=True)
+    owner = "" if idmap is None else ",uid={},gid={}".format(*_root_of(idmap))
     if not mounts.is_mountpoint(path):
         mounts.mount("shm", path, "tmpfs", mounts.MS_NOSUID | mounts.MS_NODEV
-                     | mounts.MS_NOEXEC, f"mode=1777,size={SHM_SIZE}")
+                     | mounts.MS_NOEXEC, f"mode=1777,size={SHM_SIZE}{owner}")
     return path
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -31,13 +32,23 @@ from ...proto.errors import FailedPrecondition, Internal, InvalidArgument, NotFo
 from ...proto.limits import check_path
 from ...proto.naming import sandbox_name
 from ..base import OpContext
-from . import configs, ids, infra, names, podfiles, podns, spec_seccomp, spec_security
+from . import (
+    configs,
+    ids,
+    infra,
+    names,
+    podfiles,
+    podns,
+    spec_seccomp,
+    spec_security,
+    usernsprobe,
+)
 from .cgroup import pods
 from .cgroup.driver import Driver
 from .handlers import Runtimes
 from .layout import Layout
 from .spec_context import apparmor_enabled, selinux_enabled
-from .spec_namespaces import check_userns
+from .spec_namespaces import pod_idmap
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +107,18 @@ def reserve(layout: Layout, runtimes: Runtimes, pause_image: str, ctx: OpContext
     if modes["network"] == TARGET or modes["ipc"] == TARGET:
         raise InvalidArgument("namespace mode TARGET applies to pid only")
     _check_security(config.linux.security_context)
-    check_userns(config.linux.security_context.namespace_options, "pod sandbox")
+    idmap = pod_idmap(config.linux.security_context.namespace_options, "pod sandbox")
+    if idmap is not None:
+        # The kubelet never sends these (hostUsers: false excludes them):
+        # a user namespace cannot own the node's namespaces.
+        shared = [kind for kind in ("network", "pid", "ipc") if modes[kind] == NODE]
+        if shared:
+            raise InvalidArgument(f"pod sandbox: a pod with its own user namespace cannot share "
+                                  f"the node's {', '.join(shared)} namespace")
+        why = usernsprobe.problem(layout)
+        if why is not None:
+            raise FailedPrecondition(f"pod sandbox: this node cannot run pods with their own "
+                                     f"user namespace: {shorten(why, 300)}")
     with layout.name_lock(name, "pod", ctx.deadline):
         names.reserve(layout.names_dir, name, sandbox_id, "pod sandbox",
                       lambda other: layout.sandboxes.load(other) is not None)
@@ -105,12 +127,20 @@ def reserve(layout: Layout, runtimes: Runtimes, pause_image: str, ctx: OpContext
                 "id": sandbox_id, "name": name, "state": CREATING,
                 "created_at": time.time_ns(), configs.FIELD: configs.stored(args.config),
                 "runtime_handler": handler, "host_network": host_network, "modes": modes,
+                "idmap": None if idmap is None else podns.idmap_record(idmap),
             })
+    userns_path = ""
+    if idmap is not None:
+        # After the record, so a failure here leaves one whose removal
+        # unpins it; made here because the net pool needs it next.
+        with layout.pod_lock(sandbox_id, ctx.deadline):
+            userns_path = podns.pin_userns(f"{layout.pod_dir(sandbox_id)}/ns", idmap)
     # A configured pause image serves pods that need an infra process; the
     # supervisor pulls it and has the storage pool mount its rootfs.
     pause = pause_image if modes["pid"] == POD else ""
     return ops.SandboxReserved(id=sandbox_id, name=name, runtime_handler=handler,
-                               host_network=host_network, pause_image=pause)
+                               host_network=host_network, pause_image=pause,
+                               userns_path=userns_path, idmap=idmap)
 
 
 def _check_security(sc: api.LinuxSandboxSecurityContext) -> None:
@@ -186,14 +216,23 @@ def start(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.SandboxS
         pods.ensure(runtimes.cgroups, record["cgroup_parent"], sandbox_id, layout.cgroups,
                     ctx.deadline)
         ctx.check()
+        idmap = podns.idmap_of(record)
+        in_userns = podns.userns_path(f"{pod_dir}/ns") if idmap else None
+        if idmap:
+            # runc mounts the pod's files from inside its user namespace.
+            os.makedirs(pod_dir, mode=0o711, exist_ok=True)
+            usernsprobe.open_up(pod_dir, layout.daemon_runroot)
         record["ns"] = podns.pin(f"{pod_dir}/ns", hostname, ipc=modes["ipc"] != NODE,
-                                 uts=not host_network)
-        record["shm"] = podfiles.mount_shm(pod_dir) if modes["ipc"] != NODE else None
+                                 uts=not host_network, in_userns=in_userns)
+        if in_userns:
+            record["ns"]["user"] = in_userns
+        record["shm"] = (podfiles.mount_shm(pod_dir, idmap) if modes["ipc"] != NODE
+                         else None)
         layout.sandboxes.save(sandbox_id, record)
         ctx.check()
         record["files"] = podfiles.write(
             pod_dir, hostname, config.dns_config if config.HasField("dns_config") else None,
-            record["ips"])
+            record["ips"], idmap)
         if modes["pid"] == POD:
             # Recorded before the start, so a failure or a crash inside it
             # leaves a record whose stop/remove also delete the infra.

@@ -51,7 +51,12 @@ from . import (
     spec_security,
 )
 from .spec_context import NodeFacts, PodContext, bounding_caps, detect_node, own_oom_score_adj
-from .spec_namespaces import check_userns, container_namespaces, infra_namespaces
+from .spec_namespaces import (
+    check_same_userns,
+    container_namespaces,
+    id_mappings,
+    infra_namespaces,
+)
 from .spec_sysctl import pod_sysctls
 from .spec_user import UserDb, oci_user
 
@@ -138,7 +143,7 @@ def build_container_spec(container_config: api.ContainerConfig,
     caps = spec_security.capabilities(sc.capabilities, privileged, pod.privileged_caps)
     apparmor = spec_security.apparmor_profile(sc, privileged, node.apparmor)
     spec_security.check_selinux(sc.selinux_options, node.selinux, "container")
-    check_userns(sc.namespace_options, f"container {name}")
+    check_same_userns(sc.namespace_options, pod.idmap, f"container {name}")
     process: dict[str, Any] = {
         "terminal": container_config.tty,
         "user": oci_user(sc, image_user, users),
@@ -170,6 +175,7 @@ def build_container_spec(container_config: api.ContainerConfig,
                               host_ipc=pod.ipc_ns_path is None),
         "maskedPaths": spec_security.masked_paths(sc, privileged),
         "readonlyPaths": spec_security.readonly_paths(sc, privileged),
+        **id_mappings(pod),
     }
     if rootfs_propagation:
         linux["rootfsPropagation"] = rootfs_propagation
@@ -247,6 +253,7 @@ def build_infra_spec(sandbox_config: api.PodSandboxConfig, pod: PodContext, root
                               host_ipc=pod.ipc_ns_path is None),
         "maskedPaths": list(spec_security.DEFAULT_MASKED_PATHS),
         "readonlyPaths": list(spec_security.DEFAULT_READONLY_PATHS),
+        **id_mappings(pod),
     }
     # The pod's own profiles confine its infra process (it has no capabilities).
     seccomp = spec_seccomp.seccomp(pod_sc, frozenset(), pod_sc.privileged,

@@ -28,6 +28,7 @@ import re
 import resource
 from dataclasses import dataclass, field, replace
 
+from ...proto.idmap import IdMap
 from .cgroup.driver import PREFIX
 from .spec_security import CAPABILITIES
 
@@ -68,6 +69,8 @@ class PodContext:
     hostname_file: str | None
     privileged_caps: tuple[str, ...]  # the daemon's bounding set (``bounding_caps()``)
     oom_score_adj_floor: int          # the daemon's own oom_score_adj (``own_oom_score_adj()``)
+    userns_path: str | None = None    # the pod's pinned user namespace; None: the host's
+    idmap: IdMap | None = None        # its maps (mode POD)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from . import configs, handlers
+from . import configs, handlers, podns
 from .monitor import Handler
 from .spec import INFRA_ARGS, build_container_spec, build_infra_spec
 from .spec_context import (
@@ -74,7 +74,8 @@ def pod_context(pod: Mapping[str, Any]) -> PodContext:
         pid_ns_path=f"/proc/{infra['pid']}/ns/pid" if infra and infra.get("pid") else None,
         shm_path=pod.get("shm"), resolv_conf=files.get("resolv_conf"),
         hosts_file=files.get("hosts"), hostname_file=files.get("hostname"),
-        privileged_caps=caps, oom_score_adj_floor=floor)
+        privileged_caps=caps, oom_score_adj_floor=floor,
+        userns_path=ns.get("user"), idmap=podns.idmap_of(pod))
 
 
 def container_spec(node: NodeFacts, pod: Mapping[str, Any], record: Mapping[str, Any],

@@ -24,7 +24,7 @@ import shutil
 import time
 
 from ...proto.errors import Internal
-from . import monitor
+from . import idvolumes, monitor
 from .layout import Layout
 
 # After SIGKILL a process dies at once unless stuck in the kernel; this
@@ -89,6 +89,7 @@ def discard(handler: monitor.Handler, layout: Layout, object_id: str,
         raise Internal(f"deleting {object_id} from {handler.name}: "
                        f"{done.stderr.strip()[:500]}")
     monitor.kill_monitor(layout.state_dir(object_id))
+    idvolumes.release(layout, object_id)
     for path in (layout.bundle_dir(object_id), layout.state_dir(object_id)):
         shutil.rmtree(path, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):

@@ -11,6 +11,7 @@ On disk (``root`` persistent, ``runroot`` volatile)::
     <root>/storage/containers/<id>/upper, work     the container's writable part
     <root>/storage/containers/.tmp-<id>-<rand>/, .rm-<id>-<rand>/
     <runroot>/storage/mounts/<id>                  the merged rootfs mount point
+    <runroot>/storage/idmap/<id>                   idmapped store, only while mounting
     <runroot>/storage/usage/<id>.json              its upper dir's usage as last measured
     <runroot>/storage/usage/.tmp-<id>-<rand>       one being written (usage_cache.py)
     <runroot>/storage/locks/layer-<chain hex>.lock, container-<id>.lock
@@ -88,6 +89,12 @@ class Layout:
     @property
     def mounts_dir(self) -> str:
         return os.path.join(self.runroot, "storage", "mounts")
+
+    @property
+    def idmap_stage_dir(self) -> str:
+        """Where a rootfs's idmapped view of the store is attached while
+        its overlay is mounted (rootfs.py), then detached."""
+        return os.path.join(self.runroot, "storage", "idmap")
 
     @property
     def locks_dir(self) -> str:

@@ -127,7 +127,7 @@ class StorageService:
         chain_ids = _chain_ids(args.layers)
         with _bus_errors(f"creating the rootfs of container {cid}"):
             return rootfs.create(self.layout, cid, chain_ids, args.mount_label or None,
-                                 ctx.deadline)
+                                 ctx.deadline, args.idmap)
 
     def remove_rootfs(self, ctx: OpContext, args: RemoveRootfs) -> RemovedRootfs:
         cid = check_container_id(args.container_id)

@@ -41,9 +41,12 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ...proto.errors import AlreadyExists, NotFound
+from ...proto.contract import from_wire, to_wire
+from ...proto.errors import AlreadyExists, FailedPrecondition, NotFound
+from ...proto.idmap import IdMap
 from ...proto.storage_ops import IMAGE_VOLUME_INFIX, CreatedRootfs, RemovedRootfs
-from .. import locks
+from .. import locks, userns
+from ..userns import map_id
 from . import layers, overlay, records, usage_cache
 from .layout import LOCK_HOLDER, RM_PREFIX, TMP_PREFIX, Layout
 
@@ -71,10 +74,15 @@ def _locked(layout: Layout, container_id: str,
 
 
 def create(layout: Layout, container_id: str, chain_ids: Sequence[str],
-           mount_label: str | None, deadline: float) -> CreatedRootfs:
+           mount_label: str | None, deadline: float,
+           idmap: IdMap | None = None) -> CreatedRootfs:
+    saved_idmap = None if idmap is None else to_wire(idmap, IdMap)
     with _locked(layout, container_id, deadline):
         record = records.rootfs(layout, container_id)
         if record is not None:
+            if record.get("idmap") != saved_idmap:
+                raise AlreadyExists(f"container {container_id} already has a rootfs with other "
+                                    "user namespace id maps; remove it first")
             if list(record.get("layers", ())) != list(chain_ids):
                 raise AlreadyExists(
                     f"container {container_id} already has a rootfs over other layers "
@@ -85,7 +93,8 @@ def create(layout: Layout, container_id: str, chain_ids: Sequence[str],
             return _describe(layout, record, created=False)
         # A mount left with no record (the record's removal was cut short).
         overlay.unmount(layout.mount_point(container_id))
-        record = _make_container_dir(layout, container_id, chain_ids, mount_label, deadline)
+        record = _make_container_dir(layout, container_id, chain_ids, mount_label, deadline,
+                                     idmap)
         try:
             # The kubelet may ask for stats as soon as CreateContainer
             # answers, long before the first measure.
@@ -99,7 +108,8 @@ def create(layout: Layout, container_id: str, chain_ids: Sequence[str],
 
 
 def _make_container_dir(layout: Layout, container_id: str, chain_ids: Sequence[str],
-                        mount_label: str | None, deadline: float) -> dict[str, Any]:
+                        mount_label: str | None, deadline: float,
+                        idmap: IdMap | None) -> dict[str, Any]:
     # Shared layer locks in sorted order: an unpack or a removal of one of
     # them waits for the record to exist (then sees this user), and no two
     # rootfs creates ever wait for each other.
@@ -119,10 +129,11 @@ def _make_container_dir(layout: Layout, container_id: str, chain_ids: Sequence[s
         tmp = os.path.join(layout.containers_dir,
                            f"{TMP_PREFIX}{container_id}-{secrets.token_hex(4)}")
         record = {"container_id": container_id, "layers": list(chain_ids),
-                  "mount_label": mount_label, "created": time.time_ns()}
+                  "mount_label": mount_label, "created": time.time_ns(),
+                  "idmap": None if idmap is None else to_wire(idmap, IdMap)}
         try:
             os.mkdir(tmp, 0o700)
-            _make_upper(layout, tmp, chain_ids)
+            _make_upper(layout, tmp, chain_ids, idmap)
             os.mkdir(os.path.join(tmp, "work"), 0o700)
             if not chain_ids:
                 # overlayfs needs a lower dir: an image of no layers gets an empty one.
@@ -148,15 +159,26 @@ def _absent(layout: Layout, chain_hex: str) -> bool:
     return not layers.present(layout, chain_hex)
 
 
-def _make_upper(layout: Layout, tmp: str, chain_ids: Sequence[str]) -> None:
-    """The upper dir is the merged root: give it the top layer's root owner and mode."""
+def _make_upper(layout: Layout, tmp: str, chain_ids: Sequence[str],
+                idmap: IdMap | None) -> None:
+    """The upper dir is the merged root: give it the top layer's root owner
+    and mode, that owner as the idmapped layers show it when there are maps.
+    The upper dir itself is never idmapped: overlayfs writes there with its
+    mounter's (host root's) ids, which no pod map holds."""
     upper = os.path.join(tmp, "upper")
     os.mkdir(upper)
     os.chmod(upper, 0o755)  # whatever the umask
+    uid = gid = 0
     if chain_ids:
         st = os.stat(layout.diff_dir(chain_ids[-1].split(":", 1)[1]))
-        os.chown(upper, st.st_uid, st.st_gid)
+        uid, gid = st.st_uid, st.st_gid
         os.chmod(upper, st.st_mode & 0o7777)
+    if idmap is not None:
+        mapped_uid, mapped_gid = map_id(uid, idmap.uids), map_id(gid, idmap.gids)
+        # An owner the map does not hold shows as the overflow id; keep it so.
+        uid = uid if mapped_uid is None else mapped_uid
+        gid = gid if mapped_gid is None else mapped_gid
+    os.chown(upper, uid, gid)
 
 
 def _lowers(layout: Layout, record: dict[str, Any]) -> list[str]:
@@ -186,8 +208,33 @@ def _ensure_mounted(layout: Layout, record: dict[str, Any]) -> bool:
         log.debug("Ignoring mount label of %s: SELinux is not enabled", cid)
         label = None
     cdir = layout.container_dir(cid)
-    overlay.mount(target, _lowers(layout, record), os.path.join(cdir, "upper"),
-                  os.path.join(cdir, "work"), label or None)
+    lowers = _lowers(layout, record)
+    saved_idmap = record.get("idmap")
+    if saved_idmap is None:
+        overlay.mount(target, lowers, os.path.join(cdir, "upper"), os.path.join(cdir, "work"),
+                      label or None)
+        return True
+    # The layers through an idmapped clone of the whole store, attached at
+    # a staging dir only for the mount: overlayfs keeps its own private
+    # clones of its layers, so the staging mount goes right after.
+    idmap = from_wire(saved_idmap, IdMap, f"rootfs record of {cid}")
+    stage = os.path.join(layout.idmap_stage_dir, cid)
+    os.makedirs(stage, mode=0o700, exist_ok=True)
+    try:
+        while userns.unmount(stage):
+            pass  # one a crash left
+        with userns.temporary(idmap.uids, idmap.gids) as fd:
+            userns.idmapped_clone(layout.storage_dir, stage, fd)
+        staged = [os.path.join(stage, os.path.relpath(p, layout.storage_dir)) for p in lowers]
+        overlay.mount(target, staged, os.path.join(cdir, "upper"), os.path.join(cdir, "work"),
+                      label or None)
+    except userns.UsernsError as exc:
+        raise FailedPrecondition(f"cannot idmap the layers of container {cid} for its pod's "
+                                 f"user namespace: {exc.strerror}") from exc
+    finally:
+        userns.unmount(stage)
+        with contextlib.suppress(OSError):
+            os.rmdir(stage)
     return True
 
 
