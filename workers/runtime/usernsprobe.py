@@ -10,8 +10,10 @@ and crun both join a pinned user namespace given its path and maps):
   pod's user namespace, where host root's dirs are "other". podvisor opens
   up its own dirs below root and runroot (``open_up``), never one above.
 
-A success is kept for the worker's life; a failure is probed again on the
-next ask (an admin may fix the mode of a dir meanwhile).
+A success is kept for the worker's life. A failed idmap probe (it execs a
+helper) is kept ``RETRY_AFTER`` seconds, since the kubelet asks Status every
+few seconds; the cheap dir check runs on every ask (an admin may fix the
+mode of a dir meanwhile).
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 
 from .. import userns
 from .layout import Layout
 
+RETRY_AFTER = 60.0
+
 _ok: set[tuple[str, str]] = set()
+# key -> (when the idmap probe failed, monotonic; why)
+_failed: dict[tuple[str, str], tuple[float, str]] = {}
 _lock = threading.Lock()
 
 
@@ -38,11 +45,18 @@ def problem(layout: Layout) -> str | None:
         if closed:
             return (f"{closed} (above podvisor's {top}) is not searchable by other users "
                     "(o+x), which the ids of a pod's user namespace are")
+    with _lock:
+        failed = _failed.get(key)
+    if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER:
+        return failed[1]
     os.makedirs(layout.daemon_root, exist_ok=True)
     why = userns.probe(layout.daemon_root)
-    if why is not None:
-        return f"no idmapped mounts under {layout.daemon_root}: {why}"
     with _lock:
+        if why is not None:
+            reason = f"no idmapped mounts under {layout.daemon_root}: {why}"
+            _failed[key] = (time.monotonic(), reason)
+            return reason
+        _failed.pop(key, None)
         _ok.add(key)
     return None
 
