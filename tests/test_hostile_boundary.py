@@ -158,12 +158,12 @@ def test_a_request_between_the_old_bus_limit_and_grpcs_is_answered(daemon: Daemo
         runtime: api_pb2_grpc.RuntimeServiceStub) -> None:
     # 70 MB passes gRPC's 80 MiB; the bus used to drop anything over 64 MiB,
     # leaving the call to hang until its deadline.
+    # A hang would end as DEADLINE_EXCEEDED: the answer's code tells it
+    # apart, with no timing (which a loaded machine may stretch).
     request = api.ExecSyncRequest(container_id="absent", cmd=["x" * (70 * MB)], timeout=1)
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as err:
-        runtime.ExecSync(request, timeout=20)
+        runtime.ExecSync(request, timeout=60)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
-    assert time.monotonic() - started < 10
     still_serving(daemon)
 
 
