@@ -46,7 +46,7 @@ def test_status_reports_runtime_ready_and_network_not_ready_without_cni_config(
     handlers = {h.name for h in reply.runtime_handlers}
     assert {"runc", "crun", ""} <= handlers
     runtime_info = json.loads(reply.info["runtime"])
-    assert runtime_info["default_runtime"] == "runc"
+    assert runtime_info["default_runtime"] == "crun"
     pools = json.loads(reply.info["pools"])
     assert pools["runtime"] == {"size": 2, "ready": 2, "fatal": False}
     # Advertised exactly as implemented: supplemental groups policies are
