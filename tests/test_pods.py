@@ -227,6 +227,24 @@ def test_a_create_in_a_removed_pod_is_not_found(n: Node, pod: Pod) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_exec_runs_as_the_container_user_in_its_cwd(n: Node, handler: str) -> None:
+    # crun's exec takes neither from the container by itself (it would run
+    # as root in /): podvisor hands every runtime the container's process.
+    pod = n.pod_config(f"exec-user-{handler}")
+    pod_id = n.run_pod(pod, handler)
+    security = api.LinuxContainerSecurityContext(
+        run_as_user=api.Int64Value(value=1001), no_new_privs=True)
+    idle = n.run(pod_id, pod, n.container_config(
+        "idle", "sleep 3600", working_dir="/tmp",
+        linux=api.LinuxContainerConfig(security_context=security)))
+    n.wait_state(idle, api.CONTAINER_RUNNING)
+    done = n.exec(idle, "sh", "-c", "id -u; pwd; grep NoNewPrivs /proc/self/status")
+    assert done.exit_code == 0, done.stderr
+    assert done.stdout.decode().split("\n")[:3] == ["1001", "/tmp", "NoNewPrivs:\t1"]
+    n.remove_pod(pod_id)
+
+
 def test_a_pod_naming_no_handler_runs_under_crun(n: Node) -> None:
     # crun is the default handler: its --root holds the pod's containers,
     # runc's none of them.
