@@ -175,11 +175,11 @@ def floor(sizes: list[tuple[int, int]]) -> Figures:
     for pods, _ in sizes:
         with tempfile.TemporaryDirectory(prefix="density-runc-") as tmp:
             base = Path(tmp)
-            bundles = prepare_bundles(base, pods)
+            bundles = prepare_bundles(base, pods, "runc")
             try:
-                _, wall = run_bare(base / "state", bundles)
+                _, wall = run_bare("runc", base / "state", bundles)
             finally:
-                remove_bare(base / "state", bundles)
+                remove_bare("runc", base / "state", bundles)
         figures.seconds[f"{pods} parallel pods to Running"] = wall
     return figures
 

@@ -1,21 +1,24 @@
-"""How long pods take to start, against the floor of bare ``runc run -d``.
+"""How long pods take to start, per handler, against the floor of the bare
+OCI runtime's ``run -d``.
 
-For N = 10 and N = 50, in one run:
+For N = 10 and N = 50 and each handler (crun, the default, and runc), in one run:
 
 - podvisor: N pods started in parallel through the CRI socket, each
   RunPodSandbox (CNI bridge network, the kubelet's default namespaces: no
   shared PID namespace, so no infra process) + CreateContainer +
   StartContainer of one busybox container from the test registry; per-pod
   time from its first call until StartContainer returned (the container is
-  Running), and the wall time until all are;
-- floor: N ``runc run -d`` of busybox containers from bundles prepared
+  Running), and the wall time until all are; then the time to stop and
+  remove them, one after the other;
+- floor: N ``<runtime> run -d`` of busybox containers from bundles prepared
   beforehand (rootfs copied, config.json written), in parallel, timed the
-  same way.
+  same way, then N ``<runtime> delete --force``, one after the other.
 
-Also the memory of one conmon (RSS and PSS from smaps_rollup) and of the
-idle daemon (supervisor plus workers). Everything is removed at the end.
+Two pods per handler go first, unmeasured. Also the memory of one conmon
+(RSS and PSS from smaps_rollup) and of the idle daemon (supervisor and its
+workers). Everything is removed at the end.
 
-    .venv/bin/python bench/pod_start.py [--sizes 10 50]
+    .venv/bin/python bench/pod_start.py [--sizes 10 50] [--handlers crun runc]
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return q[49], q[98]
 
 
-def start_pods(n: Node, count: int) -> tuple[list[float], float, list[str]]:
+def start_pods(n: Node, count: int, handler: str) -> tuple[list[float], float, list[str]]:
     # What the kubelet sends for an ordinary pod: no shared PID namespace
     # (so no infra process), each container in its own.
     options = api.NamespaceOption(pid=api.CONTAINER)
@@ -58,8 +61,8 @@ def start_pods(n: Node, count: int) -> tuple[list[float], float, list[str]]:
 
     def one(i: int) -> tuple[float, str]:
         started = time.monotonic()
-        pod = n.pod_config(f"bench{count}-{i}", share_pid=False)
-        pod_id = n.run_pod(pod)
+        pod = n.pod_config(f"bench{count}-{handler}-{i}", share_pid=False)
+        pod_id = n.run_pod(pod, handler)
         n.run(pod_id, pod, n.container_config("app", "sleep 3600", linux=linux))
         return time.monotonic() - started, pod_id
 
@@ -69,7 +72,7 @@ def start_pods(n: Node, count: int) -> tuple[list[float], float, list[str]]:
     return [r[0] for r in results], time.monotonic() - wall, [r[1] for r in results]
 
 
-def prepare_bundles(base: Path, count: int) -> list[Path]:
+def prepare_bundles(base: Path, count: int, runtime: str) -> list[Path]:
     template = base / "template"
     (template / "rootfs" / "bin").mkdir(parents=True)
     shutil.copy("/bin/busybox", template / "rootfs" / "bin" / "busybox")
@@ -84,16 +87,16 @@ def prepare_bundles(base: Path, count: int) -> list[Path]:
     for i in range(count):
         bundle = base / f"b{i}"
         shutil.copytree(template, bundle, symlinks=True)
-        spec["linux"]["cgroupsPath"] = f"/podvisor-bench/runc-{i}"
+        spec["linux"]["cgroupsPath"] = f"/podvisor-bench/{runtime}-{i}"
         (bundle / "config.json").write_text(json.dumps(spec))
         bundles.append(bundle)
     return bundles
 
 
-def run_bare(root: Path, bundles: list[Path]) -> tuple[list[float], float]:
+def run_bare(runtime: str, root: Path, bundles: list[Path]) -> tuple[list[float], float]:
     def one(bundle: Path) -> float:
         started = time.monotonic()
-        subprocess.run(["runc", "--root", str(root), "run", "-d", "--bundle", str(bundle),
+        subprocess.run([runtime, "--root", str(root), "run", "-d", "--bundle", str(bundle),
                         f"bench-{bundle.name}"], check=True, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.monotonic() - started
@@ -104,10 +107,14 @@ def run_bare(root: Path, bundles: list[Path]) -> tuple[list[float], float]:
     return times, time.monotonic() - wall
 
 
-def remove_bare(root: Path, bundles: list[Path]) -> None:
+def remove_bare(runtime: str, root: Path, bundles: list[Path]) -> list[float]:
+    """Each container's ``delete --force``, one after the other: their times."""
+    times = []
     for bundle in bundles:
-        subprocess.run(["runc", "--root", str(root), "delete", "--force",
+        started = time.monotonic()
+        subprocess.run([runtime, "--root", str(root), "delete", "--force",
                         f"bench-{bundle.name}"], check=False, capture_output=True)
+        times.append(time.monotonic() - started)
     for name in os.listdir("/sys/fs/cgroup"):
         path = Path("/sys/fs/cgroup", name, "podvisor-bench")
         if path.is_dir():
@@ -116,10 +123,11 @@ def remove_bare(root: Path, bundles: list[Path]) -> None:
                     child.rmdir()
             path.rmdir()
     reap()
+    return times
 
 
 def reap() -> None:
-    # The bench is a subreaper: containers whose runc exited are its to reap.
+    # The bench is a subreaper: containers whose runtime exited are its to reap.
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -150,36 +158,65 @@ def conmon_pid(n: Node) -> int:
     raise SystemExit("no conmon running")
 
 
+def measure(n: Node, count: int, handler: str) -> tuple[float, ...]:
+    """One sample: podvisor's p50, p99, total and removal; the bare runtime's
+    p50, p99, total and median delete."""
+    times, wall, pods = start_pods(n, count, handler)
+    removal = time.monotonic()
+    for pod_id in pods:
+        n.remove_pod(pod_id)
+    removal = time.monotonic() - removal
+    base = Path(tempfile.mkdtemp(prefix="pv-bench-"))
+    try:
+        bundles = prepare_bundles(base, count, handler)
+        bare, bare_wall = run_bare(handler, base / handler, bundles)
+        deletes = remove_bare(handler, base / handler, bundles)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return (*percentiles(times), wall, removal, *percentiles(bare), bare_wall,
+            statistics.median(deletes))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--handlers", nargs="+", default=["crun", "runc"],
+                        help="podvisor handlers, each also run bare as the floor")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="samples per size and handler, the handlers' order "
+                             "reversed every round; the table shows medians")
     args = parser.parse_args()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    rows = []
+    samples: dict[tuple[int, str], list[tuple[float, ...]]] = {}
     with node(workers={"runtime": 2, "storage": 2, "net": 2, "image": 1}) as n:
         idle = daemon_memory(n)
-        conmon = None
-        for count in args.sizes:
-            times, wall, pods = start_pods(n, count)
-            if conmon is None:
-                conmon = memory(conmon_pid(n))
-            for pod_id in pods:
+        # Unmeasured: the image pull, the workers' and the monitor zygote's
+        # first calls, and each runtime's first exec, which would otherwise
+        # all fall on whichever handler comes first.
+        for handler in args.handlers:
+            for pod_id in start_pods(n, 2, handler)[2]:
                 n.remove_pod(pod_id)
-            base = Path(tempfile.mkdtemp(prefix="pv-bench-"))
-            try:
-                bundles = prepare_bundles(base, count)
-                bare, bare_wall = run_bare(base / "runc", bundles)
-                remove_bare(base / "runc", bundles)
-            finally:
-                shutil.rmtree(base, ignore_errors=True)
-            rows.append((count, *percentiles(times), wall, *percentiles(bare), bare_wall))
-    print("Pods started in parallel, one container each, seconds")
-    print("    N  podvisor p50    p99  total   runc p50    p99  total  ratio total")
-    for count, p50, p99, wall, b50, b99, bwall in rows:
-        print(f"{count:>5}  {p50:>11.2f}  {p99:>5.2f}  {wall:>5.2f}  {b50:>9.2f}  {b99:>5.2f}"
-              f"  {bwall:>5.2f}  {wall / bwall:>11.1f}")
-    assert conmon is not None
+        pods = start_pods(n, 1, args.handlers[0])[2]
+        conmon = memory(conmon_pid(n))
+        n.remove_pod(pods[0])
+        for count in args.sizes:
+            for round_ in range(args.rounds):
+                order = args.handlers if round_ % 2 == 0 else args.handlers[::-1]
+                for handler in order:
+                    samples.setdefault((count, handler), []).append(
+                        measure(n, count, handler))
+    print("Pods started in parallel, one container each, then stopped and removed one")
+    print("by one; the bare runtime's run -d in parallel and delete --force one by one.")
+    print(f"Medians of {args.rounds} rounds; seconds, except the bare delete in ms.")
+    print("    N  handler  podvisor p50    p99  total  remove   bare p50    p99  total"
+          "  delete ms  ratio total")
+    for (count, handler), rows in samples.items():
+        p50, p99, wall, removal, b50, b99, bwall, delete = (
+            statistics.median(column) for column in zip(*rows, strict=True))
+        print(f"{count:>5}  {handler:<7}  {p50:>12.2f}  {p99:>5.2f}  {wall:>5.2f}  {removal:>6.2f}"
+              f"  {b50:>9.3f}  {b99:>5.3f}  {bwall:>5.2f}  {delete * 1000:>9.1f}"
+              f"  {wall / bwall:>11.1f}")
     print(f"one podvisor-conmon: RSS {conmon[0]} KiB, PSS {conmon[1]} KiB")
     print("idle daemon (supervisor and its 7 workers): "
           f"RSS {idle[0]} KiB, PSS {idle[1]} KiB")

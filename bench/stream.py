@@ -7,8 +7,8 @@ private CNI world, busybox pod), with everything removed at the end:
   v4 client (``FrameCodec`` over a socket: POST upgrade, error and stdout
   streams) running ``echo x`` in a running container, until the exit
   status arrives on the error stream; ``crictl exec`` of the same (its
-  process start included); and the floor, ``runc --root <handler root>
-  exec <id> echo x`` on the same container;
+  process start included); and the floor, the default handler's own
+  ``<runtime> --root <handler root> exec <id> echo x`` on the same container;
 - port-forward throughput: a 64 MiB file from busybox httpd in the pod,
   downloaded M times by the same Python HTTP client through ``crictl
   port-forward`` (SPDY, and ``-r websocket``: SPDY tunnelled in a
@@ -133,16 +133,18 @@ def crictl(n: Node, *args: str) -> list[str]:
             "--timeout", "60s", *args]
 
 
-def runtime_root(n: Node) -> str:
-    """The default handler's --root, from the daemon's effective configuration."""
+def default_handler(n: Node) -> tuple[str, str]:
+    """The default handler's binary and --root, from the daemon's effective
+    configuration."""
     out = n.daemon.cli("config")
     assert out.returncode == 0, out.stderr
     runtime = tomllib.loads(out.stdout)["podvisor"]["runtime"]
-    return str(runtime["runtimes"][runtime["default_runtime"]]["runtime_root"])
+    handler = runtime["runtimes"][runtime["default_runtime"]]
+    return str(handler["runtime_path"]), str(handler["runtime_root"])
 
 
 def exec_latencies(n: Node, cid: str, rounds: int) -> dict[str, list[float]]:
-    root = runtime_root(n)
+    binary, root = default_handler(n)
 
     def via_spdy() -> None:
         url = n.daemon.runtime.Exec(api.ExecRequest(
@@ -155,12 +157,12 @@ def exec_latencies(n: Node, cid: str, rounds: int) -> dict[str, list[float]]:
                              timeout=60, check=True).stdout
         assert out == b"x\n", out
 
-    def via_runc() -> None:
-        out = subprocess.run(["runc", "--root", root, "exec", cid, "echo", "x"],
+    def via_runtime() -> None:
+        out = subprocess.run([binary, "--root", root, "exec", cid, "echo", "x"],
                              capture_output=True, timeout=60, check=True).stdout
         assert out == b"x\n", out
 
-    ways = {"spdy": via_spdy, "crictl": via_crictl, "runc": via_runc}
+    ways = {"spdy": via_spdy, "crictl": via_crictl, "runtime": via_runtime}
     times: dict[str, list[float]] = {name: [] for name in ways}
     for i in range(rounds + 3):  # 3 warm-up rounds, not counted
         for name, way in ways.items():
@@ -241,6 +243,7 @@ def main() -> None:
                        what="httpd answering")
 
             lat = exec_latencies(n, shell, args.execs)
+            floor_name = Path(default_handler(n)[0]).name
             direct = rates(ip, WEB_PORT, args.downloads)
             forwarded = {}
             for transport in ("spdy", "websocket"):
@@ -249,12 +252,12 @@ def main() -> None:
         finally:
             n.remove_pod(pod_id)
 
-    r50, r99 = summary(lat["runc"])
+    r50, r99 = summary(lat["runtime"])
     print(f"Exec of `echo x` in a running busybox container, {args.execs} rounds (ms)")
     print()
     print("| path | p50 | p99 | ratio p50 | ratio p99 |")
     print("|---|---:|---:|---:|---:|")
-    for name, label in (("runc", "`runc exec` (floor)"),
+    for name, label in (("runtime", f"`{floor_name} exec` (floor)"),
                         ("spdy", "podvisor: Exec RPC + SPDY v4 client"),
                         ("crictl", "podvisor: `crictl exec` (process start included)")):
         p50, p99 = summary(lat[name])

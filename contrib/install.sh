@@ -44,10 +44,11 @@ if [ -d /run/systemd/system ]; then
     systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
 fi
 
-# crun 1.8 refuses every container on a hybrid cgroup host whose v2
-# hierarchy holds a controller ("cgroups in hybrid mode not supported").
-# Give such controllers (typically hugetlb) their own v1 hierarchy, as a
-# systemd hybrid host does; runc works either way.
+# crun 1.8, podvisor's default handler, refuses every container on a hybrid
+# cgroup host whose v2 hierarchy holds a controller ("cgroups in hybrid mode
+# not supported"). Give such controllers (typically hugetlb) their own v1
+# hierarchy, as a systemd hybrid host does; runc works either way, so where
+# that mount fails, make runc the default (default_runtime = "runc").
 unified=/sys/fs/cgroup/unified/cgroup.controllers
 if [ -r "$unified" ]; then
     for controller in $(cat "$unified"); do
@@ -55,7 +56,7 @@ if [ -r "$unified" ]; then
         mountpoint -q "$target" && continue
         mkdir -p "$target"
         mount -t cgroup -o "$controller" cgroup "$target" \
-            || echo "warning: could not mount the $controller cgroup v1 hierarchy; crun may refuse containers"
+            || echo "warning: could not mount the $controller cgroup v1 hierarchy; crun, the default handler, may refuse containers: set [podvisor.runtime] default_runtime = \"runc\" in /etc/podvisor/podvisor.toml"
     done
 fi
 

@@ -26,13 +26,16 @@ class Streams(Record, frozen=True, kw_only=True):
 
 
 class ExecPlan(Record, frozen=True, kw_only=True):
-    """``<runtime...> exec [flags] <container_id> <cmd...>`` runs it."""
+    """``<runtime...> exec [flags] --process <file> <container_id>`` runs it."""
 
     container_id: str
     runtime: list[str]
     """The OCI runtime's argv up to its subcommand: the binary and its global
     flags (--root, --systemd-cgroup)."""
     cmd: list[str]
+    process: str
+    """The OCI process to run, as JSON: the container's own with ``cmd`` as
+    its args and ``terminal`` as asked (the runtime pool's exec_process)."""
 
 
 class AttachPlan(Record, frozen=True, kw_only=True):

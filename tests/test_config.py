@@ -52,7 +52,7 @@ def test_defaults_when_default_paths_are_absent(
     assert loaded.runroot == "/run/podvisor"
     assert loaded.api.listen == "/run/podvisor/podvisor.sock"
     assert loaded.api.grpc_max_send_msg_size == 80 * 1024 * 1024
-    assert loaded.runtime.default_runtime == "runc"
+    assert loaded.runtime.default_runtime == "crun"
     assert loaded.runtime.runtimes["runc"] == RuntimeHandler(
         runtime_path="/usr/sbin/runc", runtime_root="/run/podvisor/runc")
     assert loaded.runtime.runtimes["crun"].runtime_root == "/run/podvisor/crun"
@@ -119,7 +119,7 @@ net = 4
 def test_drop_in_adds_a_handler_and_changes_one_key_of_another(
     tmp_path: Path, dropin_dir: Path
 ) -> None:
-    main = write(tmp_path / "podvisor.toml", '[podvisor.runtime]\ndefault_runtime = "crun"\n')
+    main = write(tmp_path / "podvisor.toml", '[podvisor.runtime]\ndefault_runtime = "runc"\n')
     write(dropin_dir / "50-kata.toml", """
 [podvisor.runtime]
 default_runtime = "kata"
@@ -144,7 +144,7 @@ def test_flags_override_files(tmp_path: Path) -> None:
     args = parser.parse_args([
         "--config", "/somewhere/podvisor.toml", "--listen", "/tmp/cri.sock",
         "--log-level", "trace", "--cni-plugin-dir", "/a", "--cni-plugin-dir", "/b",
-        "--no-enable-metrics", "--metrics-port", "0", "--default-runtime", "crun",
+        "--no-enable-metrics", "--metrics-port", "0", "--default-runtime", "runc",
     ])
     assert args.config == "/somewhere/podvisor.toml"
     assert args.config_dir is None
@@ -166,7 +166,7 @@ metrics_port = 9100
     assert loaded.network.plugin_dirs == ("/a", "/b")
     assert loaded.metrics.enable_metrics is False
     assert loaded.metrics.metrics_port == 0
-    assert loaded.runtime.default_runtime == "crun"
+    assert loaded.runtime.default_runtime == "runc"  # not the default (crun)
     # A flag not given leaves the file's value.
     assert loaded.metrics.metrics_host == "0.0.0.0"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -224,6 +225,44 @@ def test_a_create_in_a_removed_pod_is_not_found(n: Node, pod: Pod) -> None:
     with pytest.raises(grpc.RpcError) as err:
         n.create(pod.id, pod.config, n.container_config("gone", "true"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_exec_runs_as_the_container_user_in_its_cwd(n: Node, handler: str) -> None:
+    # crun's exec takes neither from the container by itself (it would run
+    # as root in /): podvisor hands every runtime the container's process.
+    pod = n.pod_config(f"exec-user-{handler}")
+    pod_id = n.run_pod(pod, handler)
+    security = api.LinuxContainerSecurityContext(
+        run_as_user=api.Int64Value(value=1001), no_new_privs=True)
+    idle = n.run(pod_id, pod, n.container_config(
+        "idle", "sleep 3600", working_dir="/tmp",
+        linux=api.LinuxContainerConfig(security_context=security)))
+    n.wait_state(idle, api.CONTAINER_RUNNING)
+    done = n.exec(idle, "sh", "-c", "id -u; pwd; grep NoNewPrivs /proc/self/status")
+    assert done.exit_code == 0, done.stderr
+    assert done.stdout.decode().split("\n")[:3] == ["1001", "/tmp", "NoNewPrivs:\t1"]
+    n.remove_pod(pod_id)
+
+
+def test_a_pod_naming_no_handler_runs_under_crun(n: Node) -> None:
+    # crun is the default handler: its --root holds the pod's containers,
+    # runc's none of them.
+    pod = n.pod_config("default-handler")
+    pod_id = n.run_pod(pod)
+    container_id = n.run(pod_id, pod, n.container_config("idle", "sleep 3600"))
+    n.wait_state(container_id, api.CONTAINER_RUNNING)
+
+    def known_to(runtime: str) -> set[str]:
+        listed = subprocess.run(
+            [runtime, "--root", str(n.daemon.runroot / runtime), "list", "-q"],
+            capture_output=True, text=True, check=False).stdout
+        return set(listed.split())
+
+    assert {pod_id, container_id} <= known_to("crun")
+    assert not {pod_id, container_id} & known_to("runc")
+    n.remove_pod(pod_id)
+    assert not {pod_id, container_id} & known_to("crun")
 
 
 def test_an_unknown_runtime_handler_is_invalid_argument(n: Node) -> None:

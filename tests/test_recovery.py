@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -110,9 +111,15 @@ def test_kill_9_supervisor_while_containers_run(prefix: str, n: Node) -> None:
 
 
 def _container_pid(n: Node, container_id: str) -> int:
-    """The container's init pid from its runtime state (podvisor is down)."""
-    state = n.daemon.runroot / "runc" / container_id / "state.json"
-    return int(json.loads(state.read_text())["init_process_pid"])
+    """The container's init pid, asked of its OCI runtime (podvisor is down):
+    `<runtime> state` under whichever handler's root holds the container."""
+    for runtime in ("crun", "runc"):
+        done = subprocess.run(
+            [runtime, "--root", str(n.daemon.runroot / runtime), "state", container_id],
+            capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            return int(json.loads(done.stdout)["pid"])
+    raise AssertionError(f"no runtime knows container {container_id[:12]}")
 
 
 def test_half_created_objects_are_gone_after_restart(prefix: str, n: Node) -> None:

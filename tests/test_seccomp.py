@@ -1,4 +1,4 @@
-"""Seccomp, AppArmor and SELinux through the CRI socket, with runc.
+"""Seccomp, AppArmor and SELinux through the CRI socket, with the default handler (crun).
 
 Seccomp is observed from inside the container: ``Seccomp:`` in
 /proc/self/status (0 none, 2 a filter) and what a blocked call answers.

@@ -219,6 +219,25 @@ def test_exec_echo(p: Pod, transport: str) -> None:
     assert succeeded(result), result
 
 
+@pytest.mark.parametrize("tty", [False, True])
+def test_exec_runs_as_the_container_user_in_its_cwd(p: Pod, tty: bool) -> None:
+    # The container's process, whatever the runtime: crun (the default
+    # handler) would run a bare `exec` as root in /.
+    security = api.LinuxContainerSecurityContext(run_as_user=api.Int64Value(value=1001))
+    user = p.n.run(p.id, p.config, p.n.container_config(
+        f"user-{int(tty)}", IDLE, working_dir="/tmp",
+        linux=api.LinuxContainerConfig(security_context=security)))
+    try:
+        p.n.wait_state(user, api.CONTAINER_RUNNING)
+        url = p.exec_url(["sh", "-c", "id -u; pwd"], container=user, tty=tty)
+        result = run_command("spdy-v4", url, stderr=not tty, tty=tty)
+        assert result.stdout.decode().split() == ["1001", "/tmp"], result
+        assert succeeded(result), result
+    finally:
+        p.n.daemon.runtime.RemoveContainer(
+            api.RemoveContainerRequest(container_id=user), timeout=60)
+
+
 @pytest.mark.parametrize("transport", ["spdy", "websocket"])
 def test_crictl_exec_echo(p: Pod, transport: str) -> None:
     done = run_crictl(p, "exec", "-r", transport, p.shell, "echo", "-n", "hello")

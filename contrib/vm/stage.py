@@ -15,8 +15,10 @@ here.
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -35,11 +37,28 @@ def _pyproject() -> dict[str, object]:
 
 
 def requirements() -> list[str]:
+    """pyproject.toml's, plus a floor on grpcio: the CRI stubs staged into
+    the VM were generated on the host and refuse to import under a grpcio
+    older than the grpcio-tools that made them. Being in the list, the floor
+    is in the VM venv's cache key too, so a newer generator gets a new venv."""
     project = _pyproject()["project"]
     assert isinstance(project, dict)
     test = [r for r in project["optional-dependencies"]["test"]
             if not r.startswith(HOST_ONLY)]
-    return [*project["dependencies"], *test]
+    return [*project["dependencies"], *test, f"grpcio>={_stubs_grpc_version()}"]
+
+
+def _stubs_grpc_version() -> str:
+    """The grpcio the generated stubs ask for; setup.py's build_py keeps
+    stubs that are newer than api.proto, else this venv's grpcio-tools
+    makes them."""
+    stubs = REPO / "proto" / "api_pb2_grpc.py"
+    source = REPO / "proto" / "api.proto"
+    if stubs.exists() and stubs.stat().st_mtime >= source.stat().st_mtime:
+        found = re.search(r"^GRPC_GENERATED_VERSION = '([^']+)'$", stubs.read_text(), re.M)
+        if found:
+            return found.group(1)
+    return importlib.metadata.version("grpcio-tools")
 
 
 def _site_packages(venv: Path) -> str:

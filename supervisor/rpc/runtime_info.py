@@ -18,7 +18,7 @@ from ..pool import WorkerPool
 log = logging.getLogger(__name__)
 
 # Pools without which no pod can start: if one is FATAL, the runtime is not
-# ready, whatever runc says.
+# ready, whatever the OCI runtime says.
 ESSENTIAL_POOLS = ("image", "storage", "runtime")
 
 

@@ -521,8 +521,10 @@ def exec_sync(layout: Layout, runtimes: Runtimes, ctx: OpContext,
     if record["state"] != RUNNING:
         raise FailedPrecondition(f"container {container_id} is not running")
     handler = runtimes.handlers[record["runtime_handler"]]
+    process = exec_process(layout, container_id, cmd)
     ctx.check()
-    result = monitor.exec_sync(handler, container_id, cmd, timeout, ctx.deadline)
+    result = monitor.exec_sync(handler, container_id, process, timeout, ctx.deadline,
+                               layout.bundle_dir(container_id))
     if result["deadline_hit"]:
         raise DeadlineExceeded(f"command {shorten(cmd[0])} was still running at the call's "
                                "deadline and was killed")
@@ -536,9 +538,15 @@ def exec_sync(layout: Layout, runtimes: Runtimes, ctx: OpContext,
                           exit_code=result["exit_code"])
 
 
+# Linux: the longest single argument execve(2) takes (32 pages).
+MAX_ARG_STRLEN = 32 * 4096
+
+
 def exec_command(cmd: list[str]) -> list[str]:
     """ExecSync's ``cmd``, refused when no process could be started with it:
-    execve(2) takes neither an empty program nor a NUL inside an argument."""
+    execve(2) takes neither an empty program nor a NUL inside an argument,
+    nor one argument of MAX_ARG_STRLEN or more, nor arguments past ARG_MAX
+    (half of it here: the container's environment counts too)."""
     if not cmd:
         raise InvalidArgument("cmd is required: it names the command to run and its arguments")
     if not cmd[0]:
@@ -546,7 +554,32 @@ def exec_command(cmd: list[str]) -> list[str]:
     for index, arg in enumerate(cmd):
         if "\0" in arg:
             raise InvalidArgument(f"cmd[{index}] {shorten(arg)} contains a NUL byte")
+    sizes = [len(arg.encode(errors="surrogateescape")) + 1 for arg in cmd]
+    if max(sizes) > MAX_ARG_STRLEN or sum(sizes) > os.sysconf("SC_ARG_MAX") // 2:
+        raise InvalidArgument(f"cmd is too long to execute ({sum(map(len, cmd))} characters "
+                              f"in {len(cmd)} arguments)")
     return cmd
+
+
+def exec_process(layout: Layout, container_id: str, cmd: list[str],
+                 tty: bool = False) -> dict[str, Any]:
+    """The OCI process an exec in the container runs: the container's own
+    (user, groups, cwd, env, capabilities, no_new_privileges, rlimits,
+    AppArmor and SELinux labels) with ``cmd`` as its args, as CRI-O's
+    exec does. Handed to the runtime as ``exec --process``: without it crun
+    1.8 runs the command as root in /, with no_new_privileges off, where
+    runc copies the container's process."""
+    path = os.path.join(layout.bundle_dir(container_id), "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            process = dict(json.load(f)["process"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FailedPrecondition(f"container {container_id} has no readable process "
+                                 f"spec: {shorten(str(exc))}") from None
+    process["args"] = list(cmd)
+    process["terminal"] = tty
+    process.pop("consoleSize", None)
+    return process
 
 
 def reopen_log(layout: Layout, ctx: OpContext, args: ops.Ref) -> None:

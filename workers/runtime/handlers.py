@@ -12,6 +12,8 @@ exec per handler, not one per call.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import threading
 import time
@@ -112,7 +114,10 @@ def _probe(name: str, path: str, root: str) -> Probe:
                      f"{path} --version exited {done.returncode}: {done.stderr.strip()[:200]}",
                      frozenset())
     version = done.stdout.splitlines()[0].strip() if done.stdout else ""
-    return Probe(name, path, True, version, "", _mount_options(path, root))
+    options = _mount_options(path, root)
+    if options is None:
+        options = _known_mount_options(version, os.uname().release)
+    return Probe(name, path, True, version, "", options)
 
 
 def _argv(path: str, root: str, command: str) -> list[str]:
@@ -121,14 +126,37 @@ def _argv(path: str, root: str, command: str) -> list[str]:
     return [path, *(["--root", root] if root else []), command]
 
 
-def _mount_options(path: str, root: str) -> frozenset[str]:
-    # `features` is part of the OCI runtime-spec "features" document; older
-    # binaries lack it, which just means no optional mount options.
+def _mount_options(path: str, root: str) -> frozenset[str] | None:
+    """The mount options of the binary's `features` document (the OCI
+    runtime-spec's); None when it has no such command."""
     try:
         done = subprocess.run(_argv(path, root, "features"), capture_output=True, text=True,
                               timeout=PROBE_TIMEOUT, check=False)
-        features = json.loads(done.stdout) if done.returncode == 0 else {}
+        if done.returncode != 0:
+            return None
+        features = json.loads(done.stdout)
     except (OSError, subprocess.TimeoutExpired, ValueError):
-        return frozenset()
+        return None
     options = features.get("mountOptions") if isinstance(features, dict) else None
     return frozenset(o for o in options or () if isinstance(o, str))
+
+
+# crun 1.8 (Debian 12's) has no `features` command, though it applies "rro" (seen
+# with its 1.8.1: a recursive bind's submounts come out
+# read-only); the kernel needs mount_setattr(2), Linux 5.12.
+_CRUN_VERSION = re.compile(r"crun version (\d+)\.(\d+)")
+_RRO_CRUN = (1, 8)
+_RRO_KERNEL = (5, 12)
+
+
+def _known_mount_options(version: str, kernel: str) -> frozenset[str]:
+    """What a runtime without `features` is known to support, from its
+    ``--version`` line and the kernel release: "rro" for crun 1.8 on Linux
+    5.12 or later; nothing for any other."""
+    found = _CRUN_VERSION.match(version)
+    release = re.match(r"(\d+)\.(\d+)", kernel)
+    if found is None or release is None:
+        return frozenset()
+    crun = (int(found.group(1)), int(found.group(2)))
+    linux = (int(release.group(1)), int(release.group(2)))
+    return frozenset({"rro"}) if crun >= _RRO_CRUN and linux >= _RRO_KERNEL else frozenset()

@@ -31,7 +31,6 @@ import asyncio
 import base64
 import contextlib
 import enum
-import errno
 import importlib.util
 import json
 import logging
@@ -44,8 +43,10 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,6 @@ from ...proto.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
-    InvalidArgument,
     NotFound,
     shorten,
 )
@@ -538,9 +538,11 @@ def ctl(state_dir: str, command: str, deadline: float) -> None:
         raise FailedPrecondition(f"{verb} failed: {compact(text)}")
 
 
-def exec_sync(handler: Handler, container_id: str, cmd: list[str], timeout: float,
-              deadline: float) -> dict[str, Any]:
-    """Run ``cmd`` in the container through ``podvisor-conmon exec``.
+def exec_sync(handler: Handler, container_id: str, process: Mapping[str, Any], timeout: float,
+              deadline: float, spool: str) -> dict[str, Any]:
+    """Run the OCI ``process`` (containers.exec_process) in the container
+    through ``podvisor-conmon exec --process``; its file is written in
+    ``spool`` (the container's bundle) and removed once the exec is over.
 
     conmon kills and reaps the command at its timeout, or at the deadline
     when that comes first (a timeout of 0 runs until then), so nothing the
@@ -550,19 +552,21 @@ def exec_sync(handler: Handler, container_id: str, cmd: list[str], timeout: floa
     # Never 0, which conmon reads as "no timeout".
     left = max(0.1, deadline - time.monotonic())
     limit = min(timeout, left) if timeout > 0 else left
-    argv = [conmon_binary(), "exec", "--id", container_id, *handler.conmon_args(),
-            "--timeout", f"{limit:.3f}", "--", *cmd]
+    fd, process_file = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=spool)
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=limit + EXEC_GRACE,
-                              check=False, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise DeadlineExceeded(f"exec in container {container_id} ran past the deadline") \
-            from None
-    except OSError as exc:
-        if exc.errno != errno.E2BIG:
-            raise
-        raise InvalidArgument(f"cmd is too long to execute ({sum(map(len, cmd))} characters "
-                              f"in {len(cmd)} arguments)") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(process, f)
+        argv = [conmon_binary(), "exec", "--id", container_id, *handler.conmon_args(),
+                "--timeout", f"{limit:.3f}", "--process", process_file]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=limit + EXEC_GRACE,
+                                  check=False, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise DeadlineExceeded(f"exec in container {container_id} ran past the deadline") \
+                from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(process_file)
     try:
         result: dict[str, Any] = json.loads(done.stdout)
     except ValueError:

@@ -11,6 +11,7 @@ never be used.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -18,7 +19,7 @@ from ...proto import runtime_ops as ops
 from ...proto.errors import FailedPrecondition, InvalidArgument
 from ...proto.stream_ops import AttachPlan, ExecPlan, PortForwardPlan, Streams
 from . import configs, sandbox
-from .containers import RUNNING, current, exec_command, load, resolve_id
+from .containers import RUNNING, current, exec_command, exec_process, load, resolve_id
 from .handlers import Runtimes
 from .layout import Layout
 
@@ -31,8 +32,9 @@ def exec_plan(layout: Layout, runtimes: Runtimes, args: ops.StreamRequest) -> Ex
     cmd = exec_command(list(args.cmd))
     container_id, record = _running(layout, args.id)
     handler = runtimes.handlers[record["runtime_handler"]]
+    process = exec_process(layout, container_id, cmd, tty=args.streams.tty)
     return ExecPlan(container_id=container_id, runtime=[handler.path, *handler.global_args()],
-                    cmd=cmd)
+                    cmd=cmd, process=json.dumps(process))
 
 
 def attach_plan(layout: Layout, args: ops.StreamRequest) -> AttachPlan:

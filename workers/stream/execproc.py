@@ -62,15 +62,22 @@ class ExecProcess:
 
     async def start(self) -> None:
         plan, tty = self._plan, self._streams.tty
-        argv = [*plan.runtime, "exec", "--detach", "--pid-file", self._pid_file]
+        # The container's own process with the command as its args: its
+        # user, cwd and privileges, whichever runtime (crun takes none of
+        # them from the container by itself); terminal is set there.
+        process = os.path.join(self._tmp.name, "process.json")
+        with open(process, "w", encoding="utf-8") as f:
+            f.write(plan.process)
+        argv = [*plan.runtime, "exec", "--detach", "--pid-file", self._pid_file,
+                "--process", process]
         console: socket.socket | None = None
         if tty:
             path = os.path.join(self._tmp.name, "console")
             console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             console.bind(path)
             console.listen(1)
-            argv += ["--tty", "--console-socket", path]
-        argv += [plan.container_id, *plan.cmd]
+            argv += ["--console-socket", path]
+        argv.append(plan.container_id)
         # Our own pipes, not asyncio's: the runtime exits at once, and the
         # process, not the runtime, holds the far ends.
         pipes = {name: os.pipe2(os.O_CLOEXEC) for name, wanted in (
