@@ -197,20 +197,30 @@ def pin_inside(userns_path: str, pins: dict[str, str], script: str = "",
         raise
 
 
+def _idmapped_tree(source: str, userns_fd: int, recursive: bool) -> int:
+    """A detached clone of the mount (tree) at ``source``, seen through
+    ``userns_fd``'s maps; the caller closes the fd it answers."""
+    flags = _AT_RECURSIVE if recursive else 0
+    tree = _syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
+                    _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | flags)
+    if tree < 0:
+        raise _error(f"open_tree of {source}")
+    attr = ctypes.create_string_buffer(
+        struct.pack("QQQQ", _MOUNT_ATTR_IDMAP, 0, 0, userns_fd), _MOUNT_ATTR_SIZE)
+    if _libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_long(tree), b"",
+                     ctypes.c_long(_AT_EMPTY_PATH | flags), attr,
+                     ctypes.c_long(_MOUNT_ATTR_SIZE)) != 0:
+        error = _error(f"idmapped mount of {source}")
+        os.close(tree)
+        raise error
+    return tree
+
+
 def idmapped_clone(source: str, target: str, userns_fd: int) -> None:
     """Attach at ``target`` (an existing dir or file) a recursive clone of
     the mount tree at ``source``, seen through ``userns_fd``'s maps."""
-    tree = _syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
-                    _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_RECURSIVE)
-    if tree < 0:
-        raise _error(f"open_tree of {source}")
+    tree = _idmapped_tree(source, userns_fd, recursive=True)
     try:
-        attr = ctypes.create_string_buffer(
-            struct.pack("QQQQ", _MOUNT_ATTR_IDMAP, 0, 0, userns_fd), _MOUNT_ATTR_SIZE)
-        if _libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_long(tree), b"",
-                         ctypes.c_long(_AT_EMPTY_PATH | _AT_RECURSIVE), attr,
-                         ctypes.c_long(_MOUNT_ATTR_SIZE)) != 0:
-            raise _error(f"idmapped mount of {source}")
         if _syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(target),
                     _MOVE_MOUNT_F_EMPTY_PATH) != 0:
             raise _error(f"attaching the idmapped mount of {source} at {target}")
@@ -223,19 +233,7 @@ def probe(directory: str) -> str | None:
     Nothing is left attached: the clone is never moved into place."""
     try:
         with temporary([PROBE_RANGE], [PROBE_RANGE]) as fd:
-            tree = _syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(directory),
-                            _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC)
-            if tree < 0:
-                raise _error(f"open_tree of {directory}")
-            try:
-                attr = ctypes.create_string_buffer(
-                    struct.pack("QQQQ", _MOUNT_ATTR_IDMAP, 0, 0, fd), _MOUNT_ATTR_SIZE)
-                if _libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_long(tree), b"",
-                                 ctypes.c_long(_AT_EMPTY_PATH), attr,
-                                 ctypes.c_long(_MOUNT_ATTR_SIZE)) != 0:
-                    raise _error(f"idmapped mount of {directory}")
-            finally:
-                os.close(tree)
+            os.close(_idmapped_tree(directory, fd, recursive=False))
     except UsernsError as exc:
         return str(exc)
     return None
