@@ -17,7 +17,7 @@ random order, for every sample:
   and per parallel pod.
 
     .venv/bin/python bench/start_ab.py OLD_CHECKOUT NEW_CHECKOUT \\
-        [--lifecycles 30] [--pods 10] [--reps 5]
+        [--lifecycles 30] [--pods 10] [--reps 5] [--handler crun]
 
 Each checkout needs its own venv (``python3 -m venv .venv && .venv/bin/pip
 install -e '.[test]'``); a commit can be exported with ``git archive``. Needs
@@ -134,9 +134,13 @@ def main() -> None:
     parser.add_argument("--lifecycles", type=int, default=30)
     parser.add_argument("--pods", type=int, default=10)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--handler", default="", help="default_runtime of both daemons "
+                        "(default: the configured default)")
     opts = parser.parse_args()
     sides = [Side(opts.old), Side(opts.new)]
     own = str(os.getpid())
+    config = (f'[podvisor.runtime]\ndefault_runtime = "{opts.handler}"\n'
+              if opts.handler else "")
     with contextlib.ExitStack() as stack:
         # Undone last: the daemons are gone by then, so the cgroups are empty.
         stack.callback(_remove_cgroups, sides)
@@ -146,7 +150,7 @@ def main() -> None:
             # The daemon started next inherits the cgroup this process is in.
             (side.cgroup / "cgroup.procs").write_text(own)
             daemonlib.PODVISOR = side.podvisor
-            side.node = stack.enter_context(node(workers=WORKERS))
+            side.node = stack.enter_context(node(workers=WORKERS, config=config))
         (CPUACCT / "cgroup.procs").write_text(own)
         for side in sides:  # warm-up, not counted
             side.lifecycle("warm")
