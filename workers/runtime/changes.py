@@ -66,9 +66,10 @@ class Journal:
         self.exits_dir = exits_dir
         self._pruned_at = 0
         # Per directory, the mtime of each file already seen, by name and
-        # inode: a journal note is never written after its rename, and an
-        # exit file is replaced only by a rename (a new inode), so a poll
-        # stats only what is new instead of every file kept.
+        # inode. A journal note is never written after its rename, and an
+        # exit file is replaced only by a rename (a new inode), so a file
+        # seen older than a poll's look-back stays out of it: a poll stats
+        # what is new or recent, not every file kept for KEEP_NS.
         self._stamps: dict[str, dict[tuple[str, int], int]] = {}
 
     def note(self, change: Change, object_id: str, sandbox_id: str) -> None:
@@ -118,9 +119,9 @@ class Journal:
         return entries
 
     def _newer_known(self, directory: str, after: int) -> list[tuple[int, str]]:
-        """``_newer``, with the stamps of files seen before taken from
-        ``_stamps``. Threads may race here: each builds its own map and the
-        last one stored wins, which is as good as any."""
+        """``_newer``, with the stamps of files seen before at or below
+        ``after`` taken from ``_stamps``. Threads may race here: each builds
+        its own map and the last one stored wins, which is as good as any."""
         try:
             entries = list(os.scandir(directory))
         except FileNotFoundError:
@@ -133,7 +134,7 @@ class Journal:
                 continue  # a temp file, not renamed yet
             key = (entry.name, entry.inode())
             stamp = known.get(key)
-            if stamp is None:
+            if stamp is None or stamp > after:
                 try:
                     stamp = entry.stat().st_mtime_ns
                 except FileNotFoundError:
