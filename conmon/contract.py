@@ -151,9 +151,12 @@ class ExitRecord:
                    oom_killed=bool(data["oom_killed"]), version=int(data["version"]))
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: str, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
     """Write ``data`` so that ``path`` is either absent or complete, even
-    across a crash: temp file in the same dir, fsync, rename, fsync dir."""
+    across a crash: temp file in the same dir, fsync, rename, fsync dir.
+    ``durable=False`` skips the fsyncs: still absent-or-complete for every
+    reader and after any kill, but not across a power loss, which a file of
+    the state dir (in the run dir) does not outlive anyway."""
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
@@ -161,10 +164,13 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
+    if not durable:
+        return
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)

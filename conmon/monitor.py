@@ -122,7 +122,8 @@ def run(opts: MonitorOptions) -> int:
     SignalQueue(loop, {signal.SIGCHLD: container.on_child, signal.SIGUSR1: container.on_usr1})
     try:
         pid = container.create(runtime)
-        contract.write_atomic(opts.state(contract.CONMON_PID), f"{os.getpid()}\n".encode())
+        contract.write_atomic(opts.state(contract.CONMON_PID), f"{os.getpid()}\n".encode(),
+                              durable=False)
     except (CreateError, ConsoleError, OSError) as exc:
         log.error("%s", exc)
         # Clean up before answering: an error means no container is left.

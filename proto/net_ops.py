@@ -132,9 +132,13 @@ class Reconciled(Record, frozen=True, kw_only=True):
 
 STATUS = Op("net.status", Empty, NetworkStatus, read_only=True)
 SETUP = Op("net.setup", SetupPod, PodNetwork, idempotent=True)
+# Only the namespace of a pod setup finishes later (answers no addresses yet),
+# so that the runtime pool can start the pod's infra in it while the chain
+# runs; not for a hostNetwork pod (FAILED_PRECONDITION).
+ENSURE_NETNS = Op("net.ensure_netns", SetupPod, PodNetwork, idempotent=True)
 TEARDOWN = Op("net.teardown", TeardownPod, TornDown, idempotent=True)
 RECONCILE = Op("net.reconcile", Reconcile, Reconciled)
 # Each pod's interface counters, read inside its network namespace.
 NETWORK_USAGE = Op("net.network_usage", NetworkQuery, NetworkSamples, read_only=True)
 
-OPS = (STATUS, SETUP, TEARDOWN, RECONCILE, NETWORK_USAGE)
+OPS = (STATUS, ENSURE_NETNS, SETUP, TEARDOWN, RECONCILE, NETWORK_USAGE)

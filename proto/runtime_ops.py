@@ -139,9 +139,24 @@ class InfraImage(Record, frozen=True, kw_only=True):
     args: list[str]
 
 
+class SandboxPrepare(Record, frozen=True, kw_only=True):
+    """The part of a pod's start that needs no addresses: its namespaces,
+    cgroup and infra, the infra in the network namespace the net pool made
+    while the CNI chain runs. The sandbox stays ``creating``, and
+    ``sandbox_start`` then does the rest (with ``netns_path`` and
+    ``infra_image`` ignored). A sandbox prepared already, or no longer
+    ``creating``, is left as it is."""
+
+    id: str
+    netns_path: str | None = None
+    infra_image: InfraImage | None = None
+
+
 class SandboxStart(Record, frozen=True, kw_only=True):
     """Set up the pod's namespaces, files, cgroup and infra, and mark it
-    ready. A sandbox no longer ``creating`` is left as it is."""
+    ready; of a sandbox prepared already (``SandboxPrepare``) only the files
+    and the addresses are left to do. A sandbox no longer ``creating`` is
+    left as it is."""
 
     id: str
     netns_path: str | None = None
@@ -389,6 +404,7 @@ STATUS = Op("runtime.status", Empty, RuntimeStatus, read_only=True)
 RUNTIME_CONFIG = Op("runtime.runtime_config", Empty, RuntimeConfig, read_only=True)
 SANDBOX_RESERVE = Op("runtime.sandbox_reserve", SandboxReserve, SandboxReserved,
                      idempotent=True)
+SANDBOX_PREPARE = Op("runtime.sandbox_prepare", SandboxPrepare, Empty)
 SANDBOX_START = Op("runtime.sandbox_start", SandboxStart, SandboxStarted)
 SANDBOX_STOP_CONTAINERS = Op("runtime.sandbox_stop_containers", Ref, Found)
 SANDBOX_STOP = Op("runtime.sandbox_stop", Ref, SandboxStopped, idempotent=True)
@@ -418,7 +434,8 @@ RECONCILE = Op("runtime.reconcile", Empty, Reconciled)
 CHANGES_SINCE = Op("runtime.changes_since", ChangesSince, Changes, read_only=True)
 
 OPS = (
-    VERSION, STATUS, RUNTIME_CONFIG, SANDBOX_RESERVE, SANDBOX_START, SANDBOX_STOP_CONTAINERS,
+    VERSION, STATUS, RUNTIME_CONFIG, SANDBOX_RESERVE, SANDBOX_PREPARE, SANDBOX_START,
+    SANDBOX_STOP_CONTAINERS,
     SANDBOX_STOP, SANDBOX_REMOVE, SANDBOX_STATUS, SANDBOX_LIST, CONTAINER_RESERVE,
     CONTAINER_CREATE, CONTAINER_START, CONTAINER_STOP, CONTAINER_REMOVE, CONTAINER_STATUS,
     CONTAINER_LIST, CONTAINER_EXEC_SYNC, CONTAINER_REOPEN_LOG, CONTAINER_UPDATE, SANDBOX_UPDATE,

@@ -122,3 +122,21 @@ def test_an_exit_stamped_before_its_start_note_still_comes_after_it(tmp_path: Pa
     j.note(Change.STARTED, CID, "")
     assert [(e.change, e.object_id) for e in poll(j)] == [
         (Change.STARTED, CID), (Change.CREATED, POD), (Change.STOPPED, CID)]
+
+
+def test_a_file_replaced_by_a_rename_is_seen_with_its_new_stamp(tmp_path: Path) -> None:
+    # A poll remembers the stamps of the files it has seen (by name and
+    # inode); a replacement is a new inode, so it is read afresh.
+    j = journal(tmp_path)
+    exit_file(tmp_path, CID)
+    (first,) = poll(j)
+    replacement = tmp_path / "exits" / f".{CID}.tmp"
+    replacement.write_text("1")
+    later = first.stamp + 2_000_000_000
+    os.utime(replacement, ns=(later, later))
+    os.replace(replacement, tmp_path / "exits" / CID)
+    (again,) = poll(j, cursor=first.stamp + 1_000_000_000 + changes.LOOKBACK_NS)
+    assert (again.key, again.stamp) == (first.key, later)
+    # Gone, and so forgotten.
+    os.unlink(tmp_path / "exits" / CID)
+    assert poll(j) == []

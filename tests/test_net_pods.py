@@ -22,7 +22,7 @@ import pytest
 from netfixtures import CniWorld, HostGuard, in_netns, ping, private_cni_world
 from pyroute2 import IPRoute
 
-from podvisor.proto.errors import BusError, Internal
+from podvisor.proto.errors import BusError, FailedPrecondition, Internal
 from podvisor.workers.net import cni, cniconf, netns, nodeip, store
 
 N_PODS = 20
@@ -143,6 +143,49 @@ def test_setup_is_idempotent(world: CniWorld) -> None:
     assert world.layout.records.ids() == []
     assert world.call("teardown", {"pod_id": "never-seen"}) == {
         "pod_id": "never-seen", "found": False}
+
+
+def test_ensure_netns_then_setup_makes_one_network(world: CniWorld) -> None:
+    """RunPodSandbox's order: the namespace, then the chain while the infra
+    starts in it (supervisor/rpc/sandbox.py)."""
+    world.write_conflist()
+    args = pod_args(7)
+    made = world.call("ensure_netns", args)
+    assert made["ips"] == [] and netns.exists(made["netns_path"])
+    assert lo_is_up(made["netns_path"])
+    assert world.leases() == []
+    assert world.layout.records.load(args["pod_id"])["state"] == store.NETNS
+    assert world.call("ensure_netns", args) == made
+
+    done = world.call("setup", args)
+    assert done["netns_path"] == made["netns_path"]
+    assert world.leases() == done["ips"] and done["ips"]
+    assert world.namespaces() == [args["pod_id"]]
+    # Once set up, both answer the pod's network.
+    assert world.call("ensure_netns", args) == done == world.call("setup", args)
+    assert world.call("teardown", {"pod_id": args["pod_id"]})["found"]
+    assert (world.leases(), world.namespaces(), world.layout.records.ids()) == ([], [], [])
+
+
+def test_a_namespace_only_pod_is_torn_down_without_plugins(world: CniWorld) -> None:
+    world.write_conflist()
+    args = pod_args(8)
+    world.call("ensure_netns", args)
+    report = world.call("reconcile", {"live_pod_ids": [args["pod_id"]]})
+    assert report["not_ready"] == [args["pod_id"]]
+    # No plugin has run for it, so none is asked to DEL: with no plugin to
+    # be found the teardown still succeeds.
+    empty = world.base / "no-plugins"
+    empty.mkdir()
+    assert world.call("teardown", {"pod_id": args["pod_id"]},
+                      world.service(plugin_dirs=[str(empty)]))["found"]
+    assert (world.namespaces(), world.layout.records.ids()) == ([], [])
+
+
+def test_ensure_netns_refuses_a_host_network_pod(world: CniWorld) -> None:
+    with pytest.raises(FailedPrecondition):
+        world.call("ensure_netns", pod_args(10, host_network=True))
+    assert (world.namespaces(), world.layout.records.ids()) == ([], [])
 
 
 def test_vanished_namespace_is_reported_then_rebuilt(world: CniWorld) -> None:

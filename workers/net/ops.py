@@ -28,6 +28,7 @@ from typing import Any
 from ...proto.contract import Empty
 from ...proto.errors import FailedPrecondition, Internal, Unavailable
 from ...proto.net_ops import (
+    ENSURE_NETNS,
     NETWORK_USAGE,
     RECONCILE,
     SETUP,
@@ -66,6 +67,7 @@ class NetService:
     def ops(self) -> dict[str, Served[Any, Any]]:
         return serve(
             Served(STATUS, self.status),
+            Served(ENSURE_NETNS, self.ensure_netns),
             Served(SETUP, self.setup),
             Served(TEARDOWN, self.teardown),
             Served(RECONCILE, self.reconcile),
@@ -99,6 +101,11 @@ class NetService:
         req = podargs.setup_request(args)
         with _bus_errors():
             return podnet.setup(self.layout, req, ctx.deadline, ctx.check)
+
+    def ensure_netns(self, ctx: OpContext, args: SetupPod) -> PodNetwork:
+        req = podargs.setup_request(args)
+        with _bus_errors():
+            return podnet.ensure_netns(self.layout, req, ctx.deadline, ctx.check)
 
     def teardown(self, ctx: OpContext, args: TeardownPod) -> TornDown:
         pod_id = podargs.pod_id(args.pod_id)

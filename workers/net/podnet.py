@@ -6,6 +6,10 @@ errors, and podargs.py checks argument values.
 
 Ordering (why nothing leaks whatever instant a worker dies)
     setup:    lock -> record(setting_up) -> netns -> ADD -> record(ready)
+    in two calls (the supervisor starts the pod's infra in the namespace
+    while the chain runs):
+      ensure_netns: lock -> record(netns) -> netns
+      setup:        lock -> record(setting_up) -> ADD -> record(ready)
     teardown: lock -> DEL (cached result) -> remove netns -> drop record
     The record is written before anything is allocated and dropped only
     after every plugin's DEL succeeded, so any pod that may hold an address
@@ -17,7 +21,9 @@ Ordering (why nothing leaks whatever instant a worker dies)
 Idempotence
     A second setup of a ready pod returns the cached answer (the bus or the
     supervisor's own retry of RunPodSandbox reaches here with the same id).
-    A setup that finds a half-done record tears it down first. Teardown of
+    A setup that finds a half-done record tears it down first, except a
+    record of ``ensure_netns`` whose namespace is there: no plugin has run
+    for it, so the setup goes on from the ADD. Teardown of
     an unknown pod succeeds (CRI: StopPodSandbox must be idempotent).
 
 Concurrency
@@ -102,8 +108,24 @@ def setup(layout: Layout, req: SetupRequest, deadline: float,
         lock.release(unlink=_load_quiet(layout, req.pod_id) is None)
 
 
-def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
-                  lock: ObjectLock, check: Callable[[], None]) -> PodNetwork:
+def ensure_netns(layout: Layout, req: SetupRequest, deadline: float,
+                 check: Callable[[], None] = lambda: None) -> PodNetwork:
+    """Only the pod's namespace, for ``setup`` to finish later: the answer
+    has its path and no addresses. A pod set up already answers as setup."""
+    lock = _lock(layout, req.pod_id, deadline)
+    try:
+        record = _usable_record(layout, req, deadline, lock)
+        if record is None:
+            record = _make_netns(layout, req, deadline, lock, check)
+        return _network(record)
+    finally:
+        lock.release(unlink=_load_quiet(layout, req.pod_id) is None)
+
+
+def _usable_record(layout: Layout, req: SetupRequest, deadline: float,
+                   lock: ObjectLock) -> dict[str, Any] | None:
+    """The pod's record if setup can go on from it (ready, or a namespace
+    of ``ensure_netns``); None once whatever else was there is torn down."""
     path = netns.path_for(layout.netns_dir, req.pod_id)
     try:
         record = layout.records.load(req.pod_id)
@@ -118,13 +140,22 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
     if record is not None:
         if _ready(record):
             log.info("Network of pod %s is already set up", req.pod_id)
-            return _network(record)
+            return record
+        if _netns_made(record) and not req.host_network:
+            return record
         # Half-done by a worker that died, or its namespace vanished:
         # release what it may hold before starting over.
         log.warning("Pod %s has a stale network record (state %s); tearing it down first",
                     req.pod_id, record.get("state"))
         _teardown_locked(layout, req.pod_id, record, _cleanup_deadline(deadline), lock)
+    return None
 
+
+def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
+                  lock: ObjectLock, check: Callable[[], None]) -> PodNetwork:
+    record = _usable_record(layout, req, deadline, lock)
+    if record is not None and _ready(record):
+        return _network(record)
     if req.host_network:
         # hostNetwork pods get no namespace and no CNI; the record only lets
         # teardown and reconcile treat every pod alike.
@@ -133,21 +164,16 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
         layout.records.save(req.pod_id, record)
         return _network(record)
 
-    found = cniconf.find_default(layout.network_dir, layout.plugin_dirs)
-    if found.config is None:
-        raise FailedPrecondition(f"network plugin is not ready: {found.problem}")
-    net = found.config
-    record = {
-        "pod_id": req.pod_id, "host_network": False, "state": store.SETTING_UP,
-        "netns_path": path, "config_file": net.path, "config": net.raw,
-        "ifname": IFNAME, "cni_args": [list(kv) for kv in req.cni_args],
-        "capability_args": req.capability_args, "created_at": time.time(),
-    }
-    # Persist first: from here on the pod may hold resources (docstring).
-    layout.records.save(req.pod_id, record)
+    if record is None:
+        record = _make_netns(layout, req, deadline, lock, check, store.SETTING_UP)
+    path = record["netns_path"]
+    net = cniconf.from_record(record["config"], record["config_file"])
     try:
-        check()
-        netns.create(path, req.userns_path or None)
+        if record["state"] != store.SETTING_UP:
+            # Saved before the first plugin runs: a worker that dies in the
+            # chain leaves a record that the next setup tears down first.
+            record["state"] = store.SETTING_UP
+            layout.records.save(req.pod_id, record)
         check()
         result = cni.add(_runner(layout, deadline, lock), net, _invocation(record, path))
         # A caller that gave up during ADD will never learn of this pod:
@@ -165,6 +191,41 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
         raise
     log.info("Set up network of pod %s: %s", req.pod_id, cni.result_ips(result))
     return _network(record)
+
+
+def _make_netns(layout: Layout, req: SetupRequest, deadline: float, lock: ObjectLock,
+                check: Callable[[], None], state: str = store.NETNS) -> dict[str, Any]:
+    """Write the pod's record in ``state`` (``netns``: no plugin will run
+    before the record says otherwise; ``setting_up``: the caller runs the
+    chain next) and make its namespace; on a failure, nothing of it is left."""
+    if req.host_network:
+        raise FailedPrecondition(f"pod {req.pod_id} uses the host's network; it gets no "
+                                 "namespace")
+    found = cniconf.find_default(layout.network_dir, layout.plugin_dirs)
+    if found.config is None:
+        raise FailedPrecondition(f"network plugin is not ready: {found.problem}")
+    net = found.config
+    path = netns.path_for(layout.netns_dir, req.pod_id)
+    record = {
+        "pod_id": req.pod_id, "host_network": False, "state": state,
+        "netns_path": path, "config_file": net.path, "config": net.raw,
+        "ifname": IFNAME, "cni_args": [list(kv) for kv in req.cni_args],
+        "capability_args": req.capability_args, "created_at": time.time(),
+    }
+    # Persist first: from here on the pod may hold resources (docstring).
+    layout.records.save(req.pod_id, record)
+    try:
+        check()
+        netns.create(path, req.userns_path or None)
+    except BaseException:
+        log.warning("Making the network namespace of pod %s failed; unwinding", req.pod_id)
+        try:
+            _teardown_locked(layout, req.pod_id, record, _cleanup_deadline(deadline), lock)
+        except Exception:
+            log.exception("Unwinding the namespace of pod %s failed; its record stays for "
+                          "teardown or reconcile", req.pod_id)
+        raise
+    return record
 
 
 def teardown(layout: Layout, pod_id: str, deadline: float) -> TornDown:
@@ -194,7 +255,9 @@ def _teardown_locked(layout: Layout, pod_id: str, record: dict[str, Any] | None,
     path = netns.path_for(layout.netns_dir, pod_id)
     failures: list[cni.PluginError] = []
     if record is None or not record.get("host_network"):
-        may_hold = record is not None or corrupt or os.path.lexists(path)
+        # A record of ensure_netns: no plugin has run, so none needs a DEL.
+        may_hold = (record is not None and record.get("state") != store.NETNS) \
+            or (record is None and (corrupt or os.path.lexists(path)))
         net = _network_for_teardown(layout, pod_id, record) if may_hold else None
         if net is not None:
             # CNI spec: DEL tolerates a missing namespace; CNI_NETNS is then
@@ -258,6 +321,11 @@ def _ready(record: Mapping[str, Any]) -> bool:
     """Set up to the end, and its namespace still there."""
     return record.get("state") == store.READY and bool(
         record.get("host_network") or netns.exists(record["netns_path"]))
+
+
+def _netns_made(record: Mapping[str, Any]) -> bool:
+    """A record of ``ensure_netns`` (no plugin has run), its namespace there."""
+    return record.get("state") == store.NETNS and netns.exists(record["netns_path"])
 
 
 def _network(record: Mapping[str, Any]) -> PodNetwork:

@@ -25,6 +25,8 @@ Invariants
 
 from __future__ import annotations
 
-# The record's "state".
+# The record's "state". NETNS: the namespace is made (or being made) and
+# no plugin has run; SETTING_UP: the chain's ADD may have begun.
+NETNS = "netns"
 SETTING_UP = "setting_up"
 READY = "ready"

@@ -65,6 +65,12 @@ class Journal:
         self.journal_dir = journal_dir
         self.exits_dir = exits_dir
         self._pruned_at = 0
+        # Per directory, the mtime of each file already seen, by name and
+        # inode. A journal note is never written after its rename, and an
+        # exit file is replaced only by a rename (a new inode), so a file
+        # seen older than a poll's look-back stays out of it: a poll stats
+        # what is new or recent, not every file kept for KEEP_NS.
+        self._stamps: dict[str, dict[tuple[str, int], int]] = {}
 
     def note(self, change: Change, object_id: str, sandbox_id: str) -> None:
         """Record that ``object_id`` (a container, or the sandbox itself when
@@ -104,13 +110,40 @@ class Journal:
 
     def _scan(self, after: int) -> list[Entry]:
         entries = []
-        for stamp, name in _newer(self.journal_dir, after):
+        for stamp, name in self._newer_known(self.journal_dir, after):
             parts = name.split(".")
             if len(parts) == 4 and parts[0] in _CHANGES:
                 entries.append(Entry(name, stamp, _CHANGES[parts[0]], parts[1], parts[2]))
-        for stamp, name in _newer(self.exits_dir, after):
+        for stamp, name in self._newer_known(self.exits_dir, after):
             entries.append(Entry(f"exit.{name}", stamp, Change.STOPPED, name, ""))
         return entries
+
+    def _newer_known(self, directory: str, after: int) -> list[tuple[int, str]]:
+        """``_newer``, with the stamps of files seen before at or below
+        ``after`` taken from ``_stamps``. Threads may race here: each builds
+        its own map and the last one stored wins, which is as good as any."""
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return []
+        known = self._stamps.get(directory, {})
+        fresh: dict[tuple[str, int], int] = {}
+        out = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # a temp file, not renamed yet
+            key = (entry.name, entry.inode())
+            stamp = known.get(key)
+            if stamp is None or stamp > after:
+                try:
+                    stamp = entry.stat().st_mtime_ns
+                except FileNotFoundError:
+                    continue
+            fresh[key] = stamp
+            if stamp > after:
+                out.append((stamp, entry.name))
+        self._stamps[directory] = fresh
+        return out
 
     def _prune(self) -> None:
         now = time.time_ns()

@@ -90,6 +90,7 @@ class RuntimeService:
             Served(rt.STATUS, self.status),
             Served(rt.RUNTIME_CONFIG, self.runtime_config),
             Served(rt.SANDBOX_RESERVE, self.sandbox_reserve),
+            Served(rt.SANDBOX_PREPARE, self.sandbox_prepare),
             Served(rt.SANDBOX_START, self.sandbox_start),
             Served(rt.SANDBOX_STOP_CONTAINERS, self.sandbox_stop_containers),
             Served(rt.SANDBOX_STOP, self.sandbox_stop),
@@ -146,6 +147,10 @@ class RuntimeService:
 
     def sandbox_reserve(self, ctx: OpContext, args: rt.SandboxReserve) -> rt.SandboxReserved:
         return sandbox.reserve(self.layout, self.runtimes, self.pause_image, ctx, args)
+
+    def sandbox_prepare(self, ctx: OpContext, args: rt.SandboxPrepare) -> Empty:
+        sandbox.prepare(self.layout, self.runtimes, ctx, args)
+        return Empty()
 
     def sandbox_start(self, ctx: OpContext, args: rt.SandboxStart) -> rt.SandboxStarted:
         sandbox.start(self.layout, self.runtimes, ctx, args)

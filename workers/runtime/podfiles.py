@@ -52,13 +52,15 @@ def write(pod_dir: str, hostname: str, dns: api.DNSConfig | None,
     os.makedirs(pod_dir, mode=0o755, exist_ok=True)
     paths = {name: os.path.join(pod_dir, name)
              for name in ("hostname", "hosts", "resolv_conf")}
-    write_atomic(paths["hostname"], f"{hostname}\n".encode())
-    write_atomic(paths["hosts"], hosts(hostname, ips))
+    # Under the run dir (the pod dir), which no power loss is survived by:
+    # atomic, not flushed (write_atomic).
+    write_atomic(paths["hostname"], f"{hostname}\n".encode(), durable=False)
+    write_atomic(paths["hosts"], hosts(hostname, ips), durable=False)
     content = resolv_conf(dns)
     if content is None:
         shutil.copyfile(HOST_RESOLV_CONF, paths["resolv_conf"])
     else:
-        write_atomic(paths["resolv_conf"], content)
+        write_atomic(paths["resolv_conf"], content, durable=False)
     if idmap is not None:
         owner = _root_of(idmap)
         for path in paths.values():

@@ -2,22 +2,28 @@
 mounts (what CRI-O's pinns does), so a pod needs no infra process unless
 its containers share a PID namespace.
 
-util-linux ``unshare --ipc=FILE --uts=FILE hostname NAME`` creates both
-namespaces, bind-mounts them onto the files and sets the pod's hostname
-inside the new UTS namespace, in one exec. Unpinning is a lazy unmount of
-each file; the kernel frees a namespace when its last pin or member goes.
+As the net pool makes a network namespace (workers/net/netns.py), a
+short-lived thread calls ``unshare(CLONE_NEWIPC | CLONE_NEWUTS)``, which
+moves only that thread, sets the pod's hostname in its new UTS namespace,
+bind-mounts ``/proc/thread-self/ns/{ipc,uts}`` onto the files, and exits:
+no exec (this was util-linux ``unshare --ipc=FILE --uts=FILE hostname
+NAME``, two execs per pod), and no thread of the pool is ever moved.
+Unpinning is a lazy unmount of each file; the kernel frees a namespace when
+its last pin or member goes.
 
 A pod with its own user namespace (mode POD) has it pinned first, at
 ``<pod dir>/ns/user`` (``pin_userns``, at reserve, before the net pool makes
 the network namespace inside it); its IPC and UTS namespaces are then made
-inside it (workers/userns.py says why), and it is unpinned last.
+inside it by a helper process (workers/userns.py says why: a thread of a
+threaded process cannot enter a user namespace), and it is unpinned last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
-import subprocess
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +33,11 @@ from ...proto.idmap import IdMap
 from .. import userns
 from . import mounts
 
-UNSHARE_TIMEOUT = 10.0
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+_FLAGS = {"ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 USERNS = "user"
@@ -88,23 +98,42 @@ def pin(ns_dir: str, hostname: str, *, ipc: bool, uts: bool,
             # pinned for the pod's removal to release.
             raise Internal(f"cannot create pod namespaces: {exc}") from exc
         return paths
-    argv = ["unshare"]
-    for kind, path in paths.items():
+    for path in paths.values():
         with open(path, "a"):
             pass  # a bind mount needs an existing target
-        argv.append(f"--{kind}={path}")
-    # In a new UTS namespace set the pod's hostname; otherwise just exit.
-    argv += ["hostname", hostname] if uts else ["true"]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=UNSHARE_TIMEOUT,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    failure: list[OSError] = []
+    thread = threading.Thread(target=_pin_in_thread, args=(paths, hostname, failure),
+                              name="podns-pin", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
         unpin(ns_dir)
-        raise Internal(f"cannot create pod namespaces: {exc}") from exc
-    if done.returncode != 0:
-        unpin(ns_dir)
-        raise Internal(f"cannot create pod namespaces: {done.stderr.strip()[:300]}")
+        raise Internal(f"cannot create pod namespaces: {failure[0]}")
     return paths
+
+
+def _pin_in_thread(paths: dict[str, str], hostname: str, failure: list[OSError]) -> None:
+    # This thread ends in the new namespaces and is thrown away with them;
+    # that is what keeps the unshare from reaching any other thread.
+    try:
+        flags = 0
+        for kind in paths:
+            flags |= _FLAGS[kind]
+        if _libc.unshare(flags) != 0:
+            raise _os_error("unshare")
+        if "uts" in paths:
+            name = hostname.encode()
+            if _libc.sethostname(name, len(name)) != 0:
+                raise _os_error("sethostname")
+        for kind, path in paths.items():
+            userns.bind(f"/proc/thread-self/ns/{kind}", path)
+    except OSError as exc:
+        failure.append(exc)
+
+
+def _os_error(what: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def unpin(ns_dir: str) -> None:

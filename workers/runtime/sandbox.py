@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 # CRI NamespaceMode values.
 POD, CONTAINER, NODE, TARGET = "POD", "CONTAINER", "NODE", "TARGET"
 READY, NOTREADY, CREATING = "ready", "notready", "creating"
+# In a ``creating`` record: prepare() has run (namespaces, cgroup, infra).
+PREPARED = "prepared"
 CRI_STATES = {READY: api.SANDBOX_READY, NOTREADY: api.SANDBOX_NOTREADY}
 # What a pod's hostname may be: an RFC 1123 host name (dot-separated
 # labels of letters, digits and '-', each starting and ending with a letter
@@ -189,61 +191,85 @@ def check_log_path(field: str, value: str, *, absolute: bool = False) -> None:
         raise InvalidArgument(f"{field} {shorten(value)} must not contain '..'")
 
 
+def prepare(layout: Layout, runtimes: Runtimes, ctx: OpContext,
+            args: ops.SandboxPrepare) -> None:
+    """What of ``start`` needs no addresses (namespaces, cgroup, infra), in
+    the network namespace the net pool made; the pod stays ``creating``."""
+    with layout.pod_lock(args.id, ctx.deadline):
+        record = load(layout, args.id)
+        if record["state"] != CREATING or record.get(PREPARED):
+            return
+        _prepare(layout, runtimes, ctx, record, args.netns_path, args.infra_image)
+        # The infra's pid and the mark, for start and for stop/remove.
+        layout.sandboxes.save(args.id, record)
+
+
 def start(layout: Layout, runtimes: Runtimes, ctx: OpContext, args: ops.SandboxStart) -> None:
     """Set up everything of the pod that is the runtime's: namespaces, files,
     cgroup, infra; mark it ready. ``netns_path`` and ``ips`` come from the
-    net pool (absent for host-network pods)."""
+    net pool (absent for host-network pods). Of a pod ``prepare`` served,
+    only the files and addresses are left."""
     sandbox_id = args.id
     with layout.pod_lock(sandbox_id, ctx.deadline):
         record = load(layout, sandbox_id)
         if record["state"] != CREATING:
             return
+        if not record.get(PREPARED):
+            _prepare(layout, runtimes, ctx, record, args.netns_path, args.infra_image)
         config = configs.sandbox_config(record)
-        modes = record["modes"]
-        host_network = record["host_network"]
-        pod_dir = layout.pod_dir(sandbox_id)
-        hostname = pod_hostname(config, host_network)
-        record["hostname"] = hostname
-        record["netns_path"] = args.netns_path or None
         record["ips"] = list(args.ips)
-        # Save after each step that creates something, so a crash in the next
-        # step leaves a record that names everything to undo.
-        record["cgroup_parent"] = runtimes.cgroups.pod_parent(
-            config.linux.cgroup_parent, sandbox_id)
-        # Named before any directory is made: remove() releases the
-        # parent's cgroups whatever instant a crash cuts ensure() short.
-        layout.sandboxes.save(sandbox_id, record)
-        pods.ensure(runtimes.cgroups, record["cgroup_parent"], sandbox_id, layout.cgroups,
-                    ctx.deadline)
-        ctx.check()
-        idmap = podns.idmap_of(record)
-        in_userns = podns.userns_path(f"{pod_dir}/ns") if idmap else None
-        if idmap:
-            # runc mounts the pod's files from inside its user namespace.
-            os.makedirs(pod_dir, mode=0o711, exist_ok=True)
-            usernsprobe.open_up(pod_dir, layout.daemon_runroot)
-        record["ns"] = podns.pin(f"{pod_dir}/ns", hostname, ipc=modes["ipc"] != NODE,
-                                 uts=not host_network, in_userns=in_userns)
-        if in_userns:
-            record["ns"]["user"] = in_userns
-        record["shm"] = (podfiles.mount_shm(pod_dir, idmap) if modes["ipc"] != NODE
-                         else None)
-        layout.sandboxes.save(sandbox_id, record)
-        ctx.check()
         record["files"] = podfiles.write(
-            pod_dir, hostname, config.dns_config if config.HasField("dns_config") else None,
-            record["ips"], idmap)
-        if modes["pid"] == POD:
-            # Recorded before the start, so a failure or a crash inside it
-            # leaves a record whose stop/remove also delete the infra.
-            record["infra"] = {"id": sandbox_id}
-            layout.sandboxes.save(sandbox_id, record)
-            record["infra"] = infra.start(
-                ctx, layout, runtimes.handlers[record["runtime_handler"]],
-                runtimes.cgroups, record, args.infra_image, runtimes.zygote)
+            layout.pod_dir(sandbox_id), record["hostname"],
+            config.dns_config if config.HasField("dns_config") else None, record["ips"],
+            podns.idmap_of(record))
         record["state"] = READY
         layout.sandboxes.save(sandbox_id, record)
         log.info("Pod sandbox %s (%s) is ready", sandbox_id, record["name"])
+
+
+def _prepare(layout: Layout, runtimes: Runtimes, ctx: OpContext, record: dict[str, Any],
+             netns_path: str | None, infra_image: ops.InfraImage | None) -> None:
+    """Namespaces, cgroup and infra into ``record``, saved after each step
+    that creates something, so a crash in the next step leaves a record
+    that names everything to undo; the last step is the caller's to save."""
+    sandbox_id = record["id"]
+    config = configs.sandbox_config(record)
+    modes = record["modes"]
+    host_network = record["host_network"]
+    pod_dir = layout.pod_dir(sandbox_id)
+    hostname = pod_hostname(config, host_network)
+    record["hostname"] = hostname
+    record["netns_path"] = netns_path or None
+    record["cgroup_parent"] = runtimes.cgroups.pod_parent(
+        config.linux.cgroup_parent, sandbox_id)
+    # Named before any directory is made: remove() releases the
+    # parent's cgroups whatever instant a crash cuts ensure() short.
+    layout.sandboxes.save(sandbox_id, record)
+    pods.ensure(runtimes.cgroups, record["cgroup_parent"], sandbox_id, layout.cgroups,
+                ctx.deadline)
+    ctx.check()
+    idmap = podns.idmap_of(record)
+    in_userns = podns.userns_path(f"{pod_dir}/ns") if idmap else None
+    if idmap:
+        # runc mounts the pod's files from inside its user namespace.
+        os.makedirs(pod_dir, mode=0o711, exist_ok=True)
+        usernsprobe.open_up(pod_dir, layout.daemon_runroot)
+    record["ns"] = podns.pin(f"{pod_dir}/ns", hostname, ipc=modes["ipc"] != NODE,
+                             uts=not host_network, in_userns=in_userns)
+    if in_userns:
+        record["ns"]["user"] = in_userns
+    record["shm"] = podfiles.mount_shm(pod_dir, idmap) if modes["ipc"] != NODE else None
+    layout.sandboxes.save(sandbox_id, record)
+    ctx.check()
+    if modes["pid"] == POD:
+        # Recorded before the start, so a failure or a crash inside it
+        # leaves a record whose stop/remove also delete the infra.
+        record["infra"] = {"id": sandbox_id}
+        layout.sandboxes.save(sandbox_id, record)
+        record["infra"] = infra.start(
+            ctx, layout, runtimes.handlers[record["runtime_handler"]],
+            runtimes.cgroups, record, infra_image, runtimes.zygote)
+    record[PREPARED] = True
 
 
 def stop(layout: Layout, runtimes: Runtimes, ctx: OpContext,
