@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from bundle import RUNTIMES, Runtime, cgroup_dirs, make_rootfs
+from daemonlib import poll_until
 
 from podvisor.proto import api_pb2 as api
 from podvisor.workers.runtime.spec import (
@@ -212,6 +213,12 @@ def test_privileged(runc: Runtime, bundle: Path, tmp_path: Path) -> None:
     assert "/dev/null" in host_nodes
 
 
+def _execd(proc: Path) -> list[bytes] | None:
+    """The process's argv once it is no longer the runtime's ``init``."""
+    args = proc.joinpath("cmdline").read_bytes().split(b"\0")
+    return None if args[1:2] == [b"init"] else args
+
+
 def test_infra_spec_runs_catatonit(runc: Runtime, bundle: Path, tmp_path: Path) -> None:
     catatonit = shutil.which("catatonit")
     if catatonit is None:
@@ -235,11 +242,14 @@ def test_infra_spec_runs_catatonit(runc: Runtime, bundle: Path, tmp_path: Path) 
         state = json.loads(subprocess.run(runc.cmd("state", cid), check=True,
                                           capture_output=True, text=True).stdout)
         assert state["status"] == "running"
-        status = parse(Path(f"/proc/{state['pid']}/status").read_text().replace(":\t", "="))
+        # "running" is reported once the start is sent; runc's init may not
+        # have exec'd the process yet.
+        proc = Path(f"/proc/{state['pid']}")
+        cmdline = poll_until(lambda: _execd(proc), 30, what="the infra's exec")
+        assert cmdline[:2] == [b"/catatonit", b"-P"]
+        status = parse(proc.joinpath("status").read_text().replace(":\t", "="))
         assert int(status["CapEff"], 16) == 0
         assert status["NoNewPrivs"] == "1"
-        cmdline = Path(f"/proc/{state['pid']}/cmdline").read_bytes().split(b"\0")
-        assert cmdline[:2] == [b"/catatonit", b"-P"]
     finally:
         subprocess.run(runc.cmd("delete", "-f", cid), capture_output=True, check=False)
         for leftover in cgroup_dirs(str(spec["linux"]["cgroupsPath"]).lstrip("/")):
