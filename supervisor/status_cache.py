@@ -22,7 +22,8 @@ Kept true by dropping, never by patching:
   there. Its creations and starts are made by ops, which drop (and seed)
   already: dropping again when the feed reports them, a moment after the
   op's answer, would lose the seed the next read wants (critest reads each
-  object right after its start);
+  object right after its start). But a container's creation drops its
+  pod's answer, which the create op does not name;
 - a feed poll that fails, and a runtime or image worker becoming READY,
   flush that pool's entries.
 
@@ -238,9 +239,15 @@ class StatusCache:
             return
         ids = set()
         for event in events:
+            pod_id = event.pod_sandbox_status.id
             if event.container_event_type not in _MADE_BY_OPS:
-                ids.add(event.container_id)
-                ids.add(event.pod_sandbox_status.id)
+                ids.update((event.container_id, pod_id))
+            elif (event.container_event_type == api.CONTAINER_CREATED_EVENT
+                  and event.container_id != pod_id):
+                # A pod's answer leaves out containers still being created,
+                # so it does not depend on the new one's id, and the create
+                # op names only the container: the pod's answer goes here.
+                ids.add(pod_id)
         if ids:
             self.drop(RUNTIME, ids)
 

@@ -34,6 +34,7 @@ from podvisor.supervisor.status_cache import (
     CacheGuard,
     StatusCache,
     container_key,
+    pod_key,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -238,6 +239,15 @@ def test_the_change_feed_drops_what_it_names_and_a_failed_poll_flushes() -> None
         rig.cache.feed_changed(runtime_ops.Changes(cursor=1, keys=["z"], events=[b""]), [made])
         assert read(rig).status.state == api.CONTAINER_RUNNING
     assert status_reads(rig) == 1
+    # A container's creation drops its pod's answer (which left it out while
+    # it was being created), not the container's.
+    serve(rig.sandboxes.pod_sandbox_status(api.PodSandboxStatusRequest(pod_sandbox_id=POD)))
+    created = api.ContainerEventResponse(container_id=OTHER,
+                                         container_event_type=api.CONTAINER_CREATED_EVENT,
+                                         pod_sandbox_status=api.PodSandboxStatus(id=POD))
+    rig.cache.feed_changed(runtime_ops.Changes(cursor=1, keys=["n"], events=[b""]), [created])
+    assert rig.cache.get(pod_key(POD)) is None
+    assert rig.cache.get(container_key(CID)) is not None
     rig.cache.feed_changed(changes, [exited])
     assert read(rig).status.exit_code == 3
     # A change that made no event (an infra container's exit) flushes the pool.
