@@ -320,16 +320,17 @@ def test_run_pod_sandbox_undoes_newest_first_when_net_setup_fails() -> None:
         await run_pod(rig, deadline)
 
     fails_with(Code.UNAVAILABLE, scenario())
-    assert rig.bus.ops() == [*POD_STAGES[:4],
-                             "net.teardown", "runtime.sandbox_stop", "runtime.sandbox_remove"]
+    assert rig.bus.ops() == [*POD_STAGES[:4], "net.teardown", "runtime.sandbox_stop",
+                             "storage.remove_rootfs", "runtime.sandbox_remove"]
     sandbox_id = rig.bus.sent[0].args["id"]
     undo = rig.bus.sent[4:]
     assert [s.args for s in undo] == [{"pod_id": sandbox_id}, {"id": sandbox_id},
-                                      {"id": sandbox_id}]
+                                      {"container_id": sandbox_id}, {"id": sandbox_id}]
     assert {policy(s, deadline) for s in undo} == {Deadline.CLEANUP}
 
 
-def test_run_pod_sandbox_undoes_the_pause_rootfs_first_when_sandbox_prepare_fails() -> None:
+def test_run_pod_sandbox_removes_the_pause_rootfs_after_the_infra_stop_when_prepare_fails(
+        ) -> None:
     rig = make_rig()
     deadline = time.monotonic() + CALL_TIME
 
@@ -342,8 +343,9 @@ def test_run_pod_sandbox_undoes_the_pause_rootfs_first_when_sandbox_prepare_fail
     fails_with(Code.INTERNAL, scenario())
     start = rig.bus.ops().index("runtime.sandbox_prepare")
     undo = rig.bus.sent[start + 1:]
-    assert [s.op for s in undo] == ["storage.remove_rootfs", "net.teardown",
-                                    "runtime.sandbox_stop", "runtime.sandbox_remove"]
+    # The infra may run from the rootfs: it is stopped first.
+    assert [s.op for s in undo] == ["net.teardown", "runtime.sandbox_stop",
+                                    "storage.remove_rootfs", "runtime.sandbox_remove"]
     assert {policy(s, deadline) for s in undo} == {Deadline.CLEANUP}
 
 
@@ -360,7 +362,7 @@ def test_a_failing_undo_does_not_stop_the_others_nor_change_the_callers_error() 
     error = fails_with(Code.UNAVAILABLE, scenario())
     assert error.message == "the net pool has no live worker"
     assert rig.bus.ops()[4:] == ["net.teardown", "runtime.sandbox_stop",
-                                 "runtime.sandbox_remove"]
+                                 "storage.remove_rootfs", "runtime.sandbox_remove"]
 
 
 def test_a_failed_cni_add_is_undone_only_once_the_infra_start_beside_it_is_done() -> None:
@@ -385,7 +387,7 @@ def test_a_failed_cni_add_is_undone_only_once_the_infra_start_beside_it_is_done(
         with pytest.raises(Unavailable):
             await call
         assert rig.bus.ops()[4:] == ["net.teardown", "runtime.sandbox_stop",
-                                     "runtime.sandbox_remove"]
+                                     "storage.remove_rootfs", "runtime.sandbox_remove"]
     asyncio.run(scenario())
 
 

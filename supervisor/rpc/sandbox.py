@@ -84,6 +84,10 @@ class SandboxService:
             # written the record already.
             undo.push("remove the sandbox record", lambda: ops(
                 runtime_ops.SANDBOX_REMOVE, runtime_ops.Ref(id=sandbox_id), cleanup))
+            # Undone after the stop (the infra may run from it); absent is fine.
+            undo.push("remove the pause rootfs", lambda: ops(
+                storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=sandbox_id),
+                cleanup))
             undo.push("stop the sandbox", lambda: ops(
                 runtime_ops.SANDBOX_STOP, runtime_ops.Ref(id=sandbox_id), cleanup))
             reserved = await ops(runtime_ops.SANDBOX_RESERVE, runtime_ops.SandboxReserve(
@@ -99,14 +103,14 @@ class SandboxService:
                 net = await ops(net_ops.SETUP, setup, create)
                 await ops(runtime_ops.SANDBOX_START, runtime_ops.SandboxStart(
                     id=reserved.id, ips=net.ips,
-                    infra_image=await self._infra_image(reserved, undo)), create)
+                    infra_image=await self._infra_image(reserved)), create)
             else:
                 # The namespace first; then the CNI chain runs while the
                 # runtime pool starts the infra in it, which needs no address
                 # (on 2 cores, one's process starts overlap the other's).
                 netns = await ops(net_ops.ENSURE_NETNS, setup, create)
                 net, _ = await _both(ops(net_ops.SETUP, setup, create),
-                                     self._prepare(reserved, netns.netns_path, undo))
+                                     self._prepare(reserved, netns.netns_path))
                 await ops(runtime_ops.SANDBOX_START, runtime_ops.SandboxStart(
                     id=reserved.id, netns_path=netns.netns_path, ips=net.ips), create)
         except BaseException:
@@ -114,22 +118,17 @@ class SandboxService:
             raise
         return sandbox_id
 
-    async def _prepare(self, reserved: runtime_ops.SandboxReserved, netns_path: str,
-                       undo: CleanupStack) -> None:
+    async def _prepare(self, reserved: runtime_ops.SandboxReserved, netns_path: str) -> None:
         await self.ops(runtime_ops.SANDBOX_PREPARE, runtime_ops.SandboxPrepare(
             id=reserved.id, netns_path=netns_path,
-            infra_image=await self._infra_image(reserved, undo)), Deadline.CREATE)
+            infra_image=await self._infra_image(reserved)), Deadline.CREATE)
 
-    async def _infra_image(self, reserved: runtime_ops.SandboxReserved, undo: CleanupStack
+    async def _infra_image(self, reserved: runtime_ops.SandboxReserved
                            ) -> runtime_ops.InfraImage | None:
         """The pause image's rootfs if the pod's infra runs it, else None."""
         if not reserved.pause_image:
             return None
-        ops, sandbox_id = self.ops, reserved.id
-        undo.push("remove the pause rootfs", lambda: ops(
-            storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=sandbox_id),
-            Deadline.CLEANUP))
-        return await self._pause_rootfs(reserved.pause_image, sandbox_id, reserved.idmap)
+        return await self._pause_rootfs(reserved.pause_image, reserved.id, reserved.idmap)
 
     async def _pause_rootfs(self, pause_image: str, sandbox_id: str,
                             idmap: IdMap | None) -> runtime_ops.InfraImage:
