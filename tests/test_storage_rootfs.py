@@ -16,7 +16,7 @@ from layers import LayerTar, Storage, mounts_under, storage_in
 
 from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from podvisor.workers import locks
+from podvisor.workers import locks, userns
 from podvisor.workers.storage import overlay
 from podvisor.workers.storage.layer_usage import Measurer, MeasureSettings
 
@@ -307,3 +307,26 @@ def test_a_rootfs_for_a_user_namespace_shows_its_layers_idmapped(storage: Storag
                                            "idmap": IDMAP})
     assert os.stat(Path(again["path"], "bin/tool")).st_uid == 100000
     storage.call("remove_rootfs", {"container_id": "u1"})
+
+
+def test_an_idmap_staging_a_killed_worker_left_goes_with_removal_and_reconcile(
+        storage: Storage, tmp_path: Path) -> None:
+    """kill -9 of the storage worker between attaching the idmapped view of
+    the store and the overlay mount leaves that view mounted."""
+    stage_dir = storage.runroot / "storage/idmap"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    source = tmp_path / "store-view"
+    source.mkdir()
+    for cid in ("removed", "dead"):
+        (stage_dir / cid).mkdir()
+        userns.bind(str(source), str(stage_dir / cid))
+    try:
+        storage.call("remove_rootfs", {"container_id": "removed"})
+        assert mounts_under(stage_dir) == [str(stage_dir / "dead")]
+        storage.call("reconcile", {"live_containers": []})
+        assert mounts_under(stage_dir) == []
+        assert list(stage_dir.iterdir()) == []
+    finally:
+        for cid in ("removed", "dead"):
+            while userns.unmount(str(stage_dir / cid)):
+                pass

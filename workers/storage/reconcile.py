@@ -136,8 +136,9 @@ def _links(layout: Layout, report: Report) -> None:
 
 def _containers(layout: Layout, live: set[str], report: Report) -> None:
     known = set(records.container_ids(layout))
-    with contextlib.suppress(FileNotFoundError):
-        known |= {n for n in os.listdir(layout.mounts_dir) if not n.startswith(".")}
+    for parent in (layout.mounts_dir, layout.idmap_stage_dir):
+        with contextlib.suppress(FileNotFoundError):
+            known |= {n for n in os.listdir(parent) if not n.startswith(".")}
     # A live container's image volumes live with it.
     for cid in sorted(c for c in known if volume_owner(c) not in live):
         lock = locks.try_acquire(layout.locks_dir, rootfs.lock_name(cid))

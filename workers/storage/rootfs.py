@@ -219,10 +219,9 @@ def _ensure_mounted(layout: Layout, record: dict[str, Any]) -> bool:
     # clones of its layers, so the staging mount goes right after.
     idmap = from_wire(saved_idmap, IdMap, f"rootfs record of {cid}")
     stage = os.path.join(layout.idmap_stage_dir, cid)
+    unstage(layout, cid)  # one a crash left
     os.makedirs(stage, mode=0o700, exist_ok=True)
     try:
-        while userns.unmount(stage):
-            pass  # one a crash left
         with userns.temporary(idmap.uids, idmap.gids) as fd:
             userns.idmapped_clone(layout.storage_dir, stage, fd)
         staged = [os.path.join(stage, os.path.relpath(p, layout.storage_dir)) for p in lowers]
@@ -232,10 +231,23 @@ def _ensure_mounted(layout: Layout, record: dict[str, Any]) -> bool:
         raise FailedPrecondition(f"cannot idmap the layers of container {cid} for its pod's "
                                  f"user namespace: {exc.strerror}") from exc
     finally:
-        userns.unmount(stage)
-        with contextlib.suppress(OSError):
-            os.rmdir(stage)
+        try:
+            unstage(layout, cid)
+        except OSError:
+            # Not to hide the mount's own error; the removal or the next
+            # reconcile takes it away.
+            log.exception("Unmounting the idmap staging of %s failed", cid)
     return True
+
+
+def unstage(layout: Layout, cid: str) -> None:
+    """Detach and delete the idmapped staging of ``cid``'s layers, if a
+    mount (or a storage worker killed in it) left one."""
+    stage = os.path.join(layout.idmap_stage_dir, cid)
+    while userns.unmount(stage):
+        pass
+    with contextlib.suppress(OSError):
+        os.rmdir(stage)
 
 
 def remove(layout: Layout, container_id: str, deadline: float) -> RemovedRootfs:
@@ -269,6 +281,7 @@ def delete_held(layout: Layout, container_id: str) -> bool:
     """Unmount and delete one rootfs (its lock held); whether anything was there."""
     target = layout.mount_point(container_id)
     found = overlay.unmount(target)
+    unstage(layout, container_id)
     cdir = layout.container_dir(container_id)
     if os.path.isdir(cdir):
         found = True
