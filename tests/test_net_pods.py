@@ -313,3 +313,20 @@ def test_host_network_pods_get_the_node_ips(world: CniWorld) -> None:
     assert world.call("setup", args) == result
     assert world.call("teardown", {"pod_id": args["pod_id"]})["found"]
     assert world.namespaces() == []
+
+
+def test_a_setup_cut_short_keeps_the_namespace_the_infra_may_run_in(world: CniWorld) -> None:
+    """The net worker killed mid-ADD and setup retried: the chain is undone
+    and run again in the same namespace (the pod's infra, started beside
+    the chain, is in it)."""
+    world.write_conflist()
+    args = pod_args(11)
+    made = world.call("ensure_netns", args)
+    before = os.stat(made["netns_path"]).st_ino
+    record = world.layout.records.load(args["pod_id"])
+    world.layout.records.save(args["pod_id"], {**record, "state": store.SETTING_UP})
+    done = world.call("setup", args)
+    assert os.stat(done["netns_path"]).st_ino == before
+    assert world.leases() == done["ips"] and len(done["ips"]) == 1
+    assert world.call("teardown", {"pod_id": args["pod_id"]})["found"]
+    assert (world.leases(), world.namespaces(), world.layout.records.ids()) == ([], [], [])

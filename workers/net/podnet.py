@@ -143,6 +143,13 @@ def _usable_record(layout: Layout, req: SetupRequest, deadline: float,
             return record
         if _netns_made(record) and not req.host_network:
             return record
+        if (record.get("state") == store.SETTING_UP and not req.host_network
+                and netns.exists(record["netns_path"])):
+            # A chain cut short (a worker that died mid-ADD, setup retried):
+            # DEL what it may hold, but keep the namespace, which the pod's
+            # infra may run in already (RunPodSandbox overlaps the two).
+            _undo_chain(layout, record, deadline, lock)
+            return record
         # Half-done by a worker that died, or its namespace vanished:
         # release what it may hold before starting over.
         log.warning("Pod %s has a stale network record (state %s); tearing it down first",
@@ -272,6 +279,20 @@ def _teardown_locked(layout: Layout, pod_id: str, record: dict[str, Any] | None,
         raise TeardownFailed(pod_id, failures)
     layout.records.delete(pod_id)
     log.info("Tore down network of pod %s", pod_id)
+
+
+def _undo_chain(layout: Layout, record: dict[str, Any], deadline: float,
+                lock: ObjectLock) -> None:
+    """DEL of a chain cut short; the record goes back to ``netns``."""
+    net = cniconf.from_record(record["config"], record["config_file"])
+    failures = cni.delete(_runner(layout, _cleanup_deadline(deadline), lock), net,
+                          _invocation(record, record["netns_path"]), record.get("result"))
+    if failures:
+        raise TeardownFailed(record["pod_id"], failures)
+    record["state"] = store.NETNS
+    record.pop("result", None)
+    layout.records.save(record["pod_id"], record)
+    log.info("Undid the chain a setup of pod %s left half done", record["pod_id"])
 
 
 def _network_for_teardown(layout: Layout, pod_id: str,
