@@ -110,7 +110,10 @@ def holder(argv: Sequence[str]) -> Iterator[int]:
         said = select.select([proc.stdout], [], [], HOLDER_TIMEOUT)[0]
         if not said or proc.stdout.readline().strip() != b"ready":
             proc.kill()
-            _, err = proc.communicate(timeout=HOLDER_TIMEOUT)
+            try:
+                _, err = proc.communicate(timeout=HOLDER_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                err = b"(no answer)"  # a descendant holds its stderr open
             raise UsernsError(errno.EIO, f"{argv[0]} failed: "
                                          f"{err.decode(errors='replace').strip()[:300]}")
         yield proc.pid
@@ -183,7 +186,8 @@ def pin_inside(userns_path: str, pins: dict[str, str], script: str = "",
     each at its file."""
     argv = ["nsenter", f"--user={userns_path}", "--", "unshare"]
     argv += [f"--{kind}" for kind in pins]
-    argv += ["--", "sh", "-c", f"{script}{_HOLD}", "sh", *args]
+    # A failing script ends the helper at once (no "ready"), not at the timeout.
+    argv += ["--", "sh", "-c", f"{{ {script}true; }} || exit 1; {_HOLD}", "sh", *args]
     for path in pins.values():
         with open(path, "a"):
             pass
