@@ -21,7 +21,7 @@ Idmapped mounts (``mount_setattr(MOUNT_ATTR_IDMAP)``, Linux 5.12+) show
 files through a user namespace's map: on disk uid ``u`` reads as
 ``u + host_id`` (for ``u`` below ``length``). They need a user namespace
 fd, not a running process, and a filesystem that allows them (ext4, xfs,
-btrfs, tmpfs: yes; overlayfs itself: no, so the storage pool idmaps its
+btrfs: yes, tmpfs from Linux 6.3; overlayfs itself: no, so the storage pool idmaps its
 layers under the overlay instead). ``probe`` answers, once, whether a
 directory's filesystem can.
 """
