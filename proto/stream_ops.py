@@ -32,10 +32,10 @@ class ExecPlan(Record, frozen=True, kw_only=True):
     runtime: list[str]
     """The OCI runtime's argv up to its subcommand: the binary and its global
     flags (--root, --systemd-cgroup)."""
-    cmd: list[str]
     process: str
-    """The OCI process to run, as JSON: the container's own with ``cmd`` as
-    its args and ``terminal`` as asked (the runtime pool's exec_process)."""
+    """The OCI process to run, as JSON: the container's own with the exec's
+    command as its args and ``terminal`` as asked (the runtime pool's
+    exec_process)."""
 
 
 class AttachPlan(Record, frozen=True, kw_only=True):

@@ -237,7 +237,7 @@ class StatusCache:
         if len(events) < len(changes.keys):
             self.flush(RUNTIME)
             return
-        ids = set()
+        ids: set[str] = set()
         for event in events:
             pod_id = event.pod_sandbox_status.id
             if event.container_event_type not in _MADE_BY_OPS:

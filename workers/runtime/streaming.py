@@ -34,7 +34,7 @@ def exec_plan(layout: Layout, runtimes: Runtimes, args: ops.StreamRequest) -> Ex
     handler = runtimes.handlers[record["runtime_handler"]]
     process = exec_process(layout, container_id, cmd, tty=args.streams.tty)
     return ExecPlan(container_id=container_id, runtime=[handler.path, *handler.global_args()],
-                    cmd=cmd, process=json.dumps(process))
+                    process=json.dumps(process))
 
 
 def attach_plan(layout: Layout, args: ops.StreamRequest) -> AttachPlan:
