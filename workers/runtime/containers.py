@@ -84,13 +84,14 @@ def current(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
         return record
     exited = monitor.read_exit(layout.exits_dir, record["id"])
     if exited is not None:
-        oom = bool(exited.get("oom_killed"))
-        code = int(exited["exit_code"])
-        return {**record, "state": EXITED, "exit_code": code,
-                "finished_at": int(exited["exited_at_ns"]),
-                "reason": "OOMKilled" if oom else ("Completed" if code == 0 else "Error")}
+        return _exited(record, exited)
     if not monitor.conmon_alive(layout.state_dir(record["id"])) \
             and not monitor.process_alive(record.get("pid")):
+        # conmon writes the exit file and then exits: read it again, as
+        # both may have happened since the read above.
+        exited = monitor.read_exit(layout.exits_dir, record["id"])
+        if exited is not None:
+            return _exited(record, exited)
         # conmon was killed (or the node rebooted) and the container is gone
         # too: the exit is unknown. A container still alive without its
         # monitor stays running, so a stop still kills it.
@@ -99,6 +100,15 @@ def current(layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
                 "reason": "Unknown",
                 "message": "the container's monitor is gone; its exit code was not recorded"}
     return record
+
+
+def _exited(record: dict[str, Any], exited: dict[str, Any]) -> dict[str, Any]:
+    """The record with conmon's exit file folded in."""
+    oom = bool(exited.get("oom_killed"))
+    code = int(exited["exit_code"])
+    return {**record, "state": EXITED, "exit_code": code,
+            "finished_at": int(exited["exited_at_ns"]),
+            "reason": "OOMKilled" if oom else ("Completed" if code == 0 else "Error")}
 
 
 def reserve(layout: Layout, ctx: OpContext, args: ops.ContainerReserve) -> ops.ContainerReserved:
