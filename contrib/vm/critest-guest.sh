@@ -104,9 +104,11 @@ for _ in $(seq 1 300); do
     if ! kill -0 "$podvisor" 2>/dev/null; then
         echo "podvisor exited:"; tail -20 "$LOGS/podvisor.log"; exit 1
     fi
-    # Every worker READY (rows after the two header lines), the registry listening.
+    # Every worker READY (the rows after the two header lines, up to the
+    # "streaming: ..." line that ends the table), the registry listening.
     if podvisor --config "$ETC/podvisor.toml" --config-dir "$ETC/conf.d" status 2>/dev/null \
-            | awk 'NR > 2 && $4 != "READY" { bad = 1 } END { exit bad || NR < 3 }' \
+            | awk '/^streaming:/ { exit } NR > 2 && $4 != "READY" { bad = 1 } NR > 2 { rows++ }
+                   END { exit bad || rows == 0 }' \
             && (exec 3<>/dev/tcp/127.0.0.1/5000) 2>/dev/null; then
         break
     fi
