@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from podvisor.proto import api_pb2 as api
@@ -12,6 +14,7 @@ from podvisor.workers.runtime.spec_security import (
     DEFAULT_CAPABILITIES,
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
+    apparmor_profile,
     capabilities,
     masked_paths,
     readonly_paths,
@@ -138,3 +141,31 @@ def test_unsafe_sysctls_are_invalid(sysctls: dict[str, str], host_network: bool,
                                     message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         pod_sysctls(sysctls, host_network=host_network, host_ipc=host_ipc)
+
+
+def loaded_profiles(tmp_path: Path) -> str:
+    """A stand-in for the kernel's list of loaded AppArmor profiles."""
+    path = tmp_path / "profiles"
+    path.write_text("podvisor-default (enforce)\ncri-validate-deny-write (enforce)\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("ref", ["cri-validate-deny-write", "localhost/cri-validate-deny-write"])
+def test_apparmor_localhost_ref_takes_the_bare_name_or_critest_s_prefixed_one(
+        tmp_path: Path, ref: str) -> None:
+    sc = api.LinuxContainerSecurityContext(apparmor=api.SecurityProfile(
+        profile_type=api.SecurityProfile.Localhost, localhost_ref=ref))
+    assert apparmor_profile(sc, False, True, loaded_profiles(tmp_path)) == "cri-validate-deny-write"
+
+
+def test_apparmor_deprecated_field_and_unloaded_profiles(tmp_path: Path) -> None:
+    loaded = loaded_profiles(tmp_path)
+    legacy = api.LinuxContainerSecurityContext(apparmor_profile="localhost/cri-validate-deny-write")
+    assert apparmor_profile(legacy, False, True, loaded) == "cri-validate-deny-write"
+    assert apparmor_profile(legacy, True, True, loaded) is None
+    default = api.LinuxContainerSecurityContext(apparmor_profile="runtime/default")
+    assert apparmor_profile(default, False, True, loaded) == "podvisor-default"
+    missing = api.LinuxContainerSecurityContext(apparmor=api.SecurityProfile(
+        profile_type=api.SecurityProfile.Localhost, localhost_ref="localhost/not-loaded"))
+    with pytest.raises(FailedPrecondition, match=r"profile not-loaded \(Localhost\) is not loaded"):
+        apparmor_profile(missing, False, True, loaded)

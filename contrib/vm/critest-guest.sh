@@ -18,6 +18,15 @@ LOGS=$SHARE/logs
 mkdir -p "$LOGS" "$ETC/conf.d" "$RUNROOT" "$ROOT" /var/lib/harness-registry
 
 tar -xf "$SHARE/registry.tar" -C /var/lib/harness-registry
+# apparmor_parser and its profile abstractions, for the AppArmor specs,
+# which run it through sudo: this guest runs everything as root, so sudo
+# only runs its arguments.
+if [ -f "$SHARE/apparmor.tar" ]; then
+    tar -xf "$SHARE/apparmor.tar" -C /
+    printf '#!/bin/sh\n[ "$(id -u)" = 0 ] || { echo "sudo: only root here" >&2; exit 1; }\nexec "$@"\n' \
+        > /usr/local/bin/sudo
+    chmod 755 /usr/local/bin/sudo
+fi
 cat > "$ETC/registry.yml" <<'YAML'
 version: 0.1
 log:
@@ -104,9 +113,11 @@ for _ in $(seq 1 300); do
     if ! kill -0 "$podvisor" 2>/dev/null; then
         echo "podvisor exited:"; tail -20 "$LOGS/podvisor.log"; exit 1
     fi
-    # Every worker READY (rows after the two header lines), the registry listening.
+    # Every worker READY (the rows after the two header lines, up to the
+    # "streaming: ..." line that ends the table), the registry listening.
     if podvisor --config "$ETC/podvisor.toml" --config-dir "$ETC/conf.d" status 2>/dev/null \
-            | awk 'NR > 2 && $4 != "READY" { bad = 1 } END { exit bad || NR < 3 }' \
+            | awk '/^streaming:/ { exit } NR > 2 && $4 != "READY" { bad = 1 } NR > 2 { rows++ }
+                   END { exit bad || rows == 0 }' \
             && (exec 3<>/dev/tcp/127.0.0.1/5000) 2>/dev/null; then
         break
     fi

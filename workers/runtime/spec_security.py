@@ -26,7 +26,9 @@ not, never dropped:
 
 - AppArmor (``apparmor``, else the deprecated ``apparmor_profile``):
   ``Unconfined`` and empty run unconfined. ``Localhost`` names a profile
-  that must be loaded in the kernel; it becomes ``process.apparmorProfile``.
+  that must be loaded in the kernel (``localhost_ref`` bare or, as
+  critest sends it, with the deprecated field's ``localhost/`` prefix);
+  it becomes ``process.apparmorProfile``.
   ``RuntimeDefault`` is the profile ``podvisor-default``, which the node's
   administrator loads (``contrib/apparmor``): podvisor does not run
   apparmor_parser itself. On a node without AppArmor any profile but
@@ -156,7 +158,10 @@ def apparmor_profile(sc: api.LinuxContainerSecurityContext, privileged: bool, en
     """The ``process.apparmorProfile`` of the container; None: unconfined."""
     if sc.HasField("apparmor"):
         kind = api.SecurityProfile.ProfileType.Name(sc.apparmor.profile_type)
-        name = sc.apparmor.localhost_ref
+        # The kubelet sends the bare profile name; critest sends
+        # "localhost/<name>", the deprecated field's form. containerd strips
+        # that prefix here too, and no profile name can start with it.
+        name = sc.apparmor.localhost_ref.removeprefix("localhost/")
     else:
         legacy = sc.apparmor_profile
         if legacy in ("", "unconfined"):
