@@ -30,8 +30,8 @@ not, never dropped:
   critest sends it, with the deprecated field's ``localhost/`` prefix);
   it becomes ``process.apparmorProfile``.
   ``RuntimeDefault`` is the profile ``podvisor-default``, which the node's
-  administrator loads (``contrib/apparmor``): podvisor does not run
-  apparmor_parser itself. On a node without AppArmor any profile but
+  administrator writes and loads (podvisor ships none yet, and does not
+  run apparmor_parser itself). On a node without AppArmor any profile but
   Unconfined is FAILED_PRECONDITION, as the kubelet's own admission
   refuses such pods. A privileged container runs unconfined.
 - SELinux: any ``selinux_options`` field set on a node without SELinux is
