@@ -189,12 +189,7 @@ def _setup_locked(layout: Layout, req: SetupRequest, deadline: float,
         record.update(state=store.READY, result=result)
         layout.records.save(req.pod_id, record)
     except BaseException:
-        log.warning("Setup of pod %s failed; unwinding", req.pod_id)
-        try:
-            _teardown_locked(layout, req.pod_id, record, _cleanup_deadline(deadline), lock)
-        except Exception:
-            log.exception("Unwinding the failed setup of pod %s failed; its record "
-                          "stays for teardown or reconcile", req.pod_id)
+        _unwind(layout, req.pod_id, record, deadline, lock, "setup")
         raise
     log.info("Set up network of pod %s: %s", req.pod_id, cni.result_ips(result))
     return _network(record)
@@ -225,14 +220,22 @@ def _make_netns(layout: Layout, req: SetupRequest, deadline: float, lock: Object
         check()
         netns.create(path, req.userns_path or None)
     except BaseException:
-        log.warning("Making the network namespace of pod %s failed; unwinding", req.pod_id)
-        try:
-            _teardown_locked(layout, req.pod_id, record, _cleanup_deadline(deadline), lock)
-        except Exception:
-            log.exception("Unwinding the namespace of pod %s failed; its record stays for "
-                          "teardown or reconcile", req.pod_id)
+        _unwind(layout, req.pod_id, record, deadline, lock, "network namespace")
         raise
     return record
+
+
+def _unwind(layout: Layout, pod_id: str, record: dict[str, Any], deadline: float,
+            lock: ObjectLock, what: str) -> None:
+    """Tear down what a failed step left; a teardown that fails too keeps
+    the record, for a later teardown or reconcile (logged, not raised: the
+    step's own error is the caller's)."""
+    log.warning("The %s of pod %s failed; unwinding", what, pod_id)
+    try:
+        _teardown_locked(layout, pod_id, record, _cleanup_deadline(deadline), lock)
+    except Exception:
+        log.exception("Unwinding the %s of pod %s failed; its record stays for teardown "
+                      "or reconcile", what, pod_id)
 
 
 def teardown(layout: Layout, pod_id: str, deadline: float) -> TornDown:
