@@ -38,6 +38,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 
 from ..proto.idmap import IdRange
+from . import mounts
 
 # Syscall numbers (one table for every architecture but alpha since 5.1/5.12).
 _SYS_OPEN_TREE = 428
@@ -51,8 +52,6 @@ _AT_FDCWD = -100
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _MOUNT_ATTR_IDMAP = 0x00100000
 _MOUNT_ATTR_SIZE = 32  # struct mount_attr: attr_set, attr_clr, propagation, userns_fd
-MS_BIND = 0x1000
-MNT_DETACH = 0x2
 
 # A holder that does not answer within this long is killed.
 HOLDER_TIMEOUT = 10.0
@@ -80,18 +79,19 @@ def _syscall(number: int, *args: int | bytes) -> int:
 
 
 def bind(source: str, target: str) -> None:
-    if _libc.mount(os.fsencode(source), os.fsencode(target), None, MS_BIND, None) != 0:
-        raise _error(f"bind mount of {source} on {target}")
+    """workers/mounts.py's, failing as a ``UsernsError``."""
+    try:
+        mounts.bind(source, target)
+    except OSError as exc:
+        raise UsernsError(exc.errno or errno.EIO, exc.strerror or str(exc)) from exc
 
 
 def unmount(target: str) -> bool:
-    """Lazily unmount ``target``; False when nothing was mounted there."""
-    if _libc.umount2(os.fsencode(target), MNT_DETACH) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOENT):
-        return False
-    raise _error(f"unmount of {target}", err)
+    """workers/mounts.py's lazy unmount, failing as a ``UsernsError``."""
+    try:
+        return mounts.unmount(target)
+    except OSError as exc:
+        raise UsernsError(exc.errno or errno.EIO, exc.strerror or str(exc)) from exc
 
 
 @contextlib.contextmanager

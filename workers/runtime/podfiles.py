@@ -16,9 +16,9 @@ import shutil
 
 from ...proto import api_pb2 as api
 from ...proto.idmap import IdMap
+from .. import mounts
 from ..records import write_atomic
 from ..userns import map_id
-from . import mounts
 
 SHM_SIZE = 64 * 1024 * 1024
 HOST_RESOLV_CONF = "/etc/resolv.conf"

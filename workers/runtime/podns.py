@@ -30,8 +30,7 @@ from typing import Any
 from ...proto.contract import from_wire, to_wire
 from ...proto.errors import Internal
 from ...proto.idmap import IdMap
-from .. import userns
-from . import mounts
+from .. import mounts, userns
 
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -126,7 +125,7 @@ def _pin_in_thread(paths: dict[str, str], hostname: str, failure: list[OSError])
             if _libc.sethostname(name, len(name)) != 0:
                 raise _os_error("sethostname")
         for kind, path in paths.items():
-            userns.bind(f"/proc/thread-self/ns/{kind}", path)
+            mounts.bind(f"/proc/thread-self/ns/{kind}", path)
     except OSError as exc:
         failure.append(exc)
 
