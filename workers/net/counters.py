@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ...proto.stats import InterfaceSample, NetworkSample
+from .. import nsthread
 from . import netns
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -132,7 +133,7 @@ def _net_dev_inside(path: str, nsfs_dev: int) -> str | None:
     if fd is None:
         return None
     try:
-        if _libc.setns(fd, netns.CLONE_NEWNET) != 0:
+        if _libc.setns(fd, nsthread.CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"setns: {os.strerror(err)}")
     finally:

@@ -30,20 +30,12 @@ Invariants
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
-import threading
 
 from pyroute2 import IPRoute
 
-from .. import userns
-
-CLONE_NEWNET = 0x40000000
-MS_BIND = 4096
-MNT_DETACH = 2
-
-_libc = ctypes.CDLL(None, use_errno=True)
+from .. import mounts, nsthread, userns
 
 
 class NamespaceError(OSError):
@@ -77,34 +69,25 @@ def create(path: str, userns_path: str | None = None) -> None:
     if userns_path:
         _create_in_userns(path, userns_path)
         return
-    failure: list[BaseException] = []
-    thread = threading.Thread(target=_create_in_thread, args=(path, failure),
-                              name="netns-create", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        if not isinstance(failure[0], FileExistsError):
-            remove(path)
-        raise failure[0]
-
-
-def _create_in_thread(path: str, failure: list[BaseException]) -> None:
-    # This thread ends in the new namespace and is thrown away with it;
-    # that is what keeps the unshare from leaking into any other thread.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    os.close(fd)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        os.close(fd)
-        if _libc.unshare(CLONE_NEWNET) != 0:
-            raise _os_error(f"unshare(CLONE_NEWNET) for {path}")
-        if _libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), b"none",
-                       MS_BIND, None) != 0:
-            raise _os_error(f"bind mount of a new network namespace on {path}")
-        # The netlink socket is opened by this thread, so it talks to the
-        # new namespace, where lo (always index 1) starts down.
-        with IPRoute() as ipr:
-            ipr.link("set", index=1, state="up")
-    except BaseException as exc:
-        failure.append(exc)
+        nsthread.run_unshared(nsthread.CLONE_NEWNET, lambda: _inside(path), "netns-create")
+    except OSError as exc:
+        remove(path)
+        raise NamespaceError(exc.errno or errno.EIO,
+                             f"new network namespace at {path}: {exc.strerror}") from exc
+    except BaseException:
+        remove(path)
+        raise
+
+
+def _inside(path: str) -> None:
+    nsthread.pin("net", path)
+    # The netlink socket is opened by this thread, so it talks to the new
+    # namespace, where lo (always index 1) starts down.
+    with IPRoute() as ipr:
+        ipr.link("set", index=1, state="up")
 
 
 def _create_in_userns(path: str, userns_path: str) -> None:
@@ -128,12 +111,13 @@ def remove(path: str) -> None:
     MNT_DETACH lets the unmount succeed while a plugin or a container still
     holds the namespace open; the namespace itself dies with its last user.
     """
-    if _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        # EINVAL: not a mount point (a half-made leftover); ENOENT: gone.
-        if err not in (errno.EINVAL, errno.ENOENT):
-            raise NamespaceError(err, f"unmount of network namespace {path}: "
-                                      f"{os.strerror(err)}")
+    try:
+        # Not a mount point (a half-made leftover) or gone: nothing to do.
+        mounts.unmount(path)
+    except OSError as exc:
+        raise NamespaceError(exc.errno or errno.EIO, f"unmount of network namespace {path}: "
+                                                     f"{os.strerror(exc.errno or errno.EIO)}"
+                             ) from exc
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
@@ -144,8 +128,3 @@ def list_names(netns_dir: str) -> list[str]:
         return sorted(os.listdir(netns_dir))
     except FileNotFoundError:
         return []
-
-
-def _os_error(what: str) -> NamespaceError:
-    err = ctypes.get_errno()
-    return NamespaceError(err, f"{what}: {os.strerror(err)}")

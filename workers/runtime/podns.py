@@ -23,18 +23,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from ...proto.contract import from_wire, to_wire
 from ...proto.errors import Internal
 from ...proto.idmap import IdMap
-from .. import mounts, userns
+from .. import mounts, nsthread, userns
 
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-_FLAGS = {"ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
+_FLAGS = {"ipc": nsthread.CLONE_NEWIPC, "uts": nsthread.CLONE_NEWUTS}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -100,39 +97,25 @@ def pin(ns_dir: str, hostname: str, *, ipc: bool, uts: bool,
     for path in paths.values():
         with open(path, "a"):
             pass  # a bind mount needs an existing target
-    failure: list[OSError] = []
-    thread = threading.Thread(target=_pin_in_thread, args=(paths, hostname, failure),
-                              name="podns-pin", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
+    flags = 0
+    for kind in paths:
+        flags |= _FLAGS[kind]
+    try:
+        nsthread.run_unshared(flags, lambda: _inside(paths, hostname), "podns-pin")
+    except OSError as exc:
         unpin(ns_dir)
-        raise Internal(f"cannot create pod namespaces: {failure[0]}")
+        raise Internal(f"cannot create pod namespaces: {exc}") from exc
     return paths
 
 
-def _pin_in_thread(paths: dict[str, str], hostname: str, failure: list[OSError]) -> None:
-    # This thread ends in the new namespaces and is thrown away with them;
-    # that is what keeps the unshare from reaching any other thread.
-    try:
-        flags = 0
-        for kind in paths:
-            flags |= _FLAGS[kind]
-        if _libc.unshare(flags) != 0:
-            raise _os_error("unshare")
-        if "uts" in paths:
-            name = hostname.encode()
-            if _libc.sethostname(name, len(name)) != 0:
-                raise _os_error("sethostname")
-        for kind, path in paths.items():
-            mounts.bind(f"/proc/thread-self/ns/{kind}", path)
-    except OSError as exc:
-        failure.append(exc)
-
-
-def _os_error(what: str) -> OSError:
-    err = ctypes.get_errno()
-    return OSError(err, f"{what}: {os.strerror(err)}")
+def _inside(paths: dict[str, str], hostname: str) -> None:
+    if "uts" in paths:
+        name = hostname.encode()
+        if _libc.sethostname(name, len(name)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sethostname: {os.strerror(err)}")
+    for kind, path in paths.items():
+        nsthread.pin(kind, path)
 
 
 def unpin(ns_dir: str) -> None:
