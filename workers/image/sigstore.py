@@ -26,7 +26,10 @@ Invariants
       its descriptor's digest before it is used.
 
 This is the only module that touches cryptography; key material is read
-through ``load_key`` and never logged.
+through ``load_key`` and never logged. cryptography is imported by the two
+functions that use it, on the first policy with a key: importing it holds
+about 3 MiB that every worker would share, on nodes that mostly verify
+nothing.
 """
 
 from __future__ import annotations
@@ -37,11 +40,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from typing import TYPE_CHECKING, Any
 
 from ...proto.errors import InvalidArgument
 from .reference import validate_digest
@@ -56,7 +55,10 @@ MAX_SIGNATURE_BYTES = 4 << 20
 # More signatures than this on one image is not a signing workflow.
 MAX_SIGNATURES = 64
 
-VerifyingKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    VerifyingKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 
 def attachment_tag(digest: str) -> str:
@@ -130,6 +132,10 @@ def check_blob(data: bytes, sig: Signature) -> None:
 
 def load_key(pem: bytes) -> VerifyingKey:
     """A public key from PEM; ValueError naming what is wrong."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -143,6 +149,10 @@ def load_key(pem: bytes) -> VerifyingKey:
 
 def verify(key: VerifyingKey, payload: bytes, signature: bytes) -> bool:
     """Is ``signature`` over ``payload`` made with ``key`` (sigstore's SHA-256 rules)?"""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))

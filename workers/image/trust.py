@@ -50,7 +50,7 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ...proto.errors import FailedPrecondition, NotFound
 from . import identity, sigstore
@@ -58,7 +58,9 @@ from .errors import SignatureRejected
 from .policy import Policy, Reject, SigstoreSigned, Unsupported
 from .reference import Reference
 from .registry import Fetched
-from .sigstore import VerifyingKey
+
+if TYPE_CHECKING:
+    from .sigstore import VerifyingKey
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ and the supervisor (design.md: workers are disposable); it goes only when
 Creation follows containerd's ``pkg/netns`` (itself from CNI's testutils):
 a short-lived thread calls ``unshare(CLONE_NEWNET)``, which moves only that
 thread, bind-mounts ``/proc/thread-self/ns/net`` onto the file, brings the
-loopback up through a pyroute2 netlink socket opened inside the new
-namespace, and exits. No fork: the worker is multi-threaded, and the
+loopback up with an ioctl on a socket opened inside the new namespace
+(rtnl.py), and exits. No fork: the worker is multi-threaded, and the
 namespace switch never touches the thread pool's threads.
 
 A pod with its own user namespace needs its network namespace owned by it
@@ -33,9 +33,8 @@ import contextlib
 import errno
 import os
 
-from pyroute2 import IPRoute
-
 from .. import mounts, nsthread, userns
+from . import rtnl
 
 
 class NamespaceError(OSError):
@@ -84,10 +83,9 @@ def create(path: str, userns_path: str | None = None) -> None:
 
 def _inside(path: str) -> None:
     nsthread.pin("net", path)
-    # The netlink socket is opened by this thread, so it talks to the new
-    # namespace, where lo (always index 1) starts down.
-    with IPRoute() as ipr:
-        ipr.link("set", index=1, state="up")
+    # The socket is opened by this thread, so it is in the new namespace,
+    # where lo starts down.
+    rtnl.link_up("lo")
 
 
 def _create_in_userns(path: str, userns_path: str) -> None:
