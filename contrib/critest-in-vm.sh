@@ -39,24 +39,9 @@ mkdir "$SHARE/kit"
 cp "$kit"/*.sh "$kit"/*.yaml "$SHARE/kit/"
 for tool in critest crictl; do xz -dc "$kit/bin/$tool.xz" > "$SHARE/bin/$tool"; done
 tar -C "$store" -cf "$SHARE/registry.tar" .
-# critest loads the AppArmor specs' profiles with `sudo apparmor_parser`
-# (abstractions from /etc/apparmor.d): the guest's kernel has AppArmor, its
-# image neither tool. Debian's apparmor package (apparmor_parser links only
-# libc), fetched once with apt-get and cached; critest-guest.sh unpacks it
-# and adds a root-only sudo. Without it those specs fail in their BeforeEach.
-if [ ! -s "$CACHE/apparmor.tar" ]; then
-    aa=$(mktemp -d)
-    if (cd "$aa" && apt-get download -q apparmor >/dev/null 2>&1) \
-            && dpkg-deb -x "$aa"/apparmor_*.deb "$aa/root"; then
-        tar -C "$aa/root" -cf "$CACHE/apparmor.tar.tmp" sbin/apparmor_parser etc/apparmor etc/apparmor.d \
-            usr/share/apparmor-features
-        mv "$CACHE/apparmor.tar.tmp" "$CACHE/apparmor.tar"
-    else
-        say "no apparmor package (apt-get download apparmor failed): the AppArmor specs will fail"
-    fi
-    rm -rf "$aa"
-fi
-[ ! -s "$CACHE/apparmor.tar" ] || cp "$CACHE/apparmor.tar" "$SHARE/"
+# critest loads the AppArmor specs' profiles with `sudo apparmor_parser`:
+# critest-guest.sh adds a root-only sudo to vm_apparmor's parser.
+vm_apparmor
 cp contrib/vm/critest-guest.sh "$SHARE/"
 say "staged; reports will be in $reports"
 export VM_TIMEOUT=${VM_TIMEOUT:-21600}

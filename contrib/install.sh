@@ -5,7 +5,7 @@
 #   sudo contrib/install.sh --no-start   # install only (CI, packaging)
 #
 # Installs the OS packages podvisor runs on (runc, crun, CNI plugins,
-# catatonit) and the ones its tests and benches use (docker-registry,
+# catatonit, apparmor where the kernel runs it) and the ones its tests and benches use (docker-registry,
 # busybox-static, skopeo, htpasswd, nftables, xz; containerd, left off),
 # creates .venv with the project and its test tools, writes a default pod network (contrib/default-cni.sh) and
 # /etc/crictl.yaml where none exist, and starts podvisor: as the systemd
@@ -22,6 +22,11 @@ apt-get install -y -q --no-install-recommends \
     runc crun containernetworking-plugins catatonit iproute2 iptables \
     docker-registry busybox-static skopeo apache2-utils python3-venv ca-certificates \
     nftables xz-utils
+# apparmor_parser, where the kernel runs AppArmor: podvisor loads its default
+# profile (podvisor-default) with it. A node without AppArmor needs none.
+if [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; then
+    apt-get install -y -q --no-install-recommends apparmor
+fi
 # The cgroup v2 + systemd VM the tests in tests/vm run in (contrib/test-in-vm.sh,
 # ../shared/vm/build.sh).
 apt-get install -y -q --no-install-recommends \

@@ -23,7 +23,7 @@
 # Builds the VM image if it is missing, the VM's venv on the host (cached in
 # /var/cache/podvisor-vm, keyed by the requirements, so a rerun only stages
 # podvisor and the tests: a few seconds), boots the VM with the checkout's
-# podvisor, tests and Debian's docker-registry in its share, and runs
+# podvisor, tests, Debian's docker-registry and apparmor_parser in its share, and runs
 # `pytest tests/vm` there (the daemons' logs end up in
 # /var/cache/podvisor-vm/logs). The last line is pytest's summary; the exit status
 # is pytest's (124: the VM ran out of VM_TIMEOUT, default 1200 s).
@@ -38,6 +38,7 @@ mkdir -p "$CACHE"
 vm_image
 vm_venv
 vm_share
+vm_apparmor
 # The daemons' logs outlive the VM (tests/vm keep them in the share).
 trap 'rm -rf "$CACHE/logs"; [ ! -d "$SHARE/logs" ] || mv "$SHARE/logs" "$CACHE/logs"; rm -rf "$SHARE"' EXIT
 say "staged podvisor and the tests; daemon logs will be in $CACHE/logs"

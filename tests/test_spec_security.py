@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from podvisor.proto import api_pb2 as api
 from podvisor.proto.errors import FailedPrecondition, InvalidArgument
+from podvisor.workers.runtime import apparmor_default
 from podvisor.workers.runtime.spec_context import bounding_caps
 from podvisor.workers.runtime.spec_security import (
     CAPABILITIES,
@@ -17,6 +21,7 @@ from podvisor.workers.runtime.spec_security import (
     apparmor_profile,
     capabilities,
     masked_paths,
+    pod_security,
     readonly_paths,
 )
 from podvisor.workers.runtime.spec_sysctl import normalize, pod_sysctls
@@ -160,12 +165,208 @@ def test_apparmor_localhost_ref_takes_the_bare_name_or_critest_s_prefixed_one(
 
 def test_apparmor_deprecated_field_and_unloaded_profiles(tmp_path: Path) -> None:
     loaded = loaded_profiles(tmp_path)
+    loader = FakeParser(tmp_path)
     legacy = api.LinuxContainerSecurityContext(apparmor_profile="localhost/cri-validate-deny-write")
-    assert apparmor_profile(legacy, False, True, loaded) == "cri-validate-deny-write"
-    assert apparmor_profile(legacy, True, True, loaded) is None
+    assert apparmor_profile(legacy, False, True, loaded,
+                            loader.default) == "cri-validate-deny-write"
+    assert apparmor_profile(legacy, True, True, loaded, loader.default) is None
     default = api.LinuxContainerSecurityContext(apparmor_profile="runtime/default")
-    assert apparmor_profile(default, False, True, loaded) == "podvisor-default"
+    assert apparmor_profile(default, False, True, loaded, loader.default) == "podvisor-default"
     missing = api.LinuxContainerSecurityContext(apparmor=api.SecurityProfile(
         profile_type=api.SecurityProfile.Localhost, localhost_ref="localhost/not-loaded"))
     with pytest.raises(FailedPrecondition, match=r"profile not-loaded \(Localhost\) is not loaded"):
-        apparmor_profile(missing, False, True, loaded)
+        apparmor_profile(missing, False, True, loaded, loader.default)
+
+
+
+class FakeParser:
+    """An apparmor_parser stand-in and a loader that finds it: it records
+    its arguments and the text it read, then lists the profile as the
+    kernel would, or fails as ``fail`` says."""
+
+    def __init__(self, tmp_path: Path, installed: bool = True) -> None:
+        base = tmp_path / "aa"
+        (base / "bin").mkdir(parents=True)
+        self.calls = base / "calls"
+        self.text = base / "text"
+        self.fail = base / "fail"
+        self.profiles = base / "profiles"
+        self.profiles.write_text("other (complain)\n")
+        if installed:
+            script = base / "bin" / "apparmor_parser"
+            script.write_text(
+                "#!/bin/sh\n"
+                f"printf '%s\\n' \"$*\" >> {self.calls}\n"
+                f"cat > {self.text}\n"
+                f"if [ -e {self.fail} ]; then cat {self.fail} >&2; exit 1; fi\n"
+                f"echo 'podvisor-default (enforce)' >> {self.profiles}\n")
+            script.chmod(0o755)
+        self.default = apparmor_default.DefaultProfile(
+            loaded=str(self.profiles), policy_dir=str(base / "etc"),
+            search_path=str(base / "bin"))
+
+    def runs(self) -> list[str]:
+        return self.calls.read_text().splitlines() if self.calls.exists() else []
+
+
+NOTHING = api.LinuxContainerSecurityContext()
+RUNTIME_DEFAULT = [
+    api.LinuxContainerSecurityContext(apparmor_profile="runtime/default"),
+    api.LinuxContainerSecurityContext(apparmor=api.SecurityProfile(
+        profile_type=api.SecurityProfile.RuntimeDefault)),
+]
+
+
+def test_a_container_that_asks_for_nothing_gets_the_default_loaded_once(
+        tmp_path: Path) -> None:
+    fake = FakeParser(tmp_path)
+    assert apparmor_profile(NOTHING, False, True, default=fake.default) == "podvisor-default"
+    assert fake.runs() == ["-Kr"]
+    assert "profile podvisor-default flags=(attach_disconnected,mediate_deleted) {" \
+        in fake.text.read_text()
+    # Loaded by this process and still in the kernel: no second parser run.
+    for sc in RUNTIME_DEFAULT:
+        assert apparmor_profile(sc, False, True, default=fake.default) == "podvisor-default"
+    assert fake.runs() == ["-Kr"]
+    # An administrator unloaded it: the next request loads it again.
+    fake.profiles.write_text("other (complain)\n")
+    assert apparmor_profile(NOTHING, False, True, default=fake.default) == "podvisor-default"
+    assert fake.runs() == ["-Kr", "-Kr"]
+
+
+def test_a_new_process_replaces_a_profile_already_in_the_kernel(tmp_path: Path) -> None:
+    # An older podvisor-default is listed; this process has not loaded it.
+    fake = FakeParser(tmp_path)
+    fake.profiles.write_text("podvisor-default (enforce)\n")
+    assert fake.default.ensure() == "podvisor-default"
+    assert fake.runs() == ["-Kr"]
+
+
+def test_asking_for_nothing_stays_unconfined_where_the_default_cannot_apply(
+        tmp_path: Path) -> None:
+    fake = FakeParser(tmp_path)
+    assert apparmor_profile(NOTHING, False, False, default=fake.default) is None  # no AppArmor
+    assert apparmor_profile(NOTHING, True, True, default=fake.default) is None    # privileged
+    for sc in RUNTIME_DEFAULT:
+        assert apparmor_profile(sc, True, True, default=fake.default) is None
+    assert fake.runs() == []
+    # AppArmor on, apparmor_parser missing: containerd's hostSupports is
+    # false there, so nothing asked is unconfined, and asking is refused.
+    missing = FakeParser(tmp_path / "missing", installed=False)
+    assert apparmor_profile(NOTHING, False, True, default=missing.default) is None
+    for sc in RUNTIME_DEFAULT:
+        with pytest.raises(FailedPrecondition, match="apparmor_parser is not installed"):
+            apparmor_profile(sc, False, True, default=missing.default)
+
+
+def test_a_failed_load_is_failed_precondition_never_unconfined(tmp_path: Path) -> None:
+    fake = FakeParser(tmp_path)
+    fake.fail.write_text("AppArmor parser error at line 7: syntax error\n")
+    for sc in [NOTHING, *RUNTIME_DEFAULT]:
+        with pytest.raises(FailedPrecondition,
+                           match=r"podvisor-default cannot be loaded: apparmor_parser exited "
+                                 r"with 1: AppArmor parser error at line 7"):
+            apparmor_profile(sc, False, True, default=fake.default)
+    # Fixed on the node: the next request loads it.
+    fake.fail.unlink()
+    assert apparmor_profile(NOTHING, False, True, default=fake.default) == "podvisor-default"
+
+
+def test_a_pod_that_asks_for_nothing_keeps_its_infra_process_unconfined(
+        tmp_path: Path) -> None:
+    fake = FakeParser(tmp_path)
+    pod = pod_security(api.LinuxSandboxSecurityContext())
+    assert apparmor_profile(pod, False, True, default=fake.default) is None
+    assert fake.runs() == []
+    asked = pod_security(api.LinuxSandboxSecurityContext(apparmor=api.SecurityProfile(
+        profile_type=api.SecurityProfile.RuntimeDefault)))
+    assert apparmor_profile(asked, False, True, default=fake.default) == "podvisor-default"
+
+
+def test_profile_header_follows_the_node_s_policy_directory(tmp_path: Path) -> None:
+    bare = apparmor_default.profile_text(policy_dir=str(tmp_path))
+    assert bare.startswith("@{PROC}=/proc/\n") and "#include" not in bare
+    for entry in ("abi/3.0", "tunables/global", "abstractions/base"):
+        (tmp_path / entry).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / entry).write_text("")
+    full = apparmor_default.profile_text(policy_dir=str(tmp_path), daemon_label="podvisor-node")
+    assert full.startswith("abi <abi/3.0>,\n#include <tunables/global>\n")
+    assert "  #include <abstractions/base>\n" in full
+    assert "signal (receive) peer=podvisor-node," in full
+    assert full.count("peer=unconfined") == 1
+
+
+def test_own_label_reads_the_profile_name(tmp_path: Path) -> None:
+    current = tmp_path / "current"
+    current.write_text("podvisor-node (enforce)\n")
+    assert apparmor_default.own_label(str(current)) == "podvisor-node"
+    current.write_text("unconfined\n")
+    assert apparmor_default.own_label(str(current)) == "unconfined"
+    assert apparmor_default.own_label(str(tmp_path / "none")) == "unconfined"
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """An AppArmor path glob as a regex (the subset the profile uses)."""
+    pattern = pattern.replace("@{PROC}/", "/proc/")
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i:end + 1], end + 1
+        else:
+            out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
+    return re.compile(out)
+
+
+def denied(path: str, access: str) -> bool:
+    for line in apparmor_default.RULES.splitlines():
+        rule = re.fullmatch(r"\s*deny (/\S+|@\{PROC\}\S*) ([rwklx]+),", line)
+        if rule and access in rule.group(2) and _glob(rule.group(1)).fullmatch(path):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("path", [
+    "/proc/sysrq-trigger", "/proc/sys/kernel/hostname", "/proc/sys/kernel/core_pattern",
+    "/proc/sys/kernel/modprobe", "/proc/sys/kernel/sched_rt_runtime_us",
+    "/proc/sys/kernel/seccomp/actions_logged", "/proc/sys/kernel/shmmax/x",
+    "/proc/sys/net/ipv4/ip_forward", "/proc/sys/vm/drop_caches",
+    "/proc/sys/fs/binfmt_misc/register", "/proc/sysvipc/shm", "/proc/scsi/scsi",
+    "/proc/acpi/wakeup", "/proc/irq/0/smp_affinity", "/proc/bus/pci/devices",
+    "/sys/kernel/mm/transparent_hugepage/enabled", "/sys/fs/bpf/map",
+    "/sys/fs/fuse/connections/1/abort", "/sys/class/net/eth0/mtu", "/sys/power/state",
+])
+def test_profile_denies_writes_to_the_node_s_files(path: str) -> None:
+    assert denied(path, "w")
+
+
+@pytest.mark.parametrize("path", [
+    "/proc/1/oom_score_adj", "/proc/42/task/42/comm", "/proc/sys/kernel/shmmax",
+    "/proc/sys/kernel/shm_rmid_forced", "/proc/sys/kernel/msgmnb", "/proc/sys/kernel/sem",
+    "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pod/cpu.weight", "/tmp/file", "/etc/hosts",
+])
+def test_profile_leaves_the_container_s_own_writes(path: str) -> None:
+    assert not denied(path, "w")
+
+
+def test_profile_hides_the_kernel_s_secrets_and_leaves_other_reads() -> None:
+    for path in ("/proc/kcore", "/sys/firmware/efi/efivars/x",
+                 "/sys/kernel/security/apparmor/profiles",
+                 "/sys/devices/virtual/powercap/intel-rapl/intel-rapl:0/energy_uj"):
+        assert denied(path, "r"), path
+    for path in ("/proc/cpuinfo", "/proc/sys/kernel/hostname", "/sys/fs/cgroup/cpu.max"):
+        assert not denied(path, "r"), path
+    assert "\n  deny mount,\n" in apparmor_default.RULES
+
+
+def test_profile_compiles_where_apparmor_parser_is_installed(tmp_path: Path) -> None:
+    parser = shutil.which("apparmor_parser", path=apparmor_default.PARSER_PATH)
+    if parser is None:
+        pytest.skip("no apparmor_parser here (the VM test loads the profile)")
+    # -Q: compile only, never touch the kernel; -S: the binary to stdout.
+    done = subprocess.run([parser, "-QKS"], input=apparmor_default.profile_text().encode(),
+                          capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()

@@ -17,6 +17,9 @@ tar -xf podvisor.tar -C "$VENV"
 mkdir -p "$SRC"
 tar -xf tree.tar -C "$SRC"
 install -m 0755 bin/* /usr/local/bin/
+# apparmor_parser and its includes (host.sh vm_apparmor), for podvisor's
+# default profile and critest's.
+[ ! -f apparmor.tar ] || tar -xf apparmor.tar -C /
 [ -e /usr/bin/docker-registry ] || ln -s /usr/local/bin/docker-registry /usr/bin/docker-registry
 echo "[guest] $(cut -d' ' -f1 /proc/uptime)s since boot; unpacked in" \
      "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')s"

@@ -5,6 +5,7 @@
 #   vm_image              build ../shared/vm's image unless it is there
 #   vm_venv               the VM's venv, made and cached on the host; sets VENV, VENV_IMG
 #   vm_share              a fresh share dir holding everything the guest unpacks; sets SHARE
+#   vm_apparmor           Debian's apparmor_parser and /etc/apparmor.d into SHARE
 #   vm_run CMD...         boot the VM on SHARE and run contrib/vm/guest.sh CMD... there
 #
 # Environment: PODVISOR_SHARED (../shared), PODVISOR_VM_CACHE
@@ -84,6 +85,27 @@ vm_share() {
     # Debian's registry links only libc: it runs in the VM as it is.
     cp /usr/bin/docker-registry "$SHARE/bin/"
     cp contrib/vm/guest.sh "$SHARE/"
+}
+
+# The guest's kernel runs AppArmor, its image has no apparmor_parser: without
+# one, podvisor runs containers that ask for no profile unconfined and
+# refuses RuntimeDefault. Debian's apparmor package (apparmor_parser links
+# only libc), fetched once with apt-get and cached; guest.sh unpacks it.
+vm_apparmor() {
+    if [ ! -s "$CACHE/apparmor.tar" ]; then
+        local aa
+        aa=$(mktemp -d)
+        if (cd "$aa" && apt-get download -q apparmor >/dev/null 2>&1) \
+                && dpkg-deb -x "$aa"/apparmor_*.deb "$aa/root"; then
+            tar -C "$aa/root" -cf "$CACHE/apparmor.tar.tmp" sbin/apparmor_parser etc/apparmor \
+                etc/apparmor.d usr/share/apparmor-features
+            mv "$CACHE/apparmor.tar.tmp" "$CACHE/apparmor.tar"
+        else
+            say "no apparmor package (apt-get download apparmor failed): no apparmor_parser in the VM"
+        fi
+        rm -rf "$aa"
+    fi
+    [ ! -s "$CACHE/apparmor.tar" ] || cp "$CACHE/apparmor.tar" "$SHARE/"
 }
 
 vm_run() {

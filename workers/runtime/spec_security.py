@@ -25,15 +25,19 @@ SELinux are applied where the node runs them and refused where it does
 not, never dropped:
 
 - AppArmor (``apparmor``, else the deprecated ``apparmor_profile``):
-  ``Unconfined`` and empty run unconfined. ``Localhost`` names a profile
-  that must be loaded in the kernel (``localhost_ref`` bare or, as
-  critest sends it, with the deprecated field's ``localhost/`` prefix);
-  it becomes ``process.apparmorProfile``.
-  ``RuntimeDefault`` is the profile ``podvisor-default``, which the node's
-  administrator writes and loads (podvisor ships none yet, and does not
-  run apparmor_parser itself). On a node without AppArmor any profile but
-  Unconfined is FAILED_PRECONDITION, as the kubelet's own admission
-  refuses such pods. A privileged container runs unconfined.
+  ``Unconfined`` runs unconfined. ``Localhost`` names a profile that must
+  be loaded in the kernel (``localhost_ref`` bare or, as critest sends it,
+  with the deprecated field's ``localhost/`` prefix); it becomes
+  ``process.apparmorProfile``. ``RuntimeDefault`` is ``podvisor-default``,
+  podvisor's own profile, which apparmor_default.py writes and loads at
+  first use (a failure to load is FAILED_PRECONDITION). A container that
+  asks for nothing gets RuntimeDefault where the node can load it (AppArmor
+  on and apparmor_parser installed), as CRI-O and containerd do
+  (kubernetes#51746), else runs unconfined; a pod's infra process that
+  asks for nothing runs unconfined, as neither peer confines its pause
+  process. On a node without AppArmor any profile but Unconfined is
+  FAILED_PRECONDITION, as the kubelet's own admission refuses such pods.
+  A privileged container runs unconfined whatever it asks for (CRI-O).
 - SELinux: any ``selinux_options`` field set on a node without SELinux is
   FAILED_PRECONDITION. podvisor does not label processes or mounts yet,
   so on a node with SELinux a label request is refused the same way.
@@ -45,6 +49,7 @@ from collections.abc import Iterable
 
 from ...proto import api_pb2 as api
 from ...proto.errors import FailedPrecondition, InvalidArgument, shorten
+from . import apparmor_default
 
 # Linux capability numbers 0..40 (include/uapi/linux/capability.h); the
 # index in this tuple is the bit in /proc/<pid>/status Cap* masks.
@@ -149,13 +154,15 @@ def _absolute(paths: list[str], field: str) -> list[str]:
     return paths
 
 
-APPARMOR_DEFAULT = "podvisor-default"
-APPARMOR_PROFILES = "/sys/kernel/security/apparmor/profiles"
-
-
 def apparmor_profile(sc: api.LinuxContainerSecurityContext, privileged: bool, enabled: bool,
-                     loaded: str = APPARMOR_PROFILES) -> str | None:
-    """The ``process.apparmorProfile`` of the container; None: unconfined."""
+                     loaded: str = apparmor_default.LOADED_PROFILES,
+                     default: apparmor_default.DefaultProfile | None = None) -> str | None:
+    """The ``process.apparmorProfile`` of the container; None: unconfined.
+
+    ``default`` loads ``podvisor-default`` (the worker process's own loader
+    unless a test hands one in).
+    """
+    default = default or apparmor_default.NODE
     if sc.HasField("apparmor"):
         kind = api.SecurityProfile.ProfileType.Name(sc.apparmor.profile_type)
         # The kubelet sends the bare profile name; critest sends
@@ -164,9 +171,15 @@ def apparmor_profile(sc: api.LinuxContainerSecurityContext, privileged: bool, en
         name = sc.apparmor.localhost_ref.removeprefix("localhost/")
     else:
         legacy = sc.apparmor_profile
-        if legacy in ("", "unconfined"):
+        if legacy == "unconfined":
             return None
-        if legacy == "runtime/default":
+        if legacy == "":
+            # Nothing asked: the runtime's default where it can be loaded
+            # (containerd sputil GenerateApparmorSpecOpts, CRI-O Apply).
+            if not enabled or privileged or not default.usable():
+                return None
+            kind, name = "RuntimeDefault", ""
+        elif legacy == "runtime/default":
             kind, name = "RuntimeDefault", ""
         elif legacy.startswith("localhost/"):
             kind, name = "Localhost", legacy.removeprefix("localhost/")
@@ -175,25 +188,18 @@ def apparmor_profile(sc: api.LinuxContainerSecurityContext, privileged: bool, en
                                   "runtime/default, unconfined or localhost/<profile>")
     if kind == "Unconfined" or privileged:
         return None
-    wanted = APPARMOR_DEFAULT if kind == "RuntimeDefault" else name
+    wanted = apparmor_default.PROFILE if kind == "RuntimeDefault" else name
     if not wanted:
         raise InvalidArgument("apparmor: a Localhost profile needs localhost_ref")
     if not enabled:
         raise FailedPrecondition(f"AppArmor profile {shorten(wanted)} ({kind}) was asked for, "
                                  "but AppArmor is not enabled on this node")
-    if wanted not in _loaded_profiles(loaded):
+    if kind == "RuntimeDefault":
+        return default.ensure()
+    if wanted not in apparmor_default.loaded_profiles(loaded):
         raise FailedPrecondition(f"AppArmor profile {shorten(wanted)} ({kind}) is not loaded "
                                  "on this node")
     return wanted
-
-
-def _loaded_profiles(path: str) -> set[str]:
-    """Profile names from the kernel's list ("name (mode)" lines)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return {line.rsplit(" (", 1)[0] for line in f if line.strip()}
-    except OSError:
-        return set()
 
 
 def check_selinux(options: api.SELinuxOption, enabled: bool, what: str) -> None:
@@ -218,4 +224,10 @@ def pod_security(sc: api.LinuxSandboxSecurityContext) -> api.LinuxContainerSecur
         out.seccomp.CopyFrom(sc.seccomp)
     if sc.HasField("apparmor"):
         out.apparmor.CopyFrom(sc.apparmor)
+    else:
+        # A pod that asks for nothing keeps its infra process unconfined:
+        # neither CRI-O nor containerd confines the pause process, and the
+        # default a container gets when it asks for nothing is the
+        # container's (apparmor_profile).
+        out.apparmor_profile = "unconfined"
     return out
