@@ -12,6 +12,16 @@ State machine (supervisord's names)::
                                  fatal_after fast ──┴──▶ FATAL
     any live state ──shutdown──▶ STOPPING ──reaped──▶ EXITED
 
+    NOT_STARTED ──first call──▶ STARTING ──exit before READY──▶ NOT_STARTED
+
+A pool started on demand (the stream pool, by default: most nodes never
+stream) has its slots NOT_STARTED until its first call; the supervision
+starts them then (supervision.py), and from their first READY on they
+live as any other slot. A first start that fails leaves the slot
+NOT_STARTED again, counting no fast failure: the call that waited for it
+gets UNAVAILABLE and the next call tries again. The worker stays once
+started (README, "Daemon memory").
+
 Restarts use capped exponential backoff: the first restart after a worker
 that was READY and ran at least ``startsecs`` is immediate; each further
 consecutive fast failure doubles the delay from ``backoff_base`` up to
@@ -36,16 +46,20 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .zygote import Zygote, ZygoteError, spawn
+from .zygote import Zygote, ZygoteBusy, ZygoteError, spawn
 
 log = logging.getLogger(__name__)
 
+NOT_STARTED_NOTE = ("not started (on demand): its first call starts it, "
+                    "through the zygote like any worker")
+
 
 class SlotState(enum.Enum):
+    NOT_STARTED = "NOT_STARTED"
     STARTING = "STARTING"
     READY = "READY"
     BACKOFF = "BACKOFF"
@@ -69,6 +83,8 @@ TRANSITIONS = frozenset({
     (SlotState.STOPPING, SlotState.EXITED),
     (SlotState.BACKOFF, SlotState.EXITED),
     (SlotState.FATAL, SlotState.EXITED),
+    (SlotState.NOT_STARTED, SlotState.STARTING),
+    (SlotState.STARTING, SlotState.NOT_STARTED),
 })
 
 
@@ -107,6 +123,7 @@ class WorkerSlot:
     last_exit: str = ""
     kill_sent: int = 0               # last signal sent to the live process, 0 if none
     kill_sent_at: float = 0.0
+    first_start: bool = False        # started on demand, not READY yet
 
     def move(self, new: SlotState) -> None:
         if (self.state, new) not in TRANSITIONS:
@@ -118,7 +135,8 @@ class WorkerSlot:
         return f"{self.pool} worker {self.index}"
 
     def spawned(self, pid: int | None, now: float) -> None:
-        # EXITED|BACKOFF -> STARTING
+        # EXITED|BACKOFF|NOT_STARTED -> STARTING
+        self.first_start = self.state is SlotState.NOT_STARTED
         self.move(SlotState.STARTING)
         self.pid = pid
         self.started_at = now
@@ -128,6 +146,7 @@ class WorkerSlot:
     def ready(self) -> None:
         # STARTING -> READY
         self.move(SlotState.READY)
+        self.first_start = False
 
     def exited(self, now: float, how: str, policy: RestartPolicy) -> None:
         """Record the end of the slot's process and decide what comes next."""
@@ -136,6 +155,12 @@ class WorkerSlot:
         if self.state is SlotState.STOPPING:
             # STOPPING -> EXITED: we asked it to go.
             self.move(SlotState.EXITED)
+            return
+        if self.first_start:
+            # STARTING -> NOT_STARTED: an on-demand start failed; the next
+            # call tries again, so nothing counts towards FATAL.
+            self.first_start = False
+            self.move(SlotState.NOT_STARTED)
             return
         # A worker that never said READY failed to start however long it
         # took (a refused or hung one too), else a slow start would restart
@@ -155,6 +180,8 @@ class WorkerSlot:
 # Starts the worker of a pool's slot; returns its pid. The process must be
 # the supervisor's child by the time this returns (the reap sweep owns it).
 Spawner = Callable[[str, int], int]
+# The same, awaited: for a start a call waits for (WorkerCommand.start).
+AsyncSpawner = Callable[[str, int], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -168,13 +195,33 @@ class WorkerCommand:
     zygote: Zygote | None = None
 
     def __call__(self, pool: str, index: int) -> int:
-        args = ["--index", str(index), "--endpoint", self.endpoint_for(pool),
-                "--settings", self.settings_path, "--parent-pid", str(os.getpid())]
+        args = self._args(pool, index)
         if self.zygote is not None:
             try:
                 return self.zygote.fork_worker(pool, args)
             except ZygoteError as exc:
                 log.error("Starting %s worker %d by exec instead: %s", pool, index, exc)
+        return self._exec(pool, args)
+
+    async def start(self, pool: str, index: int) -> int:
+        """The same start, for a worker a call waits for: the zygote's
+        answer is awaited, not blocked on. A zygote started anew (the last
+        one left when idle) takes seconds to import every pool, longer than
+        the heartbeat window after which the other workers give the
+        supervisor up for dead."""
+        args = self._args(pool, index)
+        if self.zygote is not None:
+            try:
+                return await self.zygote.fork_worker_async(pool, args)
+            except ZygoteError as exc:
+                log.error("Starting %s worker %d by exec instead: %s", pool, index, exc)
+        return self._exec(pool, args)
+
+    def _args(self, pool: str, index: int) -> list[str]:
+        return ["--index", str(index), "--endpoint", self.endpoint_for(pool),
+                "--settings", self.settings_path, "--parent-pid", str(os.getpid())]
+
+    def _exec(self, pool: str, args: list[str]) -> int:
         argv = [self.python, "-m", f"podvisor.workers.{pool}", *args]
         # From the main thread (grpc and zmq forbid a bare fork here); same
         # process group and cgroup as the supervisor, so that a stop of the
@@ -199,12 +246,16 @@ class WorkerPool:
     """The slots of one pool and what happens to their processes."""
 
     def __init__(self, name: str, size: int, spawn: Spawner, policy: RestartPolicy,
-                 on_event: EventSink) -> None:
+                 on_event: EventSink, *, on_demand: bool = False) -> None:
         self.name = name
-        self.slots = [WorkerSlot(name, i) for i in range(1, size + 1)]
+        self.on_demand = on_demand
+        first = SlotState.NOT_STARTED if on_demand else SlotState.EXITED
+        self.slots = [WorkerSlot(name, i, first) for i in range(1, size + 1)]
         self._spawn = spawn
         self.policy = policy
         self._on_event = on_event
+        # Told of every READY and reap: an on-demand start waits on it.
+        self.on_change: Callable[[], None] = lambda: None
 
     def by_pid(self, pid: int) -> WorkerSlot | None:
         return next((s for s in self.slots if s.pid == pid), None)
@@ -216,6 +267,35 @@ class WorkerPool:
         """True when no slot can ever serve again without operator action."""
         return all(s.state is SlotState.FATAL for s in self.slots)
 
+    def not_started(self) -> list[WorkerSlot]:
+        """Slots waiting for the pool's first call (on demand)."""
+        return [s for s in self.slots if s.state is SlotState.NOT_STARTED]
+
+    def summary(self) -> dict[str, Any]:
+        """The pool's line in ``/status`` and in CRI Status's verbose info."""
+        doc: dict[str, Any] = {"size": len(self.slots), "ready": self.ready_count(),
+                               "fatal": self.is_fatal(), "on_demand": self.on_demand}
+        if self.not_started():
+            doc["note"] = NOT_STARTED_NOTE
+        return doc
+
+    def spawn_now(self, index: int) -> int:
+        """Start slot ``index``'s worker with the pool's own spawner."""
+        return self._spawn(self.name, index)
+
+    def started_on_demand(self, slot: WorkerSlot, pid: int, now: float) -> None:
+        """``slot``'s first worker, started for a call, is ``pid``."""
+        slot.spawned(pid, now)
+        self._on_event("spawn", slot, {"restarts": slot.restarts, "on_demand": True})
+
+    def on_demand_failed(self, slot: WorkerSlot, why: str) -> None:
+        """The first worker of ``slot`` could not even be spawned; it stays
+        NOT_STARTED for the next call to try."""
+        log.error("Cannot start %s on demand: %s", slot.name, why)
+        slot.last_exit = why
+        self._on_event("reap", slot, {"pid": None, "exit": why})
+        self.on_change()
+
     def spawn_due(self, now: float) -> list[WorkerSlot]:
         """Start every empty slot whose backoff has run out; return them."""
         started = []
@@ -224,16 +304,22 @@ class WorkerPool:
                 slot.state is SlotState.BACKOFF and now >= slot.next_spawn_at)
             if not due:
                 continue
-            if slot.state is SlotState.BACKOFF:
-                slot.restarts += 1
             try:
                 pid = self._spawn(self.name, slot.index)
+            except ZygoteBusy:
+                # Another start holds the zygote (an on-demand one, awaited
+                # off the loop); this one is due again at the next pass.
+                continue
             except OSError as exc:
                 log.error("Cannot spawn %s: %s", slot.name, exc)
                 # Counts as a fast failure, so a missing interpreter ends FATAL.
+                if slot.state is SlotState.BACKOFF:
+                    slot.restarts += 1
                 slot.spawned(None, now)
                 slot.exited(now, f"spawn failed: {exc}", self.policy)
                 continue
+            if slot.state is SlotState.BACKOFF:
+                slot.restarts += 1
             slot.spawned(pid, now)
             started.append(slot)
             self._on_event("spawn", slot, {"restarts": slot.restarts})
@@ -246,6 +332,7 @@ class WorkerPool:
             return False
         slot.ready()
         self._on_event("ready", slot, {})
+        self.on_change()
         return True
 
     def reaped(self, slot: WorkerSlot, status: int, now: float) -> None:
@@ -253,8 +340,12 @@ class WorkerPool:
         pid = slot.pid
         stopping = slot.state is SlotState.STOPPING
         slot.exited(now, how, self.policy)
+        self.on_change()
         if stopping:
             log.info("%s (pid %s) stopped: %s", slot.name, pid, how)
+        elif slot.state is SlotState.NOT_STARTED:
+            log.error("%s (pid %s) did not start: %s; the next call tries again",
+                      slot.name, pid, how)
         elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
             log.error("%s (pid %s) was killed by SIGKILL (possibly OOM)", slot.name, pid)
         else:

@@ -14,6 +14,16 @@ worker dies, so recovery never waits for the next tick. Unresponsive
 workers are reported by the bus (missed heartbeats, overrun deadlines)
 straight to their pool, which kills them; this loop escalates the
 signal. Nothing in this module blocks.
+
+On Demand
+    A pool built ``on_demand`` has no worker until its first call: the
+    bus asks ``demand`` for the start to wait for. The first caller makes
+    it (one task per pool, so parallel first calls start one worker), later
+    ones join it; it spawns through the same WorkerCommand (the zygote's
+    answer awaited, not blocked on), watches the pidfd like any spawn, and
+    ends at the worker's READY, or with UNAVAILABLE for every waiter when
+    the worker could not be spawned or exited first. The slot is then
+    NOT_STARTED again (pool.py) and the next call makes a new start.
 """
 
 from __future__ import annotations
@@ -23,22 +33,105 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 
+from ..proto.errors import Unavailable
 from .bus import PoolBus
-from .pool import SlotState, WorkerPool, WorkerSlot, describe_exit
+from .pool import AsyncSpawner, SlotState, WorkerPool, WorkerSlot, describe_exit
 
 log = logging.getLogger(__name__)
 
 TICK = 0.1
 SIGTERM_GRACE = 1.0
+STRANGERS_KEPT = 64
 
 
 class Supervision:
-    def __init__(self, pools: dict[str, WorkerPool], buses: dict[str, PoolBus]) -> None:
+    def __init__(self, pools: dict[str, WorkerPool], buses: dict[str, PoolBus],
+                 start: AsyncSpawner | None = None) -> None:
         self.pools = pools
         self.buses = buses
+        self._start = start
         self._pidfds: dict[int, int] = {}
+        # Children reaped before any slot knew their pid, newest last.
+        self._strangers: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
+        # Per on-demand pool: the start calls wait for, while one is on.
+        self._starts: dict[str, asyncio.Future[None]] = {}
+        self._start_tasks: set[asyncio.Task[None]] = set()
+        self._changed: dict[str, asyncio.Event] = {}
+        for name, pool in pools.items():
+            if pool.on_demand:
+                pool.on_change = self._changed_hook(name)
+
+    def _changed_hook(self, name: str) -> Callable[[], None]:
+        def changed() -> None:
+            event = self._changed.get(name)
+            if event is not None:
+                event.set()
+        return changed
+
+    def demand(self, name: str) -> asyncio.Future[None] | None:
+        """The start of pool ``name``'s worker for a call to wait for: the
+        one under way, or a new one if the pool has not started (a failed
+        start leaves it so). None when the pool needs no start."""
+        current = self._starts.get(name)
+        if current is not None and not current.done():
+            return current
+        pool = self.pools[name]
+        if not pool.not_started():
+            return None
+        attempt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Retrieved here too: every waiter may have hit its deadline first.
+        attempt.add_done_callback(lambda f: f.exception())
+        self._starts[name] = attempt
+        task = asyncio.create_task(self._start_on_demand(pool, attempt),
+                                   name=f"start-{name}")
+        self._start_tasks.add(task)
+        task.add_done_callback(self._start_tasks.discard)
+        return attempt
+
+    async def _start_on_demand(self, pool: WorkerPool, attempt: asyncio.Future[None]) -> None:
+        changed = self._changed[pool.name] = asyncio.Event()
+        try:
+            why = await self._spawn_on_demand(pool)
+            while not why:
+                changed.clear()
+                if pool.ready_count():
+                    log.info("The %s pool started on demand", pool.name)
+                    attempt.set_result(None)
+                    return
+                if pool.not_started():
+                    # Exited (or was killed after start_timeout) before READY.
+                    why = pool.not_started()[0].last_exit
+                    break
+                await changed.wait()
+            attempt.set_exception(Unavailable(
+                f"the {pool.name} worker could not be started: {why}; "
+                "the next call tries again"))
+        finally:
+            self._changed.pop(pool.name, None)
+            if not attempt.done():
+                # Cancelled: the daemon is stopping.
+                attempt.set_exception(Unavailable(
+                    f"the {pool.name} worker was not started: the daemon is stopping"))
+
+    async def _spawn_on_demand(self, pool: WorkerPool) -> str:
+        """Spawn every NOT_STARTED slot of ``pool``; why one failed, or ""."""
+        for slot in pool.not_started():
+            try:
+                if self._start is not None:
+                    pid = await self._start(pool.name, slot.index)
+                else:
+                    pid = pool.spawn_now(slot.index)
+            except OSError as exc:
+                pool.on_demand_failed(slot, f"spawn failed: {exc}")
+                return slot.last_exit
+            pool.started_on_demand(slot, pid, time.monotonic())
+            # A reap sweep may have run while the answer was awaited; a
+            # worker that died that soon was reaped as a stranger (_watch).
+            self._watch(slot)
+        return ""
 
     def start(self) -> None:
         self.manage()
@@ -84,6 +177,9 @@ class Supervision:
                 self.buses[name].worker_gone(pid, describe_exit(status))
                 return
         log.debug("Reaped unknown child %d (%s)", pid, describe_exit(status))
+        self._strangers[pid] = status
+        while len(self._strangers) > STRANGERS_KEPT:
+            del self._strangers[next(iter(self._strangers))]
 
     def _watch(self, slot: WorkerSlot) -> None:
         if slot.pid is None:
@@ -91,7 +187,13 @@ class Supervision:
         try:
             fd = os.pidfd_open(slot.pid)
         except OSError:
-            return  # already gone; the next reap collects it
+            # Gone. A zombie still has a pidfd, so it was reaped already:
+            # as a stranger, if it died before its slot took its pid (a
+            # start awaited off the loop). Otherwise the next reap has it.
+            status = self._strangers.pop(slot.pid, None)
+            if status is not None:
+                self._reaped(slot.pid, status)
+            return
         self._pidfds[slot.pid] = fd
         asyncio.get_running_loop().add_reader(fd, self.reap)
 
@@ -103,10 +205,11 @@ class Supervision:
 
     async def stop(self, timeout: float) -> None:
         """SIGTERM every worker, wait up to ``timeout``, then SIGKILL the rest."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, *self._start_tasks):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for pool in self.pools.values():
             pool.stop_all()
         deadline = time.monotonic() + timeout

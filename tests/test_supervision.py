@@ -208,6 +208,8 @@ def test_workers_forked_from_the_zygote_outlive_it(make_daemon: Callable[..., Da
     # Each worker is the supervisor's own child (the zygote double-forks),
     # titled for its pool, not an exec of python.
     for (pool, index), worker in before.items():
+        if worker["state"] == "NOT_STARTED":
+            continue  # the stream pool's, started by its first call
         assert children.get(worker["pid"], b"").startswith(
             f"podvisor: {pool} worker {index}".encode()), (pool, children)
 
@@ -417,7 +419,7 @@ def test_kill_9_supervisor_leaves_no_orphans_and_a_new_one_starts(
 def _kill_supervisor(daemon: Daemon, prefix: str) -> None:
     for i in range(3):
         run_pod(daemon, f"before{i}", prefix)
-    workers = [w["pid"] for w in daemon.status()["workers"]]
+    workers = daemon.worker_pids()
     os.kill(daemon.pid, signal.SIGKILL)
     assert daemon.proc is not None
     daemon.proc.wait()
@@ -434,7 +436,7 @@ def _kill_supervisor(daemon: Daemon, prefix: str) -> None:
 
 def test_sigterm_stops_supervisor_and_workers(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon()
-    workers = [w["pid"] for w in daemon.status()["workers"]]
+    workers = daemon.worker_pids()
     assert daemon.stop() == 0
     assert not any(pid_alive(p) for p in workers)
     assert not daemon.socket.exists()
@@ -444,7 +446,7 @@ def test_kill_9_supervisor_mid_creates_no_old_worker_acts_after_restart(
         make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon()
     with pod_cgroups(daemon) as prefix:
-        old = [w["pid"] for w in daemon.status()["workers"]]
+        old = daemon.worker_pids()
 
         def attempt(i: int) -> None:
             with contextlib.suppress(grpc.RpcError):
