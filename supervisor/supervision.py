@@ -35,7 +35,7 @@ import os
 import time
 from collections.abc import Callable
 
-from ..proto.errors import Unavailable
+from ..proto.errors import Unavailable, shorten
 from .bus import PoolBus
 from .pool import AsyncSpawner, SlotState, WorkerPool, WorkerSlot, describe_exit
 
@@ -51,7 +51,7 @@ class Supervision:
                  start: AsyncSpawner | None = None) -> None:
         self.pools = pools
         self.buses = buses
-        self._start = start
+        self._spawn_async = start
         self._pidfds: dict[int, int] = {}
         # Children reaped before any slot knew their pid, newest last.
         self._strangers: dict[int, int] = {}
@@ -93,6 +93,7 @@ class Supervision:
 
     async def _start_on_demand(self, pool: WorkerPool, attempt: asyncio.Future[None]) -> None:
         changed = self._changed[pool.name] = asyncio.Event()
+        why = "its start was cut short"
         try:
             why = await self._spawn_on_demand(pool)
             while not why:
@@ -106,22 +107,26 @@ class Supervision:
                     why = pool.not_started()[0].last_exit
                     break
                 await changed.wait()
-            attempt.set_exception(Unavailable(
-                f"the {pool.name} worker could not be started: {why}; "
-                "the next call tries again"))
+        except asyncio.CancelledError:
+            why = "the daemon is stopping"
+            raise
+        except Exception as exc:
+            # A bug, not a failed start; its waiters must still hear.
+            log.exception("Starting the %s pool on demand failed", pool.name)
+            why = f"{type(exc).__name__}: {exc}"
         finally:
             self._changed.pop(pool.name, None)
             if not attempt.done():
-                # Cancelled: the daemon is stopping.
                 attempt.set_exception(Unavailable(
-                    f"the {pool.name} worker was not started: the daemon is stopping"))
+                    f"the {pool.name} worker could not be started: {shorten(why)}; "
+                    "the next call tries again"))
 
     async def _spawn_on_demand(self, pool: WorkerPool) -> str:
         """Spawn every NOT_STARTED slot of ``pool``; why one failed, or ""."""
         for slot in pool.not_started():
             try:
-                if self._start is not None:
-                    pid = await self._start(pool.name, slot.index)
+                if self._spawn_async is not None:
+                    pid = await self._spawn_async(pool.name, slot.index)
                 else:
                     pid = pool.spawn_now(slot.index)
             except OSError as exc:

@@ -203,3 +203,18 @@ def test_a_first_exec_after_the_zygote_left_disturbs_no_other_worker() -> None:
                  if key[0] != "stream"}
         assert after == before
         assert stream_slot(daemon)["state"] == "READY"
+
+
+def test_a_first_port_forward_starts_it_too() -> None:
+    with shell_node() as sh:
+        daemon = sh.daemon
+        [pod] = daemon.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items
+        url = daemon.runtime.PortForward(api.PortForwardRequest(
+            pod_sandbox_id=pod.id, port=[80]), timeout=60).url
+        assert "/portforward/" in url
+        worker = stream_slot(daemon)
+        assert worker["state"] == "READY" and worker["restarts"] == 0
+        # Attach is served by the same worker.
+        url = daemon.runtime.Attach(api.AttachRequest(
+            container_id=sh.id, stdout=True, stderr=True), timeout=60).url
+        assert "/attach/" in url and stream_slot(daemon)["pid"] == worker["pid"]
