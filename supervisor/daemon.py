@@ -242,10 +242,10 @@ class Daemon:
                                 settings_path=settings_path, zygote=self.zygote)
         on_demand = {"stream"} if workers.stream_on_demand else set()
         pools = {name: WorkerPool(name, size, command, policy, events.publish,
-                                  on_demand=name in on_demand)
+                                  on_demand=name in on_demand, first_spawn=command.first)
                  for name, size in workers.pool_sizes().items()}
         buses: dict[str, PoolBus] = {}
-        supervision = Supervision(pools, buses, start=command.start)
+        supervision = Supervision(pools, buses)
         for name, pool in pools.items():
             buses[name] = PoolBus(name, bus_endpoint(config.runroot, name), timing,
                                   admit=_admit(pool, cache), on_unresponsive=pool.kill_unresponsive,

@@ -46,11 +46,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .zygote import Zygote, ZygoteBusy, ZygoteError, spawn
+from .zygote import Zygote, ZygoteError, spawn
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,6 @@ class WorkerSlot:
 # Starts the worker of a pool's slot; returns its pid. The process must be
 # the supervisor's child by the time this returns (the reap sweep owns it).
 Spawner = Callable[[str, int], int]
-# The same, awaited: for a start a call waits for (WorkerCommand.start).
-AsyncSpawner = Callable[[str, int], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -203,18 +201,16 @@ class WorkerCommand:
                 log.error("Starting %s worker %d by exec instead: %s", pool, index, exc)
         return self._exec(pool, args)
 
-    async def start(self, pool: str, index: int) -> int:
-        """The same start, for a worker a call waits for: the zygote's
-        answer is awaited, not blocked on. A zygote started anew (the last
-        one left when idle) takes seconds to import every pool, longer than
-        the heartbeat window after which the other workers give the
-        supervisor up for dead."""
+    def first(self, pool: str, index: int) -> int:
+        """The start of an on-demand pool's first worker: forked from the
+        zygote if one runs, else exec'd (zygote.py says why no new zygote
+        is made for it). Either returns at once; READY comes on the bus."""
         args = self._args(pool, index)
         if self.zygote is not None:
             try:
-                return await self.zygote.fork_worker_async(pool, args)
+                return self.zygote.fork_if_running(pool, args)
             except ZygoteError as exc:
-                log.error("Starting %s worker %d by exec instead: %s", pool, index, exc)
+                log.info("Starting %s worker %d by exec: %s", pool, index, exc)
         return self._exec(pool, args)
 
     def _args(self, pool: str, index: int) -> list[str]:
@@ -246,9 +242,11 @@ class WorkerPool:
     """The slots of one pool and what happens to their processes."""
 
     def __init__(self, name: str, size: int, spawn: Spawner, policy: RestartPolicy,
-                 on_event: EventSink, *, on_demand: bool = False) -> None:
+                 on_event: EventSink, *, on_demand: bool = False,
+                 first_spawn: Spawner | None = None) -> None:
         self.name = name
         self.on_demand = on_demand
+        self._first_spawn = first_spawn or spawn
         first = SlotState.NOT_STARTED if on_demand else SlotState.EXITED
         self.slots = [WorkerSlot(name, i, first) for i in range(1, size + 1)]
         self._spawn = spawn
@@ -279,22 +277,23 @@ class WorkerPool:
             doc["note"] = NOT_STARTED_NOTE
         return doc
 
-    def spawn_now(self, index: int) -> int:
-        """Start slot ``index``'s worker with the pool's own spawner."""
-        return self._spawn(self.name, index)
-
-    def started_on_demand(self, slot: WorkerSlot, pid: int, now: float) -> None:
-        """``slot``'s first worker, started for a call, is ``pid``."""
-        slot.spawned(pid, now)
-        self._on_event("spawn", slot, {"restarts": slot.restarts, "on_demand": True})
-
-    def on_demand_failed(self, slot: WorkerSlot, why: str) -> None:
-        """The first worker of ``slot`` could not even be spawned; it stays
-        NOT_STARTED for the next call to try."""
-        log.error("Cannot start %s on demand: %s", slot.name, why)
-        slot.last_exit = why
-        self._on_event("reap", slot, {"pid": None, "exit": why})
-        self.on_change()
+    def start_on_demand(self, now: float) -> list[WorkerSlot]:
+        """Start every NOT_STARTED slot for the call that needs the pool;
+        return those started. One that cannot even be spawned stays
+        NOT_STARTED for the next call, with the reason in ``last_exit``."""
+        started = []
+        for slot in self.not_started():
+            try:
+                pid = self._first_spawn(self.name, slot.index)
+            except OSError as exc:
+                log.error("Cannot start %s on demand: %s", slot.name, exc)
+                slot.last_exit = f"spawn failed: {exc}"
+                continue
+            # NOT_STARTED -> STARTING
+            slot.spawned(pid, now)
+            started.append(slot)
+            self._on_event("spawn", slot, {"restarts": slot.restarts, "on_demand": True})
+        return started
 
     def spawn_due(self, now: float) -> list[WorkerSlot]:
         """Start every empty slot whose backoff has run out; return them."""
@@ -304,22 +303,16 @@ class WorkerPool:
                 slot.state is SlotState.BACKOFF and now >= slot.next_spawn_at)
             if not due:
                 continue
+            if slot.state is SlotState.BACKOFF:
+                slot.restarts += 1
             try:
                 pid = self._spawn(self.name, slot.index)
-            except ZygoteBusy:
-                # Another start holds the zygote (an on-demand one, awaited
-                # off the loop); this one is due again at the next pass.
-                continue
             except OSError as exc:
                 log.error("Cannot spawn %s: %s", slot.name, exc)
                 # Counts as a fast failure, so a missing interpreter ends FATAL.
-                if slot.state is SlotState.BACKOFF:
-                    slot.restarts += 1
                 slot.spawned(None, now)
                 slot.exited(now, f"spawn failed: {exc}", self.policy)
                 continue
-            if slot.state is SlotState.BACKOFF:
-                slot.restarts += 1
             slot.spawned(pid, now)
             started.append(slot)
             self._on_event("spawn", slot, {"restarts": slot.restarts})

@@ -18,12 +18,12 @@ signal. Nothing in this module blocks.
 On Demand
     A pool built ``on_demand`` has no worker until its first call: the
     bus asks ``demand`` for the start to wait for. The first caller makes
-    it (one task per pool, so parallel first calls start one worker), later
-    ones join it; it spawns through the same WorkerCommand (the zygote's
-    answer awaited, not blocked on), watches the pidfd like any spawn, and
-    ends at the worker's READY, or with UNAVAILABLE for every waiter when
-    the worker could not be spawned or exited first. The slot is then
-    NOT_STARTED again (pool.py) and the next call makes a new start.
+    it (spawned at once, on the loop, like any spawn: forked from the
+    zygote if one runs, else exec'd), later ones join it, so parallel
+    first calls start one worker. It ends at the worker's READY, or with
+    UNAVAILABLE for every waiter when the worker could not be spawned or
+    exited first; the slot is then NOT_STARTED again (pool.py) and the
+    next call makes a new start.
 """
 
 from __future__ import annotations
@@ -37,28 +37,23 @@ from collections.abc import Callable
 
 from ..proto.errors import Unavailable, shorten
 from .bus import PoolBus
-from .pool import AsyncSpawner, SlotState, WorkerPool, WorkerSlot, describe_exit
+from .pool import SlotState, WorkerPool, WorkerSlot, describe_exit
 
 log = logging.getLogger(__name__)
 
 TICK = 0.1
 SIGTERM_GRACE = 1.0
-STRANGERS_KEPT = 64
 
 
 class Supervision:
-    def __init__(self, pools: dict[str, WorkerPool], buses: dict[str, PoolBus],
-                 start: AsyncSpawner | None = None) -> None:
+    def __init__(self, pools: dict[str, WorkerPool], buses: dict[str, PoolBus]) -> None:
         self.pools = pools
         self.buses = buses
-        self._spawn_async = start
         self._pidfds: dict[int, int] = {}
-        # Children reaped before any slot knew their pid, newest last.
-        self._strangers: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
         # Per on-demand pool: the start calls wait for, while one is on.
         self._starts: dict[str, asyncio.Future[None]] = {}
-        self._start_tasks: set[asyncio.Task[None]] = set()
+        self._waits: set[asyncio.Task[None]] = set()
         self._changed: dict[str, asyncio.Event] = {}
         for name, pool in pools.items():
             if pool.on_demand:
@@ -83,60 +78,42 @@ class Supervision:
             return None
         attempt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Retrieved here too: every waiter may have hit its deadline first.
-        attempt.add_done_callback(lambda f: f.exception())
+        attempt.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._starts[name] = attempt
-        task = asyncio.create_task(self._start_on_demand(pool, attempt),
-                                   name=f"start-{name}")
-        self._start_tasks.add(task)
-        task.add_done_callback(self._start_tasks.discard)
+        # Spawned here, on the loop: no reap sweep runs between the fork and
+        # the slot taking the pid, as for every spawn.
+        started = pool.start_on_demand(time.monotonic())
+        for slot in started:
+            self._watch(slot)
+        if not started:
+            attempt.set_exception(_start_failed(pool))
+            return attempt
+        self._changed[name] = asyncio.Event()
+        wait = asyncio.create_task(self._wait_ready(pool, attempt), name=f"start-{name}")
+        self._waits.add(wait)
+        wait.add_done_callback(self._waits.discard)
         return attempt
 
-    async def _start_on_demand(self, pool: WorkerPool, attempt: asyncio.Future[None]) -> None:
-        changed = self._changed[pool.name] = asyncio.Event()
-        why = "its start was cut short"
+    async def _wait_ready(self, pool: WorkerPool, attempt: asyncio.Future[None]) -> None:
+        """Resolve ``attempt`` at the pool's first READY, or fail it when its
+        worker exits (or is killed after start_timeout) before."""
+        changed = self._changed[pool.name]
         try:
-            why = await self._spawn_on_demand(pool)
-            while not why:
+            while True:
                 changed.clear()
                 if pool.ready_count():
                     log.info("The %s pool started on demand", pool.name)
                     attempt.set_result(None)
                     return
                 if pool.not_started():
-                    # Exited (or was killed after start_timeout) before READY.
-                    why = pool.not_started()[0].last_exit
-                    break
+                    attempt.set_exception(_start_failed(pool))
+                    return
                 await changed.wait()
-        except asyncio.CancelledError:
-            why = "the daemon is stopping"
-            raise
-        except Exception as exc:
-            # A bug, not a failed start; its waiters must still hear.
-            log.exception("Starting the %s pool on demand failed", pool.name)
-            why = f"{type(exc).__name__}: {exc}"
         finally:
             self._changed.pop(pool.name, None)
             if not attempt.done():
                 attempt.set_exception(Unavailable(
-                    f"the {pool.name} worker could not be started: {shorten(why)}; "
-                    "the next call tries again"))
-
-    async def _spawn_on_demand(self, pool: WorkerPool) -> str:
-        """Spawn every NOT_STARTED slot of ``pool``; why one failed, or ""."""
-        for slot in pool.not_started():
-            try:
-                if self._spawn_async is not None:
-                    pid = await self._spawn_async(pool.name, slot.index)
-                else:
-                    pid = pool.spawn_now(slot.index)
-            except OSError as exc:
-                pool.on_demand_failed(slot, f"spawn failed: {exc}")
-                return slot.last_exit
-            pool.started_on_demand(slot, pid, time.monotonic())
-            # A reap sweep may have run while the answer was awaited; a
-            # worker that died that soon was reaped as a stranger (_watch).
-            self._watch(slot)
-        return ""
+                    f"the {pool.name} worker was not started: the daemon is stopping"))
 
     def start(self) -> None:
         self.manage()
@@ -182,9 +159,6 @@ class Supervision:
                 self.buses[name].worker_gone(pid, describe_exit(status))
                 return
         log.debug("Reaped unknown child %d (%s)", pid, describe_exit(status))
-        self._strangers[pid] = status
-        while len(self._strangers) > STRANGERS_KEPT:
-            del self._strangers[next(iter(self._strangers))]
 
     def _watch(self, slot: WorkerSlot) -> None:
         if slot.pid is None:
@@ -192,13 +166,7 @@ class Supervision:
         try:
             fd = os.pidfd_open(slot.pid)
         except OSError:
-            # Gone. A zombie still has a pidfd, so it was reaped already:
-            # as a stranger, if it died before its slot took its pid (a
-            # start awaited off the loop). Otherwise the next reap has it.
-            status = self._strangers.pop(slot.pid, None)
-            if status is not None:
-                self._reaped(slot.pid, status)
-            return
+            return  # already gone; the next reap collects it
         self._pidfds[slot.pid] = fd
         asyncio.get_running_loop().add_reader(fd, self.reap)
 
@@ -210,7 +178,7 @@ class Supervision:
 
     async def stop(self, timeout: float) -> None:
         """SIGTERM every worker, wait up to ``timeout``, then SIGKILL the rest."""
-        for task in (self._task, *self._start_tasks):
+        for task in (self._task, *self._waits):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -236,3 +204,9 @@ class Supervision:
     def _live(self) -> bool:
         return any(s.state is SlotState.STOPPING or s.pid is not None
                    for pool in self.pools.values() for s in pool.slots)
+
+
+def _start_failed(pool: WorkerPool) -> Unavailable:
+    why = next((s.last_exit for s in pool.not_started()), "")
+    return Unavailable(f"the {pool.name} worker could not be started: {shorten(why)}; "
+                       "the next call tries again")

@@ -16,16 +16,16 @@ Invariants:
   (dead, hung, refused) it is killed and replaced once, and if that fails
   too this spawn falls back to fork+exec. Its exit is reaped by the
   supervision's sweep as an unknown child.
-- It serves one request at a time. A start a call waits for (an
-  on-demand pool's first worker) awaits its answer on the loop
-  (``fork_worker_async``) rather than block it for a new zygote's imports;
-  while that request is out, a blocking ``fork_worker`` raises
-  ``ZygoteBusy`` and the supervision tries its spawn again at the next pass.
+- A worker started for a call (an on-demand pool's first, supervision.py)
+  is forked only from a zygote still running (``fork_if_running``), never
+  from a new one: a zygote made for one fork exits a minute later and
+  leaves that worker alone with every pool's imports (41 MiB of PSS for
+  the stream worker, against about 17 forked early or exec'd); and its
+  imports would hold the supervisor's loop for a second or more.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -48,11 +48,6 @@ class ZygoteError(OSError):
     """The zygote did not fork the worker."""
 
 
-class ZygoteBusy(Exception):
-    """A request awaited on the loop holds the zygote; try again shortly.
-    Not an OSError: nothing failed, and the caller must not fall back."""
-
-
 class Zygote:
     """Starts the zygote on first use and asks it for workers."""
 
@@ -67,7 +62,6 @@ class Zygote:
         # Set once two zygotes in a row failed: a broken one (a hang costs
         # the loop a timeout) is not tried again in this daemon's life.
         self._given_up = False
-        self._busy = False   # a fork_worker_async request is out
 
     @property
     def pid(self) -> int | None:
@@ -75,8 +69,6 @@ class Zygote:
 
     def fork_worker(self, pool: str, argv: list[str]) -> int:
         """A worker of ``pool`` started with ``argv``; its pid."""
-        if self._busy:
-            raise ZygoteBusy("the worker zygote is starting another worker")
         if self._given_up:
             raise ZygoteError("the worker zygote failed twice; workers are exec'd")
         request = json.dumps({"pool": pool, "argv": argv}).encode()
@@ -92,33 +84,16 @@ class Zygote:
         self._given_up = True
         raise ZygoteError("the worker zygote did not answer")
 
-    async def fork_worker_async(self, pool: str, argv: list[str]) -> int:
-        """``fork_worker``, with the answer awaited instead of blocked on."""
-        if self._busy:
-            raise ZygoteBusy("the worker zygote is starting another worker")
-        if self._given_up:
-            raise ZygoteError("the worker zygote failed twice; workers are exec'd")
-        request = json.dumps({"pool": pool, "argv": argv}).encode()
-        if self._left():
-            self.stop()
-        self._busy = True
+    def fork_if_running(self, pool: str, argv: list[str]) -> int:
+        """``fork_worker``, from the zygote that runs now or not at all
+        (ZygoteError): it never starts one, and does not retry."""
+        if self._given_up or self._sock is None or self._left():
+            raise ZygoteError("no worker zygote is running")
         try:
-            for attempt in (1, 2):
-                try:
-                    return await self._ask_async(request)
-                except OSError as exc:
-                    log.warning("Worker zygote failed (%s); %s", exc,
-                                "starting another" if attempt == 1 else "giving up on it")
-                    self.stop()
-                except asyncio.CancelledError:
-                    # Its answer would come to the next request: this
-                    # zygote cannot be asked again.
-                    self.stop()
-                    raise
-        finally:
-            self._busy = False
-        self._given_up = True
-        raise ZygoteError("the worker zygote did not answer")
+            return self._ask(json.dumps({"pool": pool, "argv": argv}).encode())
+        except OSError as exc:
+            self.stop()
+            raise ZygoteError(f"the worker zygote failed: {exc}") from None
 
     def stop(self) -> None:
         """Close our end (the zygote exits on EOF) and make sure it goes."""
@@ -144,26 +119,9 @@ class Zygote:
 
     def _ask(self, request: bytes) -> int:
         sock = self._sock or self._start()
-        sock.settimeout(self._timeout())
+        sock.settimeout(ANSWER_TIMEOUT if self._answered else FIRST_ANSWER_TIMEOUT)
         sock.send(request)
-        return self._answer(sock.recv(MAX_ANSWER))
-
-    async def _ask_async(self, request: bytes) -> int:
-        sock = self._sock or self._start()
-        timeout = self._timeout()
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.sock_sendall(sock, request)
-            raw = await asyncio.wait_for(loop.sock_recv(sock, MAX_ANSWER), timeout)
-        except TimeoutError:
-            raise ZygoteError(f"no answer within {timeout:.0f}s") from None
-        return self._answer(raw)
-
-    def _timeout(self) -> float:
-        return ANSWER_TIMEOUT if self._answered else FIRST_ANSWER_TIMEOUT
-
-    def _answer(self, raw: bytes) -> int:
+        raw = sock.recv(MAX_ANSWER)
         if not raw:
             raise ZygoteError("the worker zygote closed its socket")
         self._answered = True

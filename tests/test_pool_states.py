@@ -204,7 +204,7 @@ def end(slot: WorkerSlot, sig: int = signal.SIGKILL) -> int:
 def start_on_demand(h: Harness, now: float = 0.0) -> None:
     """What the supervision does for an on-demand pool's first call."""
     assert h.pool.not_started() == h.pool.slots
-    h.pool.started_on_demand(h.slot, h.pool.spawn_now(1), now)
+    assert h.pool.start_on_demand(now) == h.pool.slots
 
 
 def to_starting(h: Harness, now: float = 0.0) -> None:
@@ -488,7 +488,13 @@ def test_a_failed_first_start_counts_no_failure_and_the_next_call_tries_again(
         assert h.slot.fast_failures == 0 and h.slot.last_exit == "killed by SIGKILL"
     assert not h.pool.is_fatal()
     assert h.pool.spawn_due(100.0) == []
-    # A spawn that fails outright leaves it NOT_STARTED too.
-    h.pool.on_demand_failed(h.slot, "spawn failed: no python")
-    assert h.slot.state is SlotState.NOT_STARTED
-    assert h.slot.last_exit == "spawn failed: no python"
+
+
+def test_an_on_demand_slot_that_cannot_be_spawned_stays_not_started(
+        make_pool: Callable[..., Harness]) -> None:
+    h = make_pool(fail=True, on_demand=True)
+    for _ in range(POLICY.fatal_after + 1):
+        assert h.pool.start_on_demand(0.0) == []
+        assert h.slot.state is SlotState.NOT_STARTED and h.slot.pid is None
+        assert h.slot.last_exit.startswith("spawn failed: ")
+    assert not h.pool.is_fatal() and h.events == []
