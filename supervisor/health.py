@@ -34,12 +34,14 @@ from ..proto.errors import BusError
 from .bus import PoolBus
 from .metrics import Metrics
 from .opclient import Sender, send
-from .pool import NOT_STARTED_NOTE, WorkerPool
+from .pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_LINE = 8192
 STREAM_STATS_TIMEOUT = 2.0
+STREAM_NOT_STARTED = ("not started (on demand): the first Exec, Attach or PortForward "
+                      "starts it")
 
 # The stream pool's answer to stream.stats as JSON, or None if it has none.
 StreamStatsSource = Callable[[], Awaitable[dict[str, Any] | None]]
@@ -163,7 +165,7 @@ class HealthServer:
         pool = self._pools.get("stream")
         doc: dict[str, Any] | None
         if pool is not None and pool.not_started():
-            doc = {"started": False, "note": NOT_STARTED_NOTE}
+            doc = {"started": False, "note": STREAM_NOT_STARTED}
         elif self.stream_stats is not None:
             doc = await self.stream_stats()
         else:

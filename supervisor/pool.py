@@ -54,8 +54,7 @@ from .zygote import Zygote, ZygoteError, spawn
 
 log = logging.getLogger(__name__)
 
-NOT_STARTED_NOTE = ("not started (on demand): its first call starts it, "
-                    "through the zygote like any worker")
+NOT_STARTED_NOTE = "not started (on demand): its first call starts it"
 
 
 class SlotState(enum.Enum):
