@@ -20,8 +20,8 @@ Invariants:
   is forked only from a zygote still running (``fork_if_running``), never
   from a new one: a zygote made for one fork exits a minute later and
   leaves that worker alone with every pool's imports (41 MiB of PSS for
-  the stream worker, against about 17 forked early or exec'd); and its
-  imports would hold the supervisor's loop for a second or more.
+  the stream worker, against 18 forked early and 19 exec'd); and its
+  imports would hold the supervisor's loop for about a second.
 """
 
 from __future__ import annotations
