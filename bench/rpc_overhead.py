@@ -72,8 +72,10 @@ def start_podvisor(base: Path) -> subprocess.Popen[bytes]:
             out = subprocess.run([PODVISOR, "--config", str(base / "podvisor.toml"),
                                   "--config-dir", str(base / "conf.d"), "status", "--json"],
                                  capture_output=True, text=True, check=False)
+            # NOT_STARTED: the stream worker waits for the first Exec/Attach/PortForward.
             if out.returncode == 0 and all(
-                    w["state"] == "READY" for w in json.loads(out.stdout)["workers"]):
+                    w["state"] in ("READY", "NOT_STARTED")
+                    for w in json.loads(out.stdout)["workers"]):
                 return proc
         time.sleep(0.1)
     proc.kill()

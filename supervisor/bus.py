@@ -41,6 +41,12 @@ Worker Death
     (its worker died before the pool noticed) never reached anyone, so it
     goes to another worker whatever it is.
 
+On Demand
+    A pool started on demand (supervision.py) has no worker until a call
+    needs one: a call that finds no worker asks ``demand`` for the start
+    under way, or a new one, and waits for it within its deadline. A start
+    that fails fails its waiters with UNAVAILABLE.
+
 Size
     A payload may have ``max_payload`` bytes (proto/envelope.py says how it
     follows the gRPC limit). A request over it fails RESOURCE_EXHAUSTED
@@ -174,6 +180,7 @@ class PoolBus:
                  admit: Callable[[int, int], bool],
                  on_unresponsive: Callable[[int, str], None],
                  is_fatal: Callable[[], bool],
+                 demand: Callable[[], asyncio.Future[None] | None] | None = None,
                  max_payload: int = envelope.MAX_PAYLOAD) -> None:
         self.pool = pool
         self.endpoint = endpoint
@@ -182,6 +189,7 @@ class PoolBus:
         self._admit = admit
         self._on_unresponsive = on_unresponsive
         self._is_fatal = is_fatal
+        self._demand = demand
         self._links: dict[bytes, Link] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._wake = asyncio.Event()
@@ -317,6 +325,13 @@ class PoolBus:
                 raise Unavailable(f"the {self.pool} pool has no live worker (FATAL); "
                                   "see `podvisor status`")
             remaining = deadline - time.monotonic()
+            starting = self._demand() if self._demand is not None and not self._links else None
+            if starting is not None and remaining > 0:
+                # Its failure (UNAVAILABLE) is this call's; at READY the
+                # worker's link is there when this wakes.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(starting), remaining)
+                continue
             if remaining <= 0:
                 if not self._links:
                     raise Unavailable(f"no {self.pool} worker became ready for {op} "

@@ -116,6 +116,8 @@ def _streaming(doc: dict[str, Any]) -> str:
     stats = doc["streaming"]
     if stats is None:
         return "\nstreaming: the stream worker does not answer"
+    if stats.get("started") is False:
+        return f"\nstreaming: {stats['note']}"
     active = ", ".join(f"{kind} {count}" for kind, count in stats["active"].items())
     return (f"\nstreaming: {stats['url']}, sessions: {active}, "
             f"unused URLs: {stats['tokens']}")

@@ -431,6 +431,10 @@ class WorkersConfig:
     fork_from_zygote: bool = _key(True, _bool)
     """Fork workers from one process that imported every pool's modules, so
     they share those pages; false starts each by fork+exec. Default true."""
+    stream_on_demand: bool = _key(True, _bool)
+    """Start the stream worker with the first Exec, Attach or PortForward, so
+    a node that never streams holds none (it stays once started); false
+    starts it with the daemon. Default true."""
     zygote_idle_exit: float = _key(60.0, _seconds(0, inclusive=True))
     """Seconds the zygote waits for another fork before it exits and gives its
     own pages back (the next spawn starts a new one); 0 keeps it. Default 60."""

@@ -4,7 +4,8 @@ in which they start and stop.
 Start: run dir and its lock (one daemon per run dir; the lock dies with
 its holder, so a new daemon starts cleanly after ``kill -9``) → no worker
 of an earlier supervisor left (fence.py) → worker
-settings file → buses bound → pools spawned → health endpoint → every
+settings file → buses bound → pools spawned (not an on-demand pool: the
+stream pool waits for its first call, supervision.py) → health endpoint → every
 pool reconciles its records (recovery.py) → CRI socket.
 The CRI socket comes last so that nothing reaches a half-built daemon;
 calls that arrive before a pool is READY wait on the bus, within their
@@ -151,8 +152,7 @@ class Daemon:
         metrics = Metrics()
         # Built before the pools: a worker that becomes READY flushes its pool's entries.
         cache = StatusCache(config.api.status_cache_size)
-        pools, buses = self._build_pools(config, settings_path, events, cache)
-        supervision = Supervision(pools, buses)
+        pools, buses, supervision = self._build_pools(config, settings_path, events, cache)
         for pool_bus in buses.values():
             pool_bus.bind(zctx)
             pool_bus.start()
@@ -230,7 +230,7 @@ class Daemon:
 
     def _build_pools(self, config: cfg.Config, settings_path: str, events: EventPublisher,
                      cache: StatusCache
-                     ) -> tuple[dict[str, WorkerPool], dict[str, PoolBus]]:
+                     ) -> tuple[dict[str, WorkerPool], dict[str, PoolBus], Supervision]:
         workers = config.workers
         policy = RestartPolicy(backoff_base=workers.backoff_base, backoff_cap=workers.backoff_cap,
                                startsecs=workers.startsecs, fatal_after=workers.fatal_after,
@@ -240,14 +240,19 @@ class Daemon:
                            overrun_grace=workers.overrun_grace)
         command = WorkerCommand(endpoint_for=lambda pool: bus_endpoint(config.runroot, pool),
                                 settings_path=settings_path, zygote=self.zygote)
-        pools: dict[str, WorkerPool] = {}
+        on_demand = {"stream"} if workers.stream_on_demand else set()
+        pools = {name: WorkerPool(name, size, command, policy, events.publish,
+                                  on_demand=name in on_demand, first_spawn=command.first)
+                 for name, size in workers.pool_sizes().items()}
         buses: dict[str, PoolBus] = {}
-        for name, size in workers.pool_sizes().items():
-            pool = pools[name] = WorkerPool(name, size, command, policy, events.publish)
+        supervision = Supervision(pools, buses)
+        for name, pool in pools.items():
             buses[name] = PoolBus(name, bus_endpoint(config.runroot, name), timing,
                                   admit=_admit(pool, cache), on_unresponsive=pool.kill_unresponsive,
-                                  is_fatal=pool.is_fatal, max_payload=bus_max_payload(config))
-        return pools, buses
+                                  is_fatal=pool.is_fatal,
+                                  demand=_demand(supervision, name) if pool.on_demand else None,
+                                  max_payload=bus_max_payload(config))
+        return pools, buses, supervision
 
 
 def _admit(pool: WorkerPool, cache: StatusCache) -> Callable[[int, int], bool]:
@@ -260,3 +265,9 @@ def _admit(pool: WorkerPool, cache: StatusCache) -> Callable[[int, int], bool]:
             cache.flush(pool.name)
         return admitted
     return admit
+
+
+def _demand(supervision: Supervision, name: str
+            ) -> Callable[[], asyncio.Future[None] | None]:
+    """The bus's way to have on-demand pool ``name`` started."""
+    return lambda: supervision.demand(name)

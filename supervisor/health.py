@@ -6,7 +6,9 @@ A tiny HTTP/1.1 server on the loop (loopback by default) answers
 ``GET /healthz``; gzip-compressed when Accept-Encoding allows it. It reads the pools and buses
 directly, and asks the stream pool for its sessions (``stream.stats``), so
 the numbers are never staler than the request; a stream pool that does
-not answer within ``STREAM_STATS_TIMEOUT`` shows as ``null``. The bound
+not answer within ``STREAM_STATS_TIMEOUT`` shows as ``null``, and one not
+started yet (on demand, pool.py) as ``{"started": false, "note": ...}``:
+it is not asked, since asking would start it. The bound
 address is written to ``<runroot>/health.addr`` so ``podvisor status``
 finds the daemon even on an ephemeral port.
 """
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_LINE = 8192
 STREAM_STATS_TIMEOUT = 2.0
+STREAM_NOT_STARTED = ("not started (on demand): the first Exec, Attach or PortForward "
+                      "starts it")
 
 # The stream pool's answer to stream.stats as JSON, or None if it has none.
 StreamStatsSource = Callable[[], Awaitable[dict[str, Any] | None]]
@@ -97,8 +101,7 @@ def snapshot(pools: Mapping[str, WorkerPool], buses: Mapping[str, PoolBus],
     return {
         "pid": os.getpid(),
         "workers": workers,
-        "pools": {name: {"size": len(p.slots), "ready": p.ready_count(), "fatal": p.is_fatal()}
-                  for name, p in pools.items()},
+        "pools": {name: p.summary() for name, p in pools.items()},
     }
 
 
@@ -159,7 +162,14 @@ class HealthServer:
                 await writer.wait_closed()
 
     async def _streaming(self) -> dict[str, Any] | None:
-        doc = await self.stream_stats() if self.stream_stats is not None else None
+        pool = self._pools.get("stream")
+        doc: dict[str, Any] | None
+        if pool is not None and pool.not_started():
+            doc = {"started": False, "note": STREAM_NOT_STARTED}
+        elif self.stream_stats is not None:
+            doc = await self.stream_stats()
+        else:
+            doc = None
         self._metrics.observe_streaming(doc)
         return doc
 

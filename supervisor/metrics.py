@@ -45,7 +45,8 @@ class Metrics:
 
         self.stream_sessions = Gauge(
             "podvisor_stream_sessions", "Live streaming sessions, by kind (exec, attach, "
-            "portforward); -1 while the stream worker does not answer", ["kind"],
+            "portforward); -1 while the stream worker does not answer, 0 while it is not "
+            "started (on demand)", ["kind"],
             registry=self.registry)
         self.stream_tokens = Gauge(
             "podvisor_stream_tokens", "Streaming URLs issued and not yet used or expired",
@@ -56,9 +57,13 @@ class Metrics:
 
     def observe_streaming(self, stats: Mapping[str, Any] | None) -> None:
         """The stream pool's stats, read at scrape time (health.py)."""
-        if stats is None:
+        if stats is None or stats.get("started") is False:
+            # Not started (on demand) has no sessions and no URLs; not
+            # answering is -1, never mistaken for a count.
             for kind in stream_ops.KINDS:
-                self.stream_sessions.labels(kind).set(-1)
+                self.stream_sessions.labels(kind).set(-1 if stats is None else 0)
+            if stats is not None:
+                self.stream_tokens.set(0)
             return
         for kind, count in stats["active"].items():
             self.stream_sessions.labels(kind).set(count)
@@ -95,8 +100,12 @@ class _PoolCollector(Collector):
                                   labels=["pool"])
         restarts = CounterMetricFamily("podvisor_worker_restarts",
                                        "Worker restarts, by pool", labels=["pool"])
+        waiting = GaugeMetricFamily("podvisor_workers_not_started",
+                                    "Slots of a pool started on demand that no call has "
+                                    "needed yet (not down)", labels=["pool"])
         for name, pool in self._pools.items():
             up.add_metric([name], pool.ready_count())
+            waiting.add_metric([name], len(pool.not_started()))
             size.add_metric([name], len(pool.slots))
             fatal.add_metric([name], sum(s.state is SlotState.FATAL for s in pool.slots))
             restarts.add_metric([name], sum(s.restarts for s in pool.slots))
@@ -106,7 +115,7 @@ class _PoolCollector(Collector):
         for name, pool_bus in self._buses.items():
             for kind, count in sorted(pool_bus.stats.items()):
                 bus.add_metric([name, kind], count)
-        yield from (up, size, fatal, restarts, bus)
+        yield from (up, size, fatal, restarts, waiting, bus)
 
 
 class _CacheCollector(Collector):

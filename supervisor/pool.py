@@ -12,6 +12,16 @@ State machine (supervisord's names)::
                                  fatal_after fast ──┴──▶ FATAL
     any live state ──shutdown──▶ STOPPING ──reaped──▶ EXITED
 
+    NOT_STARTED ──first call──▶ STARTING ──exit before READY──▶ NOT_STARTED
+
+A pool started on demand (the stream pool, by default: most nodes never
+stream) has its slots NOT_STARTED until its first call; the supervision
+starts them then (supervision.py), and from their first READY on they
+live as any other slot. A first start that fails leaves the slot
+NOT_STARTED again, counting no fast failure: the call that waited for it
+gets UNAVAILABLE and the next call tries again. The worker stays once
+started (README, "Daemon memory").
+
 Restarts use capped exponential backoff: the first restart after a worker
 that was READY and ran at least ``startsecs`` is immediate; each further
 consecutive fast failure doubles the delay from ``backoff_base`` up to
@@ -44,8 +54,11 @@ from .zygote import Zygote, ZygoteError, spawn
 
 log = logging.getLogger(__name__)
 
+NOT_STARTED_NOTE = "not started (on demand): its first call starts it"
+
 
 class SlotState(enum.Enum):
+    NOT_STARTED = "NOT_STARTED"
     STARTING = "STARTING"
     READY = "READY"
     BACKOFF = "BACKOFF"
@@ -69,6 +82,8 @@ TRANSITIONS = frozenset({
     (SlotState.STOPPING, SlotState.EXITED),
     (SlotState.BACKOFF, SlotState.EXITED),
     (SlotState.FATAL, SlotState.EXITED),
+    (SlotState.NOT_STARTED, SlotState.STARTING),
+    (SlotState.STARTING, SlotState.NOT_STARTED),
 })
 
 
@@ -107,6 +122,7 @@ class WorkerSlot:
     last_exit: str = ""
     kill_sent: int = 0               # last signal sent to the live process, 0 if none
     kill_sent_at: float = 0.0
+    first_start: bool = False        # started on demand, not READY yet
 
     def move(self, new: SlotState) -> None:
         if (self.state, new) not in TRANSITIONS:
@@ -118,7 +134,8 @@ class WorkerSlot:
         return f"{self.pool} worker {self.index}"
 
     def spawned(self, pid: int | None, now: float) -> None:
-        # EXITED|BACKOFF -> STARTING
+        # EXITED|BACKOFF|NOT_STARTED -> STARTING
+        self.first_start = self.state is SlotState.NOT_STARTED
         self.move(SlotState.STARTING)
         self.pid = pid
         self.started_at = now
@@ -128,6 +145,7 @@ class WorkerSlot:
     def ready(self) -> None:
         # STARTING -> READY
         self.move(SlotState.READY)
+        self.first_start = False
 
     def exited(self, now: float, how: str, policy: RestartPolicy) -> None:
         """Record the end of the slot's process and decide what comes next."""
@@ -136,6 +154,12 @@ class WorkerSlot:
         if self.state is SlotState.STOPPING:
             # STOPPING -> EXITED: we asked it to go.
             self.move(SlotState.EXITED)
+            return
+        if self.first_start:
+            # STARTING -> NOT_STARTED: an on-demand start failed; the next
+            # call tries again, so nothing counts towards FATAL.
+            self.first_start = False
+            self.move(SlotState.NOT_STARTED)
             return
         # A worker that never said READY failed to start however long it
         # took (a refused or hung one too), else a slow start would restart
@@ -168,13 +192,31 @@ class WorkerCommand:
     zygote: Zygote | None = None
 
     def __call__(self, pool: str, index: int) -> int:
-        args = ["--index", str(index), "--endpoint", self.endpoint_for(pool),
-                "--settings", self.settings_path, "--parent-pid", str(os.getpid())]
+        args = self._args(pool, index)
         if self.zygote is not None:
             try:
                 return self.zygote.fork_worker(pool, args)
             except ZygoteError as exc:
                 log.error("Starting %s worker %d by exec instead: %s", pool, index, exc)
+        return self._exec(pool, args)
+
+    def first(self, pool: str, index: int) -> int:
+        """The start of an on-demand pool's first worker: forked from the
+        zygote if one runs, else exec'd (zygote.py says why no new zygote
+        is made for it). Either returns at once; READY comes on the bus."""
+        args = self._args(pool, index)
+        if self.zygote is not None:
+            try:
+                return self.zygote.fork_if_running(pool, args)
+            except ZygoteError as exc:
+                log.info("Starting %s worker %d by exec: %s", pool, index, exc)
+        return self._exec(pool, args)
+
+    def _args(self, pool: str, index: int) -> list[str]:
+        return ["--index", str(index), "--endpoint", self.endpoint_for(pool),
+                "--settings", self.settings_path, "--parent-pid", str(os.getpid())]
+
+    def _exec(self, pool: str, args: list[str]) -> int:
         argv = [self.python, "-m", f"podvisor.workers.{pool}", *args]
         # From the main thread (grpc and zmq forbid a bare fork here); same
         # process group and cgroup as the supervisor, so that a stop of the
@@ -199,12 +241,18 @@ class WorkerPool:
     """The slots of one pool and what happens to their processes."""
 
     def __init__(self, name: str, size: int, spawn: Spawner, policy: RestartPolicy,
-                 on_event: EventSink) -> None:
+                 on_event: EventSink, *, on_demand: bool = False,
+                 first_spawn: Spawner | None = None) -> None:
         self.name = name
-        self.slots = [WorkerSlot(name, i) for i in range(1, size + 1)]
+        self.on_demand = on_demand
+        self._first_spawn = first_spawn or spawn
+        first = SlotState.NOT_STARTED if on_demand else SlotState.EXITED
+        self.slots = [WorkerSlot(name, i, first) for i in range(1, size + 1)]
         self._spawn = spawn
         self.policy = policy
         self._on_event = on_event
+        # Told of every READY and reap: an on-demand start waits on it.
+        self.on_change: Callable[[], None] = lambda: None
 
     def by_pid(self, pid: int) -> WorkerSlot | None:
         return next((s for s in self.slots if s.pid == pid), None)
@@ -215,6 +263,36 @@ class WorkerPool:
     def is_fatal(self) -> bool:
         """True when no slot can ever serve again without operator action."""
         return all(s.state is SlotState.FATAL for s in self.slots)
+
+    def not_started(self) -> list[WorkerSlot]:
+        """Slots waiting for the pool's first call (on demand)."""
+        return [s for s in self.slots if s.state is SlotState.NOT_STARTED]
+
+    def summary(self) -> dict[str, Any]:
+        """The pool's line in ``/status`` and in CRI Status's verbose info."""
+        doc: dict[str, Any] = {"size": len(self.slots), "ready": self.ready_count(),
+                               "fatal": self.is_fatal(), "on_demand": self.on_demand}
+        if self.not_started():
+            doc["note"] = NOT_STARTED_NOTE
+        return doc
+
+    def start_on_demand(self, now: float) -> list[WorkerSlot]:
+        """Start every NOT_STARTED slot for the call that needs the pool;
+        return those started. One that cannot even be spawned stays
+        NOT_STARTED for the next call, with the reason in ``last_exit``."""
+        started = []
+        for slot in self.not_started():
+            try:
+                pid = self._first_spawn(self.name, slot.index)
+            except OSError as exc:
+                log.error("Cannot start %s on demand: %s", slot.name, exc)
+                slot.last_exit = f"spawn failed: {exc}"
+                continue
+            # NOT_STARTED -> STARTING
+            slot.spawned(pid, now)
+            started.append(slot)
+            self._on_event("spawn", slot, {"restarts": slot.restarts, "on_demand": True})
+        return started
 
     def spawn_due(self, now: float) -> list[WorkerSlot]:
         """Start every empty slot whose backoff has run out; return them."""
@@ -246,6 +324,7 @@ class WorkerPool:
             return False
         slot.ready()
         self._on_event("ready", slot, {})
+        self.on_change()
         return True
 
     def reaped(self, slot: WorkerSlot, status: int, now: float) -> None:
@@ -253,8 +332,12 @@ class WorkerPool:
         pid = slot.pid
         stopping = slot.state is SlotState.STOPPING
         slot.exited(now, how, self.policy)
+        self.on_change()
         if stopping:
             log.info("%s (pid %s) stopped: %s", slot.name, pid, how)
+        elif slot.state is SlotState.NOT_STARTED:
+            log.error("%s (pid %s) did not start: %s; the next call tries again",
+                      slot.name, pid, how)
         elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
             log.error("%s (pid %s) was killed by SIGKILL (possibly OOM)", slot.name, pid)
         else:

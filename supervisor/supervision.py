@@ -14,6 +14,16 @@ worker dies, so recovery never waits for the next tick. Unresponsive
 workers are reported by the bus (missed heartbeats, overrun deadlines)
 straight to their pool, which kills them; this loop escalates the
 signal. Nothing in this module blocks.
+
+On Demand
+    A pool built ``on_demand`` has no worker until its first call: the
+    bus asks ``demand`` for the start to wait for. The first caller makes
+    it (spawned at once, on the loop, like any spawn: forked from the
+    zygote if one runs, else exec'd), later ones join it, so parallel
+    first calls start one worker. It ends at the worker's READY, or with
+    UNAVAILABLE for every waiter when the worker could not be spawned or
+    exited first; the slot is then NOT_STARTED again (pool.py) and the
+    next call makes a new start.
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 
+from ..proto.errors import Unavailable, shorten
 from .bus import PoolBus
 from .pool import SlotState, WorkerPool, WorkerSlot, describe_exit
 
@@ -39,6 +51,69 @@ class Supervision:
         self.buses = buses
         self._pidfds: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
+        # Per on-demand pool: the start calls wait for, while one is on.
+        self._starts: dict[str, asyncio.Future[None]] = {}
+        self._waits: set[asyncio.Task[None]] = set()
+        self._changed: dict[str, asyncio.Event] = {}
+        for name, pool in pools.items():
+            if pool.on_demand:
+                pool.on_change = self._changed_hook(name)
+
+    def _changed_hook(self, name: str) -> Callable[[], None]:
+        def changed() -> None:
+            event = self._changed.get(name)
+            if event is not None:
+                event.set()
+        return changed
+
+    def demand(self, name: str) -> asyncio.Future[None] | None:
+        """The start of pool ``name``'s worker for a call to wait for: the
+        one under way, or a new one if the pool has not started (a failed
+        start leaves it so). None when the pool needs no start."""
+        current = self._starts.get(name)
+        if current is not None and not current.done():
+            return current
+        pool = self.pools[name]
+        if not pool.not_started():
+            return None
+        attempt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Retrieved here too: every waiter may have hit its deadline first.
+        attempt.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._starts[name] = attempt
+        # Spawned here, on the loop: no reap sweep runs between the fork and
+        # the slot taking the pid, as for every spawn.
+        started = pool.start_on_demand(time.monotonic())
+        for slot in started:
+            self._watch(slot)
+        if not started:
+            attempt.set_exception(_start_failed(pool))
+            return attempt
+        self._changed[name] = asyncio.Event()
+        wait = asyncio.create_task(self._wait_ready(pool, attempt), name=f"start-{name}")
+        self._waits.add(wait)
+        wait.add_done_callback(self._waits.discard)
+        return attempt
+
+    async def _wait_ready(self, pool: WorkerPool, attempt: asyncio.Future[None]) -> None:
+        """Resolve ``attempt`` at the pool's first READY, or fail it when its
+        worker exits (or is killed after start_timeout) before."""
+        changed = self._changed[pool.name]
+        try:
+            while True:
+                changed.clear()
+                if pool.ready_count():
+                    log.info("The %s pool started on demand", pool.name)
+                    attempt.set_result(None)
+                    return
+                if pool.not_started():
+                    attempt.set_exception(_start_failed(pool))
+                    return
+                await changed.wait()
+        finally:
+            self._changed.pop(pool.name, None)
+            if not attempt.done():
+                attempt.set_exception(Unavailable(
+                    f"the {pool.name} worker was not started: the daemon is stopping"))
 
     def start(self) -> None:
         self.manage()
@@ -103,10 +178,11 @@ class Supervision:
 
     async def stop(self, timeout: float) -> None:
         """SIGTERM every worker, wait up to ``timeout``, then SIGKILL the rest."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, *self._waits):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for pool in self.pools.values():
             pool.stop_all()
         deadline = time.monotonic() + timeout
@@ -128,3 +204,9 @@ class Supervision:
     def _live(self) -> bool:
         return any(s.state is SlotState.STOPPING or s.pid is not None
                    for pool in self.pools.values() for s in pool.slots)
+
+
+def _start_failed(pool: WorkerPool) -> Unavailable:
+    why = next((s.last_exit for s in pool.not_started()), "")
+    return Unavailable(f"the {pool.name} worker could not be started: {shorten(why)}; "
+                       "the next call tries again")

@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 PODVISOR = str(Path(sys.executable).with_name("podvisor"))
 START_TIMEOUT = 20.0
+# A worker that serves, or one of an on-demand pool no call has needed yet.
+UP_STATES = ("READY", "NOT_STARTED")
 
 
 def poll_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05,
@@ -125,7 +127,13 @@ class Daemon:
         return {(w["pool"], w["index"]): w for w in self.status()["workers"]}
 
     def all_ready(self) -> bool:
-        return all(w["state"] == "READY" for w in self.status()["workers"])
+        """Every worker READY, but for an on-demand pool's that no call has
+        needed yet (the stream pool's, by default)."""
+        return all(w["state"] in UP_STATES for w in self.status()["workers"])
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the workers that run (a not-started one has none)."""
+        return [w["pid"] for w in self.status()["workers"] if w["pid"] is not None]
 
     @property
     def runtime(self) -> api_pb2_grpc.RuntimeServiceStub:

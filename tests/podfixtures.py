@@ -215,7 +215,7 @@ def prefix() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def node(workers: dict[str, int] | None = None, pause_image: bool = False,
+def node(workers: dict[str, Any] | None = None, pause_image: bool = False,
          config: str = "") -> Iterator[Node]:
     """A registry, a CNI world and a daemon; everything undone on exit.
 

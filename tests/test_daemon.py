@@ -52,7 +52,11 @@ def test_status_reports_runtime_ready_and_network_not_ready_without_cni_config(
     runtime_info = json.loads(reply.info["runtime"])
     assert runtime_info["default_runtime"] == "crun"
     pools = json.loads(reply.info["pools"])
-    assert pools["runtime"] == {"size": 2, "ready": 2, "fatal": False}
+    assert pools["runtime"] == {"size": 2, "ready": 2, "fatal": False, "on_demand": False}
+    # No call has streamed on this daemon yet: the stream pool says so, not down.
+    stream = pools["stream"]
+    assert (stream["ready"], stream["fatal"], stream["on_demand"]) == (0, False, True)
+    assert stream["note"].startswith("not started (on demand)")
     # Advertised exactly as implemented: supplemental groups policies are
     # applied (spec_user.py); mount options and user namespaces are not.
     assert reply.features.supplemental_groups_policy is True
@@ -85,16 +89,22 @@ def test_podvisor_status_lists_every_worker(daemon: Daemon) -> None:
     lines = out.stdout.splitlines()
     assert lines[1].split() == ["POOL", "INDEX", "PID", "STATE", "UPTIME", "RESTARTS",
                                 "INFLIGHT", "RSS", "CPU%"]
-    assert lines[-1].startswith("streaming: http://127.0.0.1:"), lines[-1]
-    assert "sessions: exec 0, attach 0, portforward 0" in lines[-1]
+    assert lines[-1].startswith("streaming: not started (on demand)"), lines[-1]
     rows = [line.split() for line in lines[2:-1]]
     assert sorted((r[0], r[1]) for r in rows) == sorted(
         [("image", "1"), ("storage", "1"), ("runtime", "1"), ("runtime", "2"),
          ("net", "1"), ("net", "2"), ("stream", "1")])
-    assert all(r[3] == "READY" for r in rows)
+    assert {r[0]: r[3] for r in rows if r[0] != "stream"} == dict.fromkeys(
+        ("image", "storage", "runtime", "net"), "READY")
+    assert [r[2:4] for r in rows if r[0] == "stream"] == [["-", "NOT_STARTED"]]
 
     doc = json.loads(daemon.cli("status", "--json").stdout)
+    assert doc["streaming"]["started"] is False
+    assert doc["pools"]["stream"]["on_demand"] is True
     for worker in doc["workers"]:
+        if worker["pool"] == "stream":
+            assert worker["pid"] is None and worker["state"] == "NOT_STARTED"
+            continue
         assert worker["pid"] > 0 and worker["rss"] > 0
         assert set(worker) >= {"pool", "index", "pid", "state", "uptime", "restarts",
                                "inflight", "rss", "cpu_percent"}
@@ -132,6 +142,9 @@ def test_metrics_count_rpcs_by_code_and_workers_up(daemon: Daemon) -> None:
     assert 'podvisor_workers_up{pool="runtime"} 2.0' in text
     assert 'podvisor_worker_restarts_total{pool="net"} 0.0' in text
     assert 'podvisor_stream_sessions{kind="exec"} 0.0' in text
+    # Not started (on demand) is neither up nor down: a gauge of its own.
+    assert 'podvisor_workers_not_started{pool="stream"} 1.0' in text
+    assert 'podvisor_workers_not_started{pool="runtime"} 0.0' in text
 
 
 def test_logged_requests_carry_a_request_id(daemon: Daemon) -> None:

@@ -174,11 +174,12 @@ class Harness:
 def make_pool() -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def make(size: int = 1, fail: bool = False) -> Harness:
+    def make(size: int = 1, fail: bool = False, on_demand: bool = False) -> Harness:
         events: list[tuple[str, int, dict[str, Any]]] = []
         spawner = Spawner(fail)
         pool = WorkerPool("runtime", size, spawner, POLICY,
-                          lambda kind, slot, info: events.append((kind, slot.index, info)))
+                          lambda kind, slot, info: events.append((kind, slot.index, info)),
+                          on_demand=on_demand)
         made.append(Harness(pool, spawner, events))
         return made[-1]
 
@@ -198,6 +199,12 @@ def end(slot: WorkerSlot, sig: int = signal.SIGKILL) -> int:
         os.kill(slot.pid, sig)
     _, status = os.waitpid(slot.pid, 0)
     return status
+
+
+def start_on_demand(h: Harness, now: float = 0.0) -> None:
+    """What the supervision does for an on-demand pool's first call."""
+    assert h.pool.not_started() == h.pool.slots
+    assert h.pool.start_on_demand(now) == h.pool.slots
 
 
 def to_starting(h: Harness, now: float = 0.0) -> None:
@@ -273,6 +280,12 @@ EDGE_EVENTS: dict[tuple[SlotState, SlotState], tuple[Step, Step, SlotState]] = {
         to_backoff, lambda h: h.pool.stop_all(), SlotState.EXITED),
     (SlotState.FATAL, SlotState.EXITED): (
         to_fatal, lambda h: h.pool.stop_all(), SlotState.EXITED),
+    # An on-demand pool's slot (the harness makes the pool so for these).
+    (SlotState.NOT_STARTED, SlotState.STARTING): (
+        lambda h: None, start_on_demand, SlotState.STARTING),
+    (SlotState.STARTING, SlotState.NOT_STARTED): (
+        start_on_demand, lambda h: h.pool.reaped(h.slot, end(h.slot), now=0.2),
+        SlotState.NOT_STARTED),
 }
 
 
@@ -289,7 +302,7 @@ def test_the_event_takes_its_edge(make_pool: Callable[..., Harness],
                                   monkeypatch: pytest.MonkeyPatch,
                                   edge: tuple[SlotState, SlotState]) -> None:
     setup, event, settles_in = EDGE_EVENTS[edge]
-    h = make_pool()
+    h = make_pool(on_demand=SlotState.NOT_STARTED in edge)
     setup(h)
     taken: list[tuple[SlotState, SlotState]] = []
     move = WorkerSlot.move
@@ -445,3 +458,43 @@ def test_stop_all_terminates_live_workers_and_empties_the_rest(
     assert h.pool.live_pids() == []
     # A requested stop is not a failure.
     assert (starting.fast_failures, ready.fast_failures) == (0, 0)
+
+
+def test_an_on_demand_slot_waits_for_its_first_call_and_then_lives_as_any(
+        make_pool: Callable[..., Harness]) -> None:
+    h = make_pool(on_demand=True)
+    # Neither the supervision's sweeps nor a stop start or end it.
+    assert h.pool.spawn_due(0.0) == [] and h.spawner.children == []
+    h.pool.stop_all()
+    assert h.slot.state is SlotState.NOT_STARTED and not h.pool.is_fatal()
+    assert h.pool.summary()["note"].startswith("not started (on demand)")
+    start_on_demand(h)
+    assert h.events[-1][0] == "spawn" and h.events[-1][2]["on_demand"] is True
+    admit(h)
+    assert "note" not in h.pool.summary() and h.pool.not_started() == []
+    # Once READY it is restarted as any worker: killed after a long run, at once.
+    h.pool.reaped(h.slot, end(h.slot), now=60.0)
+    assert h.slot.state is SlotState.BACKOFF
+    assert h.pool.spawn_due(60.0) == [h.slot] and h.slot.restarts == 1
+
+
+def test_a_failed_first_start_counts_no_failure_and_the_next_call_tries_again(
+        make_pool: Callable[..., Harness]) -> None:
+    h = make_pool(on_demand=True)
+    for attempt in range(POLICY.fatal_after + 1):
+        start_on_demand(h, now=float(attempt))
+        h.pool.reaped(h.slot, end(h.slot), now=attempt + 0.1)
+        assert h.slot.state is SlotState.NOT_STARTED
+        assert h.slot.fast_failures == 0 and h.slot.last_exit == "killed by SIGKILL"
+    assert not h.pool.is_fatal()
+    assert h.pool.spawn_due(100.0) == []
+
+
+def test_an_on_demand_slot_that_cannot_be_spawned_stays_not_started(
+        make_pool: Callable[..., Harness]) -> None:
+    h = make_pool(fail=True, on_demand=True)
+    for _ in range(POLICY.fatal_after + 1):
+        assert h.pool.start_on_demand(0.0) == []
+        assert h.slot.state is SlotState.NOT_STARTED and h.slot.pid is None
+        assert h.slot.last_exit.startswith("spawn failed: ")
+    assert not h.pool.is_fatal() and h.events == []

@@ -47,7 +47,7 @@ def test_ready_only_once_the_cri_socket_answers_then_watchdog_and_stopping(
     assert daemon.runtime.Version(api.VersionRequest(), timeout=5).runtime_name == "podvisor"
     assert "STATUS=serving CRI v1" in ready and f"MAINPID={daemon.pid}" in ready
     messages(sock, "WATCHDOG=1")
-    for pid in [w["pid"] for w in daemon.workers().values()]:
+    for pid in daemon.worker_pids():
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert not [e for e in environ if e.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_"))]
     daemon.stop()

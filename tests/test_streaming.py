@@ -512,6 +512,9 @@ def stream_worker(p: Pod) -> dict[str, object]:
 
 def test_status_counts_sessions(p: Pod) -> None:
     daemon = p.n.daemon
+    # The worker starts with the module's first stream call (on demand);
+    # this one, should the test run alone.
+    assert succeeded(p.run("spdy-v4", ["true"]))
 
     def active() -> dict[str, int]:
         counts: dict[str, int] = daemon.status()["streaming"]["active"]
@@ -544,11 +547,11 @@ def test_status_counts_sessions(p: Pod) -> None:
 
 
 def test_kill_stream_worker_mid_session(p: Pod) -> None:
-    victim = stream_worker(p)["pid"]
-    assert isinstance(victim, int)
     sessions = [p.shell_session("spdy-v4", tty=True), p.shell_session("ws-v5", tty=True)]
     for cmd in sessions:
         compute(cmd.stdout, cmd.write)
+    victim = stream_worker(p)["pid"]
+    assert isinstance(victim, int)
     os.kill(victim, signal.SIGKILL)
     for cmd in sessions:
         result = finish(cmd, timeout=20)

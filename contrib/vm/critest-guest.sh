@@ -112,9 +112,12 @@ for _ in $(seq 1 300); do
         echo "podvisor exited:"; tail -20 "$LOGS/podvisor.log"; exit 1
     fi
     # Every worker READY (the rows after the two header lines, up to the
-    # "streaming: ..." line that ends the table), the registry listening.
+    # "streaming: ..." line that ends the table), but the stream worker,
+    # NOT_STARTED until the first Exec, Attach or PortForward starts it;
+    # the registry listening.
     if podvisor --config "$ETC/podvisor.toml" --config-dir "$ETC/conf.d" status 2>/dev/null \
-            | awk '/^streaming:/ { exit } NR > 2 && $4 != "READY" { bad = 1 } NR > 2 { rows++ }
+            | awk '/^streaming:/ { exit }
+                   NR > 2 && $4 != "READY" && $4 != "NOT_STARTED" { bad = 1 } NR > 2 { rows++ }
                    END { exit bad || rows == 0 }' \
             && (exec 3<>/dev/tcp/127.0.0.1/5000) 2>/dev/null; then
         break

@@ -71,9 +71,10 @@ class RuntimeInfoService:
         if request.verbose:
             response.info["runtime"] = json.dumps(_plain(runtime))
             response.info["network"] = json.dumps(_plain(network))
+            # A pool started on demand and not yet needed says so ("note"),
+            # rather than read as down.
             response.info["pools"] = json.dumps({
-                name: {"size": len(p.slots), "ready": p.ready_count(), "fatal": p.is_fatal()}
-                for name, p in self.pools.items()})
+                name: p.summary() for name, p in self.pools.items()})
             # The CRI has no feature flag for its metrics RPCs: say here
             # which groups ListPodSandboxMetrics answers (CRI-O's
             # included_pod_metrics).
