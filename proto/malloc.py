@@ -35,7 +35,8 @@ def limit_arenas(arenas: int) -> None:
         _mallopt(_M_ARENA_MAX, arenas)
 
 
-def trim() -> None:
-    """Give the free pages of every arena back to the kernel."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+def trim() -> bool:
+    """Give the free pages of every arena back to the kernel; True if any went."""
+    if _malloc_trim is None:
+        return False
+    return bool(_malloc_trim(0))

@@ -104,6 +104,19 @@ def test_old_journal_entries_are_pruned_by_the_writers(tmp_path: Path) -> None:
     assert [n.split(".")[0] for n in os.listdir(j.journal_dir)] == ["started"]
 
 
+def test_old_journal_entries_are_pruned_by_the_polls_of_a_quiet_node(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    j.note(Change.CREATED, CID, POD)
+    j.note(Change.STARTED, CID, POD)
+    assert len(poll(j)) == 2
+    old = time.time_ns() - changes.KEEP_NS - 1_000_000_000
+    for name in os.listdir(j.journal_dir):
+        os.utime(os.path.join(j.journal_dir, name), ns=(old, old))
+    j._pruned_at = 0  # due now
+    assert poll(j) == []  # no writer came
+    assert os.listdir(j.journal_dir) == []
+
+
 def test_temp_files_and_strangers_in_the_journal_are_ignored(tmp_path: Path) -> None:
     j = journal(tmp_path)
     os.makedirs(j.journal_dir)

@@ -7,8 +7,9 @@ REQUESTs until it is told to stop or loses its supervisor.
 Threading Model
     One asyncio loop in the main thread owns the socket: it receives, sends
     every reply and heartbeat, and is the only code that touches ZeroMQ.
-    Blocking ops (runc, file I/O, plugins) run in a thread pool of
-    ``max_inflight`` threads; coroutine ops run on the loop. Either way a
+    Blocking ops (runc, file I/O, plugins) run on op threads
+    (workers/opthreads.py), started as ops come, up to ``max_inflight``,
+    and ended once idle; coroutine ops run on the loop. Either way a
     worker serves up to ``max_inflight`` requests at once, and the
     supervisor never sends it more.
 
@@ -65,7 +66,6 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -85,13 +85,15 @@ from ..proto.errors import (
     Unimplemented,
     shorten,
 )
+from . import memprobe
+from .opthreads import OpThreads
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 ORPHAN_POLL = 0.1
-# Seconds without an op in flight before the worker trims malloc's free lists:
-# once per burst, not once per op.
+# Seconds without an op starting or ending before the worker trims malloc's free
+# lists: once per burst, not once per op.
 TRIM_DELAY = 1.0
 # Op threads share one malloc arena (proto/malloc.py): they allocate under the GIL.
 WORKER_ARENAS = 1
@@ -173,9 +175,8 @@ class WorkerProcess:
         self._stopping = asyncio.Event()
         self._last_heard = time.monotonic()
         self._trim_scheduled = False
-        self._executor = ThreadPoolExecutor(
-            max_workers=options.max_inflight,
-            thread_name_prefix=f"{options.pool}-op")
+        self._last_op_event = time.monotonic()
+        self._executor = OpThreads(options.max_inflight, f"{options.pool}-op")
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
 
@@ -206,6 +207,7 @@ class WorkerProcess:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         opts = self.options
+        memprobe.install(loop, opts.pool)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.IDENTITY, f"{opts.pool}/{opts.index}/{os.getpid()}".encode())
         self._sock.setsockopt(zmq.RCVHWM, 10000)
@@ -289,7 +291,7 @@ class WorkerProcess:
         # this op, and _run_op hands it on to the op's thread.
         request_id_var.set(call_id)
         self._inflight[ctx.request_id] = ctx
-        started = time.monotonic()
+        started = self._last_op_event = time.monotonic()
         try:
             result = await self._run_op(ctx, args)
             frames = envelope.reply_ok(ctx.request_id, result)
@@ -307,8 +309,8 @@ class WorkerProcess:
                 .to_wire())
         finally:
             self._inflight.pop(ctx.request_id, None)
-            if not self._inflight:
-                self._schedule_trim()
+            self._last_op_event = time.monotonic()
+            self._schedule_trim()
         try:
             await self._send(frames)
         except (ValueError, TypeError) as exc:  # result not msgpack-able: an op bug
@@ -316,16 +318,25 @@ class WorkerProcess:
             await self._send(envelope.reply_error(
                 ctx.request_id, Internal(f"{ctx.op} returned an unencodable result").to_wire()))
 
-    def _schedule_trim(self) -> None:
-        """Trim malloc's free lists once no op has run for TRIM_DELAY (proto/malloc.py)."""
+    def _schedule_trim(self, delay: float = TRIM_DELAY) -> None:
+        """Trim malloc's free lists once no op started or ended for TRIM_DELAY
+        (proto/malloc.py).
+
+        Quiet, not idle: an op still in flight does not hold the trim off.
+        The runtime pool always has one, the change feed's long poll (up to
+        10 s), so a worker that waited for none in flight never trimmed.
+        """
         if not self._trim_scheduled:
             self._trim_scheduled = True
-            asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim)
+            asyncio.get_running_loop().call_later(delay, self._trim)
 
     def _trim(self) -> None:
         self._trim_scheduled = False
-        if not self._inflight:  # else the last op of the burst schedules it again
-            malloc.trim()
+        quiet = time.monotonic() - self._last_op_event
+        if quiet < TRIM_DELAY:  # an op came since: wait for the burst's end
+            self._schedule_trim(TRIM_DELAY - quiet)
+        elif malloc.trim():
+            log.debug("Gave malloc's free pages back to the kernel")
 
     async def _run_op(self, ctx: OpContext, args: dict[str, Any]) -> Any:
         if self._stopping.is_set():

@@ -25,6 +25,7 @@ from typing import Any
 
 _SUFFIX = ".json"
 _TEMP_SUFFIX = ".tmp"
+_RANDOM = re.compile(r"[A-Za-z0-9_]+")
 
 
 class RecordCorrupt(ValueError):
@@ -90,12 +91,14 @@ class RecordDir:
         The caller holds the object's lock, so no ``save`` of it is in flight.
         """
         final = self._file(object_id)
-        # mkstemp's random part is [a-z0-9_]: the id of another object that
-        # merely starts with this one (``p1.x`` for ``p1``) never matches.
-        temp = re.compile(re.escape(f".{object_id}.") + r"[A-Za-z0-9_]+"
-                          + re.escape(_TEMP_SUFFIX))
+        prefix = f".{object_id}."
         for name in _listdir(self.path):
-            if temp.fullmatch(name):
+            # mkstemp's random part is [a-z0-9_]: the id of another object
+            # that merely starts with this one (``p1.x`` for ``p1``) never
+            # matches. One pattern for every id: ``re`` caches each pattern it
+            # compiles, 512 of them, so one per id stayed after its removal.
+            if (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)
+                    and _RANDOM.fullmatch(name, len(prefix), len(name) - len(_TEMP_SUFFIX))):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.path, name))
         with contextlib.suppress(FileNotFoundError):

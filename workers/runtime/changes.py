@@ -15,7 +15,7 @@ poll and a worker restart loses nothing:
 mtime in ns). It looks a few seconds behind the cursor, because a file
 keeps the mtime of its temp file, written before the rename, and the
 caller names the entries it has already seen there. Journal entries older
-than ``KEEP_NS`` are pruned by the writers.
+than ``KEEP_NS`` are pruned by the writers and the polls.
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ class Journal:
         """Entries after ``cursor`` not in ``recent`` (``found_order``),
         waiting up to ``wait`` seconds for one."""
         until = min(deadline - 1.0, time.monotonic() + wait)
+        # The polls prune too: once pods stop changing, no writer comes to
+        # drop the burst's notes, and each poll would scan them, and keep
+        # their stamps (``_stamps``), for as long as the node stays quiet.
+        self._prune()
         while True:
             found = [e for e in self._scan(cursor - LOOKBACK_NS) if e.key not in recent]
             if found or time.monotonic() >= until:

@@ -1,0 +1,113 @@
+"""workers/opthreads.py: op threads start as ops come and end once idle.
+
+What a worker's threads do under load is seen through the CRI socket in
+test_worker_threads.py; these cases pin the pool's own rules.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import CancelledError, Future
+
+import pytest
+from daemonlib import poll_until
+
+from podvisor.workers.opthreads import OpThreads
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_sequential_ops_reuse_one_thread() -> None:
+    pool = OpThreads(16, "t")
+    try:
+        for i in range(50):
+            assert pool.submit(lambda x: x * 2, i).result(timeout=10) == i * 2
+        assert pool.threads == 1
+    finally:
+        pool.shutdown()
+
+
+def test_concurrent_ops_get_threads_up_to_the_cap_and_the_rest_wait() -> None:
+    pool = OpThreads(4, "t")
+    gate = threading.Event()
+    try:
+        futures = [pool.submit(gate.wait, 30) for _ in range(6)]
+        assert poll_until(lambda: sum(f.running() for f in futures) == 4, 10,
+                          what="four ops running")
+        assert pool.threads == 4
+        assert sum(not f.running() and not f.done() for f in futures) == 2
+        gate.set()
+        assert all(f.result(timeout=10) for f in futures)
+        assert pool.threads == 4
+    finally:
+        gate.set()
+        pool.shutdown()
+
+
+def test_idle_threads_end_and_the_pool_grows_again() -> None:
+    pool = OpThreads(4, "t", idle_exit=0.05)
+    gate = threading.Event()
+    try:
+        futures = [pool.submit(gate.wait, 30) for _ in range(3)]
+        poll_until(lambda: pool.threads == 3, 10, what="three threads")
+        gate.set()
+        for future in futures:
+            future.result(timeout=10)
+        poll_until(lambda: pool.threads == 0, 10, what="every idle thread gone")
+        assert pool.submit(lambda: "again").result(timeout=10) == "again"
+        assert pool.threads == 1
+    finally:
+        pool.shutdown()
+
+
+def test_an_op_error_reaches_the_caller_and_the_thread_serves_on() -> None:
+    pool = OpThreads(2, "t")
+    try:
+        def fail() -> None:
+            raise KeyError("boom")
+        with pytest.raises(KeyError):
+            pool.submit(fail).result(timeout=10)
+        assert pool.submit(lambda: 7).result(timeout=10) == 7
+        assert pool.threads == 1
+    finally:
+        pool.shutdown()
+
+
+def test_shutdown_cancels_queued_ops_waits_for_running_ones_and_refuses_new() -> None:
+    pool = OpThreads(1, "t")
+    gate = threading.Event()
+    running = pool.submit(gate.wait, 30)
+    poll_until(running.running, 10, what="the first op running")
+    queued: Future[bool] = pool.submit(gate.wait, 30)
+    closer = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True})
+    closer.start()
+    poll_until(queued.cancelled, 10, what="the queued op cancelled")
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
+    gate.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert running.result(timeout=1) is True
+    with pytest.raises(CancelledError):
+        queued.result(timeout=1)
+    assert pool.threads == 0
+
+
+def test_a_light_load_is_served_by_the_thread_idle_last_and_the_others_end() -> None:
+    # Round-robin hand-out would keep every thread alive: each would get an op
+    # before its idle_exit ran out.
+    pool = OpThreads(8, "t", idle_exit=0.5)
+    gate = threading.Event()
+    try:
+        burst = [pool.submit(gate.wait, 30) for _ in range(4)]
+        poll_until(lambda: pool.threads == 4, 10, what="four threads")
+        gate.set()
+        for future in burst:
+            future.result(timeout=10)
+        # Ops one at a time, well within idle_exit of each other, until the
+        # surplus threads have ended.
+        poll_until(lambda: pool.submit(lambda: True).result(10) and pool.threads == 1, 20,
+                   interval=0.05, what="one thread left")
+        assert pool.threads == 1
+    finally:
+        pool.shutdown()
