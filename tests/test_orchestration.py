@@ -527,15 +527,18 @@ def test_create_container_in_a_sandbox_not_ready_is_refused_at_reserve_making_no
         rig.bus.returns("image.resolve_image", image_answer("sha256:nginx", ["sha256:d0"]))
         rig.bus.raises("runtime.container_reserve",
                        FailedPrecondition(f"pod sandbox {SANDBOX_ID} is not ready"))
+        rig.bus.on("storage.unpack_layer", unpack_answer)
         rig.bus.returns("runtime.container_remove", {"found": False})
         await serve(deadline, rig.containers.create_container(create_container_request()))
 
     fails_with(Code.FAILED_PRECONDITION, scenario())
-    # No layer, rootfs or container is made; only the reserve is undone.
+    # No rootfs or container is made; only the reserve is undone. The
+    # image's layers, ensured beside the reserve, are the node's (the
+    # image's removal takes them), not the create's.
     assert rig.bus.ops() == ["image.resolve_image", "runtime.container_reserve",
-                             "runtime.container_remove"]
+                             "storage.unpack_layer", "runtime.container_remove"]
     assert [policy(s, deadline) for s in rig.bus.sent] == [
-        Deadline.CREATE, Deadline.CREATE, Deadline.CLEANUP]
+        Deadline.CREATE, Deadline.CREATE, Deadline.CREATE, Deadline.CLEANUP]
 
 
 def test_create_container_failure_removes_the_rootfs_then_the_record() -> None:
