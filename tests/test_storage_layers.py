@@ -1,4 +1,4 @@
-"""Layer unpack (storage.unpack_layer, storage.remove_layer) on a real
+"""Layer unpack (storage.unpack_layer(s), storage.remove_layer) on a real
 filesystem: what a layer tar holds arrives intact and in overlay form, what
 escapes the layer is refused with nothing left behind, and a layer is
 unpacked once however many callers ask at the same time."""
@@ -174,6 +174,29 @@ def test_chain_id_follows_the_parent(storage: Storage) -> None:
     # The same diff over no parent is another layer.
     assert storage.unpack(LayerTar().file("b"))["chain_id"] == diffs[1]
     assert len(os.listdir(storage.layers_dir)) == 3
+
+
+def test_unpack_layers_unpacks_a_chain_in_one_call(storage: Storage) -> None:
+    bottom = storage.blob(LayerTar().file("a", b"1"))
+    top = storage.blob(LayerTar().file("b", b"2"))
+    chain = chain_of([bottom.diff_id, top.diff_id])
+    args = {"layers": [bottom.args(), top.args(chain[0])]}
+    done = storage.call("unpack_layers", args)["layers"]
+    assert [(d["chain_id"], d["unpacked"]) for d in done] == [(chain[0], True), (chain[1], True)]
+    assert (Path(done[0]["path"]) / "a").read_bytes() == b"1"
+    assert (Path(done[1]["path"]) / "b").read_bytes() == b"2"
+    again = storage.call("unpack_layers", args)["layers"]
+    assert [(d["chain_id"], d["unpacked"]) for d in again] == [(chain[0], False),
+                                                                (chain[1], False)]
+
+
+def test_unpack_layers_refuses_a_broken_chain_unpacking_nothing(storage: Storage) -> None:
+    bottom = storage.blob(LayerTar().file("a", b"1"))
+    top = storage.blob(LayerTar().file("b", b"2"))
+    # The top one's parent is not the bottom one's chain id.
+    with pytest.raises(InvalidArgument, match="chain id of the layer below"):
+        storage.call("unpack_layers", {"layers": [bottom.args(), top.args()]})
+    assert not storage.layers_dir.exists() or os.listdir(storage.layers_dir) == []
 
 
 def test_diff_id_mismatch_leaves_nothing(storage: Storage) -> None:
