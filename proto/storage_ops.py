@@ -14,7 +14,8 @@ from .stats import LayerUsageQuery, LayerUsages
 
 
 class UnpackLayer(Record, frozen=True, kw_only=True):
-    """Unpack one layer blob, unless that layer is unpacked already."""
+    """One layer of an ``UnpackLayers``: its blob, unpacked unless that
+    layer is unpacked already."""
 
     blob: str
     """The absolute path of the (compressed) layer blob."""
@@ -49,8 +50,9 @@ class UnpackLayers(Record, frozen=True, kw_only=True):
     round trip for the whole chain (an image of 10 layers made 10)."""
 
     layers: list[UnpackLayer]
-    """Bottom first; each one's parent is the chain id of the one below it
-    (None for the bottom one), checked before anything is unpacked."""
+    """Bottom first. The first one's parent is None for an image's bottom
+    layer, else a layer unpacked already; each other one's parent is the
+    chain id of the one below it, checked before anything is unpacked."""
 
 
 class UnpackedLayers(Record, frozen=True, kw_only=True):
@@ -159,7 +161,6 @@ class Reconciled(Record, frozen=True, kw_only=True):
 
 
 IMAGE_FS_INFO = Op("storage.image_fs_info", Empty, ImageFsInfo, read_only=True)
-UNPACK_LAYER = Op("storage.unpack_layer", UnpackLayer, UnpackedLayer)
 UNPACK_LAYERS = Op("storage.unpack_layers", UnpackLayers, UnpackedLayers)
 REMOVE_LAYER = Op("storage.remove_layer", RemoveLayer, RemovedLayer)
 CREATE_ROOTFS = Op("storage.create_rootfs", CreateRootfs, CreatedRootfs, idempotent=True)
@@ -169,5 +170,5 @@ RECONCILE = Op("storage.reconcile", Reconcile, Reconciled)
 # walked on the call's path (workers/storage/layer_usage.py).
 LAYER_USAGE = Op("storage.layer_usage", LayerUsageQuery, LayerUsages, read_only=True)
 
-OPS = (IMAGE_FS_INFO, UNPACK_LAYER, UNPACK_LAYERS, REMOVE_LAYER, CREATE_ROOTFS, REMOVE_ROOTFS,
+OPS = (IMAGE_FS_INFO, UNPACK_LAYERS, REMOVE_LAYER, CREATE_ROOTFS, REMOVE_ROOTFS,
        RECONCILE, LAYER_USAGE)

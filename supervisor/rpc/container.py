@@ -5,10 +5,10 @@ CreateContainer is orchestrated here across three pools:
 
     image.resolve_image        image id, config and layers (NOT_FOUND if absent)
     runtime.container_reserve  the pod is ready; name + "creating" record
-    storage.unpack_layer       beside the reserve: each layer, once per node
+    storage.unpack_layers      beside the reserve: each layer, once per node
                                (idempotent)
     storage.create_rootfs      overlay of the layers + a writable upper dir
-    image.resolve_image, storage.unpack_layer, storage.create_rootfs
+    image.resolve_image, storage.unpack_layers, storage.create_rootfs
                                each image volume (CRI Mount.image), the same way
     runtime.container_create   OCI bundle, conmon, runtime create; "created"
 

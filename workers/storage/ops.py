@@ -34,7 +34,6 @@ from ...proto.storage_ops import (
     RECONCILE,
     REMOVE_LAYER,
     REMOVE_ROOTFS,
-    UNPACK_LAYER,
     UNPACK_LAYERS,
     CreatedRootfs,
     CreateRootfs,
@@ -45,7 +44,6 @@ from ...proto.storage_ops import (
     RemovedRootfs,
     RemoveLayer,
     RemoveRootfs,
-    UnpackedLayer,
     UnpackedLayers,
     UnpackLayer,
     UnpackLayers,
@@ -106,7 +104,6 @@ class StorageService:
 
     def ops(self) -> dict[str, Served[Any, Any]]:
         return serve(
-            Served(UNPACK_LAYER, self.unpack_layer),
             Served(UNPACK_LAYERS, self.unpack_layers),
             Served(REMOVE_LAYER, self.remove_layer),
             Served(CREATE_ROOTFS, self.create_rootfs),
@@ -116,16 +113,11 @@ class StorageService:
             Served(LAYER_USAGE, self.layer_usage),
         )
 
-    def unpack_layer(self, ctx: OpContext, args: UnpackLayer) -> UnpackedLayer:
-        req = unpack_request(args)
-        with _bus_errors(f"unpacking layer {req.chain_id}"):
-            return layers.unpack(self.layout, req, ctx.deadline, ctx.check)
-
     def unpack_layers(self, ctx: OpContext, args: UnpackLayers) -> UnpackedLayers:
         # All checked first: a chain that does not hold together unpacks
         # nothing.
         requests: list[layers.UnpackRequest] = []
-        below = None
+        below = args.layers[0].parent if args.layers else None
         for layer in args.layers:
             req = unpack_request(layer)
             if req.parent != below:
