@@ -17,7 +17,11 @@ random order, for every sample:
   and per parallel pod.
 
     .venv/bin/python bench/start_ab.py OLD_CHECKOUT NEW_CHECKOUT \\
-        [--lifecycles 30] [--pods 10] [--reps 5] [--handler crun]
+        [--lifecycles 30] [--pods 10] [--reps 5] [--handler crun] [--layers N]
+
+``--layers N``: the containers run an image of N layers (busybox and N-1
+small ones) instead of the one-layer busybox, for what a create costs per
+layer.
 
 Each checkout needs its own venv (``python3 -m venv .venv && .venv/bin/pip
 install -e '.[test]'``); a commit can be exported with ``git archive``. Needs
@@ -43,7 +47,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import daemonlib
-from podfixtures import Node, node
+import imagebuild
+from podfixtures import APPLETS, Node, node
 
 from podvisor.proto import api_pb2 as api
 
@@ -121,6 +126,16 @@ class Side:
         return out
 
 
+def _use_layered_image(n: Node, layers: int) -> None:
+    """Push and pull an image of ``layers`` layers; the node's containers run it."""
+    image = imagebuild.build_image([imagebuild.busybox_layer(APPLETS), *(
+        imagebuild.random_layer(256, f"data/{i}.bin") for i in range(layers - 1))])
+    imagebuild.Pusher(n.registry).push_image("test/layered", "latest", image)
+    n.image = f"{n.registry}/test/layered:latest"
+    n.daemon.images.PullImage(api.PullImageRequest(image=api.ImageSpec(image=n.image)),
+                              timeout=120)
+
+
 def _remove_cgroups(sides: list[Side]) -> None:
     for side in sides:
         if side.cgroup.exists():
@@ -134,6 +149,8 @@ def main() -> None:
     parser.add_argument("--lifecycles", type=int, default=30)
     parser.add_argument("--pods", type=int, default=10)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=1,
+                        help="layers of the containers' image (default: busybox, 1)")
     parser.add_argument("--handler", default="", help="default_runtime of both daemons "
                         "(default: the configured default)")
     opts = parser.parse_args()
@@ -151,6 +168,8 @@ def main() -> None:
             (side.cgroup / "cgroup.procs").write_text(own)
             daemonlib.PODVISOR = side.podvisor
             side.node = stack.enter_context(node(workers=WORKERS, config=config))
+            if opts.layers > 1:
+                _use_layered_image(side.node, opts.layers)
         (CPUACCT / "cgroup.procs").write_text(own)
         for side in sides:  # warm-up, not counted
             side.lifecycle("warm")

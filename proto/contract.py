@@ -3,7 +3,7 @@ the bus.
 
 An op is declared once, in its pool's module (``proto/<pool>_ops.py``), as
 
-    UNPACK_LAYER = Op("storage.unpack_layer", UnpackLayer, UnpackedLayer)
+    UNPACK_LAYERS = Op("storage.unpack_layers", UnpackLayers, UnpackedLayers)
 
 with an argument and a result type, both ``Record`` subclasses: frozen
 msgspec structs, so a field's type is checked when a value arrives, not

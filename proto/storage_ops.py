@@ -14,7 +14,8 @@ from .stats import LayerUsageQuery, LayerUsages
 
 
 class UnpackLayer(Record, frozen=True, kw_only=True):
-    """Unpack one layer blob, unless that layer is unpacked already."""
+    """One layer of an ``UnpackLayers``: its blob, unpacked unless that
+    layer is unpacked already."""
 
     blob: str
     """The absolute path of the (compressed) layer blob."""
@@ -42,6 +43,21 @@ class UnpackedLayer(Record, frozen=True, kw_only=True):
     """The unpacked diff dir."""
     unpacked: bool
     """False when the layer was there already (this call did nothing)."""
+
+
+class UnpackLayers(Record, frozen=True, kw_only=True):
+    """Unpack an image's layers bottom up, each unless unpacked already: one
+    round trip for the whole chain (an image of 10 layers made 10)."""
+
+    layers: list[UnpackLayer]
+    """Bottom first. The first one's parent is None for an image's bottom
+    layer, else a layer unpacked already; each other one's parent is the
+    chain id of the one below it, checked before anything is unpacked."""
+
+
+class UnpackedLayers(Record, frozen=True, kw_only=True):
+    layers: list[UnpackedLayer]
+    """In the order asked."""
 
 
 class RemoveLayer(Record, frozen=True, kw_only=True):
@@ -145,7 +161,7 @@ class Reconciled(Record, frozen=True, kw_only=True):
 
 
 IMAGE_FS_INFO = Op("storage.image_fs_info", Empty, ImageFsInfo, read_only=True)
-UNPACK_LAYER = Op("storage.unpack_layer", UnpackLayer, UnpackedLayer)
+UNPACK_LAYERS = Op("storage.unpack_layers", UnpackLayers, UnpackedLayers)
 REMOVE_LAYER = Op("storage.remove_layer", RemoveLayer, RemovedLayer)
 CREATE_ROOTFS = Op("storage.create_rootfs", CreateRootfs, CreatedRootfs, idempotent=True)
 REMOVE_ROOTFS = Op("storage.remove_rootfs", RemoveRootfs, RemovedRootfs, idempotent=True)
@@ -154,5 +170,5 @@ RECONCILE = Op("storage.reconcile", Reconcile, Reconciled)
 # walked on the call's path (workers/storage/layer_usage.py).
 LAYER_USAGE = Op("storage.layer_usage", LayerUsageQuery, LayerUsages, read_only=True)
 
-OPS = (IMAGE_FS_INFO, UNPACK_LAYER, REMOVE_LAYER, CREATE_ROOTFS, REMOVE_ROOTFS, RECONCILE,
-       LAYER_USAGE)
+OPS = (IMAGE_FS_INFO, UNPACK_LAYERS, REMOVE_LAYER, CREATE_ROOTFS, REMOVE_ROOTFS,
+       RECONCILE, LAYER_USAGE)

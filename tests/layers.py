@@ -165,10 +165,15 @@ class Storage:
         path.write_bytes(data)
         return Blob(str(path), MEDIA_TYPES[kind], sha256(raw), digest, len(raw))
 
+    def unpack_one(self, args: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        """``storage.unpack_layers`` of one layer; its answer."""
+        result: dict[str, Any] = self.call("unpack_layers", {"layers": [args]},
+                                           timeout)["layers"][0]
+        return result
+
     def unpack(self, tar: bytes | LayerTar, parent: str | None = None,
                kind: str = "gzip") -> dict[str, Any]:
-        result: dict[str, Any] = self.call("unpack_layer", self.blob(tar, kind).args(parent))
-        return result
+        return self.unpack_one(self.blob(tar, kind).args(parent))
 
     def stack(self, *tars: LayerTar) -> list[str]:
         """Unpack layers bottom first; return their chain ids."""

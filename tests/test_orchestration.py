@@ -165,10 +165,13 @@ def image_answer(image_id: str, diff_ids: list[str]) -> dict[str, Any]:
 
 
 def unpack_answer(args: dict[str, Any]) -> dict[str, Any]:
-    """storage.unpack_layer (workers/storage/ops.py)."""
-    chain = chain_id(args["parent"], args["diff_id"])
-    return {"chain_id": chain, "diff_id": args["diff_id"], "size": 10,
-            "path": f"/var/lib/podvisor/layers/{chain}", "unpacked": True}
+    """storage.unpack_layers (workers/storage/ops.py)."""
+    done = []
+    for layer in args["layers"]:
+        chain = chain_id(layer["parent"], layer["diff_id"])
+        done.append({"chain_id": chain, "diff_id": layer["diff_id"], "size": 10,
+                     "path": f"/var/lib/podvisor/layers/{chain}", "unpacked": True})
+    return {"layers": done}
 
 
 def rootfs_answer(args: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +227,7 @@ def wire_pause_image(bus: FakeBus) -> None:
 
     bus.on("image.resolve_image", resolve)
     bus.on("image.pull_image", pull)
-    bus.on("storage.unpack_layer", unpack_answer)
+    bus.on("storage.unpack_layers", unpack_answer)
     bus.on("storage.create_rootfs", rootfs_answer)
 
 
@@ -294,11 +297,12 @@ def test_run_pod_sandbox_pulls_and_mounts_the_pause_image_reserve_names() -> Non
         assert rig.bus.ops() == [
             "runtime.sandbox_reserve", "net.ensure_netns", "net.setup",
             "image.resolve_image", "image.pull_image", "image.resolve_image",
-            "storage.unpack_layer", "storage.unpack_layer", "storage.create_rootfs",
+            "storage.unpack_layers", "storage.create_rootfs",
             "runtime.sandbox_prepare", "runtime.sandbox_start"]
         assert {policy(s, deadline) for s in rig.bus.sent} == {Deadline.CREATE}
-        bottom, top = rig.bus.sent_to("storage.unpack_layer")
-        assert (bottom.args["parent"], top.args["parent"]) == (None, "sha256:d0")
+        [unpack] = rig.bus.sent_to("storage.unpack_layers")
+        bottom, top = unpack.args["layers"]
+        assert (bottom["parent"], top["parent"]) == (None, "sha256:d0")
         rootfs = rig.bus.sent_to("storage.create_rootfs")[0].args
         assert rootfs == {"container_id": sandbox_id,
                           "layers": [chain_id(None, "sha256:d0"),
@@ -527,15 +531,18 @@ def test_create_container_in_a_sandbox_not_ready_is_refused_at_reserve_making_no
         rig.bus.returns("image.resolve_image", image_answer("sha256:nginx", ["sha256:d0"]))
         rig.bus.raises("runtime.container_reserve",
                        FailedPrecondition(f"pod sandbox {SANDBOX_ID} is not ready"))
+        rig.bus.on("storage.unpack_layers", unpack_answer)
         rig.bus.returns("runtime.container_remove", {"found": False})
         await serve(deadline, rig.containers.create_container(create_container_request()))
 
     fails_with(Code.FAILED_PRECONDITION, scenario())
-    # No layer, rootfs or container is made; only the reserve is undone.
+    # No rootfs or container is made; only the reserve is undone. The
+    # image's layers, ensured beside the reserve, are the node's (the
+    # image's removal takes them), not the create's.
     assert rig.bus.ops() == ["image.resolve_image", "runtime.container_reserve",
-                             "runtime.container_remove"]
+                             "storage.unpack_layers", "runtime.container_remove"]
     assert [policy(s, deadline) for s in rig.bus.sent] == [
-        Deadline.CREATE, Deadline.CREATE, Deadline.CLEANUP]
+        Deadline.CREATE, Deadline.CREATE, Deadline.CREATE, Deadline.CLEANUP]
 
 
 def test_create_container_failure_removes_the_rootfs_then_the_record() -> None:
@@ -545,7 +552,7 @@ def test_create_container_failure_removes_the_rootfs_then_the_record() -> None:
     async def scenario() -> None:
         rig.bus.returns("image.resolve_image", image_answer("sha256:nginx", ["sha256:d0"]))
         rig.bus.on("runtime.container_reserve", container_reserved)
-        rig.bus.on("storage.unpack_layer", unpack_answer)
+        rig.bus.on("storage.unpack_layers", unpack_answer)
         rig.bus.on("storage.create_rootfs", rootfs_answer)
         rig.bus.raises("runtime.container_create",
                        FailedPrecondition("runtime handler runc cannot run"))
@@ -557,7 +564,7 @@ def test_create_container_failure_removes_the_rootfs_then_the_record() -> None:
     fails_with(Code.FAILED_PRECONDITION, scenario())
     assert rig.bus.ops() == [
         "image.resolve_image", "runtime.container_reserve",
-        "storage.unpack_layer", "storage.create_rootfs", "runtime.container_create",
+        "storage.unpack_layers", "storage.create_rootfs", "runtime.container_create",
         "storage.remove_rootfs", "runtime.container_remove"]
     container_id = rig.bus.sent_to("runtime.container_reserve")[0].args["id"]
     rootfs_undo, record_undo = rig.bus.sent[-2:]

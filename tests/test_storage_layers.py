@@ -1,4 +1,4 @@
-"""Layer unpack (storage.unpack_layer, storage.remove_layer) on a real
+"""Layer unpack (storage.unpack_layers, storage.remove_layer) on a real
 filesystem: what a layer tar holds arrives intact and in overlay form, what
 escapes the layer is refused with nothing left behind, and a layer is
 unpacked once however many callers ask at the same time."""
@@ -17,7 +17,7 @@ import pytest
 from layers import MTIME, LayerTar, Storage, chain_of, sha256, storage_in
 
 from podvisor.proto.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound
-from podvisor.proto.storage_ops import UnpackLayer
+from podvisor.proto.storage_ops import UnpackLayer, UnpackLayers
 from podvisor.workers import locks
 
 NS = 1_000_000_000
@@ -50,7 +50,7 @@ def rich_layer() -> LayerTar:
 def test_unpack_keeps_every_kind_of_entry(storage: Storage, kind: str) -> None:
     tar = rich_layer().bytes()
     blob = storage.blob(tar, kind)
-    result = storage.call("unpack_layer", blob.args())
+    result = storage.unpack_one(blob.args())
     assert result == {"chain_id": blob.diff_id, "diff_id": blob.diff_id, "size": len(tar),
                       "path": str(storage.layers_dir / blob.diff_id[7:] / "diff"),
                       "unpacked": True}
@@ -133,10 +133,10 @@ def test_overlay_xattrs_are_not_taken_from_a_tar(storage: Storage) -> None:
 def test_a_mislabelled_blob_is_read_by_its_magic_bytes(storage: Storage) -> None:
     blob = storage.blob(LayerTar().file("f", b"1"), "gzip")
     args = blob.args(media_type="application/vnd.docker.image.rootfs.diff.tar")
-    assert storage.call("unpack_layer", args)["unpacked"] is True
+    assert storage.unpack_one(args)["unpacked"] is True
     plain = storage.blob(LayerTar().file("g", b"2"), "none")
     args = plain.args(media_type="application/vnd.oci.image.layer.v1.tar+zstd")
-    assert storage.call("unpack_layer", args)["unpacked"] is True
+    assert storage.unpack_one(args)["unpacked"] is True
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
@@ -146,8 +146,8 @@ def test_a_mislabelled_blob_is_read_by_its_magic_bytes(storage: Storage) -> None
     ("chain_id", "sha256:" + "0" * 64, "does not match"),
     ("parent", "md5:abc", "parent"),
     # Types and unknown fields are refused by the contract (msgspec's words).
-    ("blob", 7, r"Expected `str`, got `int` - at `\$\.blob`"),
-    ("parent", ["sha256:" + "0" * 64], r"`\$\.parent`"),
+    ("blob", 7, r"Expected `str`, got `int` - at `\$\.layers\[0\]\.blob`"),
+    ("parent", ["sha256:" + "0" * 64], r"`\$\.layers\[0\]\.parent`"),
     ("size", 1, "unknown field `size`"),
 ])
 def test_bad_arguments_are_named(storage: Storage, key: str, value: object,
@@ -155,7 +155,7 @@ def test_bad_arguments_are_named(storage: Storage, key: str, value: object,
     args = storage.blob(LayerTar().file("f")).args()
     args[key] = value
     with pytest.raises(InvalidArgument, match=message):
-        storage.call("unpack_layer", args)
+        storage.unpack_one(args)
     assert storage.layer_entries() == []
 
 
@@ -163,7 +163,7 @@ def test_missing_blob_is_not_found(storage: Storage) -> None:
     args = storage.blob(LayerTar().file("f")).args()
     os.unlink(args["blob"])
     with pytest.raises(NotFound, match="does not exist"):
-        storage.call("unpack_layer", args)
+        storage.unpack_one(args)
 
 
 def test_chain_id_follows_the_parent(storage: Storage) -> None:
@@ -176,18 +176,41 @@ def test_chain_id_follows_the_parent(storage: Storage) -> None:
     assert len(os.listdir(storage.layers_dir)) == 3
 
 
+def test_unpack_layers_unpacks_a_chain_in_one_call(storage: Storage) -> None:
+    bottom = storage.blob(LayerTar().file("a", b"1"))
+    top = storage.blob(LayerTar().file("b", b"2"))
+    chain = chain_of([bottom.diff_id, top.diff_id])
+    args = {"layers": [bottom.args(), top.args(chain[0])]}
+    done = storage.call("unpack_layers", args)["layers"]
+    assert [(d["chain_id"], d["unpacked"]) for d in done] == [(chain[0], True), (chain[1], True)]
+    assert (Path(done[0]["path"]) / "a").read_bytes() == b"1"
+    assert (Path(done[1]["path"]) / "b").read_bytes() == b"2"
+    again = storage.call("unpack_layers", args)["layers"]
+    assert [(d["chain_id"], d["unpacked"]) for d in again] == [(chain[0], False),
+                                                                (chain[1], False)]
+
+
+def test_unpack_layers_refuses_a_broken_chain_unpacking_nothing(storage: Storage) -> None:
+    bottom = storage.blob(LayerTar().file("a", b"1"))
+    top = storage.blob(LayerTar().file("b", b"2"))
+    # The top one's parent is not the bottom one's chain id.
+    with pytest.raises(InvalidArgument, match="chain id of the layer below"):
+        storage.call("unpack_layers", {"layers": [bottom.args(), top.args()]})
+    assert not storage.layers_dir.exists() or os.listdir(storage.layers_dir) == []
+
+
 def test_diff_id_mismatch_leaves_nothing(storage: Storage) -> None:
     args = storage.blob(LayerTar().file("f", b"real")).args()
     args["diff_id"] = sha256(b"something else")
     with pytest.raises(InvalidArgument, match="diff_id"):
-        storage.call("unpack_layer", args)
+        storage.unpack_one(args)
     assert storage.layer_entries() == []
 
 
 def test_blob_digest_mismatch_leaves_nothing(storage: Storage) -> None:
     args = storage.blob(LayerTar().file("f", b"real")).args(digest=sha256(b"other"))
     with pytest.raises(InvalidArgument, match="corrupt copy"):
-        storage.call("unpack_layer", args)
+        storage.unpack_one(args)
     assert storage.layer_entries() == []
 
 
@@ -197,7 +220,7 @@ def test_corrupt_stream_leaves_nothing(storage: Storage) -> None:
     data[len(data) // 2] ^= 0xFF
     Path(blob.path).write_bytes(bytes(data))
     with pytest.raises(InvalidArgument, match="not a readable gzip tar stream"):
-        storage.call("unpack_layer", blob.args())
+        storage.unpack_one(blob.args())
     assert storage.layer_entries() == []
 
 
@@ -235,7 +258,7 @@ def test_entries_escaping_the_layer_are_refused(storage: Storage, tmp_path: Path
     name, tar, reason = escapes(outside)[case]
     blob = storage.blob(tar)
     with pytest.raises(InvalidArgument) as err:
-        storage.call("unpack_layer", blob.args())
+        storage.unpack_one(blob.args())
     assert reason in str(err.value), name
     assert "was not unpacked" in str(err.value)
     assert storage.layer_entries() == [], name
@@ -254,7 +277,7 @@ def test_concurrent_unpacks_of_one_layer_unpack_it_once(storage: Storage) -> Non
 
     def unpack(_: int) -> dict[str, Any]:
         start.wait()
-        result: dict[str, Any] = storage.call("unpack_layer", blob.args())
+        result: dict[str, Any] = storage.unpack_one(blob.args())
         return result
 
     with ThreadPoolExecutor(8) as pool:
@@ -267,10 +290,10 @@ def test_concurrent_unpacks_of_one_layer_unpack_it_once(storage: Storage) -> Non
 
 def test_a_second_unpack_is_a_no_op(storage: Storage) -> None:
     blob = storage.blob(rich_layer())
-    first = storage.call("unpack_layer", blob.args())
+    first = storage.unpack_one(blob.args())
     marker = Path(first["path"]) / "etc/hostname"
     before = os.lstat(marker).st_ino
-    again = storage.call("unpack_layer", blob.args())
+    again = storage.unpack_one(blob.args())
     assert again == {**first, "unpacked": False}
     assert os.lstat(marker).st_ino == before
 
@@ -283,19 +306,19 @@ def test_a_layer_held_elsewhere_times_out_naming_it(storage: Storage) -> None:
     assert held is not None
     try:
         with pytest.raises(DeadlineExceeded, match=f"layer {blob.diff_id} is busy"):
-            storage.call("unpack_layer", blob.args(), timeout=0.2)
+            storage.unpack_one(blob.args(), timeout=0.2)
     finally:
         held.release()
     assert storage.layer_entries() == []
-    assert storage.call("unpack_layer", blob.args())["unpacked"] is True
+    assert storage.unpack_one(blob.args())["unpacked"] is True
 
 
 def test_a_cancelled_unpack_leaves_nothing(storage: Storage) -> None:
     blob = storage.blob(rich_layer())
-    ctx = storage.ctx("storage.unpack_layer")
+    ctx = storage.ctx("storage.unpack_layers")
     ctx.cancelled.set()
     with pytest.raises(Cancelled):
-        storage.service.unpack_layer(ctx, UnpackLayer(**blob.args()))
+        storage.service.unpack_layers(ctx, UnpackLayers(layers=[UnpackLayer(**blob.args())]))
     assert storage.layer_entries() == []
 
 

@@ -104,9 +104,10 @@ def test_the_worker_serves_the_storage_ops(bus: Bus, storage: Storage) -> None:
     assert ready.payload["ops"] == STORAGE_OPS
 
     blob = storage.blob(LayerTar().file("hello", b"world"), "zstd")
-    reply = bus.call("storage.unpack_layer", blob.args())
-    assert reply["result"]["unpacked"] is True
-    assert Path(reply["result"]["path"], "hello").read_bytes() == b"world"
+    reply = bus.call("storage.unpack_layers", {"layers": [blob.args()]})
+    [done] = reply["result"]["layers"]
+    assert done["unpacked"] is True
+    assert Path(done["path"], "hello").read_bytes() == b"world"
 
     reply = bus.call("storage.create_rootfs", {"container_id": "bus-1",
                                                "layers": [blob.diff_id]})
@@ -115,7 +116,8 @@ def test_the_worker_serves_the_storage_ops(bus: Bus, storage: Storage) -> None:
     assert api.ImageFsInfoResponse.FromString(info["response"]).image_filesystems
     assert bus.call("storage.remove_rootfs", {"container_id": "bus-1"})["result"]["removed"]
 
-    error = bus.call("storage.unpack_layer", {**blob.args(), "diff_id": "nope"})["error"]
+    error = bus.call("storage.unpack_layers",
+                     {"layers": [{**blob.args(), "diff_id": "nope"}]})["error"]
     assert error["code"] == Code.INVALID_ARGUMENT and "diff_id" in error["message"]
     error = bus.call("storage.remove_layer", {"chain_id": 7})["error"]
     assert error["code"] == Code.INVALID_ARGUMENT and "$.chain_id" in error["message"]
@@ -130,7 +132,7 @@ def test_kill_9_mid_unpack_leaves_only_what_reconcile_removes(bus: Bus,
     for i in range(30000):
         tar.file(f"d{i % 100}/f{i}", b"x")
     blob = storage.blob(tar)
-    bus.send("storage.unpack_layer", blob.args())
+    bus.send("storage.unpack_layers", {"layers": [blob.args()]})
 
     def temp_dirs() -> list[str]:
         if not storage.layers_dir.is_dir():
@@ -151,4 +153,4 @@ def test_kill_9_mid_unpack_leaves_only_what_reconcile_removes(bus: Bus,
     report = storage.call("reconcile", {"live_containers": []})
     assert report["removed_temp"] == left and report["busy"] == []
     assert storage.layer_entries() == []
-    assert storage.call("unpack_layer", blob.args())["unpacked"] is True
+    assert storage.unpack_one(blob.args())["unpacked"] is True

@@ -5,9 +5,10 @@ CreateContainer is orchestrated here across three pools:
 
     image.resolve_image        image id, config and layers (NOT_FOUND if absent)
     runtime.container_reserve  the pod is ready; name + "creating" record
-    storage.unpack_layer       each layer, once per node (idempotent)
+    storage.unpack_layers      beside the reserve: each layer, once per node
+                               (idempotent)
     storage.create_rootfs      overlay of the layers + a writable upper dir
-    image.resolve_image, storage.unpack_layer, storage.create_rootfs
+    image.resolve_image, storage.unpack_layers, storage.create_rootfs
                                each image volume (CRI Mount.image), the same way
     runtime.container_create   OCI bundle, conmon, runtime create; "created"
 
@@ -29,7 +30,7 @@ from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
 from ..status_cache import Answer, StatusCache, container_answer, container_key
 from .chunks import chunked
-from .cleanup import CleanupStack
+from .cleanup import CleanupStack, both
 from .layers import ensure_unpacked
 from .metadata import check_metadata
 
@@ -74,11 +75,15 @@ class ContainerService:
             # written the record already.
             undo.push("remove the container record", lambda: ops(
                 runtime_ops.CONTAINER_REMOVE, runtime_ops.Ref(id=container_id), cleanup))
-            reserved = await ops(runtime_ops.CONTAINER_RESERVE, runtime_ops.ContainerReserve(
-                id=container_id, sandbox_id=sandbox_id, config=config.SerializeToString(),
-                image=runtime_ops.ImageRef(id=image.id, repo_tags=image.repo_tags,
-                                           repo_digests=image.repo_digests)), create)
-            chain = await ensure_unpacked(ops, image.layers, create)
+            # The layers (present since the pull, as a rule: a no-op) are
+            # ensured beside the reserve, which they do not depend on; an
+            # unpack for a create the reserve refuses undoes nothing.
+            reserved, chain = await both(
+                ops(runtime_ops.CONTAINER_RESERVE, runtime_ops.ContainerReserve(
+                    id=container_id, sandbox_id=sandbox_id, config=config.SerializeToString(),
+                    image=runtime_ops.ImageRef(id=image.id, repo_tags=image.repo_tags,
+                                               repo_digests=image.repo_digests)), create),
+                ensure_unpacked(ops, image.layers, create))
             undo.push("remove the rootfs", lambda: ops(
                 storage_ops.REMOVE_ROOTFS, storage_ops.RemoveRootfs(container_id=container_id),
                 cleanup))

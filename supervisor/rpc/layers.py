@@ -22,16 +22,16 @@ log = logging.getLogger(__name__)
 
 async def ensure_unpacked(ops: OpClient, layers: list[image_ops.LayerRef],
                           policy: Deadline = Deadline.CALL) -> list[str]:
-    """Unpack every layer (bottom up) unless done already; return chain ids."""
-    chain: list[str] = []
-    parent = None
-    for layer in layers:
-        done = await ops(storage_ops.UNPACK_LAYER, storage_ops.UnpackLayer(
-            blob=layer.path, media_type=layer.media_type, diff_id=layer.diff_id,
-            parent=parent), policy)
-        parent = done.chain_id
-        chain.append(parent)
-    return chain
+    """Unpack every layer (bottom up) unless done already, in one round
+    trip to the storage pool; return the chain ids."""
+    if not layers:
+        return []
+    below = [None, *chain_ids(layer.diff_id for layer in layers)][:-1]
+    done = await ops(storage_ops.UNPACK_LAYERS, storage_ops.UnpackLayers(layers=[
+        storage_ops.UnpackLayer(blob=layer.path, media_type=layer.media_type,
+                                diff_id=layer.diff_id, parent=parent)
+        for layer, parent in zip(layers, below, strict=True)]), policy)
+    return [layer.chain_id for layer in done.layers]
 
 
 async def remove_unused(ops: OpClient, layers: list[image_ops.LayerRef]) -> None:

@@ -26,11 +26,9 @@ items) the runtime pool builds, and this module only parses.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar, cast
+from collections.abc import AsyncIterator
 
 from ...proto import api_pb2 as api
 from ...proto import image_ops, net_ops, runtime_ops, storage_ops
@@ -40,12 +38,9 @@ from ..creates import CreateTable
 from ..opclient import Deadline, OpClient
 from ..status_cache import Answer, StatusCache, pod_answer, pod_key
 from .chunks import chunked
-from .cleanup import CleanupStack
+from .cleanup import CleanupStack, both
 from .layers import ensure_unpacked
 from .metadata import check_metadata
-
-A = TypeVar("A")
-B = TypeVar("B")
 
 
 class SandboxService:
@@ -109,7 +104,7 @@ class SandboxService:
                 # runtime pool starts the infra in it, which needs no address
                 # (on 2 cores, one's process starts overlap the other's).
                 netns = await ops(net_ops.ENSURE_NETNS, setup, create)
-                net, _ = await _both(ops(net_ops.SETUP, setup, create),
+                net, _ = await both(ops(net_ops.SETUP, setup, create),
                                      self._prepare(reserved, netns.netns_path))
                 await ops(runtime_ops.SANDBOX_START, runtime_ops.SandboxStart(
                     id=reserved.id, netns_path=netns.netns_path, ips=net.ips), create)
@@ -232,16 +227,6 @@ class SandboxService:
             id=request.pod_sandbox_id, resources=request.resources.SerializeToString(),
             overhead=request.overhead.SerializeToString()))
         return api.UpdatePodSandboxResourcesResponse()
-
-
-async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Both results; when one fails, its error once the other is done too,
-    so that the cleanup never runs beside a step still under way."""
-    one, two = await asyncio.gather(first, second, return_exceptions=True)
-    for outcome in (one, two):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return cast(A, one), cast(B, two)
 
 
 def _net_setup(sandbox_id: str, config: api.PodSandboxConfig,

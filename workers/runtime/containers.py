@@ -130,8 +130,7 @@ def reserve(layout: Layout, ctx: OpContext, args: ops.ContainerReserve) -> ops.C
         if mount.image.image:
             spec_mounts.check_image_mount(mount)
     # Refused here, before the name and record exist and before the
-    # supervisor unpacks layers and mounts a rootfs for a create that
-    # could only fail.
+    # supervisor mounts a rootfs for a create that could only fail.
     log_path_of(layout, container_id, config, pod_config)
     check_same_userns(config.linux.security_context.namespace_options,
                       podns.idmap_of(pod), f"container {config.metadata.name}")

@@ -80,7 +80,7 @@ def present(layout: Layout, chain_hex: str) -> bool:
 
 
 def describe(layout: Layout, record: dict[str, Any], unpacked: bool) -> UnpackedLayer:
-    """The answer of unpack_layer for a present layer."""
+    """The answer of unpack_layers for a present layer."""
     chain_id = str(record["chain_id"])
     return UnpackedLayer(chain_id=chain_id, diff_id=str(record["diff_id"]),
                          size=int(record["size"]),

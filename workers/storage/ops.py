@@ -34,7 +34,7 @@ from ...proto.storage_ops import (
     RECONCILE,
     REMOVE_LAYER,
     REMOVE_ROOTFS,
-    UNPACK_LAYER,
+    UNPACK_LAYERS,
     CreatedRootfs,
     CreateRootfs,
     ImageFsInfo,
@@ -44,8 +44,9 @@ from ...proto.storage_ops import (
     RemovedRootfs,
     RemoveLayer,
     RemoveRootfs,
-    UnpackedLayer,
+    UnpackedLayers,
     UnpackLayer,
+    UnpackLayers,
 )
 from ..base import OpContext, Served, serve
 from . import compression, fsinfo, layer_usage, layers, reconcile, rootfs
@@ -103,7 +104,7 @@ class StorageService:
 
     def ops(self) -> dict[str, Served[Any, Any]]:
         return serve(
-            Served(UNPACK_LAYER, self.unpack_layer),
+            Served(UNPACK_LAYERS, self.unpack_layers),
             Served(REMOVE_LAYER, self.remove_layer),
             Served(CREATE_ROOTFS, self.create_rootfs),
             Served(REMOVE_ROOTFS, self.remove_rootfs),
@@ -112,10 +113,24 @@ class StorageService:
             Served(LAYER_USAGE, self.layer_usage),
         )
 
-    def unpack_layer(self, ctx: OpContext, args: UnpackLayer) -> UnpackedLayer:
-        req = unpack_request(args)
-        with _bus_errors(f"unpacking layer {req.chain_id}"):
-            return layers.unpack(self.layout, req, ctx.deadline, ctx.check)
+    def unpack_layers(self, ctx: OpContext, args: UnpackLayers) -> UnpackedLayers:
+        # All checked first: a chain that does not hold together unpacks
+        # nothing.
+        requests: list[layers.UnpackRequest] = []
+        below = args.layers[0].parent if args.layers else None
+        for layer in args.layers:
+            req = unpack_request(layer)
+            if req.parent != below:
+                raise InvalidArgument(f"layer {req.diff_id} has parent {req.parent}; the "
+                                      f"chain id of the layer below it is {below}")
+            requests.append(req)
+            below = req.chain_id
+        done = []
+        for req in requests:
+            ctx.check()
+            with _bus_errors(f"unpacking layer {req.chain_id}"):
+                done.append(layers.unpack(self.layout, req, ctx.deadline, ctx.check))
+        return UnpackedLayers(layers=done)
 
     def remove_layer(self, ctx: OpContext, args: RemoveLayer) -> RemovedLayer:
         digest_hex(args.chain_id, "chain_id")
