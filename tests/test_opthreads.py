@@ -44,15 +44,20 @@ def test_concurrent_ops_get_threads_up_to_the_cap_and_the_rest_wait() -> None:
         pool.shutdown()
 
 
+def burst(pool: OpThreads, n: int) -> None:
+    """``n`` ops held at once until the pool runs ``n`` threads, then released."""
+    gate = threading.Event()
+    futures = [pool.submit(gate.wait, 30) for _ in range(n)]
+    poll_until(lambda: pool.threads == n, 10, what=f"{n} threads")
+    gate.set()
+    for future in futures:
+        future.result(timeout=10)
+
+
 def test_idle_threads_end_and_the_pool_grows_again() -> None:
     pool = OpThreads(4, "t", idle_exit=0.05)
-    gate = threading.Event()
     try:
-        futures = [pool.submit(gate.wait, 30) for _ in range(3)]
-        poll_until(lambda: pool.threads == 3, 10, what="three threads")
-        gate.set()
-        for future in futures:
-            future.result(timeout=10)
+        burst(pool, 3)
         poll_until(lambda: pool.threads == 0, 10, what="every idle thread gone")
         assert pool.submit(lambda: "again").result(timeout=10) == "again"
         assert pool.threads == 1
@@ -97,13 +102,8 @@ def test_a_light_load_is_served_by_the_thread_idle_last_and_the_others_end() -> 
     # Round-robin hand-out would keep every thread alive: each would get an op
     # before its idle_exit ran out.
     pool = OpThreads(8, "t", idle_exit=0.5)
-    gate = threading.Event()
     try:
-        burst = [pool.submit(gate.wait, 30) for _ in range(4)]
-        poll_until(lambda: pool.threads == 4, 10, what="four threads")
-        gate.set()
-        for future in burst:
-            future.result(timeout=10)
+        burst(pool, 4)
         # Ops one at a time, well within idle_exit of each other, until the
         # surplus threads have ended.
         poll_until(lambda: pool.submit(lambda: True).result(10) and pool.threads == 1, 20,
