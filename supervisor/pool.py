@@ -284,8 +284,12 @@ class WorkerPool:
         for slot in self.not_started():
             try:
                 pid = self._first_spawn(self.name, slot.index)
-            except OSError as exc:
-                log.error("Cannot start %s on demand: %s", slot.name, exc)
+            except Exception as exc:
+                # Any failure, not only the OS's (a zygote answering garbage
+                # is a ValueError): the calls waiting for this start must
+                # hear of it, and the next one tries again.
+                log.error("Cannot start %s on demand: %s", slot.name, exc,
+                          exc_info=not isinstance(exc, OSError))
                 slot.last_exit = f"spawn failed: {exc}"
                 continue
             # NOT_STARTED -> STARTING

@@ -108,6 +108,11 @@ class Supervision:
                 if pool.not_started():
                     attempt.set_exception(_start_failed(pool))
                     return
+                if pool.is_fatal():  # READY once, then crash-looped
+                    attempt.set_exception(Unavailable(
+                        f"the {pool.name} pool has no live worker (FATAL); "
+                        "see `podvisor status`"))
+                    return
                 await changed.wait()
         finally:
             self._changed.pop(pool.name, None)

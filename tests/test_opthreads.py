@@ -7,6 +7,7 @@ test_worker_threads.py; these cases pin the pool's own rules.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import CancelledError, Future
 
 import pytest
@@ -59,8 +60,13 @@ def test_idle_threads_end_and_the_pool_grows_again() -> None:
     try:
         burst(pool, 3)
         poll_until(lambda: pool.threads == 0, 10, what="every idle thread gone")
-        assert pool.submit(lambda: "again").result(timeout=10) == "again"
+        # A held op, so its thread cannot idle out before it is counted.
+        gate = threading.Event()
+        again = pool.submit(gate.wait, 30)
+        poll_until(again.running, 10, what="the op on a new thread")
         assert pool.threads == 1
+        gate.set()
+        assert again.result(timeout=10) is True
     finally:
         pool.shutdown()
 
@@ -109,5 +115,18 @@ def test_a_light_load_is_served_by_the_thread_idle_last_and_the_others_end() -> 
         poll_until(lambda: pool.submit(lambda: True).result(10) and pool.threads == 1, 20,
                    interval=0.05, what="one thread left")
         assert pool.threads == 1
+    finally:
+        pool.shutdown()
+
+
+def test_an_op_submitted_as_the_last_thread_times_out_is_still_served() -> None:
+    # The thread's idle wait ends and it leaves at the moment ops arrive; each
+    # op must find a thread (a new one if need be), never a backlog nobody
+    # serves. Many rounds, each timed to land near the idle exit.
+    pool = OpThreads(1, "t", idle_exit=0.002)
+    try:
+        for _ in range(300):
+            assert pool.submit(lambda: True).result(timeout=10) is True
+            time.sleep(0.002)
     finally:
         pool.shutdown()

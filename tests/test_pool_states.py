@@ -498,3 +498,18 @@ def test_an_on_demand_slot_that_cannot_be_spawned_stays_not_started(
         assert h.slot.state is SlotState.NOT_STARTED and h.slot.pid is None
         assert h.slot.last_exit.startswith("spawn failed: ")
     assert not h.pool.is_fatal() and h.events == []
+
+
+def test_an_on_demand_start_that_fails_unexpectedly_stays_not_started() -> None:
+    # A zygote answering garbage raises ValueError, not OSError: the waiting
+    # calls must still hear of the failure, and the next call try again.
+    def garbled(pool: str, index: int) -> int:
+        raise ValueError("Expecting value: line 1 column 1 (char 0)")
+
+    pool = WorkerPool("stream", 1, Spawner(), POLICY, lambda kind, slot, info: None,
+                      on_demand=True, first_spawn=garbled)
+    assert pool.start_on_demand(0.0) == []
+    slot = pool.slots[0]
+    assert slot.state is SlotState.NOT_STARTED and slot.pid is None
+    assert slot.last_exit.startswith("spawn failed: Expecting value")
+    assert pool.not_started() == [slot]

@@ -184,9 +184,11 @@ class FakeParser:
     its arguments and the text it read, then lists the profile as the
     kernel would, or fails as ``fail`` says."""
 
-    def __init__(self, tmp_path: Path, installed: bool = True) -> None:
+    def __init__(self, tmp_path: Path, installed: bool = True,
+                 uid_map: str = "0 0 4294967295") -> None:
         base = tmp_path / "aa"
         (base / "bin").mkdir(parents=True)
+        (base / "uid_map").write_text(f"{uid_map}\n")
         self.calls = base / "calls"
         self.text = base / "text"
         self.fail = base / "fail"
@@ -203,7 +205,7 @@ class FakeParser:
             script.chmod(0o755)
         self.default = apparmor_default.DefaultProfile(
             loaded=str(self.profiles), policy_dir=str(base / "etc"),
-            search_path=str(base / "bin"))
+            search_path=str(base / "bin"), uid_map=str(base / "uid_map"))
 
     def runs(self) -> list[str]:
         return self.calls.read_text().splitlines() if self.calls.exists() else []
@@ -257,6 +259,16 @@ def test_asking_for_nothing_stays_unconfined_where_the_default_cannot_apply(
     for sc in RUNTIME_DEFAULT:
         with pytest.raises(FailedPrecondition, match="apparmor_parser is not installed"):
             apparmor_profile(sc, False, True, default=missing.default)
+
+
+def test_in_a_user_namespace_nothing_asked_is_unconfined_and_nothing_loaded(
+        tmp_path: Path) -> None:
+    # The kernel refuses profile loads from a user namespace (podvisor in a
+    # container): containerd's hostSupports is false there too.
+    nested = FakeParser(tmp_path, uid_map="0 100000 65536")
+    assert apparmor_profile(NOTHING, False, True, default=nested.default) is None
+    assert nested.runs() == []
+    assert apparmor_default.in_user_namespace(str(tmp_path / "aa" / "uid_map"))
 
 
 def test_a_failed_load_is_failed_precondition_never_unconfined(tmp_path: Path) -> None:

@@ -92,7 +92,11 @@ class OpThreads(Executor):
                 thread = threading.Thread(target=self._serve, args=(item,), daemon=False,
                                           name=f"{self._name}_{next(self._serial)}")
                 self._alive.add(thread)
-                thread.start()
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had: not counted as one
+                    self._alive.discard(thread)
+                    raise
             else:
                 self._backlog.append(item)
         return future
@@ -123,7 +127,11 @@ class OpThreads(Executor):
                 with self._lock:
                     if slot in self._idle:  # unclaimed: end this thread
                         self._idle.remove(slot)
-                        break
+                        # In the same hold: a submit right after must find
+                        # room to start a thread, not leave its op in the
+                        # backlog of a thread about to end.
+                        self._alive.discard(threading.current_thread())
+                        return
                 # Claimed just as the wait timed out: the item is there.
             item, slot.item = slot.item, None
             slot.ready.clear()

@@ -138,6 +138,16 @@ def loaded_profiles(path: str = LOADED_PROFILES) -> set[str]:
         return set()
 
 
+def in_user_namespace(uid_map: str = "/proc/self/uid_map") -> bool:
+    """Whether the caller's user namespace is not the initial one, whose
+    map is the whole uid range onto itself."""
+    try:
+        with open(uid_map, encoding="ascii") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except FileNotFoundError:  # no user namespaces in this kernel
+        return False
+
+
 def own_label(current: str = "/proc/self/attr/current") -> str:
     """This process's AppArmor profile ("unconfined" when it has none)."""
     try:
@@ -159,8 +169,10 @@ class DefaultProfile:
     """
 
     def __init__(self, name: str = PROFILE, loaded: str = LOADED_PROFILES,
-                 policy_dir: str = POLICY_DIR, search_path: str = PARSER_PATH) -> None:
+                 policy_dir: str = POLICY_DIR, search_path: str = PARSER_PATH,
+                 uid_map: str = "/proc/self/uid_map") -> None:
         self.name = name
+        self.uid_map = uid_map
         self.loaded = loaded
         self.policy_dir = policy_dir
         self.search_path = search_path
@@ -175,14 +187,18 @@ class DefaultProfile:
     def usable(self) -> bool:
         """Whether this node can load the profile: containers that ask for no
         profile get it only then, as containerd applies its default only
-        where apparmor_parser exists (pkg/apparmor hostSupports)."""
-        if self.parser() is not None:
+        where apparmor_parser exists and the daemon is not in a user
+        namespace (pkg/apparmor hostSupports), where loading is refused."""
+        if in_user_namespace(self.uid_map):
+            why = "podvisor runs in a user namespace, where no profile can be loaded"
+        elif self.parser() is None:
+            why = "apparmor_parser is not installed"
+        else:
             return True
         if not self._warned_missing:
             self._warned_missing = True
-            log.warning("AppArmor is enabled but apparmor_parser is not installed: containers "
-                        "that ask for no AppArmor profile run unconfined, and RuntimeDefault "
-                        "is refused")
+            log.warning("AppArmor is enabled but %s: containers that ask for no AppArmor "
+                        "profile run unconfined, and RuntimeDefault is refused", why)
         return False
 
     def ensure(self) -> str:
