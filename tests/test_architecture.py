@@ -27,7 +27,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     # CDI device specs.
     "workers/runtime": ({"zmq", "setproctitle", "google", "jeepney", "yaml"},
                         {"proto", "workers", "workers/runtime"}),
-    "workers/net": ({"zmq", "setproctitle", "pyroute2"}, {"proto", "workers", "workers/net"}),
+    "workers/net": ({"zmq", "setproctitle"}, {"proto", "workers", "workers/net"}),
     # urllib3: registry HTTP, its pools and proxies.
     "workers/image": ({"zmq", "setproctitle", "cryptography", "google", "urllib3"},
                       {"proto", "workers", "workers/image"}),
