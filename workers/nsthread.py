@@ -23,6 +23,21 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def nsfs_dev() -> int:
+    """The device of nsfs, which has one superblock for every namespace:
+    a file with it is a pinned namespace (or an open one)."""
+    return os.stat("/proc/self/ns/net").st_dev
+
+
+def is_pinned(path: str) -> bool:
+    """True if ``path`` is a mounted namespace, not a leftover file of a pin
+    that died between ``open`` and ``mount`` (or nothing)."""
+    try:
+        return os.stat(path).st_dev == nsfs_dev()
+    except FileNotFoundError:
+        return False
+
+
 def run_unshared(flags: int, inside: Callable[[], None], name: str) -> None:
     """Run ``inside`` in a new thread that first unshares ``flags``; raise
     what it raised once the thread (and its namespaces' hold) is gone."""

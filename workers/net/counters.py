@@ -103,7 +103,7 @@ def _read_in_thread(paths: dict[str, str], check: Callable[[], None],
                     out: dict[str, NetworkSample], failure: list[BaseException]) -> None:
     # This thread ends inside the last pod's namespace and is thrown away.
     try:
-        nsfs_dev = os.stat("/proc/self/ns/net").st_dev
+        nsfs_dev = nsthread.nsfs_dev()
         for pod_id, path in paths.items():
             check()
             sample = _read_one(pod_id, path, nsfs_dev)

@@ -46,15 +46,8 @@ def path_for(netns_dir: str, pod_id: str) -> str:
 
 
 def exists(path: str) -> bool:
-    """True if ``path`` is a mounted network namespace.
-
-    nsfs has one superblock, so a pinned namespace has the same st_dev as
-    our own ``/proc/self/ns/net``; an unmounted leftover file does not.
-    """
-    try:
-        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
-    except FileNotFoundError:
-        return False
+    """True if ``path`` is a mounted network namespace (nsthread.is_pinned)."""
+    return nsthread.is_pinned(path)
 
 
 def create(path: str, userns_path: str | None = None) -> None:

@@ -21,8 +21,8 @@ threaded process cannot enter a user namespace), and it is unpinned last.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,8 +32,6 @@ from ...proto.idmap import IdMap
 from .. import mounts, nsthread, userns
 
 _FLAGS = {"ipc": nsthread.CLONE_NEWIPC, "uts": nsthread.CLONE_NEWUTS}
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 USERNS = "user"
@@ -49,20 +47,12 @@ def pin_userns(ns_dir: str, idmap: IdMap) -> str:
     # but the pod's other files sit beside this dir (podfiles.py).
     os.makedirs(ns_dir, mode=0o711, exist_ok=True)
     path = userns_path(ns_dir)
-    if not _pinned(path):
+    if not nsthread.is_pinned(path):
         try:
             userns.pin(path, idmap.uids, idmap.gids)
         except userns.UsernsError as exc:
             raise Internal(f"cannot create the pod's user namespace: {exc}") from exc
     return path
-
-
-def _pinned(path: str) -> bool:
-    # nsfs has one superblock: a pinned namespace has its st_dev.
-    try:
-        return os.stat(path).st_dev == os.stat("/proc/self/ns/user").st_dev
-    except FileNotFoundError:
-        return False
 
 
 def idmap_record(idmap: IdMap) -> dict[str, Any]:
@@ -110,10 +100,7 @@ def pin(ns_dir: str, hostname: str, *, ipc: bool, uts: bool,
 
 def _inside(paths: dict[str, str], hostname: str) -> None:
     if "uts" in paths:
-        name = hostname.encode()
-        if _libc.sethostname(name, len(name)) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"sethostname: {os.strerror(err)}")
+        socket.sethostname(hostname)  # this thread's new UTS namespace
     for kind, path in paths.items():
         nsthread.pin(kind, path)
 
