@@ -35,6 +35,11 @@ def limit_arenas(arenas: int) -> None:
         _mallopt(_M_ARENA_MAX, arenas)
 
 
+def can_trim() -> bool:
+    """Whether this libc has malloc_trim (glibc)."""
+    return _malloc_trim is not None
+
+
 def trim() -> bool:
     """Give the free pages of every arena back to the kernel; True if any went."""
     if _malloc_trim is None:

@@ -25,7 +25,6 @@ then handed back to the kernel (``MemoryTrim``).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
 import os
@@ -38,6 +37,7 @@ import grpc
 import psutil
 
 from ..proto import api_pb2 as api
+from ..proto import malloc
 from ..proto.errors import BusError, Unimplemented, shorten
 from ..proto.ops import unserved_message
 from . import opclient
@@ -143,7 +143,6 @@ class MemoryTrim:
     """
 
     def __init__(self) -> None:
-        self._malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
         self._process = psutil.Process()
         # From before the first call: a check during a large call must not
         # take that call's memory for the low-water mark.
@@ -152,7 +151,7 @@ class MemoryTrim:
         self._scheduled = False
 
     def call_ended(self) -> None:
-        if self._malloc_trim is None or self._scheduled:
+        if not malloc.can_trim() or self._scheduled:
             return
         self._scheduled = True
         asyncio.get_running_loop().call_later(self._delay, self._check)
@@ -161,9 +160,8 @@ class MemoryTrim:
         self._scheduled = False
         rss = self._process.memory_info().rss
         if rss > self._low + TRIM_GROWTH:
-            assert self._malloc_trim is not None
             gc.collect()
-            self._malloc_trim(0)
+            malloc.trim()
             before, rss = rss, self._process.memory_info().rss
             log.debug("Trimmed memory: RSS %d MiB -> %d MiB", before >> 20, rss >> 20)
             self._delay = TRIM_DELAY if before - rss >= TRIM_GROWTH \
