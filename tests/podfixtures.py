@@ -31,6 +31,8 @@ from podvisor.proto import api_pb2 as api
 from podvisor.workers.storage import layer_usage
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# A container that idles until stopped and exits 0 on SIGTERM.
+IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 MEASURER_LOCK = f"{layer_usage.LOCK_KEY}.lock"
 APPLETS = ("sh", "echo", "sleep", "cat", "ls", "id", "ip", "hostname", "readlink", "true",
            "false", "env", "ps", "kill", "yes", "head", "date", "wc", "mkdir", "touch")

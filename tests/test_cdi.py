@@ -13,13 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from podfixtures import Node, node
+from podfixtures import IDLE, Node, node
 
 from podvisor.proto import api_pb2 as api
 
 pytestmark = pytest.mark.timeout(240)
 
-IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 YAML_SPEC = """\
 cdiVersion: "0.6.0"
 kind: podvisor.test/fake

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from podfixtures import Node
+from podfixtures import IDLE, Node
 
 from podvisor.proto import api_pb2 as api
 
 pytestmark = pytest.mark.timeout(240)
 
-IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 BLOCK_CHMOD = {"defaultAction": "SCMP_ACT_ALLOW",
                "syscalls": [{"names": ["chmod", "fchmodat", "fchmodat2"],
                              "action": "SCMP_ACT_ERRNO"}]}

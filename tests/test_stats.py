@@ -20,14 +20,13 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from daemonlib import Daemon, poll_until
-from podfixtures import Node, node
+from podfixtures import IDLE, Node, node
 
 from podvisor.proto import api_pb2 as api
 
 pytestmark = pytest.mark.timeout(240)
 
 MiB = 1 << 20
-IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 BURN = "trap 'exit 0' TERM; while :; do :; done"
 # 50 MiB of "y\n" held by the shell: anonymous memory, in the working set.
 HOLD = "trap 'exit 0' TERM; a=$(yes | head -c 52428800); echo held; sleep 86400 & wait"

@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
-from podfixtures import Node, node
+from podfixtures import IDLE, Node, node
 
 from podvisor.proto import api_pb2 as api
 
 pytestmark = pytest.mark.timeout(300)
 
 STUBBORN = "trap '' TERM; sleep 86400 & wait; sleep 86400"
-IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 THREADS = 4   # per runtime worker
 STOPPING = 12  # more than the pool's 2 x THREADS
 GRACE = 60

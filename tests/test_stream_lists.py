@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from podfixtures import Node, node
+from podfixtures import IDLE, Node, node
 
 from podvisor.proto import api_pb2 as api
 from podvisor.supervisor.rpc.chunks import CHUNK, chunked
 
 pytestmark = pytest.mark.timeout(180)
 
-IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,13 @@ from typing import Any
 import grpc
 import pytest
 from daemonlib import Daemon, poll_until
-from podfixtures import Node, node
+from podfixtures import IDLE, Node, node
 from streamclient import run_command, succeeded
 
 from podvisor.proto import api_pb2 as api
 
 pytestmark = pytest.mark.timeout(240)
 
-IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 STREAM_TITLE = b"podvisor: stream worker"
 PARALLEL = 8
 

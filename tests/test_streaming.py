@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from daemonlib import interrupt, poll_until
-from podfixtures import Node, node
+from podfixtures import IDLE, Node, node
 from streamclient import (
     RESIZE,
     SPDY_PROTOCOLS,
@@ -60,7 +60,6 @@ pytestmark = pytest.mark.timeout(180)
 TOKEN_TTL = 1.0
 CRICTL = shutil.which("crictl")
 # Stops at once on the SIGTERM of StopPodSandbox: the trap runs when wait returns.
-IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 ECHO = ("trap 'exit 0' TERM; echo started; "
         'while read -r line; do echo "got $line"; echo "err $line" >&2; done')
 WEB_PORT = 8080

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from podfixtures import CGROUP_ROOT, Node
+from podfixtures import CGROUP_ROOT, IDLE, Node
 
 from podvisor.proto import api_pb2 as api
 
 pytestmark = pytest.mark.timeout(240)
 
 MiB = 1 << 20
-IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 # 100 MiB of "y\n" in a shell variable: anonymous memory past a 20 MiB limit.
 HOG = "a=$(yes | head -c 104857600); echo survived"
 

@@ -19,11 +19,12 @@ import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
 from daemonlib import poll_until
-from podfixtures import Node, in_prefix, leftovers, node
+from podfixtures import IDLE, Node, in_prefix, leftovers, node
 from podfixtures import prefix as prefix
 
 from podvisor.proto import api_pb2 as api
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.timeout(240)
 
 HOST_ID = 100000
 ONE = [api.IDMapping(container_id=0, host_id=HOST_ID, length=65536)]
-SLEEP = "trap 'exit 0' TERM; sleep 86400 & wait"
+POD_MODE = api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE)
 
 
 @pytest.fixture(scope="module", name="n")
@@ -42,15 +43,17 @@ def open_node() -> Iterator[Node]:
         yield here
 
 
+C = TypeVar("C", api.PodSandboxConfig, api.ContainerConfig)
+
+
+def with_userns(config: C, userns: api.UserNamespace) -> C:
+    """``config`` (a pod's or a container's) asking for ``userns``."""
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(userns)
+    return config
+
+
 def pod_with(n: Node, name: str, userns: api.UserNamespace) -> api.PodSandboxConfig:
-    config = n.pod_config(name)
-    config.linux.security_context.namespace_options.userns_options.CopyFrom(userns)
-    return config
-
-
-def with_userns(config: api.ContainerConfig, userns: api.UserNamespace) -> api.ContainerConfig:
-    config.linux.security_context.namespace_options.userns_options.CopyFrom(userns)
-    return config
+    return with_userns(n.pod_config(name), userns)
 
 
 def processes_in(ns_inode: int) -> list[int]:
@@ -99,7 +102,7 @@ def test_node_mode_runs_in_the_node_user_namespace(n: Node) -> None:
     node_mode = api.UserNamespace(mode=api.NODE)
     config = pod_with(n, "userns-node", node_mode)
     pod_id = n.run_pod(config)
-    cid = n.run(pod_id, config, with_userns(n.container_config("maps", SLEEP), node_mode))
+    cid = n.run(pod_id, config, with_userns(n.container_config("maps", IDLE), node_mode))
     n.wait_state(cid, api.CONTAINER_RUNNING)
     inside = n.exec(cid, "cat", "/proc/self/uid_map").stdout.decode().split()
     with open("/proc/self/uid_map", encoding="ascii") as f:
@@ -125,7 +128,6 @@ def no_leftovers(n: Node, prefix: str) -> list[str]:
 
 @pytest.mark.parametrize("handler", ["runc", "crun"])
 def test_pod_mode_runs_in_its_own_user_namespace(n: Node, prefix: str, handler: str) -> None:
-    pod_mode = api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE)
     volume = Path(tempfile.mkdtemp(prefix="pv-userns-vol-"))
     try:
         os.chmod(volume, 0o700)
@@ -133,12 +135,12 @@ def test_pod_mode_runs_in_its_own_user_namespace(n: Node, prefix: str, handler: 
         secret.write_text("host root's\n")
         os.chmod(secret, 0o600)
         config = in_prefix(n, "userns-pod", prefix)
-        config.linux.security_context.namespace_options.userns_options.CopyFrom(pod_mode)
+        with_userns(config, POD_MODE)
         pod_id = n.run_pod(config, handler)
         pin = n.daemon.runroot / "runtime" / "pods" / pod_id / "ns" / "user"
         ns_inode = os.stat(pin).st_ino
         assert n.pod_status(pod_id).status.network.ip
-        container = with_userns(n.container_config("inside", SLEEP), pod_mode)
+        container = with_userns(n.container_config("inside", IDLE), POD_MODE)
         container.mounts.append(api.Mount(container_path="/vol", host_path=str(volume)))
         container.mounts.append(api.Mount(container_path="/img", readonly=True,
                                           image=api.ImageSpec(image=n.image)))
@@ -196,13 +198,12 @@ def test_pod_mode_runs_in_its_own_user_namespace(n: Node, prefix: str, handler: 
 
 def test_pod_mode_survives_kill_9_of_runtime_workers_and_supervisor(
         n: Node, prefix: str) -> None:
-    pod_mode = api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE)
     config = in_prefix(n, "userns-survivor", prefix)
-    config.linux.security_context.namespace_options.userns_options.CopyFrom(pod_mode)
+    with_userns(config, POD_MODE)
     pod_id = n.run_pod(config)
     pin = n.daemon.runroot / "runtime" / "pods" / pod_id / "ns" / "user"
     ns_inode = os.stat(pin).st_ino
-    first = n.run(pod_id, config, with_userns(n.container_config("first", SLEEP), pod_mode))
+    first = n.run(pod_id, config, with_userns(n.container_config("first", IDLE), POD_MODE))
     n.wait_state(first, api.CONTAINER_RUNNING)
 
     # Every runtime worker killed: their replacements read the pod's record.
@@ -213,7 +214,7 @@ def test_pod_mode_survives_kill_9_of_runtime_workers_and_supervisor(
         poll_until(lambda slot=slot: n.daemon.workers()[slot]["restarts"] >= 1
                    and n.daemon.workers()[slot]["pid"] != workers[slot]["pid"], 30,
                    what=f"{slot} restarted")
-    second = n.run(pod_id, config, with_userns(n.container_config("second", SLEEP), pod_mode))
+    second = n.run(pod_id, config, with_userns(n.container_config("second", IDLE), POD_MODE))
     n.wait_state(second, api.CONTAINER_RUNNING)
     assert os.stat(f"/proc/{_pid(n, second)}/ns/user").st_ino == ns_inode
 
@@ -246,12 +247,11 @@ def test_pod_mode_with_a_pause_image(prefix: str) -> None:
     # layers) instead of the built-in one.
     with node(pause_image=True) as here:
         os.chmod(here.daemon.base, 0o711)
-        pod_mode = api.UserNamespace(mode=api.POD, uids=ONE, gids=ONE)
         config = in_prefix(here, "userns-pause", prefix)
-        config.linux.security_context.namespace_options.userns_options.CopyFrom(pod_mode)
+        with_userns(config, POD_MODE)
         pod_id = here.run_pod(config)
         cid = here.run(pod_id, config,
-                       with_userns(here.container_config("inside", SLEEP), pod_mode))
+                       with_userns(here.container_config("inside", IDLE), POD_MODE))
         here.wait_state(cid, api.CONTAINER_RUNNING)
         # The infra's sleep, seen from the container's PID namespace.
         assert b"sleep 86400" in here.exec(cid, "ps").stdout

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from daemonlib import poll_until
-from podfixtures import Node, node
+from podfixtures import IDLE, Node, node
 
 from podvisor.proto import api_pb2 as api
 from podvisor.workers import opthreads
@@ -29,7 +29,6 @@ from podvisor.workers import opthreads
 pytestmark = pytest.mark.timeout(300)
 
 BURST = 8
-IDLE = "trap 'exit 0' TERM; sleep 86400 & wait"
 
 
 @pytest.fixture(scope="module")
