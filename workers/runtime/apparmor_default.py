@@ -179,6 +179,9 @@ class DefaultProfile:
         self._lock = threading.Lock()
         self._replaced = False
         self._warned_missing = False
+        # A process never changes user namespace (setns refuses a threaded
+        # one): read once, not per container.
+        self._nested: bool | None = None
 
     def parser(self) -> str | None:
         """apparmor_parser's path, None when the node has none."""
@@ -189,7 +192,9 @@ class DefaultProfile:
         profile get it only then, as containerd applies its default only
         where apparmor_parser exists and the daemon is not in a user
         namespace (pkg/apparmor hostSupports), where loading is refused."""
-        if in_user_namespace(self.uid_map):
+        if self._nested is None:
+            self._nested = in_user_namespace(self.uid_map)
+        if self._nested:
             why = "podvisor runs in a user namespace, where no profile can be loaded"
         elif self.parser() is None:
             why = "apparmor_parser is not installed"
