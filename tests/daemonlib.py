@@ -204,6 +204,32 @@ class Daemon:
             return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children_of(pid: int) -> dict[int, bytes]:
+    """Live children of ``pid``: their cmdline (as setproctitle left it)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or not pid_alive(int(entry.name)):
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().rstrip(b"\0")
+    return found
+
+
 def interrupt(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """Stop a client we started as Ctrl-C would, by its pid; SIGKILL if it
     lingers past ``grace``."""

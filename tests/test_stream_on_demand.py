@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 import pytest
-from daemonlib import Daemon, poll_until
+from daemonlib import Daemon, children_of, poll_until
 from podfixtures import IDLE, Node, node
 from streamclient import run_command, succeeded
 
@@ -70,20 +70,8 @@ def shell_node(config: str = "", **workers: float) -> Iterator[Shell]:
 
 def children_titled(daemon: Daemon, title: bytes) -> list[int]:
     """The supervisor's children whose process title starts with ``title``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if ppid == daemon.pid and cmdline.startswith(title):
-            found.append(int(entry))
-    return found
+    return [pid for pid, cmdline in children_of(daemon.pid).items()
+            if cmdline.startswith(title)]
 
 
 def stream_slot(daemon: Daemon) -> dict[str, Any]:

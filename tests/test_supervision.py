@@ -26,7 +26,7 @@ import grpc
 import pytest
 import zmq
 import zmq.asyncio
-from daemonlib import UP_STATES, Daemon, poll_until
+from daemonlib import UP_STATES, Daemon, children_of, pid_alive, poll_until
 from podfixtures import cgroup_prefix, leftovers
 
 from podvisor.proto import api_pb2 as api
@@ -41,19 +41,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 POOLS = ("image", "storage", "runtime", "net")
 CALL_DEADLINE = 5.0
 RESTORE_WAIT = 30.0
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def host_pod(name: str, prefix: str) -> api.PodSandboxConfig:
@@ -166,19 +153,6 @@ def _kill_one_worker_per_pool(daemon: Daemon, prefix: str) -> None:
     assert "podvisor_worker_restarts_total{pool=\"net\"} 1.0" in daemon.metrics()
     remove_all_pods(daemon)
     assert leftovers(daemon, prefix) == []
-
-
-def children_of(pid: int) -> dict[int, bytes]:
-    """Live children of ``pid``: their cmdline (as setproctitle left it)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or not pid_alive(int(entry.name)):
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().rstrip(b"\0")
-    return found
 
 
 def zygote_of(daemon: Daemon) -> int | None:
