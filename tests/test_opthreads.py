@@ -1,7 +1,7 @@
 """workers/opthreads.py: op threads start as ops come and end once idle.
 
 What a worker's threads do under load is seen through the CRI socket in
-test_worker_threads.py; these cases pin the pool's own rules.
+test_worker_memory.py; these cases pin the pool's own rules.
 """
 
 from __future__ import annotations
